@@ -1,0 +1,178 @@
+"""Behaviour of the public model API on small random models."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vdvae_zoo import VDVAE, VDVAEConfig
+
+from conftest import tiny_config_dict
+
+
+def random_images(n, size=16, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+
+
+def test_sample_shape_dtype_and_device(tiny_model):
+    x = tiny_model.sample(3, temperature=0.8)
+    assert x.shape == (3, 16, 16, 3) and x.dtype == torch.uint8 and x.device.type == "cpu"
+
+
+def test_likelihood_fields_are_consistent(tiny_model):
+    images = random_images(4)
+    r = tiny_model.likelihood(images)
+    assert r.elbo.shape == (4,) and r.kl.shape == (4, tiny_model.num_layers)
+    torch.testing.assert_close(r.elbo, r.distortion + r.rate)
+    torch.testing.assert_close(r.rate, r.kl.sum(1) / (16 * 16 * 3))
+    torch.testing.assert_close(r.bpd, r.elbo / math.log(2))
+    assert (r.kl >= -1e-5).all() and torch.isfinite(r.elbo).all()
+
+
+def test_numpy_and_tensor_inputs_agree(tiny_model):
+    images = random_images(2)
+    torch.manual_seed(1)
+    a = tiny_model.likelihood(images).elbo
+    torch.manual_seed(1)
+    b = tiny_model.likelihood(images.numpy()).elbo
+    assert torch.equal(a, b)
+
+
+def test_micro_batches_draw_like_consecutive_calls(tiny_model):
+    images = random_images(5)
+    torch.manual_seed(3)
+    chunked = tiny_model.likelihood(images, batch_size=2).elbo
+    torch.manual_seed(3)
+    parts = [tiny_model.likelihood(images[s]).elbo for s in (slice(0, 2), slice(2, 4), slice(4, 5))]
+    torch.testing.assert_close(chunked, torch.cat(parts))
+    torch.manual_seed(4)
+    s_chunked = tiny_model.sample(5, batch_size=3)
+    torch.manual_seed(4)
+    assert torch.equal(s_chunked, torch.cat([tiny_model.sample(3), tiny_model.sample(2)]))
+
+
+def test_temperature_zero_uses_the_prior_mean(tiny_model):
+    temps = [0.0] * tiny_model.num_layers
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a, outs_a = tiny_model.decoder(2, temperatures=temps)
+        torch.manual_seed(1)
+        b, outs_b = tiny_model.decoder(2, temperatures=temps)
+    torch.testing.assert_close(a, b)
+    for o in outs_a:
+        assert torch.equal(o.z, o.p_mean)
+
+
+def test_temperature_scales_the_prior_spread(tiny_model):
+    layer = tiny_model.decoder.dec_blocks[0]
+    x = torch.zeros(4000, layer.width, 1, 1)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        _, out = layer(x, temperature=0.5)
+    spread = (out.z - out.p_mean) / out.p_logstd.exp()
+    assert abs(spread.std().item() - 0.5) < 0.02
+
+
+def test_per_layer_and_per_resolution_temperatures(tiny_model):
+    L = tiny_model.num_layers
+    assert tiny_model.layer_temperatures(0.7) == [0.7] * L
+    assert tiny_model.layer_temperatures([0.1 * i for i in range(L)])[3] == pytest.approx(0.3)
+    schedule = tiny_model.layer_temperatures({4: 0.9, 16: 0.6})
+    expected = {1: 1.0, 4: 0.9, 8: 0.9, 16: 0.6}
+    assert schedule == [expected[r] for r in tiny_model.layer_resolutions]
+
+
+@pytest.mark.parametrize("temperature,fragment", [
+    (-0.1, ">= 0"), ([1.0, 1.0], "7 decoder layers"), ("hot", "a number"), (float("nan"), "finite"),
+])
+def test_bad_temperatures_are_refused(tiny_model, temperature, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        tiny_model.sample(1, temperature=temperature)
+
+
+@pytest.mark.parametrize("images,fragment", [
+    (np.zeros((2, 32, 32, 3), np.uint8), "16x16"),
+    (np.zeros((2, 16, 16, 4), np.uint8), "3 channels"),
+    (np.zeros((2, 16, 16, 3), np.float32), "uint8"),
+    (torch.zeros(2, 16, 16, 3), "uint8"),
+    (np.zeros((16, 16, 3), np.uint8), r"\(N, 16, 16, 3\)"),
+    ([1, 2, 3], "uint8 tensor or numpy array"),
+])
+def test_bad_images_are_refused_with_the_expected_shape(tiny_model, images, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        tiny_model.likelihood(images)
+
+
+def test_decode_checks_latent_shapes_and_fills_the_rest(tiny_model):
+    images = random_images(2)
+    zs = tiny_model.encode(images)
+    assert [tuple(z.shape) for z in zs] == [(2, 4, r, r) for r in tiny_model.layer_resolutions]
+    assert tiny_model.decode(zs[:2], temperature=0.3).shape == (2, 16, 16, 3)
+    with pytest.raises(ValueError, match=r"latent 1 has shape"):
+        tiny_model.decode([zs[0], zs[0]])
+    with pytest.raises(ValueError, match="n="):
+        tiny_model.decode([])
+    assert tiny_model.decode([], n=3).shape[0] == 3
+    with pytest.raises(ValueError, match="keep must be"):
+        tiny_model.reconstruct(images, keep=99)
+
+
+def test_full_reconstruction_is_closer_than_prior_samples(tiny_model):
+    # Decoding every posterior latent pins the output far more than sampling does: the per-layer
+    # latents are exactly reused, so decoding them twice differs only by the pixel noise.
+    images = random_images(2)
+    zs = tiny_model.encode(images)
+    with torch.no_grad():
+        a, _ = tiny_model.decoder(2, latents=zs)
+        b, _ = tiny_model.decoder(2, latents=zs)
+    torch.testing.assert_close(a, b)
+
+
+def test_inference_methods_restore_mode_and_disable_autograd(tiny_model):
+    tiny_model.train()
+    r = tiny_model.likelihood(random_images(1))
+    assert tiny_model.training and not r.elbo.requires_grad
+    tiny_model.eval()
+    tiny_model.sample(1)
+    assert not tiny_model.training
+
+
+def test_initialisation_follows_the_paper():
+    cfg = VDVAEConfig.from_dict(tiny_config_dict())
+    torch.manual_seed(0)
+    model = VDVAE(cfg)
+    state = model.state_dict()
+    assert all(state[k].abs().sum() == 0 for k in state if k.endswith(".bias") and "out_net" not in k
+               and k not in ("decoder.bias",))
+    assert all(layer.prior.c4.weight.abs().sum() == 0 for layer in model.decoder.dec_blocks)
+    assert torch.equal(model.decoder.gain, torch.ones_like(model.decoder.gain))
+    # residual scaling: c4 of the encoder is scaled by sqrt(1/N) relative to a default conv of the same shape
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(4, 16, 1)
+    n_enc = len(model.encoder.enc_blocks)
+    ratio = model.encoder.enc_blocks[0].c4.weight.std() / plain.weight.std()
+    assert abs(ratio.item() - math.sqrt(1 / n_enc)) < 0.25 * math.sqrt(1 / n_enc)
+
+
+def test_custom_widths_and_low_bit_end_to_end():
+    cfg = VDVAEConfig.from_dict(tiny_config_dict(width=8, custom_width_str="8:16,4:16,1:24", low_bit=True,
+                                                 no_bias_above=4))
+    torch.manual_seed(0)
+    model = VDVAE(cfg)
+    images = random_images(3)
+    r = model.likelihood(images)
+    assert torch.isfinite(r.elbo).all()
+    assert model.sample(2).shape == (2, 16, 16, 3)
+    _, target = model.preprocess(images)
+    levels = torch.unique(torch.round((target + 1) * 127.5))
+    assert (levels % 8 == 0).all()
+
+
+def test_five_bit_targets_ignore_the_low_bits():
+    cfg = VDVAEConfig.from_dict(tiny_config_dict(low_bit=True))
+    model = VDVAE(cfg)
+    images = random_images(2)
+    _, t1 = model.preprocess(images)
+    _, t2 = model.preprocess(images | 7)
+    assert torch.equal(t1, t2) and t1.max() <= 0.946 and t1.min() == -1

@@ -1,0 +1,351 @@
+"""Hyper-parameters of a Very Deep VAE: the architecture, the preprocessing, and the released presets.
+
+A model is described by data, not code: `VDVAEConfig.from_preset("ffhq256")` gives the exact
+hyper-parameters the paper's authors trained with, and a `config.json` written by `to_dict()` round-trips.
+
+Block strings (read left to right):
+- ``RxN``: N blocks at resolution R;
+- ``RdK`` (encoder only): one block at R that average-pools by K at its end;
+- ``RmS`` (decoder only): one block at R that first adds the nearest-up-sampled state of resolution S;
+- ``R``: one block at R.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Optional, Union
+
+__all__ = [
+    "VDVAEConfig",
+    "TrainingDefaults",
+    "BlockSpec",
+    "parse_block_string",
+    "parse_custom_widths",
+    "list_models",
+    "PRESETS",
+    "TRAINING_PRESETS",
+]
+
+
+class BlockSpec(NamedTuple):
+    """One block of a block string: its resolution, and a down-sampling rate (encoder) or mixin
+    resolution (decoder), or None."""
+
+    resolution: int
+    down_rate: Optional[int] = None
+    mixin: Optional[int] = None
+
+
+_ITEM = re.compile(r"^(\d+)(?:([xdm])(\d+))?$")
+
+
+def parse_block_string(spec: str, kind: str = "decoder") -> List[BlockSpec]:
+    """Parse an encoder (``kind="encoder"``) or decoder block string into one BlockSpec per block.
+
+    Raises ValueError naming the offending item when an item is malformed, uses ``m`` in an encoder
+    or ``d`` in a decoder, or has a zero count, resolution or rate.
+    """
+    if kind not in ("encoder", "decoder"):
+        raise ValueError(f"kind must be 'encoder' or 'decoder', got {kind!r}")
+    name = "enc_blocks" if kind == "encoder" else "dec_blocks"
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"{name} must be a non-empty block string such as '32x2,32d2,16x2', got {spec!r}")
+    blocks: List[BlockSpec] = []
+    for item in spec.split(","):
+        text = item.strip()
+        m = _ITEM.match(text)
+        if m is None:
+            raise ValueError(f"{name}: cannot parse item {item!r} of {spec!r}; expected RxN, "
+                             + ("RdK" if kind == "encoder" else "RmS") + " or R with integers R, N, "
+                             + ("K" if kind == "encoder" else "S"))
+        res, op, arg = int(m.group(1)), m.group(2), m.group(3)
+        if res <= 0:
+            raise ValueError(f"{name}: item {item!r} has resolution {res}; resolutions must be positive")
+        if op is None:
+            blocks.append(BlockSpec(res))
+            continue
+        value = int(arg)
+        if value <= 0:
+            raise ValueError(f"{name}: item {item!r} has a zero count or rate")
+        if op == "x":
+            blocks.extend(BlockSpec(res) for _ in range(value))
+        elif op == "d":
+            if kind != "encoder":
+                raise ValueError(f"{name}: item {item!r} down-samples ('d'), which only encoder blocks do; "
+                                 "decoder blocks use RmS to mix in a lower resolution")
+            if value < 2 or res % value:
+                raise ValueError(f"{name}: item {item!r} down-samples {res} by {value}, which does not give "
+                                 "a whole resolution (need K >= 2 dividing R)")
+            blocks.append(BlockSpec(res, down_rate=value))
+        else:  # "m"
+            if kind != "decoder":
+                raise ValueError(f"{name}: item {item!r} mixes in ('m'), which only decoder blocks do; "
+                                 "encoder blocks use RdK to down-sample")
+            if value >= res or res % value:
+                raise ValueError(f"{name}: item {item!r} mixes resolution {value} into {res}; the mixin must be "
+                                 "a lower resolution that divides R")
+            blocks.append(BlockSpec(res, mixin=value))
+    return blocks
+
+
+def parse_custom_widths(spec: str) -> Dict[int, int]:
+    """Parse ``"R:W,R:W,..."`` into {resolution: width}. Empty string gives {}."""
+    widths: Dict[int, int] = {}
+    if not spec:
+        return widths
+    for item in spec.split(","):
+        parts = item.strip().split(":")
+        try:
+            res, width = int(parts[0]), int(parts[1])
+            if len(parts) != 2:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise ValueError(f"custom_width_str: cannot parse item {item!r} of {spec!r}; expected R:W "
+                             "with integer resolution R and width W") from None
+        if res <= 0 or width <= 0:
+            raise ValueError(f"custom_width_str: item {item!r} must have a positive resolution and width")
+        widths[res] = width
+    return widths
+
+
+# Preprocessing of CIFAR-10, the default when a config does not say (SPEC §8).
+_CIFAR_SHIFT = -120.63838
+_CIFAR_SCALE = 1.0 / 64.16736
+
+
+@dataclass
+class VDVAEConfig:
+    """Every hyper-parameter that determines a VDVAE's parameters and its preprocessing.
+
+    Preprocessing, with x = uint8 pixels as float (NHWC):
+    encoder input = (x * pixel_scale + shift) * scale;
+    likelihood target = (x' * pixel_scale + shift_loss) * scale_loss, in [-1, 1], where x' = floor(x / 8) * 8
+    when ``low_bit`` (5-bit targets, ffhq256) and x otherwise. ``pixel_scale`` is 1/255 for ffhq1024, whose
+    constants the original applies to pixels in [0, 1]; 1 for every other model.
+    """
+
+    image_size: int = 32
+    width: int = 384
+    enc_blocks: str = "32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3"
+    dec_blocks: str = "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21"
+    zdim: int = 16
+    bottleneck_multiple: float = 0.25
+    num_mixtures: int = 10
+    custom_width_str: str = ""
+    no_bias_above: int = 64
+    image_channels: int = 3
+    shift: float = _CIFAR_SHIFT
+    scale: float = _CIFAR_SCALE
+    shift_loss: float = -127.5
+    scale_loss: float = 1.0 / 127.5
+    low_bit: bool = False
+    pixel_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----------------------------------------------------------------------------------- derived
+    @property
+    def encoder_blocks(self) -> List[BlockSpec]:
+        return parse_block_string(self.enc_blocks, "encoder")
+
+    @property
+    def decoder_blocks(self) -> List[BlockSpec]:
+        return parse_block_string(self.dec_blocks, "decoder")
+
+    def width_at(self, resolution: int) -> int:
+        """Channels of the activations at `resolution`: `width` unless custom_width_str says otherwise."""
+        return parse_custom_widths(self.custom_width_str).get(resolution, self.width)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of stochastic (decoder) layers."""
+        return len(self.decoder_blocks)
+
+    @property
+    def bias_resolutions(self) -> List[int]:
+        """Resolutions that have a learned starting state `decoder.bias_xs.{j}`, in increasing order."""
+        return sorted({b.resolution for b in self.decoder_blocks if b.resolution <= self.no_bias_above})
+
+    @property
+    def dims_per_image(self) -> int:
+        """H * W * C: the number of sub-pixels that per-dim quantities are divided by."""
+        return self.image_size * self.image_size * self.image_channels
+
+    # ------------------------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field or block-string item if the config cannot be built."""
+        for name in ("image_size", "width", "zdim", "num_mixtures", "image_channels", "no_bias_above"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.image_channels != 3:
+            raise ValueError(f"image_channels must be 3 (the mixture of logistics is RGB), got {self.image_channels}")
+        if not 0 < self.bottleneck_multiple:
+            raise ValueError(f"bottleneck_multiple must be positive, got {self.bottleneck_multiple}")
+        widths = parse_custom_widths(self.custom_width_str)
+        width_at = lambda r: widths.get(r, self.width)  # noqa: E731
+        if width_at(self.image_size) != self.width:
+            raise ValueError(f"custom_width_str gives width {width_at(self.image_size)} at the image resolution "
+                             f"{self.image_size}, but width is {self.width}; they must be equal")
+        for res, w in sorted(widths.items()) or [(self.image_size, self.width)]:
+            if int(w * self.bottleneck_multiple) < 1:
+                raise ValueError(f"width {w} at resolution {res} times bottleneck_multiple "
+                                 f"{self.bottleneck_multiple} leaves no channels in the bottleneck")
+        if int(self.width * self.bottleneck_multiple) < 1:
+            raise ValueError(f"width {self.width} times bottleneck_multiple {self.bottleneck_multiple} "
+                             "leaves no channels in the bottleneck")
+
+        # Encoder: starts at the image resolution; each block runs at the current resolution.
+        current = self.image_size
+        seen = {current}
+        for i, block in enumerate(self.encoder_blocks):
+            if block.resolution != current:
+                raise ValueError(f"enc_blocks: block {i} is at resolution {block.resolution}, but the encoder is at "
+                                 f"{current} there (it starts at image_size={self.image_size} and only 'RdK' items "
+                                 "change resolution)")
+            if block.down_rate:
+                new = current // block.down_rate
+                if width_at(new) < width_at(current):
+                    raise ValueError(f"enc_blocks: item {current}d{block.down_rate} goes from width {width_at(current)} "
+                                     f"at {current} to width {width_at(new)} at {new}; widths must not shrink as "
+                                     "the resolution falls (custom_width_str)")
+                current = new
+                seen.add(current)
+
+        # Decoder: each resolution must have an encoder activation; a mixin must already exist.
+        has_state = set(self.bias_resolutions)
+        for i, block in enumerate(self.decoder_blocks):
+            r = block.resolution
+            if r not in seen:
+                raise ValueError(f"dec_blocks: block {i} is at resolution {r}, which the encoder never produces "
+                                 f"(encoder resolutions: {sorted(seen)})")
+            if block.mixin is not None:
+                s = block.mixin
+                if s not in has_state:
+                    raise ValueError(f"dec_blocks: item {r}m{s} mixes in resolution {s}, which no earlier decoder "
+                                     "block has produced")
+                if width_at(s) < width_at(r):
+                    raise ValueError(f"dec_blocks: item {r}m{s} needs width({s}) >= width({r}), got "
+                                     f"{width_at(s)} < {width_at(r)} (custom_width_str)")
+            has_state.add(r)
+        if self.decoder_blocks[-1].resolution != self.image_size:
+            raise ValueError(f"dec_blocks must end at the image resolution {self.image_size}, "
+                             f"not {self.decoder_blocks[-1].resolution}")
+        if self.low_bit not in (True, False):
+            raise ValueError(f"low_bit must be true or false, got {self.low_bit!r}")
+
+    # -------------------------------------------------------------------------- serialisation
+    @classmethod
+    def from_preset(cls, name: str) -> "VDVAEConfig":
+        """The exact hyper-parameters of a released model: cifar10, imagenet32, imagenet64, ffhq256, ffhq1024."""
+        key = name.lower().replace("_", "").replace("-", "")
+        for preset in PRESETS:
+            if preset.replace("_", "") == key:
+                return cls(**PRESETS[preset])
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "VDVAEConfig":
+        """Build from a dict with the field names of SPEC.md (as the original `hps` or our config.json).
+
+        Unknown keys (``dataset``, ``scale_encblock``, training fields...) are ignored. A nested
+        ``preprocess`` dict (as in golden/expected.json) is read too. Missing preprocessing fields
+        default to the CIFAR-10 values.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a dict of hyper-parameters, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        merged = dict(d.get("config", {})) if isinstance(d.get("config"), dict) else {}
+        merged.update(d)
+        if isinstance(d.get("preprocess"), dict):
+            merged.update(d["preprocess"])
+        return cls(**{k: v for k, v in merged.items() if k in names})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text_or_path: Union[str, Path]) -> "VDVAEConfig":
+        """Parse a JSON string, or read a `config.json` file."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            path = Path(text_or_path)
+            try:
+                text = path.read_text()
+            except OSError as e:
+                raise ValueError(f"cannot read config file {path}: {e}") from None
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config is not valid JSON ({e})") from None
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """The optimisation hyper-parameters each released model was trained with (SPEC §1, §10)."""
+
+    lr: float
+    weight_decay: float
+    warmup_iters: int
+    ema_rate: float
+    grad_clip: float
+    skip_threshold: float
+    batch_size_per_gpu: int
+    num_gpus: int
+    adam_betas: tuple = (0.9, 0.9)
+
+
+_8BIT_LOSS = dict(shift_loss=-127.5, scale_loss=1.0 / 127.5)
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "cifar10": dict(
+        image_size=32, width=384,
+        enc_blocks="32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3",
+        dec_blocks="1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21",
+        shift=-120.63838, scale=1.0 / 64.16736, **_8BIT_LOSS),
+    "imagenet32": dict(
+        image_size=32, width=512,
+        enc_blocks="32x15,32d2,16x9,16d2,8x8,8d2,4x6,4d4,1x6",
+        dec_blocks="1x2,4m1,4x4,8m4,8x9,16m8,16x19,32m16,32x40",
+        shift=-116.2373, scale=1.0 / 69.37404, **_8BIT_LOSS),
+    "imagenet64": dict(
+        image_size=64, width=512,
+        enc_blocks="64x11,64d2,32x20,32d2,16x9,16d2,8x8,8d2,4x7,4d4,1x5",
+        dec_blocks="1x2,4m1,4x3,8m4,8x7,16m8,16x15,32m16,32x31,64m32,64x12",
+        shift=-115.92961967, scale=1.0 / 69.37404, **_8BIT_LOSS),
+    "ffhq256": dict(
+        image_size=256, width=512,
+        enc_blocks="256x3,256d2,128x8,128d2,64x12,64d2,32x17,32d2,16x7,16d2,8x5,8d2,4x5,4d4,1x4",
+        dec_blocks="1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x21,64m32,64x13,128m64,128x7,256m128",
+        shift=-112.8666757481, scale=1.0 / 69.84780273, low_bit=True, **_8BIT_LOSS),
+    "ffhq1024": dict(
+        image_size=1024, width=16, num_mixtures=2,
+        custom_width_str="512:32,256:64,128:512,64:512,32:512,16:512,8:512,4:512,1:512",
+        enc_blocks="1024x1,1024d2,512x3,512d2,256x5,256d2,128x7,128d2,64x10,64d2,32x14,32d2,16x7,16d2,8x5,8d2,"
+                   "4x5,4d4,1x4",
+        dec_blocks="1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x20,64m32,64x14,128m64,128x7,256m128,256x2,512m256,"
+                   "1024m512",
+        # The original applies these to pixels scaled to [0, 1]; pixel_scale does that scaling.
+        shift=-0.4387, scale=1.0 / 0.2743, shift_loss=-0.5, scale_loss=2.0, pixel_scale=1.0 / 255.0),
+}
+
+TRAINING_PRESETS: Dict[str, TrainingDefaults] = {
+    "cifar10": TrainingDefaults(2e-4, 0.01, 100, 0.9999, 200, 400, 16, 2),
+    "imagenet32": TrainingDefaults(1.5e-4, 0.01, 100, 0.999, 200, 300, 8, 32),
+    "imagenet64": TrainingDefaults(1.5e-4, 0.01, 100, 0.999, 220, 380, 4, 32),
+    "ffhq256": TrainingDefaults(1.5e-4, 0.01, 100, 0.999, 130, 180, 1, 32),
+    "ffhq1024": TrainingDefaults(7e-5, 0.01, 100, 0.999, 360, 500, 1, 32),
+}
+
+
+def list_models() -> List[str]:
+    """Names of the architecture presets (the released models' hyper-parameters)."""
+    return list(PRESETS)

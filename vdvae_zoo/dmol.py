@@ -1,0 +1,102 @@
+"""The discretized mixture of logistics (PixelCNN++ style), the output distribution of VDVAE.
+
+Parameters come as a float tensor (N, H, W, 10 * M) in NHWC, M = number of mixture components:
+the first M channels are mixture logits; the remaining 9M reshape to (3, 3M): for each colour
+channel M means, M log-scales and M raw coefficients. Colour channels are autoregressive inside a
+pixel: mean_G += c0 * x_R, mean_B += c1 * x_R + c2 * x_G.
+
+Everything here is computed in float32 whatever the dtype of the network that made the parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["dmol_nll", "dmol_sample", "MIN_LOG_SCALE"]
+
+MIN_LOG_SCALE = -7.0
+
+
+def _unpack(params: torch.Tensor, num_mixtures: int):
+    n, h, w, c = params.shape
+    if c != 10 * num_mixtures:
+        raise ValueError(f"expected {10 * num_mixtures} parameter channels for {num_mixtures} mixtures, got {c}")
+    logits = params[..., :num_mixtures]
+    rest = params[..., num_mixtures:].reshape(n, h, w, 3, 3 * num_mixtures)
+    means = rest[..., :num_mixtures]
+    log_scales = rest[..., num_mixtures:2 * num_mixtures].clamp(min=MIN_LOG_SCALE)
+    coeffs = torch.tanh(rest[..., 2 * num_mixtures:])
+    return logits, means, log_scales, coeffs
+
+
+def dmol_nll(params: torch.Tensor, target: torch.Tensor, num_mixtures: int, low_bit: bool = False) -> torch.Tensor:
+    """Negative log-likelihood of `target` (N, H, W, 3) in [-1, 1], in **nats per dim**, shape (N,).
+
+    Each sub-pixel's probability is the logistic mass of its bin (half-width 1/255, or 1/31 for 5-bit
+    targets when `low_bit`), with open bins at the edges (x < -0.999, x > 0.999) and, in the far tail
+    where the mass is below 1e-5, the density at the bin centre times the bin width.
+    """
+    params = params.float()
+    target = target.float()
+    logits, means, log_scales, coeffs = _unpack(params, num_mixtures)
+    x = target.unsqueeze(-1)  # (N, H, W, 3, 1), broadcast over mixtures
+    mean_r = means[..., 0, :]
+    mean_g = means[..., 1, :] + coeffs[..., 0, :] * x[..., 0, :]
+    mean_b = means[..., 2, :] + coeffs[..., 1, :] * x[..., 0, :] + coeffs[..., 2, :] * x[..., 1, :]
+    means = torch.stack([mean_r, mean_g, mean_b], dim=3)
+
+    half_bin = 1.0 / 31.0 if low_bit else 1.0 / 255.0
+    log_bin_centre_norm = math.log(15.5) if low_bit else math.log(127.5)
+    centred = x - means
+    inv_scale = torch.exp(-log_scales)
+    plus = inv_scale * (centred + half_bin)
+    minus = inv_scale * (centred - half_bin)
+    cdf_delta = torch.sigmoid(plus) - torch.sigmoid(minus)
+    log_cdf_plus = plus - F.softplus(plus)            # left edge: P(X <= x + h)
+    log_one_minus_cdf_minus = -F.softplus(minus)      # right edge: P(X > x - h)
+    mid = inv_scale * centred
+    log_pdf_mid = mid - log_scales - 2.0 * F.softplus(mid)
+
+    log_probs = torch.where(
+        x < -0.999, log_cdf_plus,
+        torch.where(x > 0.999, log_one_minus_cdf_minus,
+                    torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)),
+                                log_pdf_mid - log_bin_centre_norm)))
+    log_probs = log_probs.sum(dim=3) + torch.log_softmax(logits, dim=-1)  # (N, H, W, M)
+    log_prob_per_pixel = torch.logsumexp(log_probs, dim=-1)
+    dims = target.shape[1] * target.shape[2] * target.shape[3]
+    return -log_prob_per_pixel.sum(dim=(1, 2)) / dims
+
+
+def _uniform(shape, device, generator: Optional[torch.Generator]) -> torch.Tensor:
+    # `uniform_` on a float32 tensor: the same floats as the original (rand * a + b is not).
+    return torch.empty(shape, dtype=torch.float32, device=device).uniform_(1e-5, 1.0 - 1e-5, generator=generator)
+
+
+def dmol_sample(params: torch.Tensor, num_mixtures: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Draw one image per parameter map; returns uint8 (N, H, W, 3) pixels.
+
+    Random draws, in order: a uniform (N, H, W, M) picks the component (Gumbel-max), then a uniform
+    (N, H, W, 3) samples the logistic. Values are clamped to [-1, 1], mapped by (x + 1) * 127.5 and
+    truncated (not rounded) to uint8, as the original does.
+    """
+    params = params.float()
+    n, h, w, _ = params.shape
+    logits, means, log_scales, coeffs = _unpack(params, num_mixtures)
+    gumbel_u = _uniform((n, h, w, num_mixtures), params.device, generator)
+    component = torch.argmax(logits - torch.log(-torch.log(gumbel_u)), dim=3)  # (N, H, W)
+    index = component[:, :, :, None, None].expand(n, h, w, 3, 1)
+    mean = means.gather(4, index).squeeze(4)
+    log_scale = log_scales.gather(4, index).squeeze(4)
+    coeff = coeffs.gather(4, index).squeeze(4)
+    u = _uniform((n, h, w, 3), params.device, generator)
+    x = mean + torch.exp(log_scale) * (torch.log(u) - torch.log(1.0 - u))
+    red = x[..., 0].clamp(-1.0, 1.0)
+    green = (x[..., 1] + coeff[..., 0] * red).clamp(-1.0, 1.0)
+    blue = (x[..., 2] + coeff[..., 1] * red + coeff[..., 2] * green).clamp(-1.0, 1.0)
+    rgb = torch.stack([red, green, blue], dim=3)
+    return ((rgb + 1.0) * 127.5).clamp(0.0, 255.0).to(torch.uint8)

@@ -1,0 +1,533 @@
+"""The Very Deep VAE (Child, 2021), readable top to bottom.
+
+Parameter names and shapes match the authors' released checkpoints:
+``encoder.in_conv``, ``encoder.enc_blocks.{i}.c{1..4}``, ``decoder.dec_blocks.{i}.{enc,prior,resnet}.c{1..4}``,
+``decoder.dec_blocks.{i}.z_proj``, ``decoder.bias_xs.{j}``, ``decoder.gain``, ``decoder.bias``,
+``decoder.out_net.out_conv``.
+
+Shapes and units used throughout:
+- images in and out: uint8 pixels, NHWC, (N, H, W, 3);
+- activations: float NCHW; latents z of a layer at resolution r: (N, zdim, r, r);
+- distortion, rate, elbo: nats per dim (divided by H * W * 3); bpd: bits per dim; KL per layer: nats.
+
+Random numbers are drawn from the global torch generator (or `generator=`) in the order of the
+original implementation, so `torch.manual_seed(s)` before a call reproduces its outputs on the CPU:
+one standard normal per decoder layer, top to bottom, shaped like that layer's latent; then, when
+sampling pixels, two uniform tensors in the output distribution (see dmol.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import VDVAEConfig
+from .dmol import dmol_nll, dmol_sample
+
+__all__ = ["VDVAE", "LikelihoodResult", "Temperature", "EncoderMismatchError"]
+
+Temperature = Union[float, Sequence[float], Mapping[int, float]]
+ImageBatch = Union[torch.Tensor, np.ndarray]
+
+
+class EncoderMismatchError(RuntimeError):
+    """The encoder weights do not match the config: only the decoder (sample, decode) can be used."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, zero_weights: bool = False) -> nn.Conv2d:
+    """A conv with zero bias (as all of VDVAE's), and optionally zero weights."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+    with torch.no_grad():
+        conv.bias.zero_()
+        if zero_weights:
+            conv.weight.zero_()
+    return conv
+
+
+class Block(nn.Module):
+    """Bottleneck block: four convs (1x1, 3x3, 3x3, 1x1; the middle ones 1x1 at resolutions <= 2), each
+    preceded by an exact GELU. Optionally residual, optionally average-pooled by `down_rate` at its end."""
+
+    def __init__(self, in_width: int, middle_width: int, out_width: int, *, use_3x3: bool,
+                 residual: bool, down_rate: Optional[int] = None, zero_last: bool = False):
+        super().__init__()
+        k = 3 if use_3x3 else 1
+        self.c1 = _conv(in_width, middle_width, 1)
+        self.c2 = _conv(middle_width, middle_width, k)
+        self.c3 = _conv(middle_width, middle_width, k)
+        self.c4 = _conv(middle_width, out_width, 1, zero_weights=zero_last)
+        self.residual = residual
+        self.down_rate = down_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c1(F.gelu(x))
+        h = self.c2(F.gelu(h))
+        h = self.c3(F.gelu(h))
+        h = self.c4(F.gelu(h))
+        out = x + h if self.residual else h
+        if self.down_rate is not None:
+            out = F.avg_pool2d(out, kernel_size=self.down_rate, stride=self.down_rate)
+        return out
+
+
+def gaussian_kl(q_mean, q_logstd, p_mean, p_logstd) -> torch.Tensor:
+    """KL(q || p) of diagonal Gaussians, per element, in nats."""
+    return -0.5 + p_logstd - q_logstd + 0.5 * (q_logstd.exp() ** 2 + (q_mean - p_mean) ** 2) / (p_logstd.exp() ** 2)
+
+
+def _standard_normal(like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    # Always contiguous NCHW, whatever the memory format of `like`: the same generator state then gives
+    # the same numbers at the same positions as the original.
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device).normal_(generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoder (bottom-up)
+# ----------------------------------------------------------------------------------------------------------------
+
+class Encoder(nn.Module):
+    def __init__(self, config: VDVAEConfig):
+        super().__init__()
+        self.config = config
+        self.in_conv = _conv(config.image_channels, config.width, 3)
+        specs = config.encoder_blocks
+        blocks = []
+        for spec in specs:
+            w = config.width_at(spec.resolution)
+            blocks.append(Block(w, int(w * config.bottleneck_multiple), w, use_3x3=spec.resolution > 2,
+                                residual=True, down_rate=spec.down_rate))
+        with torch.no_grad():
+            for block in blocks:  # residual scaling: the sum of N branches keeps its variance
+                block.c4.weight.mul_(math.sqrt(1.0 / len(specs)))
+        self.enc_blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
+        """x: preprocessed float NCHW image. Returns {resolution: last activation at that resolution}."""
+        x = self.in_conv(x)
+        activations = {x.shape[2]: x}
+        for block in self.enc_blocks:
+            x = block(x)
+            res = x.shape[2]
+            width = self.config.width_at(res)
+            if x.shape[1] < width:  # widths grow as resolution falls: append zero channels
+                x = F.pad(x, (0, 0, 0, 0, 0, width - x.shape[1]))
+            activations[res] = x
+        return activations
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoder (top-down): one stochastic layer per block
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class LayerOutput:
+    """What one decoder layer computed: its latent and, with an image, the posterior and the KL (nats)."""
+
+    z: torch.Tensor
+    p_mean: torch.Tensor
+    p_logstd: torch.Tensor
+    q_mean: Optional[torch.Tensor] = None
+    q_logstd: Optional[torch.Tensor] = None
+    kl: Optional[torch.Tensor] = None
+
+
+class DecoderLayer(nn.Module):
+    """A stochastic layer at resolution `resolution` (the original's DecBlock).
+
+    enc:    posterior q(z | x_state, encoder activation): 2W -> 2 * zdim
+    prior:  prior p(z | x_state) and a residual for the state:  W -> 2 * zdim + W (last conv zero at init)
+    z_proj: zdim -> W, projects the latent into the state
+    resnet: residual block on the state
+    """
+
+    def __init__(self, config: VDVAEConfig, resolution: int, mixin: Optional[int], num_layers: int):
+        super().__init__()
+        self.resolution, self.mixin, self.zdim = resolution, mixin, config.zdim
+        self.width = w = config.width_at(resolution)
+        middle, use_3x3 = int(w * config.bottleneck_multiple), resolution > 2
+        self.enc = Block(2 * w, middle, 2 * config.zdim, use_3x3=use_3x3, residual=False)
+        self.prior = Block(w, middle, 2 * config.zdim + w, use_3x3=use_3x3, residual=False, zero_last=True)
+        self.z_proj = _conv(config.zdim, w, 1)
+        self.resnet = Block(w, middle, w, use_3x3=use_3x3, residual=True)
+        with torch.no_grad():
+            self.z_proj.weight.mul_(math.sqrt(1.0 / num_layers))
+            self.resnet.c4.weight.mul_(math.sqrt(1.0 / num_layers))
+
+    def forward(self, x: torch.Tensor, activation: Optional[torch.Tensor] = None, temperature: float = 1.0,
+                latent: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+                ) -> tuple[torch.Tensor, LayerOutput]:
+        """x: the state at this resolution (mixin already added). With `activation` (the encoder's at this
+        resolution) z comes from the posterior and the KL is computed; without, z comes from the prior at
+        `temperature`. A given `latent` replaces the draw (no random numbers are drawn then)."""
+        if activation is not None:
+            # The posterior sees the state before the prior's residual is added.
+            q_mean, q_logstd = self.enc(torch.cat([x, activation], dim=1)).chunk(2, dim=1)
+        features = self.prior(x)
+        p_mean = features[:, :self.zdim]
+        p_logstd = features[:, self.zdim:2 * self.zdim]
+        x = x + features[:, 2 * self.zdim:]
+
+        if activation is not None:
+            z = latent if latent is not None else torch.exp(q_logstd) * _standard_normal(q_mean, generator) + q_mean
+            out = LayerOutput(z, p_mean, p_logstd, q_mean, q_logstd, gaussian_kl(q_mean, q_logstd, p_mean, p_logstd))
+        else:
+            if latent is not None:
+                z = latent
+            else:
+                eps = _standard_normal(p_mean, generator)
+                if temperature == 0:  # the prior mean; the draw above keeps the random stream aligned
+                    z = p_mean
+                else:
+                    z = torch.exp(p_logstd + math.log(temperature)) * eps + p_mean
+            out = LayerOutput(z, p_mean, p_logstd)
+        x = x + self.z_proj(z)
+        x = self.resnet(x)
+        return x, out
+
+
+class OutputHead(nn.Module):
+    """1x1 conv to the parameters of the discretized mixture of logistics, returned NHWC."""
+
+    def __init__(self, config: VDVAEConfig):
+        super().__init__()
+        self.out_conv = _conv(config.width, config.num_mixtures * 10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_conv(x).permute(0, 2, 3, 1)
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: VDVAEConfig):
+        super().__init__()
+        self.config = config
+        specs = config.decoder_blocks
+        self.dec_blocks = nn.ModuleList(DecoderLayer(config, s.resolution, s.mixin, len(specs)) for s in specs)
+        self.bias_resolutions = config.bias_resolutions
+        self.bias_xs = nn.ParameterList(
+            nn.Parameter(torch.zeros(1, config.width_at(r), r, r)) for r in self.bias_resolutions)
+        self.out_net = OutputHead(config)
+        self.gain = nn.Parameter(torch.ones(1, config.width, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, config.width, 1, 1))
+
+    def forward(self, n: int, activations: Optional[Dict[int, torch.Tensor]] = None,
+                temperatures: Optional[Sequence[float]] = None, latents: Sequence[Optional[torch.Tensor]] = (),
+                generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, List[LayerOutput]]:
+        """Run the layers top to bottom for a batch of `n`. Returns the output-distribution parameters
+        (N, H, W, 10M) and each layer's LayerOutput. `latents[i]`, when given and not None, fixes layer i."""
+        ref = self.gain
+        states: Dict[int, torch.Tensor] = {r: b for r, b in zip(self.bias_resolutions, self.bias_xs)}
+        outputs: List[LayerOutput] = []
+        for i, layer in enumerate(self.dec_blocks):
+            r = layer.resolution
+            x = states.get(r)
+            if x is None:
+                x = torch.zeros(n, layer.width, r, r, dtype=ref.dtype, device=ref.device)
+            elif x.shape[0] != n:
+                x = x.expand(n, -1, -1, -1)
+            if layer.mixin is not None:
+                up = states[layer.mixin][:, :layer.width]
+                x = x + F.interpolate(up, scale_factor=r // layer.mixin, mode="nearest")
+            latent = latents[i] if i < len(latents) else None
+            activation = activations[r] if activations is not None else None
+            t = 1.0 if temperatures is None else temperatures[i]
+            x, out = layer(x, activation, t, latent, generator)
+            states[r] = x
+            outputs.append(out)
+        x = states[self.config.image_size] * self.gain + self.bias
+        return self.out_net(x), outputs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model and its public API
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class LikelihoodResult:
+    """Per-image likelihood terms (CPU float32 tensors). Units: nats per dim (divided by H * W * 3) unless
+    the name says bits; `kl` is in nats, summed over each layer's latent, shape (N, L)."""
+
+    elbo: torch.Tensor         # (N,) negative ELBO = distortion + rate, nats per dim
+    distortion: torch.Tensor   # (N,) -log p(x | z), nats per dim
+    rate: torch.Tensor         # (N,) sum of the layers' KL, nats per dim
+    kl: torch.Tensor           # (N, L) KL of each decoder layer, nats
+    bpd_iw: Optional[torch.Tensor] = None  # (N,) importance-weighted bound, bits per dim (n_samples > 1)
+
+    @property
+    def bpd(self) -> torch.Tensor:
+        """Negative ELBO in bits per dim, (N,)."""
+        return self.elbo / math.log(2)
+
+    @property
+    def distortion_bpd(self) -> torch.Tensor:
+        return self.distortion / math.log(2)
+
+    @property
+    def rate_bpd(self) -> torch.Tensor:
+        return self.rate / math.log(2)
+
+
+def _inference(method: Callable) -> Callable:
+    """Run a public method in eval mode under torch.inference_mode, restoring the train/eval mode after."""
+
+    @functools.wraps(method)
+    def wrapper(self: "VDVAE", *args, **kwargs):
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                return method(self, *args, **kwargs)
+        finally:
+            self.train(was_training)
+
+    return wrapper
+
+
+class VDVAE(nn.Module):
+    """A Very Deep VAE. Build one with random weights from a config, or get a trained one with
+    `vdvae_zoo.load(...)`.
+
+    >>> model = VDVAE(VDVAEConfig.from_preset("cifar10"))
+    >>> images = model.sample(4, temperature=0.8)   # uint8 (4, 32, 32, 3)
+    >>> model.likelihood(images).bpd                 # bits per dim, (4,)
+    """
+
+    def __init__(self, config: VDVAEConfig):
+        super().__init__()
+        if isinstance(config, dict):
+            config = VDVAEConfig.from_dict(config)
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.encoder_mismatch: Optional[str] = None  # set by loading code when the encoder weights are unusable
+
+    # ----------------------------------------------------------------------------------------- properties
+    @property
+    def num_layers(self) -> int:
+        """Number of stochastic (decoder) layers, L."""
+        return len(self.decoder.dec_blocks)
+
+    @property
+    def layer_resolutions(self) -> List[int]:
+        """Resolution of each decoder layer, top to bottom."""
+        return [layer.resolution for layer in self.decoder.dec_blocks]
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.gain.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.gain.dtype
+
+    # ------------------------------------------------------------------------------------- input handling
+    def _check_images(self, images: ImageBatch, name: str = "images") -> torch.Tensor:
+        if isinstance(images, np.ndarray):
+            if images.dtype != np.uint8:
+                raise ValueError(f"{name} must be uint8 pixels (0..255), got numpy dtype {images.dtype}; "
+                                 "convert with .astype(np.uint8) if the values are already in 0..255")
+            images = torch.from_numpy(np.ascontiguousarray(images))
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"{name} must be a uint8 tensor or numpy array of shape (N, H, W, 3), "
+                             f"got {type(images).__name__}")
+        if images.dtype != torch.uint8:
+            raise ValueError(f"{name} must be uint8 pixels (0..255), got {images.dtype}")
+        s, c = self.config.image_size, self.config.image_channels
+        if images.ndim != 4:
+            raise ValueError(f"{name} must have shape (N, {s}, {s}, {c}) (uint8 NHWC), got {tuple(images.shape)}")
+        if images.shape[3] != c:
+            raise ValueError(f"{name} must have {c} channels in the last axis (NHWC), got shape {tuple(images.shape)}")
+        if images.shape[1] != s or images.shape[2] != s:
+            raise ValueError(f"{name} must be {s}x{s} for this model, got {images.shape[1]}x{images.shape[2]} "
+                             f"(shape {tuple(images.shape)})")
+        if images.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch")
+        return images
+
+    def preprocess(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 NHWC -> (encoder input, float NCHW contiguous; likelihood target, float NHWC in [-1, 1])."""
+        c = self.config
+        x = images.to(self.device, non_blocking=True).float()
+        encoder_input = (x * c.pixel_scale + c.shift) * c.scale if c.pixel_scale != 1 else (x + c.shift) * c.scale
+        target = torch.floor(x / 8.0) * 8.0 if c.low_bit else x
+        if c.pixel_scale != 1:
+            target = target * c.pixel_scale
+        target = (target + c.shift_loss) * c.scale_loss
+        return encoder_input.permute(0, 3, 1, 2).contiguous().to(self.dtype), target
+
+    def layer_temperatures(self, temperature: Temperature) -> List[float]:
+        """Expand a temperature to one float per decoder layer.
+
+        `temperature` is a number (every layer), a sequence of L numbers (one per layer, top to bottom), or a
+        mapping {resolution: t} read as a schedule: a layer at resolution r takes the value of the largest key
+        <= r (layers below every key use 1.0). 0 means the prior mean; negative values are refused.
+        """
+        L = self.num_layers
+        if isinstance(temperature, Mapping):
+            try:
+                schedule = sorted((int(k), float(v)) for k, v in temperature.items())
+            except (TypeError, ValueError):
+                raise ValueError(f"a temperature mapping must map resolutions to numbers, got {temperature!r}") from None
+            values = []
+            for r in self.layer_resolutions:
+                below = [t for k, t in schedule if k <= r]
+                values.append(below[-1] if below else 1.0)
+        elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+            values = [float(temperature)] * L
+        else:
+            if isinstance(temperature, torch.Tensor):
+                temperature = temperature.tolist()
+            try:
+                values = [float(t) for t in temperature]
+            except (TypeError, ValueError):
+                raise ValueError(f"temperature must be a number, a list of {L} numbers (one per decoder layer) "
+                                 f"or a mapping {{resolution: number}}, got {temperature!r}") from None
+            if len(values) != L:
+                raise ValueError(f"temperature list has {len(values)} values; this model has {L} decoder layers, "
+                                 "so give exactly that many (or one number)")
+        for i, t in enumerate(values):
+            if not math.isfinite(t) or t < 0:
+                raise ValueError(f"temperature must be finite and >= 0 (0 = prior mean), got {t} for layer {i}")
+        return values
+
+    def _require_encoder(self) -> None:
+        if self.encoder_mismatch:
+            raise EncoderMismatchError(
+                "this model's encoder weights do not match its config, so likelihood, encode and reconstruct "
+                f"are unavailable ({self.encoder_mismatch}). sample() and decode() use only the decoder and work. "
+                "To use the encoder, load again with a config whose enc_blocks matches the file "
+                "(`vdvae-zoo inspect FILE` shows the file's structure).")
+
+    @staticmethod
+    def _chunks(n: int, batch_size: Optional[int]) -> List[slice]:
+        if batch_size is None or batch_size >= n:
+            return [slice(0, n)]
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+    # --------------------------------------------------------------------------------------- training
+    def forward(self, images: ImageBatch, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """The loss terms with autograd, per image (N,): `elbo`, `distortion`, `rate` in nats per dim, and `kl`
+        (N, L) in nats. The training loss is `elbo.mean()`."""
+        self._require_encoder()
+        x_in, target = self.preprocess(self._check_images(images))
+        params, outputs = self.decoder(x_in.shape[0], self.encoder(x_in), generator=generator)
+        distortion = dmol_nll(params, target, self.config.num_mixtures, self.config.low_bit)
+        kl = torch.stack([o.kl.float().sum(dim=(1, 2, 3)) for o in outputs], dim=1)
+        rate = kl.sum(dim=1) / self.config.dims_per_image
+        return {"elbo": distortion + rate, "distortion": distortion, "rate": rate, "kl": kl}
+
+    # ------------------------------------------------------------------------------------------ inference
+    @_inference
+    def likelihood(self, images: ImageBatch, *, generator: Optional[torch.Generator] = None,
+                   batch_size: Optional[int] = None) -> LikelihoodResult:
+        """Negative ELBO of uint8 NHWC images with one posterior sample each, and its parts.
+
+        Returns a LikelihoodResult: `bpd` (bits per dim), `elbo`, `distortion`, `rate` (nats per dim), each (N,),
+        and `kl` (N, L) in nats. `batch_size` splits a large batch into micro-batches (results are the same up to
+        the random draws, which then come per micro-batch).
+        """
+        images = self._check_images(images)
+        parts = [self.forward(images[s], generator=generator) for s in self._chunks(images.shape[0], batch_size)]
+        cat = {k: torch.cat([p[k] for p in parts]).float().cpu() for k in parts[0]}
+        return LikelihoodResult(elbo=cat["elbo"], distortion=cat["distortion"], rate=cat["rate"], kl=cat["kl"])
+
+    @_inference
+    def encode(self, images: ImageBatch, *, generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+        """Posterior samples of every decoder layer for uint8 NHWC images: a list of L CPU float tensors,
+        layer i of shape (N, zdim, r_i, r_i), top (lowest resolution) first."""
+        self._require_encoder()
+        x_in, _ = self.preprocess(self._check_images(images))
+        _, outputs = self.decoder(x_in.shape[0], self.encoder(x_in), generator=generator)
+        return [o.z.float().cpu() for o in outputs]
+
+    @_inference
+    def sample(self, n: int, temperature: Temperature = 1.0, *, generator: Optional[torch.Generator] = None,
+               batch_size: Optional[int] = None) -> torch.Tensor:
+        """Draw `n` images from the prior at `temperature` (see `layer_temperatures`); uint8 (n, H, W, 3) on the CPU."""
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"n must be a positive integer number of images, got {n!r}")
+        return self._decode(n, [], self.layer_temperatures(temperature), generator, batch_size)
+
+    @_inference
+    def decode(self, latents: Sequence[Optional[torch.Tensor]], temperature: Temperature = 1.0, *,
+               n: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Images from given latents: `latents[i]` fixes decoder layer i (None or a missing tail: sampled from the
+        prior at `temperature`). Usually `model.encode(x)[:k]`. Returns uint8 (N, H, W, 3) on the CPU."""
+        latents = list(latents)
+        if len(latents) > self.num_layers:
+            raise ValueError(f"got {len(latents)} latents; this model has {self.num_layers} decoder layers")
+        given = [z for z in latents if z is not None]
+        if n is None:
+            if not given:
+                raise ValueError("decode needs n= (the batch size) when no latent is given")
+            n = given[0].shape[0]
+        checked = []
+        for i, z in enumerate(latents):
+            if z is not None:
+                r = self.layer_resolutions[i]
+                expected = (n, self.config.zdim, r, r)
+                if tuple(z.shape) != expected:
+                    raise ValueError(f"latent {i} has shape {tuple(z.shape)}; expected {expected} for layer {i}")
+                z = z.to(self.device, self.dtype)
+            checked.append(z)
+        return self._decode(n, checked, self.layer_temperatures(temperature), generator, None)
+
+    @_inference
+    def reconstruct(self, images: ImageBatch, keep: Optional[int] = None, temperature: Temperature = 1.0, *,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Encode uint8 NHWC images, keep the first `keep` layers' latents (all when None) and sample the rest
+        from the prior at `temperature`. Returns uint8 (N, H, W, 3) on the CPU."""
+        keep = self.num_layers if keep is None else keep
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= self.num_layers:
+            raise ValueError(f"keep must be an integer in 0..{self.num_layers} (number of layers to keep), got {keep!r}")
+        images = self._check_images(images)
+        latents = self.encode(images, generator=generator)[:keep]
+        return self.decode(latents, temperature, n=images.shape[0], generator=generator)
+
+    def _decode(self, n: int, latents: List[Optional[torch.Tensor]], temperatures: List[float],
+                generator: Optional[torch.Generator], batch_size: Optional[int]) -> torch.Tensor:
+        pieces = []
+        for s in self._chunks(n, batch_size):
+            chunk_latents = [None if z is None else z[s] for z in latents]
+            params, _ = self.decoder(s.stop - s.start, temperatures=temperatures, latents=chunk_latents,
+                                     generator=generator)
+            pieces.append(dmol_sample(params, self.config.num_mixtures, generator=generator).cpu())
+        return torch.cat(pieces)
+
+    # --------------------------------------------------------------------------- saving and loading
+    # The Hugging Face folder layout: config.json + model.safetensors (+ a model card). The work is done in
+    # hub.py, imported here lazily because hub.py builds models.
+    def save_pretrained(self, folder: str, **kwargs) -> "Path":
+        """Write config.json, model.safetensors and a model card README.md into `folder`."""
+        from .hub import save_pretrained
+        return save_pretrained(self, folder, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, folder_or_repo_id: str, **kwargs) -> "VDVAE":
+        """Load from a save_pretrained folder, a Hub repository id or a manifest name (see `vdvae_zoo.load`)."""
+        from .hub import load
+        return load(folder_or_repo_id, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> Dict[str, str]:
+        """Upload to the Hugging Face Hub; returns repo_id, revision and sha256 to pin in a manifest."""
+        from .hub import push_to_hub
+        return push_to_hub(self, repo_id, **kwargs)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"image_size={c.image_size}, width={c.width}, zdim={c.zdim}, layers={self.num_layers}, "
+                f"encoder_blocks={len(self.encoder.enc_blocks)}")
