@@ -177,6 +177,10 @@ class ModelEntry:
     aliases: tuple = ()
     encoder_verified: bool = True
     notes: str = ""
+    config: Optional[Dict[str, Any]] = None  # an explicit architecture, for models that are not a preset
+
+    def resolve_config(self) -> VDVAEConfig:
+        return VDVAEConfig.from_dict(self.config) if self.config else VDVAEConfig.from_preset(self.preset)
 
     @property
     def published(self) -> bool:
@@ -214,7 +218,14 @@ class Manifest:
                     raise ValueError(f"{where} lacks the field {key!r}")
                 if not isinstance(m[key], typ) or isinstance(m[key], bool):
                     raise ValueError(f"{where}: field {key!r} must be {typ.__name__}, got {m[key]!r}")
-            if m["preset"] not in PRESETS:
+            if "config" in m:
+                if not isinstance(m["config"], dict):
+                    raise ValueError(f"{where}: config must be an object of hyper-parameters")
+                try:
+                    VDVAEConfig.from_dict(m["config"])
+                except ValueError as e:
+                    raise ValueError(f"{where}: invalid config: {e}") from None
+            elif m["preset"] not in PRESETS:
                 raise ValueError(f"{where}: preset {m['preset']!r} is not one of {', '.join(PRESETS)}")
             if m["bits"] not in (5, 8):
                 raise ValueError(f"{where}: bits must be 5 or 8, got {m['bits']}")
@@ -230,7 +241,7 @@ class Manifest:
             if not (hub.get("revision") and hub.get("sha256")) and not source.get("url"):
                 raise ValueError(f"{where}: an entry must be published on the Hub (revision and sha256) or have a "
                                  "source.url")
-            known = set(_REQUIRED) | {"reported_test_bpd", "aliases", "encoder_verified", "notes"}
+            known = set(_REQUIRED) | {"reported_test_bpd", "aliases", "encoder_verified", "notes", "config"}
             unknown = set(m) - known
             if unknown:
                 raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
@@ -238,7 +249,8 @@ class Manifest:
                 name=m["name"], preset=m["preset"], dataset=m["dataset"], resolution=m["resolution"], bits=m["bits"],
                 parameters=m["parameters"], reported_test_bpd=m.get("reported_test_bpd"), license=m["license"],
                 hub=dict(hub), source=dict(source), aliases=tuple(m.get("aliases", ())),
-                encoder_verified=bool(m.get("encoder_verified", True)), notes=m.get("notes", "")))
+                encoder_verified=bool(m.get("encoder_verified", True)), notes=m.get("notes", ""),
+                config=m.get("config")))
         return cls(entries, path)
 
     @classmethod
@@ -462,8 +474,9 @@ def _fetch_from_hub(entry: ModelEntry, revision: Optional[str], cache_dir: Optio
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         try:
             paths[filename] = Path(hf_hub_download(entry.hub["repo_id"], filename, revision=rev,
-                                                   cache_dir=str(cache_dir) if cache_dir else None,
-                                                   local_files_only=_offline(local_files_only)))
+                                                   cache_dir=str(cache_dir or default_cache_dir()),
+                                                   local_files_only=_offline(local_files_only),
+                                                   endpoint=os.environ.get("HF_ENDPOINT") or None))
         except LocalEntryNotFoundError:
             if _offline(local_files_only):
                 raise _not_cached_error(entry, f"{entry.hub['repo_id']}@{rev}/{filename}") from None
@@ -500,7 +513,7 @@ def _fetch_from_source(entry: ModelEntry, cache_dir: Optional[Path], local_files
             _fetch_url(url, original, entry.source.get("sha256"))
         staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=root))
         try:
-            convert_original(original, entry.preset, staging, entry=entry)
+            convert_original(original, entry.resolve_config(), staging, entry=entry)
             (staging / "source.json").write_text(json.dumps(
                 {"url": url, "sha256": sha256_file(original)}, indent=2) + "\n")
             if folder.exists():
