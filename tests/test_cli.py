@@ -1,0 +1,219 @@
+"""The vdvae-zoo command line, through click's CliRunner and as the installed console script."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import load_file
+
+import vdvae_zoo
+from vdvae_zoo.cli import main
+from vdvae_zoo.images import center_crop_resize, read_image
+
+from conftest import TINY
+
+
+def photos(n=4):
+    import skimage.data as data
+    return [center_crop_resize(img, 32) for img in (data.astronaut(), data.chelsea(), data.coffee(), data.rocket())[:n]]
+
+
+@pytest.fixture()
+def model_dir(tmp_path, golden_model):
+    return str(golden_model.save_pretrained(tmp_path / "tiny32"))
+
+
+@pytest.fixture()
+def image_dir(tmp_path):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    pics = photos()
+    Image.fromarray(pics[0]).save(folder / "astronaut.png")
+    Image.fromarray(pics[1]).save(folder / "sub" / "cat.jpg", quality=95)
+    Image.fromarray(pics[2]).save(folder / "coffee.webp", lossless=True)
+    Image.fromarray(pics[3]).save(folder / "rocket.bmp")
+    Image.fromarray(pics[0]).save(folder / ".hidden.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def test_bpd_matches_the_python_api(tmp_path, image_dir, model_dir):
+    out = tmp_path / "scores.csv"
+    result = run("bpd", image_dir, "--model", model_dir, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "images: 4 scored, 0 skipped" in result.output and "mean bpd:" in result.output
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["astronaut.png", "coffee.webp", "rocket.bmp", "cat.jpg"]
+    images = np.stack([read_image(r["path"]) for r in rows])
+    model = vdvae_zoo.load(model_dir, device="cpu")
+    torch.manual_seed(0)
+    expected = model.likelihood(images)
+    np.testing.assert_allclose([float(r["bpd"]) for r in rows], expected.bpd.numpy(), rtol=1e-6)
+    np.testing.assert_allclose([float(r["rate_bpd"]) for r in rows], expected.rate_bpd.numpy(), rtol=1e-6)
+    mean = float(result.output.split("mean bpd: ")[1].split()[0])
+    assert mean == pytest.approx(expected.bpd.mean().item(), abs=1e-4)
+    # never overwritten without --overwrite
+    again = run("bpd", image_dir, "--model", model_dir, "-o", out)
+    assert again.exit_code != 0 and "--overwrite" in again.output
+    assert run("bpd", image_dir, "--model", model_dir, "-o", out, "--overwrite").exit_code == 0
+
+
+def test_bad_files_are_skipped_with_one_warning_each(tmp_path, image_dir, model_dir):
+    good = image_dir / "astronaut.png"
+    (image_dir / "truncated.png").write_bytes(good.read_bytes()[:200])
+    (image_dir / "fake.jpg").write_text("hello")
+    Image.fromarray(photos(1)[0]).resize((64, 64)).save(image_dir / "big.png")
+    result = run("bpd", image_dir, "--model", model_dir, "-o", tmp_path / "s.json")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: skipped")]
+    assert len(warnings) == 3
+    assert any("fake.jpg" in w and "not an image" in w for w in warnings)
+    assert any("big.png" in w and "64x64" in w and "--resize center-crop" in w for w in warnings)
+    assert "4 scored, 3 skipped" in result.output
+    assert len(json.loads((tmp_path / "s.json").read_text())["images"]) == 4
+    strict = run("bpd", image_dir, "--model", model_dir, "--strict")
+    assert strict.exit_code != 0 and "--strict" in strict.output
+    resized = run("bpd", image_dir, "--model", model_dir, "--resize", "center-crop")
+    assert "5 scored, 2 skipped" in resized.output
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16"])
+def test_image_modes_become_rgb(tmp_path, mode):
+    rgb = photos(1)[0]
+    img = Image.fromarray(rgb)
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)
+        assert img.mode == "I;16"
+    elif mode == "RGBA":
+        arr = np.dstack([rgb, np.zeros(rgb.shape[:2], np.uint8)])  # fully transparent: white
+        img = Image.fromarray(arr, "RGBA")
+    else:
+        img = img.convert(mode)
+    path = tmp_path / ("x.tif" if mode in ("I;16", "CMYK") else "x.png")
+    img.save(path)
+    out = read_image(path)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    if mode == "RGBA":
+        assert (out == 255).all()
+    if mode in ("L", "I;16"):
+        np.testing.assert_array_equal(out[..., 0], np.asarray(Image.fromarray(rgb).convert("L")))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = 255  # left half white
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    img.save(tmp_path / "r.jpg", exif=exif, quality=100)
+    out = read_image(tmp_path / "r.jpg")
+    assert out.shape == (40, 20, 3) and out[:15].mean() > 200 and out[25:].mean() < 50
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["bpd", "{empty}"], "no image files found"),
+    (["bpd", "{missing}"], "does not exist"),
+    (["bpd", "{images}", "--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+    (["sample", "{model}", "-t", "hot"], "is not a number"),
+    (["sample", "{model}", "-t", "1.0,0.5"], "13 decoder layers"),
+    (["sample", "{model}", "-t", "-1"], ">= 0"),
+])
+def test_user_errors_are_one_line(tmp_path, image_dir, model_dir, args, fragment):
+    (tmp_path / "empty").mkdir()
+    subst = {"{empty}": tmp_path / "empty", "{missing}": tmp_path / "missing", "{images}": image_dir,
+             "{model}": model_dir}
+    result = run(*[subst.get(a, a) for a in args])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output and fragment in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_auto_model_picks_by_size_and_refuses_mixed_sizes(tmp_path, image_dir, golden_expected, monkeypatch):
+    from fakehub import FileServer
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    server = FileServer({"t.th": (TINY / "model-ema.th").read_bytes()})
+    try:
+        manifest = tmp_path / "m.json"
+        manifest.write_text(json.dumps({"models": [{
+            "name": "cifar10", "preset": "cifar10", "config": golden_expected["config"] | golden_expected["preprocess"],
+            "dataset": "golden", "resolution": 32, "bits": 8, "parameters": 135078, "license": "MIT",
+            "hub": {"repo_id": "x/y", "revision": None, "sha256": None}, "source": {"url": server.url + "/t.th"}}]}))
+        result = run("bpd", image_dir, "--manifest", manifest)
+        assert result.exit_code == 0, result.output
+        assert "model: cifar10 (picked by image size" in result.output and "4 scored" in result.output
+    finally:
+        server.close()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image_dir / "big.png")
+    mixed = run("bpd", image_dir)
+    assert mixed.exit_code != 0 and "mixed sizes" in mixed.output and "--resize" in mixed.output
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(odd / "a.png")
+    assert "no released model works at 48x48" in run("bpd", odd).output
+
+
+def test_sample_is_reproducible_and_writes_pngs(tmp_path, model_dir):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    assert run("sample", model_dir, "-n", "4", "-t", "0.8", "--seed", "3", "-o", a).exit_code == 0
+    assert run("sample", model_dir, "-n", "4", "-t", "0.8", "--seed", "3", "-o", b).exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    result = run("sample", model_dir, "-n", "3", "-t", "1:1.0,16:0.5", "--outdir", tmp_path / "many")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == [f"sample_000{i}.png" for i in range(3)]
+    assert np.asarray(Image.open(tmp_path / "many" / "sample_0000.png")).shape == (32, 32, 3)
+
+
+def test_encode_and_reconstruct(tmp_path, image_dir, model_dir):
+    out = tmp_path / "z.safetensors"
+    result = run("encode", model_dir, image_dir, "-o", out)
+    assert result.exit_code == 0, result.output
+    tensors = load_file(str(out))
+    assert len(tensors) == 13 and tensors["z.0"].shape == (4, 4, 1, 1)
+    from safetensors import safe_open
+    with safe_open(str(out), "pt") as f:
+        assert len(json.loads(f.metadata()["paths"])) == 4
+    grid = tmp_path / "fig4.png"
+    result = run("reconstruct", model_dir, image_dir / "astronaut.png", image_dir / "rocket.bmp",
+                 "--keep", "1,4,all", "-o", grid)
+    assert result.exit_code == 0, result.output
+    assert Image.open(grid).size == (4 * 34 + 2, 2 * 34 + 2)
+
+
+def test_list_info_inspect_convert(tmp_path):
+    listing = run("list")
+    assert listing.exit_code == 0 and "ffhq1024" in listing.output and "UNVERIFIED" in listing.output
+    info = run("info", "ffhq256")
+    assert info.exit_code == 0 and "5-bit" in info.output and "256: 1" in info.output and "total 66" in info.output
+    inspected = run("inspect", TINY / "model.th", "--config", "cifar10")
+    assert inspected.exit_code == 0 and "encoder: 14 blocks" in inspected.output and "DIFFERENT" in inspected.output
+    out = tmp_path / "conv"
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(json.loads((TINY / "expected.json").read_text())["config"]))
+    converted = run("convert", TINY / "model-cudatagged.th", "--config", cfg, "-o", out)
+    assert converted.exit_code == 0, converted.output
+    assert (out / "model.safetensors").is_file() and vdvae_zoo.load(out).num_layers == 13
+
+
+def test_installed_console_script(tmp_path, image_dir, model_dir):
+    exe = shutil.which("vdvae-zoo")
+    assert exe, "the console script is installed with the package"
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and vdvae_zoo.__version__ in version.stdout
+    result = subprocess.run([exe, "bpd", str(image_dir), "--model", model_dir, "--device", "cpu"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "images: 4 scored" in result.stdout
+    missing = subprocess.run([exe, "bpd", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr and "does not exist" in missing.stderr

@@ -1,0 +1,474 @@
+"""The `vdvae-zoo` command line: a thin layer over the Python API (parsing and printing only)."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import numpy as np
+
+from . import __version__
+from .config import VDVAEConfig
+from .hub import (IntegrityError, UnknownModelError, convert_original, default_cache_dir, download, load,
+                  load_manifest, push_to_hub, resolve_config, sha256_file)
+from .images import ImageReadError, find_images, image_size, load_images, make_grid, save_png
+from .inspection import compare_with_config, inspect_checkpoint
+from .model import EncoderMismatchError
+
+AUTO_MODELS = {32: "cifar10", 64: "imagenet64", 256: "ffhq256", 1024: "ffhq1024"}
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, IntegrityError, ConnectionError,
+                EncoderMismatchError, ImageReadError, UnknownModelError)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return text.strip() or type(e).__name__
+
+
+def user_errors(fn):
+    """Turn expected failures into a one-line `Error: ...` and exit status 1, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _USER_ERRORS as e:
+            raise click.ClickException(_one_line(e)) from None
+
+    return wrapper
+
+
+def parse_temperature(text: str):
+    """'0.8' -> 0.8; '1.0,0.9,...' -> list (one per layer); '1:1.0,4:0.9' -> {resolution: t}."""
+    try:
+        if ":" in text:
+            return {int(k): float(v) for k, v in (item.split(":") for item in text.split(","))}
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a number, a comma-separated list of numbers (one per layer) "
+                                 "or a list of resolution:temperature pairs", param_hint="'-t'") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _write_atomic(path: Path, text: str, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _load_model(model: str, config: Optional[str], device: str, manifest: Optional[str]):
+    return load(model, config=config, device=None if device == "auto" else device, manifest=manifest)
+
+
+def model_options(fn):
+    fn = click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1")(fn)
+    fn = click.option("--config", default=None, help="Architecture of an original .th file: preset name or config.json.")(fn)
+    fn = click.option("--manifest", default=None, type=click.Path(dir_okay=False),
+                      help="Another weights manifest (private zoos).")(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vdvae-zoo")
+def main():
+    """Very Deep VAEs: sample, score images in bits per dim, encode, reconstruct, fine-tune.
+
+    Example: vdvae-zoo bpd my_images/
+    """
+
+
+# ------------------------------------------------------------------------------------------------- list/info
+@main.command("list")
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="Another weights manifest.")
+@user_errors
+def list_cmd(manifest):
+    """The released models: resolution, bits, parameters, reported bpd, cached or not.
+
+    Example: vdvae-zoo list
+    """
+    man = load_manifest(manifest)
+    rows = [("name", "resolution", "bits", "parameters", "test bpd", "cached", "encoder")]
+    for e in man.entries:
+        cached = "yes" if _is_cached(e) else "no"
+        names = e.name + (f" ({', '.join(e.aliases)})" if e.aliases else "")
+        rows.append((names, f"{e.resolution}", f"{e.bits}", f"{e.parameters / 1e6:.1f}M",
+                     f"{e.reported_test_bpd}", cached, "verified" if e.encoder_verified else "UNVERIFIED"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _cache_path(entry) -> Path:
+    if entry.published:
+        return default_cache_dir() / ("models--" + entry.hub["repo_id"].replace("/", "--"))
+    return default_cache_dir() / "vdvae-zoo" / entry.name
+
+
+def _is_cached(entry) -> bool:
+    path = _cache_path(entry)
+    return path.exists() and any(path.rglob("model.safetensors"))
+
+
+@main.command()
+@click.argument("model")
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="Another weights manifest.")
+@user_errors
+def info(model, manifest):
+    """A model's config, stochastic layers per resolution, and cache path.
+
+    Example: vdvae-zoo info ffhq256
+    """
+    man = load_manifest(manifest)
+    if model in man:
+        entry = man.get(model)
+        config = entry.resolve_config()
+        click.echo(f"name: {entry.name}" + (f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""))
+        click.echo(f"dataset: {entry.dataset}, {entry.resolution}x{entry.resolution}, {entry.bits}-bit targets")
+        click.echo(f"parameters: {entry.parameters:,}; reported test bpd: {entry.reported_test_bpd}; licence: {entry.license}")
+        click.echo(f"hub: {entry.hub['repo_id']}@{entry.hub.get('revision') or 'unpublished'}")
+        click.echo(f"source: {entry.source.get('url')}")
+        click.echo(f"encoder: {'verified' if entry.encoder_verified else 'UNVERIFIED'}" + (f" ({entry.notes})" if entry.notes else ""))
+        click.echo(f"cache: {_cache_path(entry)} ({'cached' if _is_cached(entry) else 'not downloaded'})")
+    else:
+        path = Path(model)
+        config = resolve_config(path / "config.json" if path.is_dir() else model)
+    per_res = {}
+    for b in config.decoder_blocks:
+        per_res[b.resolution] = per_res.get(b.resolution, 0) + 1
+    click.echo("stochastic layers per resolution: " + ", ".join(f"{r}: {n}" for r, n in per_res.items())
+               + f" (total {config.num_layers})")
+    click.echo("config: " + json.dumps(config.to_dict()))
+
+
+# ---------------------------------------------------------------------------------------------------- bpd
+def _pick_auto_model(paths: List[Path]) -> tuple:
+    sizes, unreadable = {}, []
+    for p in paths:
+        try:
+            sizes[p] = image_size(p)
+        except ImageReadError as e:
+            unreadable.append((p, e.reason))
+    distinct = set(sizes.values())
+    if not distinct:
+        return None, unreadable
+    if len(distinct) > 1:
+        listed = ", ".join(f"{w}x{h}" for w, h in sorted(distinct)[:5])
+        raise click.ClickException(f"images have mixed sizes ({listed}); choose a model with --model NAME and "
+                                   "--resize center-crop")
+    (w, h), = distinct
+    if w != h or w not in AUTO_MODELS:
+        raise click.ClickException(f"no released model works at {w}x{h} (they are 32, 64, 256, 1024); pick one with "
+                                   "--model NAME and --resize center-crop")
+    return AUTO_MODELS[w], unreadable
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--model", "model_name", default="auto", show_default=True,
+              help="auto (by the images' size: 32 cifar10, 64 imagenet64, 256 ffhq256, 1024 ffhq1024), a name, or a path.")
+@model_options
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="Per-image rows: .csv or .json.")
+@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into sub-folders.")
+@click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True,
+              help="center-crop: resize the short side and crop the centre; default never changes pixels.")
+@click.option("--strict", is_flag=True, help="Exit non-zero if any file was skipped.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the posterior samples.")
+@user_errors
+def bpd(paths, model_name, config, device, manifest, batch_size, output, recursive, resize, strict, overwrite, seed):
+    """Bits per dim (negative ELBO) of every image in PATHS (files and folders).
+
+    Example: vdvae-zoo bpd photos/ --output scores.csv
+    """
+    import torch
+    out_path = Path(output) if output else None
+    if out_path and out_path.suffix.lower() not in (".csv", ".json"):
+        raise click.BadParameter("must end in .csv or .json", param_hint="'--output'")
+    if out_path and out_path.exists() and not overwrite:
+        raise click.ClickException(f"{out_path} exists; pass --overwrite to replace it")
+    files = find_images(paths, recursive=recursive)
+    if not files:
+        raise click.ClickException(f"no image files found in {', '.join(paths)}")
+    skipped = []
+    if model_name == "auto":
+        model_name, skipped = _pick_auto_model(files)
+        if model_name is None:
+            for p, why in skipped:
+                click.echo(f"warning: skipped {p}: {why}", err=True)
+            raise click.ClickException(f"none of the {len(files)} files could be read as an image")
+        click.echo(f"model: {model_name} (picked by image size; use --model to choose)", err=True)
+        files = [f for f in files if f not in {p for p, _ in skipped}]
+    model = _load_model(model_name, config, device, manifest)
+    size = model.config.image_size
+    rows = []
+    torch.manual_seed(seed)
+    with click.progressbar(length=len(files), label="scoring", file=sys.stderr) as bar:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            images, kept, bad = load_images(chunk, size=size, resize=None if resize == "none" else resize)
+            skipped += bad
+            if len(kept):
+                r = model.likelihood(images)
+                for i, p in enumerate(kept):
+                    rows.append({"path": str(p), "bpd": r.bpd[i].item(), "distortion_bpd": r.distortion_bpd[i].item(),
+                                 "rate_bpd": r.rate_bpd[i].item()})
+            bar.update(len(chunk))
+    for p, why in skipped:
+        click.echo(f"warning: skipped {p}: {why}", err=True)
+    if rows and out_path:
+        if out_path.suffix.lower() == ".json":
+            text = json.dumps({"model": model_name, "images": rows}, indent=2) + "\n"
+        else:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+            text = buf.getvalue()
+        _write_atomic(out_path, text, overwrite)
+    values = np.array([r["bpd"] for r in rows])
+    stderr = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    click.echo(f"images: {len(rows)} scored, {len(skipped)} skipped")
+    if rows:
+        click.echo(f"mean bpd: {values.mean():.4f} ± {stderr:.4f} (standard error)")
+    click.echo(f"model: {model_name}")
+    if not rows:
+        raise click.ClickException("no image could be scored")
+    if strict and skipped:
+        raise click.ClickException(f"{len(skipped)} file(s) skipped and --strict was given")
+
+
+# -------------------------------------------------------------------------------------------------- sample
+@main.command()
+@click.argument("model_name", metavar="MODEL")
+@click.option("-n", "--num", default=16, show_default=True, type=click.IntRange(min=1), help="Number of images.")
+@click.option("-t", "--temperature", default="1.0", show_default=True,
+              help="One number, one per layer (comma-separated), or resolution:t pairs such as 1:1.0,4:0.9,32:0.6.")
+@click.option("--seed", default=None, type=int, help="Makes the samples reproducible.")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="A PNG grid.")
+@click.option("--outdir", default=None, type=click.Path(file_okay=False), help="One PNG per sample.")
+@click.option("--overwrite", is_flag=True, help="Replace existing files.")
+@model_options
+@user_errors
+def sample(model_name, num, temperature, seed, output, outdir, overwrite, config, device, manifest):
+    """Draw images from the prior.
+
+    Example: vdvae-zoo sample ffhq256 -n 4 -t 0.8 --seed 0 -o faces.png
+    """
+    import torch
+    t = parse_temperature(temperature)
+    if not output and not outdir:
+        output = "samples.png"
+    targets = [Path(output)] if output else []
+    if outdir:
+        targets += [Path(outdir) / f"sample_{i:04d}.png" for i in range(num)]
+    existing = [p for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise click.ClickException(f"{existing[0]} exists; pass --overwrite to replace it")
+    model = _load_model(model_name, config, device, manifest)
+    model.layer_temperatures(t)  # validate before the work
+    if seed is not None:
+        torch.manual_seed(seed)
+    images = model.sample(num, temperature=t).numpy()
+    if output:
+        save_png(make_grid(images), output)
+        click.echo(f"wrote {output} ({num} samples)")
+    if outdir:
+        for i, img in enumerate(images):
+            save_png(img, Path(outdir) / f"sample_{i:04d}.png")
+        click.echo(f"wrote {num} PNGs to {outdir}")
+
+
+# --------------------------------------------------------------------------------------------------- encode
+@main.command()
+@click.argument("model_name", metavar="MODEL")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="A .safetensors file.")
+@click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+@model_options
+@user_errors
+def encode(model_name, paths, output, resize, seed, overwrite, config, device, manifest):
+    """Posterior latents of images, saved as z.0 ... z.{L-1} with the image paths in the metadata.
+
+    Example: vdvae-zoo encode ffhq256 faces/ -o latents.safetensors
+    """
+    import torch
+    from safetensors.torch import save_file
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise click.ClickException(f"{out} exists; pass --overwrite to replace it")
+    model = _load_model(model_name, config, device, manifest)
+    images, kept, skipped = load_images(find_images(paths), size=model.config.image_size,
+                                        resize=None if resize == "none" else resize)
+    for p, why in skipped:
+        click.echo(f"warning: skipped {p}: {why}", err=True)
+    if not kept:
+        raise click.ClickException("no image could be encoded")
+    torch.manual_seed(seed)
+    zs = model.encode(images)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    save_file({f"z.{i}": z.contiguous() for i, z in enumerate(zs)}, str(tmp),
+              metadata={"paths": json.dumps([str(p) for p in kept]), "model": str(model_name)})
+    os.replace(tmp, out)
+    click.echo(f"wrote {out}: {len(zs)} layers x {len(kept)} images")
+
+
+# ----------------------------------------------------------------------------------------------- reconstruct
+@main.command()
+@click.argument("model_name", metavar="MODEL")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--keep", default="1,4,16,all", show_default=True, help="Numbers of layers to keep, comma-separated.")
+@click.option("-t", "--temperature", default="0.1", show_default=True, help="Temperature of the layers not kept.")
+@click.option("-o", "--output", default="reconstructions.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+@model_options
+@user_errors
+def reconstruct(model_name, paths, keep, temperature, output, resize, seed, overwrite, config, device, manifest):
+    """One row per image: the original, then reconstructions keeping the first k layers (the paper's Figure 4).
+
+    Example: vdvae-zoo reconstruct ffhq256 face.png --keep 1,4,16,all -o fig4.png
+    """
+    import torch
+    t = parse_temperature(temperature)
+    if Path(output).exists() and not overwrite:
+        raise click.ClickException(f"{output} exists; pass --overwrite to replace it")
+    model = _load_model(model_name, config, device, manifest)
+    try:
+        ks = [model.num_layers if k.strip() == "all" else int(k) for k in keep.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{keep!r} must be comma-separated integers or 'all'", param_hint="'--keep'") from None
+    images, kept, skipped = load_images(find_images(paths), size=model.config.image_size,
+                                        resize=None if resize == "none" else resize)
+    for p, why in skipped:
+        click.echo(f"warning: skipped {p}: {why}", err=True)
+    if not kept:
+        raise click.ClickException("no image could be read")
+    torch.manual_seed(seed)
+    zs = model.encode(images)
+    columns = [images] + [model.decode(zs[:k], temperature=t, n=len(kept)).numpy() for k in ks]
+    grid = np.stack(columns, axis=1).reshape(-1, *images.shape[1:])
+    save_png(make_grid(grid, ncols=len(columns)), output)
+    click.echo(f"wrote {output}: {len(kept)} rows, columns original + keep {', '.join(map(str, ks))}")
+
+
+# ----------------------------------------------------------------------------------------- weights tooling
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", default=None, help="Compare with this preset or config.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def inspect(checkpoint, config, as_json):
+    """The architecture a checkpoint's tensor shapes determine (.th or .safetensors).
+
+    Example: vdvae-zoo inspect ffhq1024-iter-1700000-model-ema.th --config ffhq1024
+    """
+    info_ = inspect_checkpoint(checkpoint)
+    diffs = compare_with_config(info_, resolve_config(config)) if config else None
+    if as_json:
+        d = info_.to_dict()
+        if diffs is not None:
+            d["differences"] = diffs
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(info_.describe())
+    if diffs is not None:
+        click.echo(f"compared with {config}: " + ("shapes agree" if not diffs else "DIFFERENT"))
+        for d in diffs:
+            click.echo(f"  {d}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", required=True, help="Preset name or config.json the file was trained with.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@user_errors
+def convert(checkpoint, config, output):
+    """Convert an original .th into config.json + model.safetensors (+ model card).
+
+    Example: vdvae-zoo convert ffhq256-iter-1700000-model-ema.th --config ffhq256 -o ffhq256/
+    """
+    folder = convert_original(checkpoint, config, output)
+    click.echo(f"wrote {folder} (sha256 of model.safetensors: {sha256_file(Path(folder) / 'model.safetensors')})")
+
+
+@main.command("download")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Instead of HF_HOME's cache.")
+@click.option("--revision", default=None)
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False))
+@user_errors
+def download_cmd(names, cache_dir, revision, manifest):
+    """Fetch models into the cache for offline use (HF_HUB_OFFLINE=1 later).
+
+    Example: vdvae-zoo download ffhq256 cifar10
+    """
+    for name in names:
+        folder = download(name, revision=revision, cache_dir=cache_dir, manifest=manifest)
+        click.echo(f"{name}: {folder}")
+
+
+@main.command()
+@click.argument("pairs", nargs=-1, required=True, metavar="NAME=FILE.th...")
+@click.option("--org", required=True, help="Hub namespace, e.g. vdvae-zoo.")
+@click.option("--manifest-out", default=None, type=click.Path(dir_okay=False),
+              help="Write an updated manifest here (default: print the fields to pin).")
+@click.option("--dry-run", is_flag=True, help="Convert and hash, but upload nothing.")
+@user_errors
+def publish(pairs, org, manifest_out, dry_run):
+    """Maintainers: convert original files, upload them to the Hub, print the manifest fields to pin.
+
+    Example: vdvae-zoo publish ffhq256=ffhq256-iter-1700000-model-ema.th --org vdvae-zoo
+    """
+    import tempfile
+    man = load_manifest()
+    pins = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} must be NAME=FILE.th", param_hint="NAME=FILE.th")
+        name, path = pair.split("=", 1)
+        entry = man.get(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = convert_original(path, entry.resolve_config(), tmp, entry=entry)
+            sha = sha256_file(Path(folder) / "model.safetensors")
+            source_sha = sha256_file(path)
+            if dry_run:
+                pins[entry.name] = {"repo_id": f"{org}/{entry.name}", "revision": None, "sha256": sha,
+                                    "source_sha256": source_sha}
+            else:
+                model = load(folder, device="cpu")
+                pin = push_to_hub(model, f"{org}/{entry.name}", entry=entry)
+                pins[entry.name] = dict(pin, source_sha256=source_sha)
+    if manifest_out:
+        base = json.loads(resources_manifest_text())
+        for m in base["models"]:
+            if m["name"] in pins:
+                pin = pins[m["name"]]
+                m["hub"].update(repo_id=pin["repo_id"], revision=pin["revision"], sha256=pin["sha256"])
+                m["source"]["sha256"] = pin["source_sha256"]
+        _write_atomic(Path(manifest_out), json.dumps(base, indent=2) + "\n", overwrite=True)
+        click.echo(f"wrote {manifest_out}")
+    click.echo(json.dumps(pins, indent=2))
+
+
+def resources_manifest_text() -> str:
+    from importlib import resources
+    return resources.files("vdvae_zoo").joinpath("weights_manifest.json").read_text()
+
+
+if __name__ == "__main__":
+    main()

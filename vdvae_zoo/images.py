@@ -1,0 +1,164 @@
+"""Reading image files and folders into uint8 NHWC arrays, and writing grids.
+
+Rules (documented for users in README):
+- Formats: whatever Pillow reads (PNG, JPEG, WebP, BMP, TIFF, GIF: first frame). EXIF orientation is applied.
+- Modes: RGB is kept; L, CMYK, YCbCr... convert to RGB; 16-bit integer modes (I;16, I) keep their top 8 bits;
+  anything with alpha (RGBA, LA, P with transparency) is composited on white.
+- Folders: files with an image extension, recursively if asked, hidden files and folders skipped, sorted.
+  Files named explicitly are always tried, whatever their extension.
+- Unreadable files are reported as (path, reason) and skipped, never silently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "find_images", "read_image", "center_crop_resize", "load_images",
+           "image_size", "make_grid", "save_png"]
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+PathLike = Union[str, os.PathLike]
+
+
+class ImageReadError(ValueError):
+    """A file that could not be read as an image; `path` and `reason` say which and why."""
+
+    def __init__(self, path: PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def find_images(paths: Sequence[PathLike], recursive: bool = True) -> List[Path]:
+    """Expand files and folders into a sorted list of image files. A missing path raises FileNotFoundError."""
+    found: List[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            pattern = p.rglob("*") if recursive else p.glob("*")
+            found.extend(sorted(f for f in pattern if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                                and not _hidden(f, p)))
+        else:
+            raise FileNotFoundError(f"{p} does not exist")
+    return found
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
+        shift = 8 if img.mode != "I" else max(int(arr.max()).bit_length() - 8, 0)
+        img = Image.fromarray((arr >> shift).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """One image file as uint8 (H, W, 3), by the rules of this module. Raises ImageReadError."""
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            return np.asarray(_to_rgb(img), dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise ImageReadError(path, "file does not exist") from None
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        reason = "not an image Pillow can read" if "cannot identify" in str(e) else f"unreadable ({e})"
+        raise ImageReadError(path, reason) from None
+
+
+def image_size(path: PathLike) -> Tuple[int, int]:
+    """(width, height) after EXIF orientation, read from the header only."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+            return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    except (OSError, ValueError, SyntaxError) as e:
+        reason = "not an image Pillow can read" if "cannot identify" in str(e) else f"unreadable ({e})"
+        raise ImageReadError(path, reason) from None
+
+
+def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the short side is `size` (bicubic, antialiased), then crop the centre square."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC, reducing_gap=None))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return resized[top:top + size, left:left + size].copy()
+
+
+def load_images(paths: Iterable[PathLike], size: Optional[int] = None, resize: Optional[str] = None,
+                ) -> Tuple[np.ndarray, List[Path], List[Tuple[Path, str]]]:
+    """Read files into one uint8 (N, H, W, 3) array.
+
+    With `size`, images of another size are skipped ("is WxH, the model needs SxS") unless
+    `resize="center-crop"`. Returns (images, the paths read, [(skipped path, reason)]).
+    """
+    if resize not in (None, "none", "center-crop"):
+        raise ValueError(f"resize must be 'center-crop' or None, got {resize!r}")
+    arrays, kept, skipped = [], [], []
+    for p in map(Path, paths):
+        try:
+            img = read_image(p)
+        except ImageReadError as e:
+            skipped.append((p, e.reason))
+            continue
+        if size is not None and img.shape[:2] != (size, size):
+            if resize == "center-crop":
+                img = center_crop_resize(img, size)
+            else:
+                skipped.append((p, f"is {img.shape[1]}x{img.shape[0]}, the model needs {size}x{size} "
+                                   "(use --resize center-crop)"))
+                continue
+        arrays.append(img)
+        kept.append(p)
+    if arrays and len({a.shape for a in arrays}) > 1:
+        raise ValueError("images have different sizes; give a size to check against, or resize them")
+    stacked = np.stack(arrays) if arrays else np.zeros((0, size or 0, size or 0, 3), np.uint8)
+    return stacked, kept, skipped
+
+
+def make_grid(images: np.ndarray, ncols: Optional[int] = None, padding: int = 2) -> Image.Image:
+    """Tile uint8 (N, H, W, 3) images into one RGB picture, `ncols` per row (default: about square)."""
+    images = np.asarray(images)
+    n, h, w, _ = images.shape
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    grid = np.full((nrows * (h + padding) + padding, ncols * (w + padding) + padding, 3), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, ncols)
+        y, x = padding + r * (h + padding), padding + c * (w + padding)
+        grid[y:y + h, x:x + w] = img
+    return Image.fromarray(grid)
+
+
+def save_png(image: Union[Image.Image, np.ndarray], path: PathLike, overwrite: bool = True) -> Path:
+    """Write a PNG atomically (temporary file, then rename). Refuses to replace a file unless `overwrite`."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,165 @@
+"""Read a VDVAE's architecture off a checkpoint's tensor shapes, and compare it with a config.
+
+Shapes tell each block's width (channels) and kernel (3x3 at resolutions > 2, 1x1 at 1 and 2), the latent
+size, the number of mixtures, and the resolutions of the learned starting states `bias_xs`. They do not tell
+where the encoder down-samples or which resolution a run of equal-width 3x3 blocks works at: the report says
+so instead of guessing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
+
+import torch
+
+from .config import VDVAEConfig
+
+__all__ = ["inspect_checkpoint", "CheckpointInfo", "BlockRun", "compare_with_config"]
+
+
+@dataclass
+class BlockRun:
+    """Consecutive blocks with the same width and kernel: indices first..first+count-1."""
+
+    first: int
+    count: int
+    width: int
+    kernel: int
+
+    def describe(self) -> str:
+        span = f"block {self.first}" if self.count == 1 else f"blocks {self.first}-{self.first + self.count - 1}"
+        where = "resolution 1 or 2" if self.kernel == 1 else "resolution > 2"
+        return f"{span}: {self.count} x width {self.width}, {self.kernel}x{self.kernel} ({where})"
+
+
+@dataclass
+class CheckpointInfo:
+    parameters: int
+    tensors: int
+    width: Optional[int]
+    zdim: Optional[int]
+    num_mixtures: Optional[int]
+    bias_resolutions: List[int]
+    bias_widths: List[int]
+    encoder_blocks: List[tuple]   # (width, kernel) per block
+    decoder_layers: List[tuple]   # (width, kernel) per layer
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def encoder_runs(self) -> List[BlockRun]:
+        return _runs(self.encoder_blocks)
+
+    @property
+    def decoder_runs(self) -> List[BlockRun]:
+        return _runs(self.decoder_layers)
+
+    def to_dict(self) -> Dict:
+        return {
+            "parameters": self.parameters, "tensors": self.tensors, "width": self.width, "zdim": self.zdim,
+            "num_mixtures": self.num_mixtures, "bias_xs": dict(zip(self.bias_resolutions, self.bias_widths)),
+            "encoder": {"blocks": len(self.encoder_blocks), "runs": [vars(r) for r in self.encoder_runs]},
+            "decoder": {"layers": len(self.decoder_layers), "runs": [vars(r) for r in self.decoder_runs]},
+            "notes": self.notes,
+        }
+
+    def describe(self) -> str:
+        lines = [f"parameters: {self.parameters:,} in {self.tensors} tensors",
+                 f"width (image resolution): {self.width}", f"zdim: {self.zdim}", f"num_mixtures: {self.num_mixtures}",
+                 "bias_xs (learned starting states), resolution:width: "
+                 + ", ".join(f"{r}:{w}" for r, w in zip(self.bias_resolutions, self.bias_widths)),
+                 f"encoder: {len(self.encoder_blocks)} blocks"]
+        lines += [f"  {r.describe()}" for r in self.encoder_runs]
+        lines.append(f"decoder: {len(self.decoder_layers)} stochastic layers")
+        lines += [f"  {r.describe()}" for r in self.decoder_runs]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _runs(blocks: List[tuple]) -> List[BlockRun]:
+    runs: List[BlockRun] = []
+    for i, (w, k) in enumerate(blocks):
+        if runs and (runs[-1].width, runs[-1].kernel) == (w, k):
+            runs[-1].count += 1
+        else:
+            runs.append(BlockRun(i, 1, w, k))
+    return runs
+
+
+def _indexed(state: Dict[str, torch.Tensor], prefix: str, suffix: str) -> Dict[int, torch.Tensor]:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\." + re.escape(suffix) + "$")
+    out = {}
+    for k, v in state.items():
+        m = pattern.match(k)
+        if m:
+            out[int(m.group(1))] = v
+    return dict(sorted(out.items()))
+
+
+def inspect_checkpoint(path_or_state: Union[str, os.PathLike, Dict[str, torch.Tensor]]) -> CheckpointInfo:
+    """The structure a checkpoint's tensor shapes determine (`.th`, `.safetensors`, or a state dict)."""
+    if isinstance(path_or_state, dict):
+        state = path_or_state
+        if state and all(k.startswith("module.") for k in state):
+            state = {k[len("module."):]: v for k, v in state.items()}
+    else:
+        from .hub import read_checkpoint
+        state = read_checkpoint(path_or_state)
+    shape = lambda k: tuple(state[k].shape) if k in state else None  # noqa: E731
+    enc = [(c1.shape[1], c2.shape[-1]) for c1, c2 in zip(
+        _indexed(state, "encoder.enc_blocks.", "c1.weight").values(),
+        _indexed(state, "encoder.enc_blocks.", "c2.weight").values())]
+    dec = [(c1.shape[1], c2.shape[-1]) for c1, c2 in zip(
+        _indexed(state, "decoder.dec_blocks.", "resnet.c1.weight").values(),
+        _indexed(state, "decoder.dec_blocks.", "resnet.c2.weight").values())]
+    z_proj = _indexed(state, "decoder.dec_blocks.", "z_proj.weight")
+    biases = [state[k] for k in sorted((k for k in state if re.match(r"decoder\.bias_xs\.\d+$", k)),
+                                       key=lambda k: int(k.rsplit(".", 1)[1]))]
+    out_conv = shape("decoder.out_net.out_conv.weight")
+    gain = shape("decoder.gain")
+    notes = []
+    if not enc:
+        notes.append("no encoder tensors found")
+    if not dec:
+        notes.append("no decoder layers found")
+    if out_conv and out_conv[0] % 10:
+        notes.append(f"out_conv has {out_conv[0]} channels, not a multiple of 10: not a mixture-of-logistics head")
+    notes.append("down-sampling points and the resolution of runs of 3x3 blocks are not visible in the shapes; "
+                 "bias_xs gives the decoder's resolutions up to no_bias_above")
+    return CheckpointInfo(
+        parameters=sum(v.numel() for v in state.values()), tensors=len(state),
+        width=gain[1] if gain else None,
+        zdim=next(iter(z_proj.values())).shape[1] if z_proj else None,
+        num_mixtures=out_conv[0] // 10 if out_conv else None,
+        bias_resolutions=[b.shape[2] for b in biases], bias_widths=[b.shape[1] for b in biases],
+        encoder_blocks=enc, decoder_layers=dec, notes=notes)
+
+
+def _expected(config: VDVAEConfig) -> tuple:
+    enc = [(config.width_at(b.resolution), 3 if b.resolution > 2 else 1) for b in config.encoder_blocks]
+    dec = [(config.width_at(b.resolution), 3 if b.resolution > 2 else 1) for b in config.decoder_blocks]
+    return enc, dec
+
+
+def compare_with_config(info: CheckpointInfo, config: VDVAEConfig) -> List[str]:
+    """Where the file and `config` differ: the first differing encoder block and decoder layer, and the
+    global fields. Empty when the shapes agree."""
+    enc, dec = _expected(config)
+    diffs = []
+    for what, ours, theirs in (("encoder block", info.encoder_blocks, enc), ("decoder layer", info.decoder_layers, dec)):
+        for i in range(max(len(ours), len(theirs))):
+            a = ours[i] if i < len(ours) else None
+            b = theirs[i] if i < len(theirs) else None
+            if a != b:
+                fmt = lambda t: "nothing" if t is None else f"width {t[0]}, {t[1]}x{t[1]}"  # noqa: E731
+                diffs.append(f"{what} {i}: file has {fmt(a)}, config expects {fmt(b)} "
+                             f"(file: {len(ours)} {what}s, config: {len(theirs)})")
+                break
+    for name, ours, theirs in (("width", info.width, config.width), ("zdim", info.zdim, config.zdim),
+                               ("num_mixtures", info.num_mixtures, config.num_mixtures),
+                               ("bias_xs resolutions", info.bias_resolutions, config.bias_resolutions)):
+        if ours != theirs:
+            diffs.append(f"{name}: file has {ours}, config expects {theirs}")
+    return diffs
