@@ -11,6 +11,8 @@ from .model import VDVAE, EncoderMismatchError, LikelihoodResult
 from .hub import (IntegrityError, Manifest, UnknownModelError, convert_original, download, load, load_manifest,
                   read_checkpoint, save_pretrained)
 
+from .train import TrainOptions, Trainer, finetune
+
 __version__ = "0.1.0"
 
 
@@ -21,4 +23,4 @@ def list_models() -> list:
 
 __all__ = ["VDVAE", "VDVAEConfig", "LikelihoodResult", "EncoderMismatchError", "IntegrityError", "UnknownModelError",
            "Manifest", "load", "download", "load_manifest", "read_checkpoint", "save_pretrained", "convert_original",
-           "list_models", "list_presets", "parse_block_string", "__version__"]
+           "list_models", "list_presets", "parse_block_string", "Trainer", "TrainOptions", "finetune", "__version__"]

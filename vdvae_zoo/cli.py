@@ -465,6 +465,48 @@ def publish(pairs, org, manifest_out, dry_run):
     click.echo(json.dumps(pins, indent=2))
 
 
+# ------------------------------------------------------------------------------------------------ finetune
+@main.command("finetune")
+@click.option("--model", "model_name", default=None, help="Name or path to fine-tune from (its EMA weights).")
+@click.option("--config", default=None, help="Preset name or config.json: train from scratch.")
+@click.option("--data", required=True, type=click.Path(exists=True), help="Folder of training images (recursive).")
+@click.option("--val-data", default=None, type=click.Path(exists=True), help="Validation folder (default: a split).")
+@click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 0.9))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder; loadable with vdvae_zoo.load.")
+@click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Total iterations; with --resume the run continues up to it.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Per process. Default: the preset's.")
+@click.option("--lr", default=None, type=float)
+@click.option("--weight-decay", default=None, type=float)
+@click.option("--warmup", default=None, type=click.IntRange(min=0), help="Warm-up updates (0: none).")
+@click.option("--grad-clip", default=None, type=float)
+@click.option("--skip-threshold", default=None, type=float, help="Skip updates whose gradient norm reaches this (<=0: never).")
+@click.option("--ema-rate", default=None, type=float)
+@click.option("--val-every", default=500, show_default=True, type=click.IntRange(min=0))
+@click.option("--save-every", default=500, show_default=True, type=click.IntRange(min=0))
+@click.option("--sample-every", default=1000, show_default=True, type=click.IntRange(min=0))
+@click.option("--log-every", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--hflip", is_flag=True, help="Random horizontal flips.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0))
+@user_errors
+def finetune_command(model_name, **kwargs):
+    """Fine-tune a released model, or train from scratch, on a folder of images.
+
+    Example: vdvae-zoo finetune --model ffhq256 --data faces/ --out runs/faces --steps 20000
+
+    Multi-GPU: torchrun --nproc_per_node 8 -m vdvae_zoo.finetune --model ffhq256 --data faces/ --out runs/faces
+    """
+    from .train import finetune
+    summary = finetune(model=model_name, **kwargs)
+    click.echo(json.dumps(summary))
+    if summary.get("stopped_by_signal"):
+        sys.exit(130)
+
+
 def resources_manifest_text() -> str:
     from importlib import resources
     return resources.files("vdvae_zoo").joinpath("weights_manifest.json").read_text()

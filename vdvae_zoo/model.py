@@ -168,7 +168,7 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, activation: Optional[torch.Tensor] = None, temperature: float = 1.0,
                 latent: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-                ) -> tuple[torch.Tensor, LayerOutput]:
+                noise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> tuple[torch.Tensor, LayerOutput]:
         """x: the state at this resolution (mixin already added). With `activation` (the encoder's at this
         resolution) z comes from the posterior and the KL is computed; without, z comes from the prior at
         `temperature`. A given `latent` replaces the draw (no random numbers are drawn then)."""
@@ -181,13 +181,17 @@ class DecoderLayer(nn.Module):
         x = x + features[:, 2 * self.zdim:]
 
         if activation is not None:
-            z = latent if latent is not None else torch.exp(q_logstd) * _standard_normal(q_mean, generator) + q_mean
+            if latent is not None:
+                z = latent
+            else:
+                eps = noise(q_mean) if noise is not None else _standard_normal(q_mean, generator)
+                z = torch.exp(q_logstd) * eps + q_mean
             out = LayerOutput(z, p_mean, p_logstd, q_mean, q_logstd, gaussian_kl(q_mean, q_logstd, p_mean, p_logstd))
         else:
             if latent is not None:
                 z = latent
             else:
-                eps = _standard_normal(p_mean, generator)
+                eps = noise(p_mean) if noise is not None else _standard_normal(p_mean, generator)
                 if temperature == 0:  # the prior mean; the draw above keeps the random stream aligned
                     z = p_mean
                 else:
@@ -224,9 +228,11 @@ class Decoder(nn.Module):
 
     def forward(self, n: int, activations: Optional[Dict[int, torch.Tensor]] = None,
                 temperatures: Optional[Sequence[float]] = None, latents: Sequence[Optional[torch.Tensor]] = (),
-                generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, List[LayerOutput]]:
+                generator: Optional[torch.Generator] = None, noise: Optional[Callable] = None,
+                ) -> tuple[torch.Tensor, List[LayerOutput]]:
         """Run the layers top to bottom for a batch of `n`. Returns the output-distribution parameters
-        (N, H, W, 10M) and each layer's LayerOutput. `latents[i]`, when given and not None, fixes layer i."""
+        (N, H, W, 10M) and each layer's LayerOutput. `latents[i]`, when given and not None, fixes layer i.
+        `noise(like)`, when given, supplies each layer's standard-normal draw instead of the generator."""
         ref = self.gain
         states: Dict[int, torch.Tensor] = {r: b for r, b in zip(self.bias_resolutions, self.bias_xs)}
         outputs: List[LayerOutput] = []
@@ -243,7 +249,7 @@ class Decoder(nn.Module):
             latent = latents[i] if i < len(latents) else None
             activation = activations[r] if activations is not None else None
             t = 1.0 if temperatures is None else temperatures[i]
-            x, out = layer(x, activation, t, latent, generator)
+            x, out = layer(x, activation, t, latent, generator, noise)
             states[r] = x
             outputs.append(out)
         x = states[self.config.image_size] * self.gain + self.bias
@@ -419,12 +425,14 @@ class VDVAE(nn.Module):
         return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
     # --------------------------------------------------------------------------------------- training
-    def forward(self, images: ImageBatch, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    def forward(self, images: ImageBatch, generator: Optional[torch.Generator] = None,
+                noise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
         """The loss terms with autograd, per image (N,): `elbo`, `distortion`, `rate` in nats per dim, and `kl`
-        (N, L) in nats. The training loss is `elbo.mean()`."""
+        (N, L) in nats. The training loss is `elbo.mean()`. `noise(like)` may supply the posterior draws
+        (the trainer uses it to make them independent of how a batch is split across processes)."""
         self._require_encoder()
         x_in, target = self.preprocess(self._check_images(images))
-        params, outputs = self.decoder(x_in.shape[0], self.encoder(x_in), generator=generator)
+        params, outputs = self.decoder(x_in.shape[0], self.encoder(x_in), generator=generator, noise=noise)
         distortion = dmol_nll(params, target, self.config.num_mixtures, self.config.low_bit)
         kl = torch.stack([o.kl.float().sum(dim=(1, 2, 3)) for o in outputs], dim=1)
         rate = kl.sum(dim=1) / self.config.dims_per_image

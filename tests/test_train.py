@@ -1,0 +1,163 @@
+"""The trainer on tiny configs and real photo crops (scikit-image's bundled images)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import vdvae_zoo
+from vdvae_zoo.train import Trainer, TrainOptions
+
+from conftest import REPO, tiny_config_dict
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    """24 real 16x16 crops from scikit-image's bundled photos."""
+    import skimage.data as data
+    folder = tmp_path_factory.mktemp("photos")
+    k = 0
+    for img in (data.astronaut(), data.chelsea(), data.coffee(), data.rocket()):
+        h, w = img.shape[:2]
+        for i in range(6):
+            y, x = (i * 37) % (h - 96), (i * 53) % (w - 96)
+            crop = Image.fromarray(img[y:y + 96, x:x + 96]).resize((16, 16), Image.BICUBIC)
+            crop.save(folder / f"img{k:02d}.png")
+            k += 1
+    return folder
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "config.json"
+    path.write_text(json.dumps(tiny_config_dict()))
+    return str(path)
+
+
+def options(photo_dir, config_file, out, **kw):
+    base = dict(data=str(photo_dir), out=str(out), config=config_file, steps=6, batch_size=4, lr=2e-3, warmup=2,
+                val_every=0, save_every=0, sample_every=0, log_every=1, seed=0)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_loss_drops_and_output_loads(tmp_path, photo_dir, config_file):
+    out = tmp_path / "run"
+    summary = Trainer(options(photo_dir, config_file, out, steps=40, val_every=20, sample_every=40)).train()
+    assert summary["step"] == 40 and summary["skipped"] == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3, losses
+    vals = [r["val_bpd"] for r in records if "val_bpd" in r]
+    assert len(vals) == 2 and all(np.isfinite(vals))
+    for key in ("step", "loss", "distortion", "rate", "grad_norm", "skipped", "lr", "images_per_s"):
+        assert key in records[0]
+    assert records[0]["lr"] == pytest.approx(1e-3)  # warm-up: (0 + 1) / 2 of lr, never 0
+    assert (out / "samples" / "step_0000040.png").is_file() and (out / "curves.png").is_file()
+    model = vdvae_zoo.load(out, device="cpu")
+    assert model.sample(2).shape == (2, 16, 16, 3)
+
+
+def test_gradient_spike_and_nan_are_skipped_and_counted(tmp_path, photo_dir, config_file, monkeypatch):
+    trainer = Trainer(options(photo_dir, config_file, tmp_path / "run", steps=4, skip_threshold=1e9, skip_alarm=2))
+    original = trainer.net.forward
+    calls = {"n": 0}
+
+    def faulty(images, noise=None):
+        out = original(images, noise=noise)
+        calls["n"] += 1
+        if calls["n"] == 2:   # a gradient spike
+            out = dict(out, elbo=out["elbo"] * 1e12)
+        if calls["n"] == 3:   # a NaN loss
+            out = dict(out, elbo=out["elbo"] * float("nan"), distortion=out["distortion"] * float("nan"))
+        return out
+
+    monkeypatch.setattr(trainer.net, "forward", faulty)
+    trainer.opt.skip_threshold = 1e6
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    summary = trainer.train()
+    assert summary == dict(summary, step=4, updates=2, skipped=2)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in records if "loss" in r] == [False, True, True, False]
+    assert records[2]["nan_total"] == 1 and "warning" in records[2] and "skip" in records[2]["warning"]
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_resume_gives_the_same_weights(tmp_path, photo_dir, config_file):
+    full = tmp_path / "full"
+    Trainer(options(photo_dir, config_file, full, steps=6, hflip=True)).train()
+    half = tmp_path / "half"
+    Trainer(options(photo_dir, config_file, half, steps=3, hflip=True)).train()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(options(photo_dir, config_file, half, steps=6, hflip=True)).train()
+    Trainer(options(photo_dir, config_file, half, steps=6, hflip=True, resume=True)).train()
+    a, b = weights(full), weights(half)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ckpt = load_file(str(half / "checkpoint" / "state.safetensors"))
+    assert any(k.startswith("optim.") for k in ckpt) and "rng.torch" in ckpt
+
+
+def test_too_few_images_is_a_clear_error(tmp_path, config_file):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "a.png")
+    with pytest.raises(ValueError, match="1 usable training images"):
+        Trainer(options(folder, config_file, tmp_path / "run", val_fraction=0.0))
+
+
+def _cli(*args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "vdvae_zoo.finetune", *map(str, args)], env=env or os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigterm_saves_and_resume_finishes_identically(tmp_path, photo_dir, config_file):
+    common = ["--config", config_file, "--data", photo_dir, "--batch-size", 4, "--lr", 2e-3, "--warmup", 2,
+              "--val-every", 0, "--save-every", 0, "--sample-every", 0, "--log-every", 1, "--device", "cpu"]
+    reference = tmp_path / "ref"
+    p = _cli(*common, "--out", reference, "--steps", 30)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    out = tmp_path / "run"
+    p = _cli(*common, "--out", out, "--steps", 30)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "log.jsonl").exists() and
+                                          len((out / "log.jsonl").read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=120) == 130, p.stderr.read()
+    meta = json.loads((out / "checkpoint" / "meta.json").read_text())
+    assert 3 <= meta["step"] < 30
+    p = _cli(*common, "--out", out, "--steps", 30, "--resume")
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    a, b = weights(reference), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, photo_dir, config_file):
+    common = ["--config", config_file, "--data", photo_dir, "--lr", 2e-3, "--warmup", 2, "--steps", 4,
+              "--val-every", 0, "--save-every", 0, "--sample-every", 0, "--log-every", 1, "--device", "cpu"]
+    single = tmp_path / "single"
+    p = _cli(*common, "--batch-size", 4, "--out", single)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    multi = tmp_path / "multi"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "vdvae_zoo.finetune", *map(str, common), "--batch-size", "2", "--out", str(multi)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    end = [json.loads(line) for line in (multi / "log.jsonl").read_text().splitlines() if '"event": "end"' in line]
+    assert end and end[-1]["ranks_identical"] is True
+    a, b = weights(single), weights(multi)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,474 @@
+"""Fine-tuning (or training from scratch) on a folder of images, with the paper's stabilisation:
+AdamW (betas 0.9, 0.9), linear warm-up, gradient clipping, skipping updates whose gradient norm reaches
+`skip_threshold` or whose loss is NaN (all processes decide together), and an EMA of the weights.
+
+Multi-GPU runs are launched by `torchrun` (torch.distributed; NCCL on CUDA, gloo on CPU); rank 0 writes.
+
+Departures from the original loop, on purpose (SPEC §10): the first update uses lr/warmup, not 0;
+`warmup=0` means no warm-up; the warm-up counts applied updates only and is saved with the checkpoint;
+weight decay spares biases, gains and `bias_xs`; a long run of skipped updates is reported.
+
+Reproducibility: the posterior noise and flips of each image are drawn from generators seeded by
+(seed, step, index in the global batch), so a run gives the same weights whether it is split across
+processes or resumed from a checkpoint (on the CPU; GPU kernels are not bitwise deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .config import TRAINING_PRESETS, VDVAEConfig
+from .hub import load, load_manifest, resolve_config, save_pretrained
+from .images import center_crop_resize, find_images, make_grid, read_image, ImageReadError, save_png
+from .model import VDVAE
+
+__all__ = ["TrainOptions", "Trainer", "finetune"]
+
+
+@dataclass
+class TrainOptions:
+    """Everything a run needs. Optimisation fields left as None take the preset's values (SPEC §1)."""
+
+    data: str
+    out: str
+    model: Optional[str] = None          # name or path to fine-tune from (EMA weights)
+    config: Optional[str] = None         # preset name or config.json: train from scratch
+    val_data: Optional[str] = None
+    val_fraction: float = 0.1
+    steps: int = 1000                    # total iterations (applied + skipped updates); --resume continues to it
+    batch_size: Optional[int] = None     # per process
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    warmup: Optional[int] = None
+    grad_clip: Optional[float] = None
+    skip_threshold: Optional[float] = None  # <= 0 disables skipping on the gradient norm
+    ema_rate: Optional[float] = None
+    val_every: int = 500
+    save_every: int = 500
+    sample_every: int = 1000
+    log_every: int = 10
+    hflip: bool = False
+    resume: bool = False
+    device: str = "auto"
+    dtype: str = "float32"               # or bfloat16 (autocast, CUDA)
+    seed: int = 0
+    workers: int = 0
+    skip_alarm: int = 50                 # warn after this many consecutive skipped updates
+    min_images: int = 2
+
+
+GENERIC_DEFAULTS = dict(lr=2e-4, weight_decay=0.01, warmup=100, grad_clip=200.0, skip_threshold=400.0,
+                        ema_rate=0.999, batch_size=16)
+
+
+# -------------------------------------------------------------------------------------------------- data
+class ImageFolderData(torch.utils.data.Dataset):
+    """Images resized and centre-cropped to `size`, as uint8 (H, W, 3) tensors; optional horizontal flips
+    decided per (seed, epoch, index) so that they do not depend on workers or processes."""
+
+    def __init__(self, files: List[Path], size: int, hflip: bool = False, seed: int = 0):
+        self.files, self.size, self.hflip, self.seed, self.epoch = files, size, hflip, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        img = center_crop_resize(read_image(self.files[index]), self.size)
+        if self.hflip and random.Random(hash((self.seed, self.epoch, index))).random() < 0.5:
+            img = img[:, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(img))
+
+
+def _readable(files: List[Path]) -> List[Path]:
+    good = []
+    for f in files:
+        try:
+            read_image(f)
+            good.append(f)
+        except ImageReadError as e:
+            print(f"warning: skipped {f}: {e.reason}", file=sys.stderr)
+    return good
+
+
+# ------------------------------------------------------------------------------------------- distributed
+def _dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _any_across_ranks(flag: bool, device) -> bool:
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def _save_checkpoint(folder: Path, tensors: Dict[str, torch.Tensor], meta: Dict) -> None:
+    """Write a checkpoint folder atomically: a complete staging folder replaces the old one by renames,
+    and the previous checkpoint stays until the new one is complete."""
+    from safetensors.torch import save_file
+    staging = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / "state.safetensors"))
+    (staging / "meta.json").write_text(json.dumps(meta))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(staging, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _find_checkpoint(folder: Path) -> Optional[Path]:
+    for candidate in (folder, folder.with_name(folder.name + ".old")):  # .old: a crash between the two renames
+        if (candidate / "meta.json").is_file() and (candidate / "state.safetensors").is_file():
+            return candidate
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+class Trainer:
+    """Train a VDVAE on image folders. `Trainer(options).train()`; see TrainOptions for the fields."""
+
+    def __init__(self, options: TrainOptions):
+        self.opt = o = options
+        if (o.model is None) == (o.config is None):
+            raise ValueError("give exactly one of model= (a name or path to fine-tune) and config= (to train from scratch)")
+        if o.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {o.steps}")
+        self.world, self.rank, local_rank = _dist_info()
+        if self.world > 1 and not dist.is_initialized():
+            use_cuda = torch.cuda.is_available() and o.device != "cpu"
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        if o.device == "auto":
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        else:
+            device = o.device
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if o.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {o.dtype!r}")
+        self.out = Path(o.out)
+
+        # Model: warm start from EMA weights, or the paper's initialisation.
+        preset = None
+        if o.model is not None:
+            manifest = load_manifest()
+            preset = manifest.get(o.model).preset if o.model in manifest else None
+            self.model = load(o.model, device="cpu").train()
+        else:
+            cfg = resolve_config(o.config)
+            preset = o.config if isinstance(o.config, str) and o.config in TRAINING_PRESETS else None
+            torch.manual_seed(o.seed)
+            self.model = VDVAE(cfg).train()
+        self.config: VDVAEConfig = self.model.config
+        defaults = dict(GENERIC_DEFAULTS)
+        if preset in TRAINING_PRESETS:
+            t = TRAINING_PRESETS[preset]
+            defaults.update(lr=t.lr, weight_decay=t.weight_decay, warmup=t.warmup_iters, grad_clip=t.grad_clip,
+                            skip_threshold=t.skip_threshold, ema_rate=t.ema_rate, batch_size=t.batch_size_per_gpu)
+        for k, v in defaults.items():
+            if getattr(o, k) is None:
+                setattr(o, k, v)
+        if not 0 <= o.ema_rate < 1:
+            raise ValueError(f"ema_rate must be in [0, 1), got {o.ema_rate}")
+        self.model.to(self.device)
+        self.ema = VDVAE(self.config).to(self.device).eval()
+        self.ema.load_state_dict(self.model.state_dict())
+        self.ema.requires_grad_(False)
+
+        decay = [p for n, p in self.model.named_parameters() if n.endswith(".weight")]
+        no_decay = [p for n, p in self.model.named_parameters() if not n.endswith(".weight")]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=o.lr, betas=(0.9, 0.9))
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        self._setup_data()
+        self.step = 0            # iterations done (applied + skipped)
+        self.updates = 0         # applied updates (drives the warm-up)
+        self.skipped = 0
+        self.nan_count = 0
+        self.consecutive_skips = 0
+        self.log_records: List[Dict] = []
+        self._stop_signal: Optional[int] = None
+
+    # ---------------------------------------------------------------------------------------- data setup
+    def _setup_data(self) -> None:
+        o, size = self.opt, self.config.image_size
+        files = _readable(find_images([o.data]))
+        if o.val_data:
+            train_files, val_files = files, _readable(find_images([o.val_data]))
+        else:
+            order = np.random.default_rng(o.seed).permutation(len(files))
+            n_val = int(round(len(files) * o.val_fraction)) if len(files) > 1 else 0
+            val_files = [files[i] for i in sorted(order[:n_val])]
+            train_files = [files[i] for i in sorted(order[n_val:])]
+        global_batch = o.batch_size * self.world
+        if len(train_files) < max(o.min_images, global_batch):
+            raise ValueError(f"{o.data} has {len(train_files)} usable training images; need at least "
+                             f"{max(o.min_images, global_batch)} (batch size {o.batch_size} x {self.world} processes)")
+        self.train_set = ImageFolderData(train_files, size, hflip=o.hflip, seed=o.seed)
+        self.val_set = ImageFolderData(val_files, size) if val_files else None
+        self.batches_per_epoch = len(train_files) // global_batch
+
+    def _batch_indices(self, step: int) -> List[int]:
+        """Indices of this process's share of the global batch of `step`: a DistributedSampler permutation of
+        epoch step // batches_per_epoch, cut into global batches; rank r takes every world-th index."""
+        epoch, k = divmod(step, self.batches_per_epoch)
+        sampler = torch.utils.data.DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank,
+                                                      shuffle=True, seed=self.opt.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        mine = list(sampler)
+        b = self.opt.batch_size
+        return mine[k * b:(k + 1) * b]
+
+    def _load_batch(self, indices: List[int], epoch: int) -> torch.Tensor:
+        self.train_set.epoch = epoch
+        if self.opt.workers > 0:
+            loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.train_set, indices),
+                                                 batch_size=len(indices), num_workers=self.opt.workers)
+            return next(iter(loader))
+        return torch.stack([self.train_set[i] for i in indices])
+
+    def _noise(self, step: int):
+        """Posterior noise per image from a generator seeded by (seed, step, position in the global batch)."""
+        b = self.opt.batch_size
+        gens = [torch.Generator().manual_seed(hash((self.opt.seed, step, j)) & 0x7FFFFFFFFFFF)
+                for j in range(self.rank, b * self.world, self.world)]
+
+        def draw(like: torch.Tensor) -> torch.Tensor:
+            eps = torch.stack([torch.randn(like.shape[1:], generator=g) for g in gens])
+            return eps.to(like.device, like.dtype)
+
+        return draw
+
+    # ----------------------------------------------------------------------------------------- one step
+    def lr_at(self, updates: int) -> float:
+        o = self.opt
+        return o.lr if o.warmup <= 0 else o.lr * min(1.0, (updates + 1) / o.warmup)
+
+    def train_step(self) -> Dict:
+        o = self.opt
+        epoch = self.step // self.batches_per_epoch
+        images = self._load_batch(self._batch_indices(self.step), epoch)
+        lr = self.lr_at(self.updates)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if o.dtype == "bfloat16"
+                    else nullcontext())
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            out = self.net(images, noise=self._noise(self.step))
+        loss = out["elbo"].mean()
+        distortion, rate = out["distortion"].mean().item(), out["rate"].mean().item()
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip).item()
+        nan_loss = math.isnan(distortion) or math.isnan(rate)
+        too_big = not math.isfinite(grad_norm) or (o.skip_threshold > 0 and grad_norm >= o.skip_threshold)
+        skip = _any_across_ranks(nan_loss or too_big, self.device)
+        if skip:
+            self.skipped += 1
+            self.consecutive_skips += 1
+            self.nan_count += int(nan_loss)
+        else:
+            self.optimizer.step()
+            self.updates += 1
+            self.consecutive_skips = 0
+            with torch.no_grad():
+                for p_ema, p in zip(self.ema.parameters(), self.model.parameters()):
+                    p_ema.mul_(o.ema_rate).add_(p.detach(), alpha=1.0 - o.ema_rate)
+        self.step += 1
+        elapsed = time.perf_counter() - t0
+        record = {"step": self.step, "loss": loss.item(), "distortion": distortion, "rate": rate,
+                  "grad_norm": grad_norm, "skipped": skip, "skipped_total": self.skipped, "nan_total": self.nan_count,
+                  "lr": lr, "images_per_s": len(images) * self.world / max(elapsed, 1e-9), "time_s": elapsed}
+        if self.consecutive_skips and self.consecutive_skips % o.skip_alarm == 0:
+            record["warning"] = (f"{self.consecutive_skips} updates in a row were skipped (gradient norm {grad_norm:.1f} "
+                                 f">= skip_threshold {o.skip_threshold}): training has stopped learning. Raise "
+                                 "--skip-threshold or lower --lr.")
+            if self.rank == 0:
+                print("warning: " + record["warning"], file=sys.stderr)
+        return record
+
+    # ------------------------------------------------------------------------------------ eval, samples
+    def validate(self) -> Optional[float]:
+        if self.val_set is None or len(self.val_set) == 0:
+            return None
+        images = torch.stack([self.val_set[i] for i in range(len(self.val_set))])
+        gen = torch.Generator(device=self.device).manual_seed(self.opt.seed)
+        r = self.ema.likelihood(images, generator=gen, batch_size=self.opt.batch_size)
+        return r.bpd.mean().item()
+
+    def write_samples(self) -> Path:
+        gen = torch.Generator(device=self.device).manual_seed(self.opt.seed)
+        images = self.ema.sample(16, temperature=1.0, generator=gen)
+        return save_png(make_grid(images.numpy()), self.out / "samples" / f"step_{self.step:07d}.png")
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def _state(self):
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        opt_state = self.optimizer.state_dict()
+        for pid, st in opt_state["state"].items():
+            for name, value in st.items():
+                tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"step": self.step, "updates": self.updates, "skipped": self.skipped, "nan_count": self.nan_count,
+                "consecutive_skips": self.consecutive_skips, "param_groups": opt_state["param_groups"],
+                "config": self.config.to_dict(), "options": asdict(self.opt),
+                "rng_numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist()] + list(np.random.get_state()[2:]),
+                "rng_python": repr(random.getstate()), "data_position": self.step}
+        return tensors, meta
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        tensors, meta = self._state()
+        _save_checkpoint(self.out / "checkpoint", tensors, meta)
+        save_pretrained(self.ema, self.out)  # the folder loads with vdvae_zoo.load(out): EMA weights
+
+    def resume(self) -> bool:
+        from safetensors.torch import load_file
+        found = _find_checkpoint(self.out / "checkpoint")
+        if found is None:
+            return False
+        meta = json.loads((found / "meta.json").read_text())
+        tensors = load_file(str(found / "state.safetensors"))
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        state: Dict[int, Dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        np.random.set_state((meta["rng_numpy"][0], np.array(meta["rng_numpy"][1], dtype=np.uint32),
+                             *meta["rng_numpy"][2:]))
+        for key in ("step", "updates", "skipped", "nan_count", "consecutive_skips"):
+            setattr(self, key, meta[key])
+        return True
+
+    # ---------------------------------------------------------------------------------------------- loop
+    def _log(self, record: Dict) -> None:
+        self.log_records.append(record)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def train(self) -> Dict:
+        """Run until `steps`; returns a summary. SIGINT/SIGTERM save a checkpoint and stop cleanly."""
+        o = self.opt
+        if _find_checkpoint(self.out / "checkpoint") is not None and not o.resume:
+            raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if o.resume and not self.resume() and self.rank == 0:
+            print(f"no checkpoint in {self.out}; starting a new run", file=sys.stderr)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        stopped = False
+        try:
+            from huggingface_hub.utils import tqdm
+            bar = tqdm(total=o.steps, initial=self.step, disable=self.rank != 0, desc="training", unit="step")
+            while self.step < o.steps:
+                record = self.train_step()
+                bar.update(1)
+                if self.step % o.log_every == 0 or record.get("warning") or self.step == o.steps:
+                    self._log(record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", skipped=self.skipped)
+                if o.val_every and self.step % o.val_every == 0:
+                    self._log({"step": self.step, "val_bpd": self.validate()})
+                if o.sample_every and self.step % o.sample_every == 0 and self.rank == 0:
+                    self.write_samples()
+                stop = _any_across_ranks(self._stop_signal is not None, self.device)
+                if (o.save_every and self.step % o.save_every == 0) or stop or self.step == o.steps:
+                    self.save()
+                if stop:
+                    stopped = True
+                    break
+            bar.close()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        summary = {"step": self.step, "updates": self.updates, "skipped": self.skipped, "stopped_by_signal": stopped}
+        if not stopped:
+            summary["final_val_bpd"] = self.validate()
+            summary["ranks_identical"] = self._ranks_identical()
+            self._log(dict(summary, event="end"))
+            if self.rank == 0:
+                self.plot_curves()
+        return summary
+
+    def _ranks_identical(self) -> bool:
+        if self.world == 1:
+            return True
+        flat = torch.cat([p.detach().flatten().double() for p in self.model.parameters()])
+        checks = torch.stack([flat.sum(), (flat * torch.arange(len(flat), dtype=torch.float64, device=flat.device)).sum()])
+        gathered = [torch.zeros_like(checks) for _ in range(self.world)]
+        dist.all_gather(gathered, checks)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
+
+    def plot_curves(self) -> Path:
+        """A PNG of the training loss and validation bpd against the step, drawn with Pillow."""
+        from PIL import Image, ImageDraw
+        records = [json.loads(line) for line in (self.out / "log.jsonl").read_text().splitlines()]
+        series = {"train loss (nats/dim)": [(r["step"], r["loss"]) for r in records if "loss" in r],
+                  "val bpd": [(r["step"], r["val_bpd"]) for r in records if r.get("val_bpd") is not None]}
+        w, h, pad = 640, 360, 50
+        img = Image.new("RGB", (w, h), "white")
+        d = ImageDraw.Draw(img)
+        points = [p for s in series.values() for p in s if math.isfinite(p[1])]
+        if points:
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            x0, x1, y0, y1 = min(xs), max(max(xs), min(xs) + 1), min(ys), max(max(ys), min(ys) + 1e-6)
+            sx = lambda x: pad + (x - x0) / (x1 - x0) * (w - 2 * pad)  # noqa: E731
+            sy = lambda y: h - pad - (y - y0) / (y1 - y0) * (h - 2 * pad)  # noqa: E731
+            d.rectangle([pad, pad, w - pad, h - pad], outline="black")
+            for (name, s), colour, row in zip(series.items(), ("steelblue", "darkorange"), (0, 1)):
+                pts = [(sx(x), sy(y)) for x, y in s if math.isfinite(y)]
+                if len(pts) > 1:
+                    d.line(pts, fill=colour, width=2)
+                elif pts:
+                    d.ellipse([pts[0][0] - 3, pts[0][1] - 3, pts[0][0] + 3, pts[0][1] + 3], fill=colour)
+                d.text((pad + 5, 5 + 14 * row), name, fill=colour)
+            d.text((pad, h - pad + 5), f"step {x0}", fill="black")
+            d.text((w - pad - 60, h - pad + 5), f"step {x1}", fill="black")
+            d.text((5, pad), f"{y1:.3g}", fill="black")
+            d.text((5, h - pad - 10), f"{y0:.3g}", fill="black")
+        return save_png(img, self.out / "curves.png")
+
+
+def finetune(**kwargs) -> Dict:
+    """Python entry point: `vdvae_zoo.finetune(model="ffhq256", data="faces/", out="runs/faces", steps=1000)`."""
+    trainer = Trainer(TrainOptions(**kwargs))
+    try:
+        return trainer.train()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
