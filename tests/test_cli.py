@@ -217,3 +217,29 @@ def test_installed_console_script(tmp_path, image_dir, model_dir):
     assert "images: 4 scored" in result.stdout
     missing = subprocess.run([exe, "bpd", str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr and "does not exist" in missing.stderr
+
+
+def test_download_then_offline_and_publish_dry_run(tmp_path, golden_expected, monkeypatch):
+    from fakehub import FileServer
+    from vdvae_zoo.hub import sha256_file
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    server = FileServer({"t.th": (TINY / "model-ema.th").read_bytes()})
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"models": [{
+        "name": "tiny", "preset": "cifar10", "config": golden_expected["config"] | golden_expected["preprocess"],
+        "dataset": "golden", "resolution": 32, "bits": 8, "parameters": 135078, "license": "MIT",
+        "hub": {"repo_id": "x/tiny", "revision": None, "sha256": None}, "source": {"url": server.url + "/t.th"}}]}))
+    try:
+        fetched = run("download", "tiny", "--manifest", manifest)
+        assert fetched.exit_code == 0, fetched.output
+    finally:
+        server.close()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert vdvae_zoo.load("tiny", manifest=manifest).num_layers == 13
+    pinned = tmp_path / "pinned.json"
+    result = run("publish", f"tiny={TINY / 'model.th'}", "--org", "test-org", "--dry-run", "--manifest", manifest,
+                 "--manifest-out", pinned)
+    assert result.exit_code == 0, result.output
+    entry = json.loads(pinned.read_text())["models"][0]
+    assert entry["source"]["sha256"] == sha256_file(TINY / "model.th")
+    assert entry["hub"]["repo_id"] == "test-org/tiny" and len(entry["hub"]["sha256"]) == 64

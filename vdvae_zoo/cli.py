@@ -428,14 +428,15 @@ def download_cmd(names, cache_dir, revision, manifest):
 @click.option("--manifest-out", default=None, type=click.Path(dir_okay=False),
               help="Write an updated manifest here (default: print the fields to pin).")
 @click.option("--dry-run", is_flag=True, help="Convert and hash, but upload nothing.")
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="The manifest to update.")
 @user_errors
-def publish(pairs, org, manifest_out, dry_run):
+def publish(pairs, org, manifest_out, dry_run, manifest):
     """Maintainers: convert original files, upload them to the Hub, print the manifest fields to pin.
 
     Example: vdvae-zoo publish ffhq256=ffhq256-iter-1700000-model-ema.th --org vdvae-zoo
     """
     import tempfile
-    man = load_manifest()
+    man = load_manifest(manifest)
     pins = {}
     for pair in pairs:
         if "=" not in pair:
@@ -454,7 +455,7 @@ def publish(pairs, org, manifest_out, dry_run):
                 pin = push_to_hub(model, f"{org}/{entry.name}", entry=entry)
                 pins[entry.name] = dict(pin, source_sha256=source_sha)
     if manifest_out:
-        base = json.loads(resources_manifest_text())
+        base = json.loads(Path(manifest).read_text() if manifest else resources_manifest_text())
         for m in base["models"]:
             if m["name"] in pins:
                 pin = pins[m["name"]]
