@@ -290,6 +290,18 @@ def sample(model_name, num, temperature, seed, output, outdir, overwrite, config
         click.echo(f"wrote {num} PNGs to {outdir}")
 
 
+def _read_images_for(model, paths, resize: str):
+    """Images of PATHS at the model's size; skipped files warned about one line each; none readable is an error."""
+    images, kept, skipped = load_images(find_images(paths), size=model.config.image_size,
+                                        resize=None if resize == "none" else resize)
+    for p, why in skipped:
+        click.echo(f"warning: skipped {p}: {why}", err=True)
+    if not kept:
+        raise click.ClickException(f"no image in {', '.join(map(str, paths))} could be read at "
+                                   f"{model.config.image_size}x{model.config.image_size} (try --resize center-crop)")
+    return images, kept
+
+
 # --------------------------------------------------------------------------------------------------- encode
 @main.command()
 @click.argument("model_name", metavar="MODEL")
@@ -311,12 +323,7 @@ def encode(model_name, paths, output, resize, seed, overwrite, config, device, m
     if out.exists() and not overwrite:
         raise click.ClickException(f"{out} exists; pass --overwrite to replace it")
     model = _load_model(model_name, config, device, manifest)
-    images, kept, skipped = load_images(find_images(paths), size=model.config.image_size,
-                                        resize=None if resize == "none" else resize)
-    for p, why in skipped:
-        click.echo(f"warning: skipped {p}: {why}", err=True)
-    if not kept:
-        raise click.ClickException("no image could be encoded")
+    images, kept = _read_images_for(model, paths, resize)
     torch.manual_seed(seed)
     zs = model.encode(images)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -352,12 +359,7 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
         ks = [model.num_layers if k.strip() == "all" else int(k) for k in keep.split(",")]
     except ValueError:
         raise click.BadParameter(f"{keep!r} must be comma-separated integers or 'all'", param_hint="'--keep'") from None
-    images, kept, skipped = load_images(find_images(paths), size=model.config.image_size,
-                                        resize=None if resize == "none" else resize)
-    for p, why in skipped:
-        click.echo(f"warning: skipped {p}: {why}", err=True)
-    if not kept:
-        raise click.ClickException("no image could be read")
+    images, kept = _read_images_for(model, paths, resize)
     torch.manual_seed(seed)
     zs = model.encode(images)
     columns = [images] + [model.decode(zs[:k], temperature=t, n=len(kept)).numpy() for k in ks]

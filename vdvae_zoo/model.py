@@ -18,10 +18,8 @@ sampling pixels, two uniform tensors in the output distribution (see dmol.py).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
