@@ -243,3 +243,28 @@ def test_download_then_offline_and_publish_dry_run(tmp_path, golden_expected, mo
     entry = json.loads(pinned.read_text())["models"][0]
     assert entry["source"]["sha256"] == sha256_file(TINY / "model.th")
     assert entry["hub"]["repo_id"] == "test-org/tiny" and len(entry["hub"]["sha256"]) == 64
+
+
+def test_bpd_importance_weighted_and_kl_chart(tmp_path, image_dir, model_dir):
+    out, chart = tmp_path / "iw.json", tmp_path / "kl.png"
+    result = run("bpd", image_dir, "--model", model_dir, "--samples", 8, "--kl-chart", chart, "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["images"]
+    images = np.stack([read_image(r["path"]) for r in rows])
+    torch.manual_seed(0)
+    expected = vdvae_zoo.load(model_dir, device="cpu").likelihood(images, n_samples=8)
+    np.testing.assert_allclose([r["bpd_iw"] for r in rows], expected.bpd_iw.numpy(), rtol=1e-6)
+    assert f"mean bpd_iw (8 samples): {expected.bpd_iw.mean().item():.4f}" in result.output
+    assert Image.open(chart).size[0] > 0 and f"wrote {chart}" in result.output
+    again = run("bpd", image_dir, "--model", model_dir, "--kl-chart", chart)
+    assert again.exit_code != 0 and "--overwrite" in again.output
+
+
+def test_interpolate_command(tmp_path, image_dir, model_dir):
+    out = tmp_path / "path.png"
+    a, b = image_dir / "astronaut.png", image_dir / "rocket.bmp"
+    result = run("interpolate", model_dir, a, b, "--steps", 4, "--keep", 3, "-o", out, "--dtype", "bfloat16")
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (4 * 32 + 5 * 2, 32 + 2 * 2)
+    bad = run("interpolate", model_dir, a, image_dir, "-o", tmp_path / "x.png")
+    assert bad.exit_code != 0 and "directory" in bad.output

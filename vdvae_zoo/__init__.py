@@ -10,6 +10,7 @@ from .config import VDVAEConfig, list_models as list_presets, parse_block_string
 from .model import VDVAE, EncoderMismatchError, LikelihoodResult
 from .hub import (IntegrityError, Manifest, UnknownModelError, convert_original, download, load, load_manifest,
                   read_checkpoint, save_pretrained)
+from .plots import bits_per_layer, bits_per_resolution, kl_chart
 
 from .train import TrainOptions, Trainer, finetune
 
@@ -23,4 +24,5 @@ def list_models() -> list:
 
 __all__ = ["VDVAE", "VDVAEConfig", "LikelihoodResult", "EncoderMismatchError", "IntegrityError", "UnknownModelError",
            "Manifest", "load", "download", "load_manifest", "read_checkpoint", "save_pretrained", "convert_original",
-           "list_models", "list_presets", "parse_block_string", "Trainer", "TrainOptions", "finetune", "__version__"]
+           "list_models", "list_presets", "parse_block_string", "Trainer", "TrainOptions", "finetune",
+           "bits_per_layer", "bits_per_resolution", "kl_chart", "__version__"]

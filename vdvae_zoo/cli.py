@@ -22,6 +22,7 @@ from .hub import (IntegrityError, UnknownModelError, convert_original, default_c
 from .images import ImageReadError, find_images, image_size, load_images, make_grid, save_png
 from .inspection import compare_with_config, inspect_checkpoint
 from .model import EncoderMismatchError
+from .plots import kl_chart as kl_chart_image
 
 AUTO_MODELS = {32: "cifar10", 64: "imagenet64", 256: "ffhq256", 1024: "ffhq1024"}
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, IntegrityError, ConnectionError,
@@ -67,12 +68,15 @@ def _write_atomic(path: Path, text: str, overwrite: bool) -> None:
     os.replace(tmp, path)
 
 
-def _load_model(model: str, config: Optional[str], device: str, manifest: Optional[str]):
-    return load(model, config=config, device=None if device == "auto" else device, manifest=manifest)
+def _load_model(model: str, config: Optional[str], device: str, manifest: Optional[str], dtype: str = "float32"):
+    return load(model, config=config, device=None if device == "auto" else device, manifest=manifest, dtype=dtype)
 
 
 def model_options(fn):
     fn = click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1")(fn)
+    fn = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+                      show_default=True, help="Compute precision of the convolutions (bfloat16: faster on GPUs and "
+                      "CPUs with bf16 units; the likelihood head stays float32).")(fn)
     fn = click.option("--config", default=None, help="Architecture of an original .th file: preset name or config.json.")(fn)
     fn = click.option("--manifest", default=None, type=click.Path(dir_okay=False),
                       help="Another weights manifest (private zoos).")(fn)
@@ -186,14 +190,21 @@ def _pick_auto_model(paths: List[Path]) -> tuple:
 @click.option("--strict", is_flag=True, help="Exit non-zero if any file was skipped.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the posterior samples.")
+@click.option("--samples", "n_samples", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Posterior draws per image; K > 1 adds the importance-weighted bound bpd_iw (tighter).")
+@click.option("--kl-chart", default=None, type=click.Path(dir_okay=False),
+              help="Write a PNG bar chart of the bits in each decoder layer (mean over the images).")
 @user_errors
-def bpd(paths, model_name, config, device, manifest, batch_size, output, recursive, resize, strict, overwrite, seed):
+def bpd(paths, model_name, config, device, dtype, manifest, batch_size, output, recursive, resize, strict, overwrite,
+        seed, n_samples, kl_chart):
     """Bits per dim (negative ELBO) of every image in PATHS (files and folders).
 
-    Example: vdvae-zoo bpd photos/ --output scores.csv
+    Example: vdvae-zoo bpd photos/ --output scores.csv --samples 16 --kl-chart layers.png
     """
     import torch
     out_path = Path(output) if output else None
+    if kl_chart and Path(kl_chart).exists() and not overwrite:
+        raise click.ClickException(f"{kl_chart} exists; pass --overwrite to replace it")
     if out_path and out_path.suffix.lower() not in (".csv", ".json"):
         raise click.BadParameter("must end in .csv or .json", param_hint="'--output'")
     if out_path and out_path.exists() and not overwrite:
@@ -210,9 +221,9 @@ def bpd(paths, model_name, config, device, manifest, batch_size, output, recursi
             raise click.ClickException(f"none of the {len(files)} files could be read as an image")
         click.echo(f"model: {model_name} (picked by image size; use --model to choose)", err=True)
         files = [f for f in files if f not in {p for p, _ in skipped}]
-    model = _load_model(model_name, config, device, manifest)
+    model = _load_model(model_name, config, device, manifest, dtype)
     size = model.config.image_size
-    rows = []
+    rows, kl_sum = [], None
     torch.manual_seed(seed)
     with click.progressbar(length=len(files), label="scoring", file=sys.stderr) as bar:
         for start in range(0, len(files), batch_size):
@@ -220,10 +231,13 @@ def bpd(paths, model_name, config, device, manifest, batch_size, output, recursi
             images, kept, bad = load_images(chunk, size=size, resize=None if resize == "none" else resize)
             skipped += bad
             if len(kept):
-                r = model.likelihood(images)
+                r = model.likelihood(images, n_samples=n_samples)
+                kl_sum = r.kl.sum(0) if kl_sum is None else kl_sum + r.kl.sum(0)
                 for i, p in enumerate(kept):
                     rows.append({"path": str(p), "bpd": r.bpd[i].item(), "distortion_bpd": r.distortion_bpd[i].item(),
                                  "rate_bpd": r.rate_bpd[i].item()})
+                    if r.bpd_iw is not None:
+                        rows[-1]["bpd_iw"] = r.bpd_iw[i].item()
             bar.update(len(chunk))
     for p, why in skipped:
         click.echo(f"warning: skipped {p}: {why}", err=True)
@@ -242,6 +256,14 @@ def bpd(paths, model_name, config, device, manifest, batch_size, output, recursi
     click.echo(f"images: {len(rows)} scored, {len(skipped)} skipped")
     if rows:
         click.echo(f"mean bpd: {values.mean():.4f} ± {stderr:.4f} (standard error)")
+        if n_samples > 1:
+            iw = np.array([r["bpd_iw"] for r in rows])
+            iw_err = iw.std(ddof=1) / math.sqrt(len(iw)) if len(iw) > 1 else float("nan")
+            click.echo(f"mean bpd_iw ({n_samples} samples): {iw.mean():.4f} ± {iw_err:.4f} (standard error)")
+    if rows and kl_chart:
+        kl_chart_image(kl_sum / len(rows), model.layer_resolutions, kl_chart, overwrite=True,
+                       title=f"bits per layer, mean of {len(rows)} images ({model_name})")
+        click.echo(f"wrote {kl_chart}")
     click.echo(f"model: {model_name}")
     if not rows:
         raise click.ClickException("no image could be scored")
@@ -261,7 +283,7 @@ def bpd(paths, model_name, config, device, manifest, batch_size, output, recursi
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 @model_options
 @user_errors
-def sample(model_name, num, temperature, seed, output, outdir, overwrite, config, device, manifest):
+def sample(model_name, num, temperature, seed, output, outdir, overwrite, config, device, dtype, manifest):
     """Draw images from the prior.
 
     Example: vdvae-zoo sample ffhq256 -n 4 -t 0.8 --seed 0 -o faces.png
@@ -276,7 +298,7 @@ def sample(model_name, num, temperature, seed, output, outdir, overwrite, config
     existing = [p for p in targets if p.exists()]
     if existing and not overwrite:
         raise click.ClickException(f"{existing[0]} exists; pass --overwrite to replace it")
-    model = _load_model(model_name, config, device, manifest)
+    model = _load_model(model_name, config, device, manifest, dtype)
     model.layer_temperatures(t)  # validate before the work
     if seed is not None:
         torch.manual_seed(seed)
@@ -312,7 +334,7 @@ def _read_images_for(model, paths, resize: str):
 @click.option("--overwrite", is_flag=True)
 @model_options
 @user_errors
-def encode(model_name, paths, output, resize, seed, overwrite, config, device, manifest):
+def encode(model_name, paths, output, resize, seed, overwrite, config, device, dtype, manifest):
     """Posterior latents of images, saved as z.0 ... z.{L-1} with the image paths in the metadata.
 
     Example: vdvae-zoo encode ffhq256 faces/ -o latents.safetensors
@@ -322,7 +344,7 @@ def encode(model_name, paths, output, resize, seed, overwrite, config, device, m
     out = Path(output)
     if out.exists() and not overwrite:
         raise click.ClickException(f"{out} exists; pass --overwrite to replace it")
-    model = _load_model(model_name, config, device, manifest)
+    model = _load_model(model_name, config, device, manifest, dtype)
     images, kept = _read_images_for(model, paths, resize)
     torch.manual_seed(seed)
     zs = model.encode(images)
@@ -345,7 +367,7 @@ def encode(model_name, paths, output, resize, seed, overwrite, config, device, m
 @click.option("--overwrite", is_flag=True)
 @model_options
 @user_errors
-def reconstruct(model_name, paths, keep, temperature, output, resize, seed, overwrite, config, device, manifest):
+def reconstruct(model_name, paths, keep, temperature, output, resize, seed, overwrite, config, device, dtype, manifest):
     """One row per image: the original, then reconstructions keeping the first k layers (the paper's Figure 4).
 
     Example: vdvae-zoo reconstruct ffhq256 face.png --keep 1,4,16,all -o fig4.png
@@ -354,7 +376,7 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
     t = parse_temperature(temperature)
     if Path(output).exists() and not overwrite:
         raise click.ClickException(f"{output} exists; pass --overwrite to replace it")
-    model = _load_model(model_name, config, device, manifest)
+    model = _load_model(model_name, config, device, manifest, dtype)
     try:
         ks = [model.num_layers if k.strip() == "all" else int(k) for k in keep.split(",")]
     except ValueError:
@@ -366,6 +388,45 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
     grid = np.stack(columns, axis=1).reshape(-1, *images.shape[1:])
     save_png(make_grid(grid, ncols=len(columns)), output)
     click.echo(f"wrote {output}: {len(kept)} rows, columns original + keep {', '.join(map(str, ks))}")
+
+
+# ----------------------------------------------------------------------------------------------- interpolate
+@main.command()
+@click.argument("model_name", metavar="MODEL")
+@click.argument("image_a", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
+@click.option("--steps", default=8, show_default=True, type=click.IntRange(min=2), help="Images on the path, ends included.")
+@click.option("--keep", default="all", show_default=True, help="Layers to interpolate (the rest: prior, same noise).")
+@click.option("-t", "--temperature", default="0.1", show_default=True, help="Temperature of the layers not kept.")
+@click.option("--mode", type=click.Choice(["linear", "slerp"]), default="linear", show_default=True)
+@click.option("-o", "--output", default="interpolation.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+@model_options
+@user_errors
+def interpolate(model_name, image_a, image_b, steps, keep, temperature, mode, output, resize, seed, overwrite,
+                config, device, dtype, manifest):
+    """A row of images along the latent path from IMAGE_A to IMAGE_B.
+
+    Example: vdvae-zoo interpolate ffhq256 a.png b.png --steps 8 --keep 20 -o path.png
+    """
+    import torch
+    t = parse_temperature(temperature)
+    if Path(output).exists() and not overwrite:
+        raise click.ClickException(f"{output} exists; pass --overwrite to replace it")
+    model = _load_model(model_name, config, device, manifest, dtype)
+    try:
+        k = model.num_layers if keep.strip() == "all" else int(keep)
+    except ValueError:
+        raise click.BadParameter(f"{keep!r} must be an integer or 'all'", param_hint="'--keep'") from None
+    images, kept = _read_images_for(model, [image_a, image_b], resize)
+    if len(kept) != 2:
+        raise click.ClickException("both IMAGE_A and IMAGE_B must be readable images")
+    torch.manual_seed(seed)
+    path = model.interpolate(images[0], images[1], steps, keep=k, temperature=t, mode=mode).numpy()
+    save_png(make_grid(path, ncols=steps), output)
+    click.echo(f"wrote {output}: {steps} steps from {kept[0]} to {kept[1]}, {k} of {model.num_layers} layers kept")
 
 
 # ----------------------------------------------------------------------------------------- weights tooling

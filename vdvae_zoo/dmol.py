@@ -40,8 +40,11 @@ def dmol_nll(params: torch.Tensor, target: torch.Tensor, num_mixtures: int, low_
     targets when `low_bit`), with open bins at the edges (x < -0.999, x > 0.999) and, in the far tail
     where the mass is below 1e-5, the density at the bin centre times the bin width.
     """
-    params = params.float()
-    target = target.float()
+    with torch.autocast(params.device.type, enabled=False):
+        return _dmol_nll(params.float(), target.float(), num_mixtures, low_bit)
+
+
+def _dmol_nll(params: torch.Tensor, target: torch.Tensor, num_mixtures: int, low_bit: bool) -> torch.Tensor:
     logits, means, log_scales, coeffs = _unpack(params, num_mixtures)
     x = target.unsqueeze(-1)  # (N, H, W, 3, 1), broadcast over mixtures
     mean_r = means[..., 0, :]
@@ -77,23 +80,26 @@ def _uniform(shape, device, generator: Optional[torch.Generator]) -> torch.Tenso
     return torch.empty(shape, dtype=torch.float32, device=device).uniform_(1e-5, 1.0 - 1e-5, generator=generator)
 
 
-def dmol_sample(params: torch.Tensor, num_mixtures: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def dmol_sample(params: torch.Tensor, num_mixtures: int, generator: Optional[torch.Generator] = None,
+                same_noise: bool = False) -> torch.Tensor:
     """Draw one image per parameter map; returns uint8 (N, H, W, 3) pixels.
 
     Random draws, in order: a uniform (N, H, W, M) picks the component (Gumbel-max), then a uniform
     (N, H, W, 3) samples the logistic. Values are clamped to [-1, 1], mapped by (x + 1) * 127.5 and
-    truncated (not rounded) to uint8, as the original does.
+    truncated (not rounded) to uint8, as the original does. With `same_noise` every image of the batch uses
+    the draws of the first (interpolation paths use it so that only the parameters vary along the path).
     """
     params = params.float()
     n, h, w, _ = params.shape
     logits, means, log_scales, coeffs = _unpack(params, num_mixtures)
-    gumbel_u = _uniform((n, h, w, num_mixtures), params.device, generator)
+    draws = 1 if same_noise else n
+    gumbel_u = _uniform((draws, h, w, num_mixtures), params.device, generator).expand(n, -1, -1, -1)
     component = torch.argmax(logits - torch.log(-torch.log(gumbel_u)), dim=3)  # (N, H, W)
     index = component[:, :, :, None, None].expand(n, h, w, 3, 1)
     mean = means.gather(4, index).squeeze(4)
     log_scale = log_scales.gather(4, index).squeeze(4)
     coeff = coeffs.gather(4, index).squeeze(4)
-    u = _uniform((n, h, w, 3), params.device, generator)
+    u = _uniform((draws, h, w, 3), params.device, generator).expand(n, -1, -1, -1)
     x = mean + torch.exp(log_scale) * (torch.log(u) - torch.log(1.0 - u))
     red = x[..., 0].clamp(-1.0, 1.0)
     green = (x[..., 1] + coeff[..., 0] * red).clamp(-1.0, 1.0)

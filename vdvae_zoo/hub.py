@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from .config import PRESETS, VDVAEConfig
-from .model import VDVAE
+from .model import VDVAE, compute_dtype
 
 __all__ = [
     "load", "download", "Manifest", "ModelEntry", "load_manifest", "read_checkpoint", "load_weights",
@@ -151,9 +151,7 @@ def _build(config: VDVAEConfig, state: Dict[str, torch.Tensor], source: str, dev
     model = model.to_empty(device="cpu")
     load_weights(model, state, source)
     model = model.to(device=_pick_device(device))
-    if dtype is not None:
-        model = model.to(dtype=dtype)
-    return model.eval()
+    return model.optimize(dtype=dtype).eval()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -548,10 +546,15 @@ def _load_folder(folder: Path, device, dtype, config: ConfigLike = None) -> VDVA
 
 
 def load(name_or_path: Union[str, os.PathLike], *, config: ConfigLike = None,
-         device: Union[None, str, torch.device] = None, dtype: Optional[torch.dtype] = None,
+         device: Union[None, str, torch.device] = None, dtype: Union[None, str, torch.dtype] = None,
          revision: Optional[str] = None, cache_dir: Union[None, str, os.PathLike] = None,
-         local_files_only: bool = False, manifest: Union[None, str, os.PathLike, Manifest] = None) -> VDVAE:
+         local_files_only: bool = False, manifest: Union[None, str, os.PathLike, Manifest] = None,
+         channels_last: Optional[bool] = None, compile: bool = False) -> VDVAE:
     """Load a VDVAE ready for inference (eval mode, on CUDA when available unless `device=` says otherwise).
+
+    `dtype` ('float32' default, 'bfloat16', 'float16') is the compute precision of the convolutions (autocast;
+    the weights stay float32), `channels_last` the memory layout and `compile` torch.compile: see
+    `VDVAE.optimize`, which can also change them later.
 
     `name_or_path` is one of:
     - a model name of the manifest (`vdvae_zoo.list_models()`), downloaded once into the Hugging Face cache
@@ -562,6 +565,12 @@ def load(name_or_path: Union[str, os.PathLike], *, config: ConfigLike = None,
     - a Hub repository id `owner/name` holding config.json + model.safetensors.
     `local_files_only=True` (or HF_HUB_OFFLINE=1) never touches the network.
     """
+    compute_dtype(dtype)  # a wrong value fails before any download
+    model = _load_any(name_or_path, config, device, dtype, revision, cache_dir, local_files_only, manifest)
+    return model.optimize(channels_last=channels_last, compile=compile or None)
+
+
+def _load_any(name_or_path, config, device, dtype, revision, cache_dir, local_files_only, manifest) -> VDVAE:
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     if path.is_dir():

@@ -18,8 +18,10 @@ sampling pixels, two uniform tensors in the output distribution (see dmol.py).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -115,6 +117,8 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
         """x: preprocessed float NCHW image. Returns {resolution: last activation at that resolution}."""
         x = self.in_conv(x)
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.float()  # the residual stream stays float32 under autocast; only the convs run in bf16
         activations = {x.shape[2]: x}
         for block in self.enc_blocks:
             x = block(x)
@@ -170,12 +174,14 @@ class DecoderLayer(nn.Module):
         """x: the state at this resolution (mixin already added). With `activation` (the encoder's at this
         resolution) z comes from the posterior and the KL is computed; without, z comes from the prior at
         `temperature`. A given `latent` replaces the draw (no random numbers are drawn then)."""
+        # The distributions and the draws are computed in float32 even under bf16 autocast: they are small
+        # (zdim channels), the KL needs the precision, and the random stream stays that of float32.
         if activation is not None:
             # The posterior sees the state before the prior's residual is added.
-            q_mean, q_logstd = self.enc(torch.cat([x, activation], dim=1)).chunk(2, dim=1)
+            q_mean, q_logstd = self.enc(torch.cat([x, activation.to(x.dtype)], dim=1)).float().chunk(2, dim=1)
         features = self.prior(x)
-        p_mean = features[:, :self.zdim]
-        p_logstd = features[:, self.zdim:2 * self.zdim]
+        p_mean = features[:, :self.zdim].float()
+        p_logstd = features[:, self.zdim:2 * self.zdim].float()
         x = x + features[:, 2 * self.zdim:]
 
         if activation is not None:
@@ -195,7 +201,7 @@ class DecoderLayer(nn.Module):
                 else:
                     z = torch.exp(p_logstd + math.log(temperature)) * eps + p_mean
             out = LayerOutput(z, p_mean, p_logstd)
-        x = x + self.z_proj(z)
+        x = x + self.z_proj(z.to(x.dtype))
         x = self.resnet(x)
         return x, out
 
@@ -208,7 +214,7 @@ class OutputHead(nn.Module):
         self.out_conv = _conv(config.width, config.num_mixtures * 10, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_conv(x).permute(0, 2, 3, 1)
+        return self.out_conv(x).permute(0, 2, 3, 1).float()
 
 
 class Decoder(nn.Module):
@@ -221,6 +227,7 @@ class Decoder(nn.Module):
         self.bias_xs = nn.ParameterList(
             nn.Parameter(torch.zeros(1, config.width_at(r), r, r)) for r in self.bias_resolutions)
         self.out_net = OutputHead(config)
+        self.memory_format = torch.contiguous_format  # runtime setting (VDVAE.optimize), not a weight
         self.gain = nn.Parameter(torch.ones(1, config.width, 1, 1))
         self.bias = nn.Parameter(torch.zeros(1, config.width, 1, 1))
 
@@ -232,13 +239,15 @@ class Decoder(nn.Module):
         (N, H, W, 10M) and each layer's LayerOutput. `latents[i]`, when given and not None, fixes layer i.
         `noise(like)`, when given, supplies each layer's standard-normal draw instead of the generator."""
         ref = self.gain
-        states: Dict[int, torch.Tensor] = {r: b for r, b in zip(self.bias_resolutions, self.bias_xs)}
+        fmt = self.memory_format
+        states: Dict[int, torch.Tensor] = {r: b.contiguous(memory_format=fmt)
+                                           for r, b in zip(self.bias_resolutions, self.bias_xs)}
         outputs: List[LayerOutput] = []
         for i, layer in enumerate(self.dec_blocks):
             r = layer.resolution
             x = states.get(r)
             if x is None:
-                x = torch.zeros(n, layer.width, r, r, dtype=ref.dtype, device=ref.device)
+                x = torch.zeros(n, layer.width, r, r, dtype=ref.dtype, device=ref.device).contiguous(memory_format=fmt)
             elif x.shape[0] != n:
                 x = x.expand(n, -1, -1, -1)
             if layer.mixin is not None:
@@ -299,6 +308,58 @@ def _inference(method: Callable) -> Callable:
     return wrapper
 
 
+_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}
+
+
+def compute_dtype(value: Union[None, str, torch.dtype], name: str = "dtype") -> Optional[torch.dtype]:
+    """Read a compute precision: None, a torch dtype, or one of 'float32', 'bfloat16', 'float16' (or fp32/bf16/fp16)."""
+    if value is None or isinstance(value, torch.dtype) and value in _DTYPE_NAMES.values():
+        return value
+    if isinstance(value, str) and value.lower() in _DTYPE_NAMES:
+        return _DTYPE_NAMES[value.lower()]
+    raise ValueError(f"{name} must be one of float32, bfloat16, float16 (or fp32, bf16, fp16), got {value!r}")
+
+
+def _log_prior_over_posterior(out: LayerOutput) -> torch.Tensor:
+    """log p(z) - log q(z | x) of one layer's posterior draw, summed per image in float64, (N,)."""
+    z = out.z.float()
+    log_p = -0.5 * ((z - out.p_mean) * torch.exp(-out.p_logstd)) ** 2 - out.p_logstd
+    log_q = -0.5 * ((z - out.q_mean) * torch.exp(-out.q_logstd)) ** 2 - out.q_logstd
+    return (log_p - log_q).double().sum(dim=(1, 2, 3))
+
+
+def _mix(a: torch.Tensor, b: torch.Tensor, ts: torch.Tensor, mode: str) -> torch.Tensor:
+    """Points on the path from latent a to latent b (same shape) at fractions ts: (len(ts), *a.shape)."""
+    shape = (-1,) + (1,) * a.ndim
+    t = ts.to(a.dtype).view(shape)
+    if mode == "slerp":
+        cos = torch.dot(a.flatten(), b.flatten()) / (a.norm() * b.norm()).clamp_min(1e-12)
+        omega = torch.arccos(cos.clamp(-1.0, 1.0))
+        if omega > 1e-4:
+            return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+    return (1 - t) * a + t * b
+
+
+class _CompiledForward:
+    """A module's forward run through torch.compile, falling back to eager (with one warning for the whole
+    model) when compilation fails, e.g. where no C++ compiler or Triton is available."""
+
+    def __init__(self, eager: Callable, state: dict):
+        self.eager, self.state = eager, state
+        self.compiled = torch.compile(eager, dynamic=False)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.state["failed"]:
+            try:
+                return self.compiled(x)
+            except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+                self.state["failed"] = True
+                warnings.warn(f"torch.compile failed, running eagerly instead ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})", RuntimeWarning, stacklevel=3)
+        return self.eager(x)
+
+
 class VDVAE(nn.Module):
     """A Very Deep VAE. Build one with random weights from a config, or get a trained one with
     `vdvae_zoo.load(...)`.
@@ -308,6 +369,11 @@ class VDVAE(nn.Module):
     >>> model.likelihood(images).bpd                 # bits per dim, (4,)
     """
 
+    #: Memory budget of one automatic micro-batch (see `auto_batch_size`), in bytes, on the CPU.
+    cpu_batch_memory = 2 * 2 ** 30
+    #: The same on CUDA, as a fraction of the device's total memory.
+    cuda_batch_memory_fraction = 0.25
+
     def __init__(self, config: VDVAEConfig):
         super().__init__()
         if isinstance(config, dict):
@@ -316,6 +382,8 @@ class VDVAE(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.encoder_mismatch: Optional[str] = None  # set by loading code when the encoder weights are unusable
+        self.compute_dtype: torch.dtype = torch.float32  # runtime settings: see optimize()
+        self._compile_state: Optional[dict] = None
 
     # ----------------------------------------------------------------------------------------- properties
     @property
@@ -334,7 +402,66 @@ class VDVAE(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """dtype of the weights (float32 unless cast); the compute precision is `compute_dtype`."""
         return self.decoder.gain.dtype
+
+    # ------------------------------------------------------------------------------------- fast paths
+    def optimize(self, *, dtype: Union[None, str, torch.dtype] = None, channels_last: Optional[bool] = None,
+                 compile: Optional[bool] = None) -> "VDVAE":
+        """Choose how inference runs (weights and results' units are unchanged); returns self. None leaves a setting.
+
+        - `dtype`: compute precision of the convolutions, 'float32' (default, exact) or 'bfloat16' / 'float16'
+          (autocast; weights stay float32; the residual streams, the latent distributions, the KL and the
+          mixture-of-logistics likelihood stay float32). Methods also take `dtype=` for one call.
+        - `channels_last`: run the convolutions in NHWC memory layout (random draws are unaffected).
+        - `compile`: torch.compile each residual block; where that cannot compile (no C++ compiler or Triton)
+          it falls back to eager with one warning. The first calls are slow while it compiles.
+        """
+        if dtype is not None:
+            self.compute_dtype = compute_dtype(dtype)
+        if channels_last is not None:
+            self.decoder.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if compile is not None:
+            blocks = [m for m in self.modules() if isinstance(m, Block)]
+            if compile and self._compile_state is None:
+                import torch._dynamo as dynamo
+                limit = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") else "cache_size_limit"
+                # One compiled graph per distinct block shape (resolution x width x batch): allow enough of them.
+                setattr(dynamo.config, limit, max(getattr(dynamo.config, limit), 128))
+                self._compile_state = {"failed": False}
+                for block in blocks:
+                    block.forward = _CompiledForward(block.forward, self._compile_state)
+            elif not compile and self._compile_state is not None:
+                for block in blocks:
+                    block.__dict__.pop("forward", None)
+                self._compile_state = None
+        return self
+
+    @property
+    def compiled(self) -> bool:
+        """True when optimize(compile=True) is in effect and compilation has not fallen back to eager."""
+        return self._compile_state is not None and not self._compile_state["failed"]
+
+    def _autocast(self, dtype: Union[None, str, torch.dtype]):
+        dtype = self.compute_dtype if dtype is None else compute_dtype(dtype)
+        if dtype == torch.float32 or dtype == self.dtype:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def auto_batch_size(self) -> int:
+        """Images per micro-batch when a method's `batch_size` is None: as many as fit a fixed budget
+        (`cpu_batch_memory` bytes on the CPU, `cuda_batch_memory_fraction` of the GPU's total memory) by an
+        estimate of the activations alive at once. The budget is fixed per device, not the free memory, so a
+        seeded call draws the same numbers every time on the same machine."""
+        c = self.config
+        per_resolution = [c.width_at(r) * r * r for r in sorted(set(self.layer_resolutions))]
+        floats = 2 * sum(per_resolution) + 8 * max(per_resolution) + 40 * c.num_mixtures * c.image_size ** 2
+        bytes_per_image = 4 * floats
+        if self.device.type == "cuda":
+            budget = torch.cuda.get_device_properties(self.device).total_memory * self.cuda_batch_memory_fraction
+        else:
+            budget = self.cpu_batch_memory
+        return max(1, int(budget // bytes_per_image))
 
     # ------------------------------------------------------------------------------------- input handling
     def _check_images(self, images: ImageBatch, name: str = "images") -> torch.Tensor:
@@ -361,7 +488,7 @@ class VDVAE(nn.Module):
         return images
 
     def preprocess(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 NHWC -> (encoder input, float NCHW contiguous; likelihood target, float NHWC in [-1, 1])."""
+        """uint8 NHWC -> (encoder input, float NCHW; likelihood target, float NHWC in [-1, 1])."""
         c = self.config
         x = images.to(self.device, non_blocking=True).float()
         encoder_input = (x * c.pixel_scale + c.shift) * c.scale if c.pixel_scale != 1 else (x + c.shift) * c.scale
@@ -369,7 +496,8 @@ class VDVAE(nn.Module):
         if c.pixel_scale != 1:
             target = target * c.pixel_scale
         target = (target + c.shift_loss) * c.scale_loss
-        return encoder_input.permute(0, 3, 1, 2).contiguous().to(self.dtype), target
+        encoder_input = encoder_input.permute(0, 3, 1, 2).contiguous(memory_format=self.decoder.memory_format)
+        return encoder_input.to(self.dtype), target
 
     def layer_temperatures(self, temperature: Temperature) -> List[float]:
         """Expand a temperature to one float per decoder layer.
@@ -430,49 +558,106 @@ class VDVAE(nn.Module):
         (the trainer uses it to make them independent of how a batch is split across processes)."""
         self._require_encoder()
         x_in, target = self.preprocess(self._check_images(images))
-        params, outputs = self.decoder(x_in.shape[0], self.encoder(x_in), generator=generator, noise=noise)
+        return self._terms(self.encoder(x_in), target, x_in.shape[0], generator, noise)
+
+    def _terms(self, activations: Dict[int, torch.Tensor], target: torch.Tensor, n: int,
+               generator: Optional[torch.Generator] = None, noise: Optional[Callable] = None,
+               log_weight: bool = False) -> Dict[str, torch.Tensor]:
+        """Run the decoder on the posterior and score `target`. With `log_weight`, also the importance weight
+        log p(x, z) - log q(z | x) of the draw, in nats per image, float64 (N,)."""
+        params, outputs = self.decoder(n, activations, generator=generator, noise=noise)
         distortion = dmol_nll(params, target, self.config.num_mixtures, self.config.low_bit)
-        kl = torch.stack([o.kl.float().sum(dim=(1, 2, 3)) for o in outputs], dim=1)
+        kl = torch.stack([o.kl.sum(dim=(1, 2, 3)) for o in outputs], dim=1)
         rate = kl.sum(dim=1) / self.config.dims_per_image
-        return {"elbo": distortion + rate, "distortion": distortion, "rate": rate, "kl": kl}
+        terms = {"elbo": distortion + rate, "distortion": distortion, "rate": rate, "kl": kl}
+        if log_weight:
+            log_ratio = torch.stack([_log_prior_over_posterior(o) for o in outputs]).sum(dim=0)
+            terms["log_weight"] = log_ratio - distortion.double() * self.config.dims_per_image
+        return terms
 
     # ------------------------------------------------------------------------------------------ inference
     @_inference
-    def likelihood(self, images: ImageBatch, *, generator: Optional[torch.Generator] = None,
-                   batch_size: Optional[int] = None) -> LikelihoodResult:
-        """Negative ELBO of uint8 NHWC images with one posterior sample each, and its parts.
+    def likelihood(self, images: ImageBatch, *, n_samples: int = 1, generator: Optional[torch.Generator] = None,
+                   batch_size: Optional[int] = None, dtype: Union[None, str, torch.dtype] = None) -> LikelihoodResult:
+        """Negative ELBO of uint8 NHWC images and its parts; with `n_samples` = K > 1 also the importance-weighted
+        bound -log (1/K) sum_k p(x, z_k) / q(z_k | x) (Burda et al.), never worse than the ELBO in expectation.
 
         Returns a LikelihoodResult: `bpd` (bits per dim), `elbo`, `distortion`, `rate` (nats per dim), each (N,),
-        and `kl` (N, L) in nats. `batch_size` splits a large batch into micro-batches (results are the same up to
-        the random draws, which then come per micro-batch).
+        `kl` (N, L) in nats (averaged over the K draws), and for K > 1 `bpd_iw` (N,) in bits per dim.
+        `batch_size` bounds how many images x draws are evaluated at once (None: `auto_batch_size()`); the
+        K draws are spread over passes, so memory does not grow with K. The random draws come per micro-batch.
         """
+        self._require_encoder()
         images = self._check_images(images)
-        parts = [self.forward(images[s], generator=generator) for s in self._chunks(images.shape[0], batch_size)]
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer (posterior draws per image), got {n_samples!r}")
+        per_pass = self._batch(batch_size)
+        parts = []
+        with self._autocast(dtype):
+            for s in self._chunks(images.shape[0], per_pass):
+                x_in, target = self.preprocess(images[s])
+                activations = self.encoder(x_in)
+                b = x_in.shape[0]
+                if n_samples == 1:
+                    parts.append(self._terms(activations, target, b, generator))
+                    continue
+                draws_per_pass = max(1, per_pass // b)
+                total: Dict[str, torch.Tensor] = {}
+                log_sum = None
+                for k0 in range(0, n_samples, draws_per_pass):
+                    k = min(draws_per_pass, n_samples - k0)
+                    terms = self._terms({r: a.repeat(k, 1, 1, 1) for r, a in activations.items()},
+                                        target.repeat(k, 1, 1, 1), b * k, generator, log_weight=True)
+                    lse = torch.logsumexp(terms.pop("log_weight").view(k, b), dim=0)
+                    log_sum = lse if log_sum is None else torch.logaddexp(log_sum, lse)
+                    for name, value in terms.items():
+                        value = value.view(k, b, *value.shape[1:]).double().sum(dim=0)
+                        total[name] = total[name] + value if name in total else value
+                part = {name: (value / n_samples).float() for name, value in total.items()}
+                log_mean_weight = log_sum - math.log(n_samples)  # nats per image
+                part["bpd_iw"] = (-log_mean_weight / (self.config.dims_per_image * math.log(2))).float()
+                parts.append(part)
         cat = {k: torch.cat([p[k] for p in parts]).float().cpu() for k in parts[0]}
-        return LikelihoodResult(elbo=cat["elbo"], distortion=cat["distortion"], rate=cat["rate"], kl=cat["kl"])
+        return LikelihoodResult(elbo=cat["elbo"], distortion=cat["distortion"], rate=cat["rate"], kl=cat["kl"],
+                                bpd_iw=cat.get("bpd_iw"))
 
     @_inference
-    def encode(self, images: ImageBatch, *, generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
-        """Posterior samples of every decoder layer for uint8 NHWC images: a list of L CPU float tensors,
-        layer i of shape (N, zdim, r_i, r_i), top (lowest resolution) first."""
+    def encode(self, images: ImageBatch, *, mean: bool = False, generator: Optional[torch.Generator] = None,
+               batch_size: Optional[int] = None, dtype: Union[None, str, torch.dtype] = None) -> List[torch.Tensor]:
+        """Latents of every decoder layer for uint8 NHWC images: a list of L CPU float tensors, layer i of shape
+        (N, zdim, r_i, r_i), top (lowest resolution) first. Posterior samples, or with `mean=True` the posterior
+        means (each layer's mean given the means above it; no random numbers are drawn)."""
         self._require_encoder()
-        x_in, _ = self.preprocess(self._check_images(images))
-        _, outputs = self.decoder(x_in.shape[0], self.encoder(x_in), generator=generator)
-        return [o.z.float().cpu() for o in outputs]
+        images = self._check_images(images)
+        zero = (lambda like: torch.zeros_like(like)) if mean else None
+        pieces = []
+        with self._autocast(dtype):
+            for s in self._chunks(images.shape[0], self._batch(batch_size)):
+                x_in, _ = self.preprocess(images[s])
+                _, outputs = self.decoder(x_in.shape[0], self.encoder(x_in), generator=generator, noise=zero)
+                pieces.append([o.z.float().cpu() for o in outputs])
+        return [torch.cat(layer) for layer in zip(*pieces)]
 
     @_inference
     def sample(self, n: int, temperature: Temperature = 1.0, *, generator: Optional[torch.Generator] = None,
-               batch_size: Optional[int] = None) -> torch.Tensor:
-        """Draw `n` images from the prior at `temperature` (see `layer_temperatures`); uint8 (n, H, W, 3) on the CPU."""
+               batch_size: Optional[int] = None, dtype: Union[None, str, torch.dtype] = None) -> torch.Tensor:
+        """Draw `n` images from the prior at `temperature` (see `layer_temperatures`); uint8 (n, H, W, 3) on the CPU.
+        Only the decoder's prior path runs. `batch_size`: images per pass (None: `auto_batch_size()`)."""
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValueError(f"n must be a positive integer number of images, got {n!r}")
-        return self._decode(n, [], self.layer_temperatures(temperature), generator, batch_size)
+        return self._decode(n, [], self.layer_temperatures(temperature), generator, batch_size, dtype)
 
     @_inference
     def decode(self, latents: Sequence[Optional[torch.Tensor]], temperature: Temperature = 1.0, *,
-               n: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+               n: Optional[int] = None, generator: Optional[torch.Generator] = None,
+               batch_size: Optional[int] = None, dtype: Union[None, str, torch.dtype] = None) -> torch.Tensor:
         """Images from given latents: `latents[i]` fixes decoder layer i (None or a missing tail: sampled from the
         prior at `temperature`). Usually `model.encode(x)[:k]`. Returns uint8 (N, H, W, 3) on the CPU."""
+        latents = self._check_latents(latents, n)
+        n = n if n is not None else next(z.shape[0] for z in latents if z is not None)
+        return self._decode(n, latents, self.layer_temperatures(temperature), generator, batch_size, dtype)
+
+    def _check_latents(self, latents: Sequence[Optional[torch.Tensor]], n: Optional[int]) -> List[Optional[torch.Tensor]]:
         latents = list(latents)
         if len(latents) > self.num_layers:
             raise ValueError(f"got {len(latents)} latents; this model has {self.num_layers} decoder layers")
@@ -481,37 +666,89 @@ class VDVAE(nn.Module):
             if not given:
                 raise ValueError("decode needs n= (the batch size) when no latent is given")
             n = given[0].shape[0]
-        checked = []
         for i, z in enumerate(latents):
             if z is not None:
                 r = self.layer_resolutions[i]
                 expected = (n, self.config.zdim, r, r)
                 if tuple(z.shape) != expected:
                     raise ValueError(f"latent {i} has shape {tuple(z.shape)}; expected {expected} for layer {i}")
-                z = z.to(self.device, self.dtype)
-            checked.append(z)
-        return self._decode(n, checked, self.layer_temperatures(temperature), generator, None)
+        return latents
 
     @_inference
     def reconstruct(self, images: ImageBatch, keep: Optional[int] = None, temperature: Temperature = 1.0, *,
-                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                    generator: Optional[torch.Generator] = None, dtype: Union[None, str, torch.dtype] = None
+                    ) -> torch.Tensor:
         """Encode uint8 NHWC images, keep the first `keep` layers' latents (all when None) and sample the rest
         from the prior at `temperature`. Returns uint8 (N, H, W, 3) on the CPU."""
+        keep = self._check_keep(keep)
+        images = self._check_images(images)
+        latents = self.encode(images, generator=generator, dtype=dtype)[:keep]
+        return self.decode(latents, temperature, n=images.shape[0], generator=generator, dtype=dtype)
+
+    def _check_keep(self, keep: Optional[int]) -> int:
         keep = self.num_layers if keep is None else keep
         if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= self.num_layers:
             raise ValueError(f"keep must be an integer in 0..{self.num_layers} (number of layers to keep), got {keep!r}")
-        images = self._check_images(images)
-        latents = self.encode(images, generator=generator)[:keep]
-        return self.decode(latents, temperature, n=images.shape[0], generator=generator)
+        return keep
+
+    @_inference
+    def interpolate(self, a: ImageBatch, b: ImageBatch, steps: int = 8, *, keep: Optional[int] = None,
+                    temperature: Temperature = 1.0, mode: str = "linear", generator: Optional[torch.Generator] = None,
+                    dtype: Union[None, str, torch.dtype] = None) -> torch.Tensor:
+        """Decode `steps` images along the path from image a to image b in latent space.
+
+        a, b: uint8 (H, W, 3) or matching batches (N, H, W, 3). Both are encoded to their posterior means; the
+        first `keep` layers (all when None) are interpolated (`mode` 'linear' or 'slerp' per layer), the rest are
+        drawn from the prior at `temperature`, with the same noise at every step (pixels included), so the path is
+        smooth and changes only where the interpolated latents do. Returns
+        uint8 (steps, H, W, 3) for single images, (N, steps, H, W, 3) for batches, on the CPU; step 0 is a.
+        """
+        single = isinstance(a, (torch.Tensor, np.ndarray)) and a.ndim == 3
+        if single:
+            a, b = a[None], b[None] if isinstance(b, (torch.Tensor, np.ndarray)) and b.ndim == 3 else b
+        a, b = self._check_images(a, "a"), self._check_images(b, "b")
+        if a.shape != b.shape:
+            raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise ValueError(f"steps must be an integer >= 2 (images on the path, ends included), got {steps!r}")
+        if mode not in ("linear", "slerp"):
+            raise ValueError(f"mode must be 'linear' or 'slerp', got {mode!r}")
+        keep = self._check_keep(keep)
+        temperatures = self.layer_temperatures(temperature)
+        za = self.encode(a, mean=True, dtype=dtype)[:keep]
+        zb = self.encode(b, mean=True, dtype=dtype)[:keep]
+        ts = torch.linspace(0.0, 1.0, steps)
+
+        def same_noise_each_step(like: torch.Tensor) -> torch.Tensor:
+            return _standard_normal(like[:1], generator).expand_as(like)
+
+        paths = []
+        with self._autocast(dtype):
+            for i in range(a.shape[0]):
+                latents = [_mix(za_l[i], zb_l[i], ts, mode).to(self.device) for za_l, zb_l in zip(za, zb)]
+                params, _ = self.decoder(steps, temperatures=temperatures, latents=latents,
+                                         noise=same_noise_each_step)
+                paths.append(dmol_sample(params, self.config.num_mixtures, generator, same_noise=True).cpu())
+        out = torch.stack(paths)
+        return out[0] if single else out
+
+    def _batch(self, batch_size: Optional[int]) -> int:
+        if batch_size is None:
+            return self.auto_batch_size()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer (images per pass), got {batch_size!r}")
+        return batch_size
 
     def _decode(self, n: int, latents: List[Optional[torch.Tensor]], temperatures: List[float],
-                generator: Optional[torch.Generator], batch_size: Optional[int]) -> torch.Tensor:
+                generator: Optional[torch.Generator], batch_size: Optional[int],
+                dtype: Union[None, str, torch.dtype] = None) -> torch.Tensor:
         pieces = []
-        for s in self._chunks(n, batch_size):
-            chunk_latents = [None if z is None else z[s] for z in latents]
-            params, _ = self.decoder(s.stop - s.start, temperatures=temperatures, latents=chunk_latents,
-                                     generator=generator)
-            pieces.append(dmol_sample(params, self.config.num_mixtures, generator=generator).cpu())
+        with self._autocast(dtype):
+            for s in self._chunks(n, self._batch(batch_size)):
+                chunk_latents = [None if z is None else z[s].to(self.device, torch.float32) for z in latents]
+                params, _ = self.decoder(s.stop - s.start, temperatures=temperatures, latents=chunk_latents,
+                                         generator=generator)
+                pieces.append(dmol_sample(params, self.config.num_mixtures, generator=generator).cpu())
         return torch.cat(pieces)
 
     # --------------------------------------------------------------------------- saving and loading

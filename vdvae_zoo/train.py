@@ -36,6 +36,7 @@ from .config import TRAINING_PRESETS, VDVAEConfig
 from .hub import load, load_manifest, resolve_config, save_pretrained
 from .images import center_crop_resize, find_images, make_grid, read_image, ImageReadError, save_png
 from .model import VDVAE
+from .plots import line_chart
 
 __all__ = ["TrainOptions", "Trainer", "finetune"]
 
@@ -436,32 +437,12 @@ class Trainer:
 
     def plot_curves(self) -> Path:
         """A PNG of the training loss and validation bpd against the step, drawn with Pillow."""
-        from PIL import Image, ImageDraw
         records = [json.loads(line) for line in (self.out / "log.jsonl").read_text().splitlines()]
         series = {"train loss (nats/dim)": [(r["step"], r["loss"]) for r in records if "loss" in r],
                   "val bpd": [(r["step"], r["val_bpd"]) for r in records if r.get("val_bpd") is not None]}
-        w, h, pad = 640, 360, 50
-        img = Image.new("RGB", (w, h), "white")
-        d = ImageDraw.Draw(img)
-        points = [p for s in series.values() for p in s if math.isfinite(p[1])]
-        if points:
-            xs, ys = [p[0] for p in points], [p[1] for p in points]
-            x0, x1, y0, y1 = min(xs), max(max(xs), min(xs) + 1), min(ys), max(max(ys), min(ys) + 1e-6)
-            sx = lambda x: pad + (x - x0) / (x1 - x0) * (w - 2 * pad)  # noqa: E731
-            sy = lambda y: h - pad - (y - y0) / (y1 - y0) * (h - 2 * pad)  # noqa: E731
-            d.rectangle([pad, pad, w - pad, h - pad], outline="black")
-            for (name, s), colour, row in zip(series.items(), ("steelblue", "darkorange"), (0, 1)):
-                pts = [(sx(x), sy(y)) for x, y in s if math.isfinite(y)]
-                if len(pts) > 1:
-                    d.line(pts, fill=colour, width=2)
-                elif pts:
-                    d.ellipse([pts[0][0] - 3, pts[0][1] - 3, pts[0][0] + 3, pts[0][1] + 3], fill=colour)
-                d.text((pad + 5, 5 + 14 * row), name, fill=colour)
-            d.text((pad, h - pad + 5), f"step {x0}", fill="black")
-            d.text((w - pad - 60, h - pad + 5), f"step {x1}", fill="black")
-            d.text((5, pad), f"{y1:.3g}", fill="black")
-            d.text((5, h - pad - 10), f"{y0:.3g}", fill="black")
-        return save_png(img, self.out / "curves.png")
+        path = self.out / "curves.png"
+        line_chart(series, path)
+        return path
 
 
 def finetune(**kwargs) -> Dict:

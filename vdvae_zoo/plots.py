@@ -1,0 +1,116 @@
+"""Charts drawn with Pillow (no plotting dependency): bits per decoder layer, training curves.
+
+Each function returns the PIL image and, given `path`, also writes it as a PNG (atomically).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from PIL import Image, ImageDraw
+
+from .images import save_png
+
+__all__ = ["bits_per_layer", "bits_per_resolution", "kl_chart", "line_chart"]
+
+# Alternating colours for the groups of layers that share a resolution.
+_GROUP_COLOURS = ("steelblue", "darkorange")
+
+
+def bits_per_layer(kl: torch.Tensor) -> torch.Tensor:
+    """Mean information per decoder layer in **bits per image**, (L,), from KL in nats: (N, L) or (L,).
+    `kl` is usually `model.likelihood(images).kl`."""
+    kl = torch.as_tensor(kl, dtype=torch.float64)
+    if kl.ndim == 2:
+        kl = kl.mean(dim=0)
+    if kl.ndim != 1:
+        raise ValueError(f"kl must have shape (N, L) or (L,), got {tuple(kl.shape)}")
+    return kl / math.log(2)
+
+
+def bits_per_resolution(kl: torch.Tensor, resolutions: Sequence[int]) -> Dict[int, float]:
+    """Total bits per image held by the layers of each resolution, {resolution: bits}, lowest first."""
+    bits = bits_per_layer(kl)
+    if len(resolutions) != len(bits):
+        raise ValueError(f"got {len(resolutions)} resolutions for {len(bits)} layers")
+    totals: Dict[int, float] = {}
+    for r, b in zip(resolutions, bits.tolist()):
+        totals[r] = totals.get(r, 0.0) + b
+    return dict(sorted(totals.items()))
+
+
+def bar_layout(num_layers: int, width: int, margin: int) -> List[Tuple[int, int]]:
+    """(left, right) pixel columns of each layer's bar in a chart `width` pixels wide."""
+    span = (width - 2 * margin) / num_layers
+    return [(int(margin + i * span + 0.15 * span), max(int(margin + i * span + 0.15 * span),
+                                                        int(margin + (i + 1) * span - 0.15 * span) - 1))
+            for i in range(num_layers)]
+
+
+def kl_chart(kl: torch.Tensor, resolutions: Sequence[int], path: Union[None, str, Path] = None, *,
+             title: Optional[str] = None, width: int = 900, height: int = 420, overwrite: bool = True) -> Image.Image:
+    """A bar chart of bits per image in each decoder layer (top layer on the left), grouped by resolution.
+
+    `kl`: (N, L) or (L,) nats, e.g. `model.likelihood(images).kl`; `resolutions`: `model.layer_resolutions`.
+    Under the bars, each resolution's share of the total rate. Bar heights are linear in bits, from 0.
+    """
+    bits = bits_per_layer(kl)
+    totals = bits_per_resolution(bits, resolutions)
+    margin, top, bottom = 60, 40, 70
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    y0, y1 = height - bottom, top
+    peak = max(float(bits.max()), 1e-9)
+    d.line([(margin, y1), (margin, y0), (width - margin, y0)], fill="black")
+    d.text((5, y1 - 5), f"{peak:.3g}", fill="black")
+    d.text((5, y0 - 10), "0", fill="black")
+    d.text((5, 5), title or "bits per layer (per image)", fill="black")
+    group, colour_index, previous = {}, -1, None
+    for i, ((left, right), b, r) in enumerate(zip(bar_layout(len(bits), width, margin), bits.tolist(), resolutions)):
+        if r != previous:
+            colour_index, previous = colour_index + 1, r
+            group[r] = left
+            d.text((left, y0 + 8), f"{r}x{r}", fill="black")
+        h = max(0.0, b) / peak * (y0 - y1)
+        if h >= 1:
+            d.rectangle([left, y0 - h, right, y0 - 1], fill=_GROUP_COLOURS[colour_index % 2])
+    total = sum(totals.values()) or 1.0
+    summary = "   ".join(f"{r}x{r}: {t / total:.0%}" for r, t in totals.items())
+    d.text((margin, height - 30), f"share of {total:.4g} bits: {summary}", fill="black")
+    if path is not None:
+        save_png(img, path, overwrite=overwrite)
+    return img
+
+
+def line_chart(series: Dict[str, Sequence[Tuple[float, float]]], path: Union[None, str, Path] = None, *,
+               x_label: str = "step", width: int = 640, height: int = 360, overwrite: bool = True) -> Image.Image:
+    """Lines of (x, y) points, one colour per named series, on shared linear axes (non-finite points skipped)."""
+    pad = 50
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    points = [p for s in series.values() for p in s if math.isfinite(p[1])]
+    if points:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        x0, x1, yl, yh = min(xs), max(max(xs), min(xs) + 1), min(ys), max(max(ys), min(ys) + 1e-6)
+        sx = lambda x: pad + (x - x0) / (x1 - x0) * (width - 2 * pad)  # noqa: E731
+        sy = lambda y: height - pad - (y - yl) / (yh - yl) * (height - 2 * pad)  # noqa: E731
+        d.rectangle([pad, pad, width - pad, height - pad], outline="black")
+        colours = ("steelblue", "darkorange", "seagreen", "crimson")
+        for row, (name, s) in enumerate(series.items()):
+            colour = colours[row % len(colours)]
+            pts = [(sx(x), sy(y)) for x, y in s if math.isfinite(y)]
+            if len(pts) > 1:
+                d.line(pts, fill=colour, width=2)
+            elif pts:
+                d.ellipse([pts[0][0] - 3, pts[0][1] - 3, pts[0][0] + 3, pts[0][1] + 3], fill=colour)
+            d.text((pad + 5, 5 + 14 * row), name, fill=colour)
+        d.text((pad, height - pad + 5), f"{x_label} {x0:g}", fill="black")
+        d.text((width - pad - 60, height - pad + 5), f"{x_label} {x1:g}", fill="black")
+        d.text((5, pad), f"{yh:.3g}", fill="black")
+        d.text((5, height - pad - 10), f"{yl:.3g}", fill="black")
+    if path is not None:
+        save_png(img, path, overwrite=overwrite)
+    return img
