@@ -25,7 +25,7 @@ def iw_bounds(model, images, k, seeds=range(3)):
 
 
 def test_iw_bound_beats_the_elbo_and_tightens_with_k(golden_model, golden_images):
-    # The golden model is a trained VDVAE, so its posterior is not the prior and the bounds really differ.
+    # The golden model has non-trivial random weights: its posterior is far from its prior, so the bounds differ.
     elbo = iw_bounds(golden_model, golden_images, 1, seeds=range(8))
     k4 = iw_bounds(golden_model, golden_images, 4)
     k32 = iw_bounds(golden_model, golden_images, 32)

@@ -66,7 +66,7 @@ class TrainOptions:
     hflip: bool = False
     resume: bool = False
     device: str = "auto"
-    dtype: str = "float32"               # or bfloat16 (autocast, CUDA)
+    dtype: str = "float32"               # or bfloat16: autocast (CUDA, or CPUs with bf16 units)
     seed: int = 0
     workers: int = 0
     skip_alarm: int = 50                 # warn after this many consecutive skipped updates
@@ -88,11 +88,28 @@ class ImageFolderData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index) -> torch.Tensor:
+        """`index` is an int or an (int, epoch) pair; the epoch decides the flip (workers hold a copy of self)."""
+        index, epoch = index if isinstance(index, tuple) else (index, self.epoch)
         img = center_crop_resize(read_image(self.files[index]), self.size)
-        if self.hflip and random.Random(hash((self.seed, self.epoch, index))).random() < 0.5:
+        if self.hflip and random.Random(hash((self.seed, epoch, index))).random() < 0.5:
             img = img[:, ::-1]
         return torch.from_numpy(np.ascontiguousarray(img))
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """The batches of steps start, start + 1, ... as lists of (index, epoch): the DataLoader's workers then
+    prepare the next batches while the current step runs, in the order the steps will use them."""
+
+    def __init__(self, trainer: "Trainer", start: int):
+        self.trainer, self.start = trainer, start
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            epoch = step // self.trainer.batches_per_epoch
+            yield [(i, epoch) for i in self.trainer._batch_indices(step)]
+            step += 1
 
 
 def _readable(files: List[Path]) -> List[Path]:
@@ -215,6 +232,7 @@ class Trainer:
         self.consecutive_skips = 0
         self.log_records: List[Dict] = []
         self._stop_signal: Optional[int] = None
+        self._loader, self._loader_step = None, -1
 
     # ---------------------------------------------------------------------------------------- data setup
     def _setup_data(self) -> None:
@@ -246,13 +264,18 @@ class Trainer:
         b = self.opt.batch_size
         return mine[k * b:(k + 1) * b]
 
-    def _load_batch(self, indices: List[int], epoch: int) -> torch.Tensor:
-        self.train_set.epoch = epoch
-        if self.opt.workers > 0:
-            loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.train_set, indices),
-                                                 batch_size=len(indices), num_workers=self.opt.workers)
-            return next(iter(loader))
-        return torch.stack([self.train_set[i] for i in indices])
+    def _load_batch(self, step: int) -> torch.Tensor:
+        """This process's images for `step`. With workers, one DataLoader lives across steps and reads ahead;
+        it is rebuilt only when asked for a step it did not prepare (after a resume)."""
+        epoch = step // self.batches_per_epoch
+        if self.opt.workers <= 0:
+            return torch.stack([self.train_set[(i, epoch)] for i in self._batch_indices(step)])
+        if self._loader is None or self._loader_step != step:
+            loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=_StepBatches(self, step),
+                                                 num_workers=self.opt.workers, pin_memory=self.device.type == "cuda")
+            self._loader, self._loader_step = iter(loader), step
+        self._loader_step += 1
+        return next(self._loader)
 
     def _noise(self, step: int):
         """Posterior noise per image from a generator seeded by (seed, step, position in the global batch)."""
@@ -273,8 +296,7 @@ class Trainer:
 
     def train_step(self) -> Dict:
         o = self.opt
-        epoch = self.step // self.batches_per_epoch
-        images = self._load_batch(self._batch_indices(self.step), epoch)
+        images = self._load_batch(self.step)
         lr = self.lr_at(self.updates)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -415,6 +437,7 @@ class Trainer:
                     break
             bar.close()
         finally:
+            self._loader = None  # stops the DataLoader's worker processes
             for s, handler in previous.items():
                 signal.signal(s, handler)
         summary = {"step": self.step, "updates": self.updates, "skipped": self.skipped, "stopped_by_signal": stopped}
