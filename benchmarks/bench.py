@@ -39,8 +39,9 @@ import numpy as np
 import torch
 
 import vdvae_zoo
-from vdvae_zoo import VDVAE, VDVAEConfig
+from vdvae_zoo import VDVAE
 from vdvae_zoo.dmol import dmol_sample
+from vdvae_zoo.hub import resolve_config
 
 VARIANTS = {
     "reference": {},
@@ -73,7 +74,7 @@ def sync(device: torch.device) -> None:
 
 def build(preset: str, device: torch.device) -> VDVAE:
     torch.manual_seed(0)
-    config = VDVAEConfig.from_preset(preset)
+    config = resolve_config(preset)
     with torch.device("meta"):
         model = VDVAE(config)
     model = model.to_empty(device=device)
@@ -196,7 +197,7 @@ def machine(device: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cifar10")
+    parser.add_argument("--preset", default="cifar10", help="A preset name or a config.json path.")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--modes", default="likelihood,sample")

@@ -1,5 +1,6 @@
 """Loading by name (fake Hub and fake source server on 127.0.0.1), from folders and files, and the manifest."""
 
+import hashlib
 import json
 import os
 import pickle
@@ -79,7 +80,7 @@ def assert_golden_likelihood(model, golden_expected, golden_images):
 def test_load_by_name_from_the_hub_with_pinned_sha(tmp_path, hf_home, hub, golden_files, golden_config,
                                                    golden_expected, golden_images):
     commit = hub.add("test-org/tiny32", golden_files)
-    sha = __import__("hashlib").sha256(golden_files["model.safetensors"]).hexdigest()
+    sha = hashlib.sha256(golden_files["model.safetensors"]).hexdigest()
     manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, revision=commit, sha256=sha)])
     model = vdvae_zoo.load("tiny", manifest=manifest, device="cpu")
     assert_golden_likelihood(model, golden_expected, golden_images)
@@ -117,7 +118,7 @@ def test_manifest_revision_is_used_when_not_overridden(tmp_path, hf_home, hub, g
                                                        golden_model):
     first = hub.add("test-org/tiny32", golden_files)
     hub.add("test-org/tiny32", {"config.json": golden_files["config.json"], "model.safetensors": b"garbage"})
-    sha = __import__("hashlib").sha256(golden_files["model.safetensors"]).hexdigest()
+    sha = hashlib.sha256(golden_files["model.safetensors"]).hexdigest()
     manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, revision=first, sha256=sha)])
     model = vdvae_zoo.load("tiny", manifest=manifest, device="cpu")  # main now points at garbage
     assert torch.equal(model.decoder.gain, golden_model.decoder.gain)
@@ -290,3 +291,31 @@ def test_manifest_validation_errors_are_clear(change, fragment):
     change(data["models"][1])
     with pytest.raises(ValueError, match=fragment):
         Manifest.from_json(data, "test.json")
+
+
+def test_finetune_by_name_starts_from_the_released_ema_weights(tmp_path, hf_home, hub, golden_files, golden_config,
+                                                             golden_model):
+    import skimage.data as data
+    from PIL import Image
+    from vdvae_zoo.config import TRAINING_PRESETS
+    from vdvae_zoo.images import center_crop_resize
+    from vdvae_zoo.train import Trainer, TrainOptions
+
+    commit = hub.add("test-org/tiny32", golden_files)
+    sha = hashlib.sha256(golden_files["model.safetensors"]).hexdigest()
+    manifest = write_manifest(tmp_path / "m.json", [entry("tiny-released", golden_config, revision=commit, sha256=sha)])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, img in enumerate((data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.cat())):
+        Image.fromarray(center_crop_resize(img, 32)).save(photos / f"{i}.png")
+    trainer = Trainer(TrainOptions(data=str(photos), out=str(tmp_path / "run"), model="tiny-released",
+                                   manifest=str(manifest), steps=2, batch_size=2, val_fraction=0.2, val_every=0,
+                                   save_every=0, sample_every=0, device="cpu"))
+    released = golden_model.state_dict()
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, released[name]), name
+        assert torch.equal(trainer.ema.state_dict()[name], released[name]), name
+    assert trainer.opt.lr == TRAINING_PRESETS["cifar10"].lr  # the manifest entry's preset gives the defaults
+    assert trainer.opt.ema_rate == TRAINING_PRESETS["cifar10"].ema_rate
+    assert trainer.train()["step"] == 2
+    assert vdvae_zoo.load(tmp_path / "run", device="cpu").config.to_dict() == golden_model.config.to_dict()

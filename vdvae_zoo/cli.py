@@ -556,6 +556,8 @@ def publish(pairs, org, manifest_out, dry_run, manifest):
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False),
+              help="Another weights manifest for --model names (private zoos).")
 @user_errors
 def finetune_command(model_name, **kwargs):
     """Fine-tune a released model, or train from scratch, on a folder of images.

@@ -71,6 +71,7 @@ class TrainOptions:
     workers: int = 0
     skip_alarm: int = 50                 # warn after this many consecutive skipped updates
     min_images: int = 2
+    manifest: Optional[str] = None       # another weights manifest for model= names (private zoos)
 
 
 GENERIC_DEFAULTS = dict(lr=2e-4, weight_decay=0.01, warmup=100, grad_clip=200.0, skip_threshold=400.0,
@@ -190,9 +191,9 @@ class Trainer:
         # Model: warm start from EMA weights, or the paper's initialisation.
         preset = None
         if o.model is not None:
-            manifest = load_manifest()
+            manifest = load_manifest(o.manifest)
             preset = manifest.get(o.model).preset if o.model in manifest else None
-            self.model = load(o.model, device="cpu").train()
+            self.model = load(o.model, device="cpu", manifest=manifest).train()
         else:
             cfg = resolve_config(o.config)
             preset = o.config if isinstance(o.config, str) and o.config in TRAINING_PRESETS else None
@@ -280,11 +281,13 @@ class Trainer:
     def _noise(self, step: int):
         """Posterior noise per image from a generator seeded by (seed, step, position in the global batch)."""
         b = self.opt.batch_size
-        gens = [torch.Generator().manual_seed(hash((self.opt.seed, step, j)) & 0x7FFFFFFFFFFF)
+        # Generators live on the training device, so on CUDA the draws never cross the bus (their numbers then
+        # differ from the CPU's, but not between runs, ranks or resumes on the same kind of device).
+        gens = [torch.Generator(device=self.device).manual_seed(hash((self.opt.seed, step, j)) & 0x7FFFFFFFFFFF)
                 for j in range(self.rank, b * self.world, self.world)]
 
         def draw(like: torch.Tensor) -> torch.Tensor:
-            eps = torch.stack([torch.randn(like.shape[1:], generator=g) for g in gens])
+            eps = torch.stack([torch.randn(like.shape[1:], generator=g, device=self.device) for g in gens])
             return eps.to(like.device, like.dtype)
 
         return draw
