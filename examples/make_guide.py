@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import torch
+from PIL import Image
 
 import vdvae_zoo
 from vdvae_zoo.images import make_grid, save_png
@@ -25,8 +26,16 @@ def main() -> None:
                         "(default: scikit-image's sample photos).")
     parser.add_argument("--out", default="docs/images")
     parser.add_argument("--samples", type=int, default=8, help="Posterior draws for the importance-weighted bound.")
+    parser.add_argument("--zoom", type=int, default=None,
+                        help="Enlarge the pictures this many times (default: up to about 128 pixels per image).")
     args = parser.parse_args()
     model = get_model(args)
+    zoom = args.zoom or max(1, 128 // model.config.image_size)
+
+    def save(grid, name):
+        picture = grid.resize((grid.width * zoom, grid.height * zoom), Image.NEAREST) if zoom > 1 else grid
+        save_png(picture, out / name)
+
     out = output_path(args.out + "/x", "x").parent
     size, L = model.config.image_size, model.num_layers
     images = read_images(args.images, size, n_default=6)
@@ -36,18 +45,17 @@ def main() -> None:
     for t in temperatures:
         torch.manual_seed(args.seed)
         rows.append(model.sample(8, temperature=t).numpy())
-    save_png(make_grid(np.concatenate(rows), ncols=8), out / "samples_by_temperature.png")
+    save(make_grid(np.concatenate(rows), ncols=8), "samples_by_temperature.png")
 
     keeps = sorted({1, min(4, L), min(16, L), L})
     torch.manual_seed(args.seed)
     latents = model.encode(images[:4])
     columns = [images[:4]] + [model.decode(latents[:k], 0.1, n=len(images[:4])).numpy() for k in keeps]
-    save_png(make_grid(np.stack(columns, axis=1).reshape(-1, size, size, 3), ncols=len(columns)),
-             out / "reconstructions.png")
+    save(make_grid(np.stack(columns, axis=1).reshape(-1, size, size, 3), ncols=len(columns)), "reconstructions.png")
 
     torch.manual_seed(args.seed)
     path = model.interpolate(images[0], images[1], 8, temperature=0.1).numpy()
-    save_png(make_grid(path, ncols=8), out / "interpolation.png")
+    save(make_grid(path, ncols=8), "interpolation.png")
 
     torch.manual_seed(args.seed)
     result = model.likelihood(images, n_samples=args.samples)

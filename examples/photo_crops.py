@@ -1,10 +1,11 @@
 """Write a small folder of real photo crops (scikit-image's bundled images) to try fine-tuning without data.
 
-    python examples/photo_crops.py crops/ --size 32 -n 400
-    vdvae-zoo finetune --config tiny.json --data crops/ --out runs/tiny --steps 2000
+    python examples/photo_crops.py crops/ --size 32 -n 400 --tiny-config tiny.json
+    vdvae-zoo finetune --config tiny.json --data crops/ --out runs/tiny --steps 4000
 """
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="Side of the square crops, pixels.")
     parser.add_argument("-n", type=int, default=400, help="Number of crops.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiny-config", default=None, help="Also write the examples' tiny 32x32 config here (JSON).")
     args = parser.parse_args()
     try:
         import skimage.data as data
@@ -36,6 +38,10 @@ def main() -> None:
         crop = Image.fromarray(img[y:y + side, x:x + side]).resize((args.size, args.size), Image.BICUBIC)
         crop.save(out / f"crop_{k:04d}.png")
     print(f"wrote {args.n} {args.size}x{args.size} crops to {out}")
+    if args.tiny_config:
+        from _common import TINY_CONFIG
+        Path(args.tiny_config).write_text(json.dumps(TINY_CONFIG, indent=2) + "\n")
+        print(f"wrote {args.tiny_config}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from PIL import Image
 
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.dmol import dmol_nll
-from vdvae_zoo.plots import bar_layout, bits_per_layer, bits_per_resolution, kl_chart
+from vdvae_zoo.plots import bar_layout, bits_per_layer, bits_per_resolution, kl_caption, kl_chart
 
 from conftest import tiny_config_dict
 
@@ -134,6 +134,7 @@ def test_bits_per_layer_and_resolution():
     assert bits_per_resolution(kl, [4, 4, 8]) == pytest.approx({4: 4.0, 8: 2.0})
     with pytest.raises(ValueError, match="resolutions"):
         bits_per_resolution(kl, [4, 8])
+    assert kl_caption(kl, [4, 4, 8]) == "share of 6 bits per image: 4x4: 67%   8x8: 33%"
 
 
 def test_kl_chart_bar_heights_follow_the_bits(tmp_path):

@@ -268,3 +268,10 @@ def test_interpolate_command(tmp_path, image_dir, model_dir):
     assert Image.open(out).size == (4 * 32 + 5 * 2, 32 + 2 * 2)
     bad = run("interpolate", model_dir, a, image_dir, "-o", tmp_path / "x.png")
     assert bad.exit_code != 0 and "directory" in bad.output
+
+
+def test_every_command_has_help_with_an_example():
+    for name, command in main.commands.items():
+        result = run(name, "--help")
+        assert result.exit_code == 0 and "Example" in result.output and "vdvae-zoo" in result.output, name
+    assert vdvae_zoo.__version__ in run("--version").output

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from .images import save_png
 
-__all__ = ["bits_per_layer", "bits_per_resolution", "kl_chart", "line_chart"]
+__all__ = ["bits_per_layer", "bits_per_resolution", "kl_caption", "kl_chart", "line_chart"]
 
 # Alternating colours for the groups of layers that share a resolution.
 _GROUP_COLOURS = ("steelblue", "darkorange")
@@ -50,6 +50,14 @@ def bar_layout(num_layers: int, width: int, margin: int) -> List[Tuple[int, int]
             for i in range(num_layers)]
 
 
+def kl_caption(kl: torch.Tensor, resolutions: Sequence[int]) -> str:
+    """The chart's caption: total bits per image and each resolution's share of them."""
+    totals = bits_per_resolution(kl, resolutions)
+    total = sum(totals.values())
+    shares = "   ".join(f"{r}x{r}: {t / total:.0%}" if total > 0 else f"{r}x{r}: -" for r, t in totals.items())
+    return f"share of {total:.4g} bits per image: {shares}"
+
+
 def kl_chart(kl: torch.Tensor, resolutions: Sequence[int], path: Union[None, str, Path] = None, *,
              title: Optional[str] = None, width: int = 900, height: int = 420, overwrite: bool = True) -> Image.Image:
     """A bar chart of bits per image in each decoder layer (top layer on the left), grouped by resolution.
@@ -58,7 +66,6 @@ def kl_chart(kl: torch.Tensor, resolutions: Sequence[int], path: Union[None, str
     Under the bars, each resolution's share of the total rate. Bar heights are linear in bits, from 0.
     """
     bits = bits_per_layer(kl)
-    totals = bits_per_resolution(bits, resolutions)
     margin, top, bottom = 60, 40, 70
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
@@ -77,9 +84,7 @@ def kl_chart(kl: torch.Tensor, resolutions: Sequence[int], path: Union[None, str
         h = max(0.0, b) / peak * (y0 - y1)
         if h >= 1:
             d.rectangle([left, y0 - h, right, y0 - 1], fill=_GROUP_COLOURS[colour_index % 2])
-    total = sum(totals.values()) or 1.0
-    summary = "   ".join(f"{r}x{r}: {t / total:.0%}" for r, t in totals.items())
-    d.text((margin, height - 30), f"share of {total:.4g} bits: {summary}", fill="black")
+    d.text((margin, height - 30), kl_caption(kl, resolutions), fill="black")
     if path is not None:
         save_png(img, path, overwrite=overwrite)
     return img
