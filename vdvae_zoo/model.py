@@ -180,8 +180,9 @@ class DecoderLayer(nn.Module):
             # The posterior sees the state before the prior's residual is added.
             q_mean, q_logstd = self.enc(torch.cat([x, activation.to(x.dtype)], dim=1)).float().chunk(2, dim=1)
         features = self.prior(x)
-        p_mean = features[:, :self.zdim].float()
-        p_logstd = features[:, self.zdim:2 * self.zdim].float()
+        # Copies, not views: a view would keep the whole (2 zdim + W)-channel tensor alive in LayerOutput.
+        p_mean = features[:, :self.zdim].to(torch.float32, copy=True)
+        p_logstd = features[:, self.zdim:2 * self.zdim].to(torch.float32, copy=True)
         x = x + features[:, 2 * self.zdim:]
 
         if activation is not None:
@@ -455,8 +456,11 @@ class VDVAE(nn.Module):
         seeded call draws the same numbers every time on the same machine."""
         c = self.config
         per_resolution = [c.width_at(r) * r * r for r in sorted(set(self.layer_resolutions))]
-        floats = 2 * sum(per_resolution) + 8 * max(per_resolution) + 40 * c.num_mixtures * c.image_size ** 2
-        bytes_per_image = 4 * floats
+        states = 2 * sum(per_resolution)                 # encoder activations and decoder states, one per resolution
+        working = 8 * max(per_resolution)                # one layer's intermediates at the top resolution
+        latents = 6 * c.zdim * sum(r * r for r in self.layer_resolutions)  # z, prior, posterior, KL of every layer
+        output = 40 * c.num_mixtures * c.image_size ** 2  # the mixture of logistics and its intermediates
+        bytes_per_image = 4 * (states + working + latents + output) * 1.25  # + allocator slack (measured)
         if self.device.type == "cuda":
             budget = torch.cuda.get_device_properties(self.device).total_memory * self.cuda_batch_memory_fraction
         else:
