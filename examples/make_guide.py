@@ -49,9 +49,9 @@ def main() -> None:
 
     keeps = sorted({1, min(4, L), min(16, L), L})
     torch.manual_seed(args.seed)
-    latents = model.encode(images[:4])
-    columns = [images[:4]] + [model.decode(latents[:k], 0.1, n=len(images[:4])).numpy() for k in keeps]
-    save(make_grid(np.stack(columns, axis=1).reshape(-1, size, size, 3), ncols=len(columns)), "reconstructions.png")
+    rows = model.reconstruct(images[:4], keep=keeps, temperature=0.1).numpy()
+    grid = np.concatenate([images[:4, None], rows], axis=1).reshape(-1, size, size, 3)
+    save(make_grid(grid, ncols=len(keeps) + 1), "reconstructions.png")
 
     torch.manual_seed(args.seed)
     path = model.interpolate(images[0], images[1], 8, temperature=0.1).numpy()

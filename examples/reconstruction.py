@@ -26,11 +26,10 @@ def main() -> None:
     images = read_images(args.images, model.config.image_size, n_default=3)
     keeps = [model.num_layers if k == "all" else min(int(k), model.num_layers) for k in args.keep]
     torch.manual_seed(args.seed)
-    latents = model.encode(images)
-    columns = [images] + [model.decode(latents[:k], args.temperature, n=len(images)).numpy() for k in keeps]
-    grid = np.stack(columns, axis=1).reshape(-1, *images.shape[1:])
+    rows = model.reconstruct(images, keep=keeps, temperature=args.temperature).numpy()  # (N, len(keeps), H, W, 3)
+    grid = np.concatenate([images[:, None], rows], axis=1).reshape(-1, *images.shape[1:])
     out = output_path(args.output, "reconstructions.png")
-    save_png(make_grid(grid, ncols=len(columns)), out)
+    save_png(make_grid(grid, ncols=len(keeps) + 1), out)
     print(f"wrote {out}: columns original, then keep {', '.join(map(str, keeps))} of {model.num_layers} layers")
 
 

@@ -176,3 +176,17 @@ def test_five_bit_targets_ignore_the_low_bits():
     _, t1 = model.preprocess(images)
     _, t2 = model.preprocess(images | 7)
     assert torch.equal(t1, t2) and t1.max() <= 0.946 and t1.min() == -1
+
+
+def test_reconstruct_with_several_keeps_encodes_once(tiny_model):
+    images = random_images(2, seed=7)
+    torch.manual_seed(0)
+    rows = tiny_model.reconstruct(images, keep=[0, 2, None], temperature=0.5)
+    assert rows.shape == (2, 3, 16, 16, 3) and rows.dtype == torch.uint8
+    torch.manual_seed(0)
+    zs = tiny_model.encode(images)
+    for i, k in enumerate([0, 2, tiny_model.num_layers]):
+        assert torch.equal(rows[:, i], tiny_model.decode(zs[:k], 0.5, n=2))
+    assert tiny_model.reconstruct(images, keep=1).shape == (2, 16, 16, 3)
+    with pytest.raises(ValueError, match="keep"):
+        tiny_model.reconstruct(images, keep=[1, 99])

@@ -383,10 +383,9 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
         raise click.BadParameter(f"{keep!r} must be comma-separated integers or 'all'", param_hint="'--keep'") from None
     images, kept = _read_images_for(model, paths, resize)
     torch.manual_seed(seed)
-    zs = model.encode(images)
-    columns = [images] + [model.decode(zs[:k], temperature=t, n=len(kept)).numpy() for k in ks]
-    grid = np.stack(columns, axis=1).reshape(-1, *images.shape[1:])
-    save_png(make_grid(grid, ncols=len(columns)), output)
+    rows = model.reconstruct(images, keep=ks, temperature=t).numpy()      # (N, len(ks), H, W, 3)
+    grid = np.concatenate([images[:, None], rows], axis=1).reshape(-1, *images.shape[1:])
+    save_png(make_grid(grid, ncols=len(ks) + 1), output)
     click.echo(f"wrote {output}: {len(kept)} rows, columns original + keep {', '.join(map(str, ks))}")
 
 

@@ -679,15 +679,21 @@ class VDVAE(nn.Module):
         return latents
 
     @_inference
-    def reconstruct(self, images: ImageBatch, keep: Optional[int] = None, temperature: Temperature = 1.0, *,
-                    generator: Optional[torch.Generator] = None, dtype: Union[None, str, torch.dtype] = None
-                    ) -> torch.Tensor:
+    def reconstruct(self, images: ImageBatch, keep: Union[None, int, Sequence[Optional[int]]] = None,
+                    temperature: Temperature = 1.0, *, generator: Optional[torch.Generator] = None,
+                    dtype: Union[None, str, torch.dtype] = None) -> torch.Tensor:
         """Encode uint8 NHWC images, keep the first `keep` layers' latents (all when None) and sample the rest
-        from the prior at `temperature`. Returns uint8 (N, H, W, 3) on the CPU."""
-        keep = self._check_keep(keep)
+        from the prior at `temperature`. Returns uint8 (N, H, W, 3) on the CPU.
+
+        With a list of keeps (the paper's Figure 4: `keep=[1, 4, 16, None]`) the images are encoded once and
+        decoded once per entry: uint8 (N, len(keep), H, W, 3)."""
+        several = isinstance(keep, (list, tuple))
+        keeps = [self._check_keep(k) for k in (keep if several else [keep])]
         images = self._check_images(images)
-        latents = self.encode(images, generator=generator, dtype=dtype)[:keep]
-        return self.decode(latents, temperature, n=images.shape[0], generator=generator, dtype=dtype)
+        latents = self.encode(images, generator=generator, dtype=dtype)
+        out = [self.decode(latents[:k], temperature, n=images.shape[0], generator=generator, dtype=dtype)
+               for k in keeps]
+        return torch.stack(out, dim=1) if several else out[0]
 
     def _check_keep(self, keep: Optional[int]) -> int:
         keep = self.num_layers if keep is None else keep
