@@ -117,11 +117,14 @@ def elbo_bpd(model: VDVAE, variant: str, images: torch.Tensor) -> list:
     return (elbo / np.log(2)).tolist()
 
 
-def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, repeats: int, warmup: int) -> dict:
+def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, repeats: int, warmup: int,
+                keep_freed: bool = False) -> dict:
     """Measure one variant in this process: its peak memory first (before anything else runs), then its time
     interleaved with the reference path's on a second copy of the same weights, so that a slow moment of a
     shared machine hits both and the ratio stays fair."""
     dev = torch.device(device)
+    if keep_freed:  # for both the variant and its reference: it is a property of the process
+        vdvae_zoo.keep_freed_memory()
     model = build(preset, dev)
     if variant != "reference":
         model.optimize(**VARIANTS[variant])
@@ -156,6 +159,7 @@ def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, r
             bucket.append(time.perf_counter() - t0)
     seconds, ref_seconds = statistics.median(times), statistics.median(ref_times)
     result = {"preset": preset, "mode": mode, "variant": variant, "batch_size": batch, "device": str(dev),
+              "keep_freed_memory": keep_freed,
               "seconds_per_batch": seconds, "images_per_s": batch / seconds, "first_call_s": first,
               "reference_seconds_per_batch": ref_seconds, "speedup_vs_reference": ref_seconds / seconds,
               "peak_memory_bytes": peak, "times": times, "reference_times": ref_times}
@@ -205,6 +209,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", default=None, help="Write all results here.")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="Call vdvae_zoo.keep_freed_memory() in each worker (glibc: no page faults per tensor).")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -221,7 +227,7 @@ def main() -> None:
     for mode in args.modes.split(","):
         for variant in variants:
             spec = dict(preset=args.preset, mode=mode, variant=variant, batch=args.batch_size, device=args.device,
-                        repeats=args.repeats, warmup=args.warmup)
+                        repeats=args.repeats, warmup=args.warmup, keep_freed=args.keep_freed_memory)
             proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
                                   text=True, env=os.environ)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

@@ -116,3 +116,12 @@ def test_full_size_batches_are_bounded():
         big = VDVAE(VDVAEConfig.from_preset("ffhq1024"))
     small = VDVAE(VDVAEConfig.from_dict(tiny_config_dict()))
     assert 1 <= big.auto_batch_size() < small.auto_batch_size()
+
+
+def test_keep_freed_memory_sets_glibc_malloc_options():
+    import subprocess
+    import sys
+    code = "import sys, vdvae_zoo; sys.exit(0 if vdvae_zoo.keep_freed_memory() else 3)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    expected = 0 if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()) else 3
+    assert proc.returncode == expected, proc.stderr

@@ -11,6 +11,7 @@ from .model import VDVAE, EncoderMismatchError, LikelihoodResult
 from .hub import (IntegrityError, Manifest, UnknownModelError, convert_original, download, load, load_manifest,
                   read_checkpoint, save_pretrained)
 from .plots import bits_per_layer, bits_per_resolution, kl_chart
+from .perf import keep_freed_memory
 
 from .train import TrainOptions, Trainer, finetune
 
@@ -25,4 +26,4 @@ def list_models() -> list:
 __all__ = ["VDVAE", "VDVAEConfig", "LikelihoodResult", "EncoderMismatchError", "IntegrityError", "UnknownModelError",
            "Manifest", "load", "download", "load_manifest", "read_checkpoint", "save_pretrained", "convert_original",
            "list_models", "list_presets", "parse_block_string", "Trainer", "TrainOptions", "finetune",
-           "bits_per_layer", "bits_per_resolution", "kl_chart", "__version__"]
+           "bits_per_layer", "bits_per_resolution", "kl_chart", "keep_freed_memory", "__version__"]
