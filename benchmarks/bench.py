@@ -5,7 +5,8 @@
     python benchmarks/bench.py --preset cifar10 --variants compile --json out.json
 
 Random weights (throughput does not depend on them). Every (mode, variant) runs in its own subprocess, so its
-peak memory is its own: max RSS on the CPU, torch.cuda.max_memory_allocated on CUDA. Times are the median of
+peak memory is its own: max RSS on the CPU, torch.cuda.max_memory_allocated on CUDA (`memory_before_bytes`: the
+same just before the first call, i.e. weights and runtime). Times are the median of
 `--repeats` timed calls after `--warmup` untimed ones (CUDA synchronised). Variants:
 
   reference      the plain way: fp32, eager, NCHW, torch.no_grad, calling the modules directly
@@ -73,19 +74,16 @@ def sync(device: torch.device) -> None:
 
 
 def build(preset: str, device: torch.device) -> VDVAE:
+    """Random weights as initialised, except that the zero-initialised last convolutions get small values so
+    every layer does work and the outputs are not degenerate. One copy of the weights is ever made, so the
+    memory peak of building stays below that of inference."""
     torch.manual_seed(0)
-    config = resolve_config(preset)
-    with torch.device("meta"):
-        model = VDVAE(config)
-    model = model.to_empty(device=device)
-    # Weights like a trained model's scale: the default init (residual scaling, zero last convs) but with the
-    # zero convs given small values, so every layer does work and the outputs are not degenerate.
-    fresh = VDVAE(config).to(device)
+    model = VDVAE(resolve_config(preset))
     with torch.no_grad():
-        for (name, p), (_, q) in zip(model.named_parameters(), fresh.named_parameters()):
-            p.copy_(q if q.abs().sum() > 0 or name.endswith("bias") or "bias_xs" in name else torch.randn_like(q) * 1e-2)
-    del fresh
-    return model.eval()
+        for name, p in model.named_parameters():
+            if not (name.endswith("bias") or "bias_xs" in name) and not p.any():
+                p.normal_(0.0, 1e-2)
+    return model.to(device).eval()
 
 
 def make_call(model: VDVAE, mode: str, variant: str, images: torch.Tensor):
@@ -132,6 +130,9 @@ def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, r
     call = make_call(model, mode, variant, images)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
     torch.manual_seed(0)
     call()
@@ -162,7 +163,7 @@ def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, r
               "keep_freed_memory": keep_freed,
               "seconds_per_batch": seconds, "images_per_s": batch / seconds, "first_call_s": first,
               "reference_seconds_per_batch": ref_seconds, "speedup_vs_reference": ref_seconds / seconds,
-              "peak_memory_bytes": peak, "times": times, "reference_times": ref_times}
+              "peak_memory_bytes": peak, "memory_before_bytes": before, "times": times, "reference_times": ref_times}
     # FlopCounterMode tracks modules with autograd hooks, so count with autograd on (same operations).
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
