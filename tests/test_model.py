@@ -39,17 +39,39 @@ def test_numpy_and_tensor_inputs_agree(tiny_model):
     assert torch.equal(a, b)
 
 
-def test_micro_batches_draw_like_consecutive_calls(tiny_model):
+def test_micro_batches_give_what_one_batch_gives(tiny_model):
+    """Splitting a batch (batch_size=, or the automatic split) changes no random number: the whole batch's
+    draws are made first, in the original's order."""
     images = random_images(5)
     torch.manual_seed(3)
-    chunked = tiny_model.likelihood(images, batch_size=2).elbo
+    whole = tiny_model.likelihood(images)
     torch.manual_seed(3)
-    parts = [tiny_model.likelihood(images[s]).elbo for s in (slice(0, 2), slice(2, 4), slice(4, 5))]
-    torch.testing.assert_close(chunked, torch.cat(parts))
+    chunked = tiny_model.likelihood(images, batch_size=2)
+    torch.testing.assert_close(chunked.elbo, whole.elbo)
+    torch.testing.assert_close(chunked.kl, whole.kl)
     torch.manual_seed(4)
-    s_chunked = tiny_model.sample(5, batch_size=3)
+    s_whole = tiny_model.sample(5, temperature=0.7)
     torch.manual_seed(4)
-    assert torch.equal(s_chunked, torch.cat([tiny_model.sample(3), tiny_model.sample(2)]))
+    assert torch.equal(tiny_model.sample(5, temperature=0.7, batch_size=3), s_whole)
+    torch.manual_seed(5)
+    z_whole = tiny_model.encode(images)
+    torch.manual_seed(5)
+    z_chunked = tiny_model.encode(images, batch_size=2)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(z_whole, z_chunked))
+    torch.manual_seed(6)
+    d_whole = tiny_model.decode(z_whole[:3], 0.5)
+    torch.manual_seed(6)
+    assert torch.equal(tiny_model.decode(z_whole[:3], 0.5, batch_size=2), d_whole)
+
+
+def test_huge_batches_fall_back_to_per_chunk_draws(tiny_model, monkeypatch):
+    # When the whole batch's draws would not fit the budget, each micro-batch draws its own (as separate calls).
+    monkeypatch.setattr(type(tiny_model), "cpu_batch_memory", 4 * 16 * 16 * 3 * 3)  # < the draws of 3 images
+    assert tiny_model._batch_draws(3, [], True, None) is None
+    torch.manual_seed(4)
+    chunked = tiny_model.sample(3, batch_size=2)
+    torch.manual_seed(4)
+    assert torch.equal(chunked, torch.cat([tiny_model.sample(2, batch_size=2), tiny_model.sample(1, batch_size=2)]))
 
 
 def test_temperature_zero_uses_the_prior_mean(tiny_model):

@@ -11,12 +11,12 @@ Everything here is computed in float32 whatever the dtype of the network that ma
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dmol_nll", "dmol_sample", "MIN_LOG_SCALE"]
+__all__ = ["dmol_nll", "dmol_sample", "pixel_uniform_shapes", "MIN_LOG_SCALE"]
 
 MIN_LOG_SCALE = -7.0
 
@@ -75,31 +75,39 @@ def _dmol_nll(params: torch.Tensor, target: torch.Tensor, num_mixtures: int, low
     return -log_prob_per_pixel.sum(dim=(1, 2)) / dims
 
 
+def pixel_uniform_shapes(n: int, h: int, w: int, num_mixtures: int) -> List[Tuple[int, ...]]:
+    """Shapes of the uniform draws of `dmol_sample`, in the order it draws them."""
+    return [(n, h, w, num_mixtures), (n, h, w, 3)]
+
+
 def _uniform(shape, device, generator: Optional[torch.Generator]) -> torch.Tensor:
     # `uniform_` on a float32 tensor: the same floats as the original (rand * a + b is not).
     return torch.empty(shape, dtype=torch.float32, device=device).uniform_(1e-5, 1.0 - 1e-5, generator=generator)
 
 
 def dmol_sample(params: torch.Tensor, num_mixtures: int, generator: Optional[torch.Generator] = None,
-                same_noise: bool = False) -> torch.Tensor:
+                same_noise: bool = False, uniforms: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """Draw one image per parameter map; returns uint8 (N, H, W, 3) pixels.
 
     Random draws, in order: a uniform (N, H, W, M) picks the component (Gumbel-max), then a uniform
     (N, H, W, 3) samples the logistic. Values are clamped to [-1, 1], mapped by (x + 1) * 127.5 and
     truncated (not rounded) to uint8, as the original does. With `same_noise` every image of the batch uses
     the draws of the first (interpolation paths use it so that only the parameters vary along the path).
+    `uniforms`, when given, are the two uniform tensors already drawn (see `pixel_uniform_shapes`).
     """
     params = params.float()
     n, h, w, _ = params.shape
     logits, means, log_scales, coeffs = _unpack(params, num_mixtures)
     draws = 1 if same_noise else n
-    gumbel_u = _uniform((draws, h, w, num_mixtures), params.device, generator).expand(n, -1, -1, -1)
+    if uniforms is None:
+        uniforms = [_uniform(shape, params.device, generator) for shape in pixel_uniform_shapes(draws, h, w, num_mixtures)]
+    gumbel_u = uniforms[0].expand(n, -1, -1, -1)
     component = torch.argmax(logits - torch.log(-torch.log(gumbel_u)), dim=3)  # (N, H, W)
     index = component[:, :, :, None, None].expand(n, h, w, 3, 1)
     mean = means.gather(4, index).squeeze(4)
     log_scale = log_scales.gather(4, index).squeeze(4)
     coeff = coeffs.gather(4, index).squeeze(4)
-    u = _uniform((draws, h, w, 3), params.device, generator).expand(n, -1, -1, -1)
+    u = uniforms[1].expand(n, -1, -1, -1)
     x = mean + torch.exp(log_scale) * (torch.log(u) - torch.log(1.0 - u))
     red = x[..., 0].clamp(-1.0, 1.0)
     green = (x[..., 1] + coeff[..., 0] * red).clamp(-1.0, 1.0)

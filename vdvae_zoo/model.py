@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VDVAEConfig
-from .dmol import dmol_nll, dmol_sample
+from .dmol import _uniform, dmol_nll, dmol_sample, pixel_uniform_shapes
 
 __all__ = ["VDVAE", "LikelihoodResult", "Temperature", "EncoderMismatchError"]
 
@@ -345,6 +345,26 @@ def _mix(a: torch.Tensor, b: torch.Tensor, ts: torch.Tensor, mode: str) -> torch
     return (1 - t) * a + t * b
 
 
+class _BatchDraws:
+    """The random numbers of a whole batch, drawn up front in the original's order (one standard normal per
+    decoder layer that samples, top to bottom, then the pixel uniforms) and handed out per micro-batch, so that
+    splitting a batch changes no number: seeded calls give what one big batch gives."""
+
+    def __init__(self, normal_shapes: Sequence[Optional[tuple]], uniform_shapes: Sequence[tuple],
+                 device: torch.device, generator: Optional[torch.Generator]):
+        self.normals = [torch.empty(shape, device=device).normal_(generator=generator)
+                        for shape in normal_shapes if shape is not None]
+        self.uniforms = [_uniform(shape, device, generator) for shape in uniform_shapes]
+
+    def noise(self, s: slice) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The decoder's `noise` hook for the images in `s`: each call returns the next layer's draws."""
+        upcoming = iter([z[s] for z in self.normals])
+        return lambda like: next(upcoming)
+
+    def pixel_uniforms(self, s: slice) -> List[torch.Tensor]:
+        return [u[s] for u in self.uniforms]
+
+
 class _CompiledForward:
     """A module's forward run through torch.compile, falling back to eager (with one warning for the whole
     model) when compilation fails, e.g. where no C++ compiler or Triton is available."""
@@ -464,11 +484,7 @@ class VDVAE(nn.Module):
         latents = 6 * c.zdim * sum(r * r for r in self.layer_resolutions)  # z, prior, posterior, KL of every layer
         output = 40 * c.num_mixtures * c.image_size ** 2  # the mixture of logistics and its intermediates
         bytes_per_image = 4 * (states + working + latents + output) * 1.25  # + allocator slack (measured)
-        if self.device.type == "cuda":
-            budget = torch.cuda.get_device_properties(self.device).total_memory * self.cuda_batch_memory_fraction
-        else:
-            budget = self.cpu_batch_memory
-        return max(1, int(budget // bytes_per_image))
+        return max(1, int(self._memory_budget() // bytes_per_image))
 
     # ------------------------------------------------------------------------------------- input handling
     def _check_images(self, images: ImageBatch, name: str = "images") -> torch.Tensor:
@@ -592,21 +608,25 @@ class VDVAE(nn.Module):
         Returns a LikelihoodResult: `bpd` (bits per dim), `elbo`, `distortion`, `rate` (nats per dim), each (N,),
         `kl` (N, L) in nats (averaged over the K draws), and for K > 1 `bpd_iw` (N,) in bits per dim.
         `batch_size` bounds how many images x draws are evaluated at once (None: `auto_batch_size()`); the
-        K draws are spread over passes, so memory does not grow with K. The random draws come per micro-batch.
+        K draws are spread over passes, so memory does not grow with K. With K = 1 the split changes no random
+        number (the draws of the whole batch are made first, in the original's order).
         """
         self._require_encoder()
         images = self._check_images(images)
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer (posterior draws per image), got {n_samples!r}")
         per_pass = self._batch(batch_size)
+        chunks = self._chunks(images.shape[0], per_pass)
+        draws = self._batch_draws(images.shape[0], [None] * self.num_layers, False, generator) \
+            if len(chunks) > 1 and n_samples == 1 else None
         parts = []
         with self._autocast(dtype):
-            for s in self._chunks(images.shape[0], per_pass):
+            for s in chunks:
                 x_in, target = self.preprocess(images[s])
                 activations = self.encoder(x_in)
                 b = x_in.shape[0]
                 if n_samples == 1:
-                    parts.append(self._terms(activations, target, b, generator))
+                    parts.append(self._terms(activations, target, b, generator, draws.noise(s) if draws else None))
                     continue
                 draws_per_pass = max(1, per_pass // b)
                 total: Dict[str, torch.Tensor] = {}
@@ -636,12 +656,15 @@ class VDVAE(nn.Module):
         means (each layer's mean given the means above it; no random numbers are drawn)."""
         self._require_encoder()
         images = self._check_images(images)
-        zero = (lambda like: torch.zeros_like(like)) if mean else None
+        chunks = self._chunks(images.shape[0], self._batch(batch_size))
+        draws = self._batch_draws(images.shape[0], [None] * self.num_layers, False, generator) \
+            if len(chunks) > 1 and not mean else None
         pieces = []
         with self._autocast(dtype):
-            for s in self._chunks(images.shape[0], self._batch(batch_size)):
+            for s in chunks:
                 x_in, _ = self.preprocess(images[s])
-                _, outputs = self.decoder(x_in.shape[0], self.encoder(x_in), generator=generator, noise=zero)
+                noise = (lambda like: torch.zeros_like(like)) if mean else (draws.noise(s) if draws else None)
+                _, outputs = self.decoder(x_in.shape[0], self.encoder(x_in), generator=generator, noise=noise)
                 pieces.append([o.z.float().cpu() for o in outputs])
         return [torch.cat(layer) for layer in zip(*pieces)]
 
@@ -755,14 +778,37 @@ class VDVAE(nn.Module):
     def _decode(self, n: int, latents: List[Optional[torch.Tensor]], temperatures: List[float],
                 generator: Optional[torch.Generator], batch_size: Optional[int],
                 dtype: Union[None, str, torch.dtype] = None) -> torch.Tensor:
+        chunks = self._chunks(n, self._batch(batch_size))
+        draws = self._batch_draws(n, latents, True, generator) if len(chunks) > 1 else None
         pieces = []
         with self._autocast(dtype):
-            for s in self._chunks(n, self._batch(batch_size)):
+            for s in chunks:
                 chunk_latents = [None if z is None else z[s].to(self.device, torch.float32) for z in latents]
                 params, _ = self.decoder(s.stop - s.start, temperatures=temperatures, latents=chunk_latents,
-                                         generator=generator)
-                pieces.append(dmol_sample(params, self.config.num_mixtures, generator=generator).cpu())
+                                         generator=generator, noise=draws.noise(s) if draws else None)
+                pieces.append(dmol_sample(params, self.config.num_mixtures, generator=generator,
+                                          uniforms=draws.pixel_uniforms(s) if draws else None).cpu())
         return torch.cat(pieces)
+
+    def _batch_draws(self, n: int, latents: Sequence[Optional[torch.Tensor]], pixels: bool,
+                     generator: Optional[torch.Generator]) -> Optional[_BatchDraws]:
+        """All random numbers a batch of n would draw in one pass: a normal per layer without a given latent,
+        then (when sampling pixels) the output distribution's uniforms. None when they would not fit the memory
+        budget of a micro-batch (thousands of images): each micro-batch then draws its own, as consecutive
+        calls would."""
+        c = self.config
+        given = list(latents) + [None] * (self.num_layers - len(latents))
+        normal_shapes = [None if z is not None else (n, c.zdim, r, r) for z, r in zip(given, self.layer_resolutions)]
+        uniform_shapes = pixel_uniform_shapes(n, c.image_size, c.image_size, c.num_mixtures) if pixels else []
+        floats = sum(math.prod(shape) for shape in normal_shapes + uniform_shapes if shape is not None)
+        if 4 * floats > self._memory_budget():
+            return None
+        return _BatchDraws(normal_shapes, uniform_shapes, self.device, generator)
+
+    def _memory_budget(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_properties(self.device).total_memory * self.cuda_batch_memory_fraction
+        return self.cpu_batch_memory
 
     # --------------------------------------------------------------------------- saving and loading
     # The Hugging Face folder layout: config.json + model.safetensors (+ a model card). The work is done in
