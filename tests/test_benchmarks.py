@@ -26,3 +26,14 @@ def test_bench_reports_every_variant_against_the_reference(tmp_path):
         assert abs(r["images_per_s"] * r["seconds_per_batch"] - 2) < 1e-9
     assert rows[("likelihood", "fp32")]["bpd_max_abs_change"] < 1e-4   # the default path is exact
     assert rows[("likelihood", "bf16_cl")]["bpd_max_abs_change"] < 0.05
+
+
+def test_cuda_golden_script_passes_on_the_cpu(tmp_path):
+    # The GPU check's logic, run where CI can: on the CPU it must reproduce the golden numbers too.
+    out = tmp_path / "golden.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cuda_golden.py"), "--device", "cpu",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    checks = json.loads(out.read_text())["checks"]
+    assert {"likelihood_elbo_max_rel_error", "latents_max_abs_error", "bf16_bpd_max_abs_change"} <= set(checks)
+    assert all(c["ok"] for c in checks.values())
