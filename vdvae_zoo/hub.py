@@ -145,13 +145,13 @@ def _pick_device(device: Union[None, str, torch.device]) -> torch.device:
     return torch.device(device)
 
 
-def _build(config: VDVAEConfig, state: Dict[str, torch.Tensor], source: str, device, dtype) -> VDVAE:
+def _build(config: VDVAEConfig, state: Dict[str, torch.Tensor], source: str, device) -> VDVAE:
     with torch.device("meta"):
         model = VDVAE(config)
     model = model.to_empty(device="cpu")
     load_weights(model, state, source)
     model = model.to(device=_pick_device(device))
-    return model.optimize(dtype=dtype).eval()
+    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -534,7 +534,7 @@ def download(name: str, *, revision: Optional[str] = None, cache_dir: Union[None
     return _fetch_from_source(entry, cache, local_files_only)
 
 
-def _load_folder(folder: Path, device, dtype, config: ConfigLike = None) -> VDVAE:
+def _load_folder(folder: Path, device, config: ConfigLike = None) -> VDVAE:
     cfg_path, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}; a model folder holds {CONFIG_NAME} + {WEIGHTS_NAME}")
@@ -542,7 +542,7 @@ def _load_folder(folder: Path, device, dtype, config: ConfigLike = None) -> VDVA
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; pass config= or add the config the weights were "
                                 "trained with")
     cfg = resolve_config(config if config is not None else cfg_path)
-    return _build(cfg, read_checkpoint(weights), str(weights), device, dtype)
+    return _build(cfg, read_checkpoint(weights), str(weights), device)
 
 
 def load(name_or_path: Union[str, os.PathLike], *, config: ConfigLike = None,
@@ -566,42 +566,42 @@ def load(name_or_path: Union[str, os.PathLike], *, config: ConfigLike = None,
     `local_files_only=True` (or HF_HUB_OFFLINE=1) never touches the network.
     """
     compute_dtype(dtype)  # a wrong value fails before any download
-    model = _load_any(name_or_path, config, device, dtype, revision, cache_dir, local_files_only, manifest)
-    return model.optimize(channels_last=channels_last, compile=compile or None)
+    model = _load_any(name_or_path, config, device, revision, cache_dir, local_files_only, manifest)
+    return model.optimize(dtype=dtype, channels_last=channels_last, compile=compile or None)
 
 
-def _load_any(name_or_path, config, device, dtype, revision, cache_dir, local_files_only, manifest) -> VDVAE:
+def _load_any(name_or_path, config, device, revision, cache_dir, local_files_only, manifest) -> VDVAE:
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _load_folder(path, device, dtype, config)
+        return _load_folder(path, device, config)
     if path.is_file():
         if path.suffix == ".safetensors":
             cfg = config if config is not None else path.with_name(CONFIG_NAME)
             if config is None and not Path(cfg).is_file():
                 raise FileNotFoundError(f"{path} has no {CONFIG_NAME} beside it; pass config= (a preset name or config)")
-            return _build(resolve_config(cfg), read_checkpoint(path), str(path), device, dtype)
+            return _build(resolve_config(cfg), read_checkpoint(path), str(path), device)
         if config is None:
             raise ValueError(f"{path} is an original checkpoint; say which architecture it has with config= "
                              f"(a preset name: {', '.join(PRESETS)}; a dict; or a config.json path)")
-        return _build(resolve_config(config), read_checkpoint(path), str(path), device, dtype)
+        return _build(resolve_config(config), read_checkpoint(path), str(path), device)
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     if text in man:
         folder = download(text, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, manifest=man)
-        model = _load_folder(folder, device, dtype)
+        model = _load_folder(folder, device)
         return model
     looks_like_path = text.endswith((".th", ".pt", ".pth", ".safetensors", ".json")) or text.startswith((".", "/", "~"))
     if looks_like_path:
         raise FileNotFoundError(f"{text} does not exist")
     if text.count("/") == 1 and not text.startswith("/"):
-        return _load_hub_repo(text, revision, cache_dir, local_files_only, device, dtype)
+        return _load_hub_repo(text, revision, cache_dir, local_files_only, device)
     man.get(text)  # raises UnknownModelError naming the known models and the closest match
     raise AssertionError("unreachable")
 
 
-def _load_hub_repo(repo_id, revision, cache_dir, local_files_only, device, dtype) -> VDVAE:
+def _load_hub_repo(repo_id, revision, cache_dir, local_files_only, device) -> VDVAE:
     entry = ModelEntry(name=repo_id, preset="cifar10", dataset="", resolution=0, bits=8, parameters=0,
                        reported_test_bpd=None, license="", hub={"repo_id": repo_id, "revision": revision or "main"},
                        source={})
     folder = _fetch_from_hub(entry, None, Path(cache_dir) if cache_dir else None, local_files_only)
-    return _load_folder(folder, device, dtype)
+    return _load_folder(folder, device)
