@@ -23,7 +23,7 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -238,9 +238,10 @@ class Decoder(nn.Module):
     def forward(self, n: int, activations: Optional[Dict[int, torch.Tensor]] = None,
                 temperatures: Optional[Sequence[float]] = None, latents: Sequence[Optional[torch.Tensor]] = (),
                 generator: Optional[torch.Generator] = None, noise: Optional[Callable] = None,
-                ) -> tuple[torch.Tensor, List[LayerOutput]]:
+                summarize: Optional[Callable[[LayerOutput], Any]] = None) -> tuple[torch.Tensor, List[Any]]:
         """Run the layers top to bottom for a batch of `n`. Returns the output-distribution parameters
-        (N, H, W, 10M) and each layer's LayerOutput. `latents[i]`, when given and not None, fixes layer i.
+        (N, H, W, 10M) and each layer's LayerOutput, or `summarize(output)` of it: keeping only what the caller
+        needs frees the layer's latent tensors at once. `latents[i]`, when given and not None, fixes layer i.
         `noise(like)`, when given, supplies each layer's standard-normal draw instead of the generator."""
         ref = self.gain
         fmt = self.memory_format
@@ -262,7 +263,7 @@ class Decoder(nn.Module):
             t = 1.0 if temperatures is None else temperatures[i]
             x, out = layer(x, activation, t, latent, generator, noise)
             states[r] = x
-            outputs.append(out)
+            outputs.append(out if summarize is None else summarize(out))
         x = states[self.config.image_size] * self.gain + self.bias
         return self.out_net(x), outputs
 
@@ -588,13 +589,16 @@ class VDVAE(nn.Module):
                log_weight: bool = False) -> Dict[str, torch.Tensor]:
         """Run the decoder on the posterior and score `target`. With `log_weight`, also the importance weight
         log p(x, z) - log q(z | x) of the draw, in nats per image, float64 (N,)."""
-        params, outputs = self.decoder(n, activations, generator=generator, noise=noise)
+        def summarize(o: LayerOutput):  # per image: the layer's KL, and its log p(z) - log q(z | x) when needed
+            return o.kl.sum(dim=(1, 2, 3)), _log_prior_over_posterior(o) if log_weight else None
+
+        params, per_layer = self.decoder(n, activations, generator=generator, noise=noise, summarize=summarize)
         distortion = dmol_nll(params, target, self.config.num_mixtures, self.config.low_bit)
-        kl = torch.stack([o.kl.sum(dim=(1, 2, 3)) for o in outputs], dim=1)
+        kl = torch.stack([layer_kl for layer_kl, _ in per_layer], dim=1)
         rate = kl.sum(dim=1) / self.config.dims_per_image
         terms = {"elbo": distortion + rate, "distortion": distortion, "rate": rate, "kl": kl}
         if log_weight:
-            log_ratio = torch.stack([_log_prior_over_posterior(o) for o in outputs]).sum(dim=0)
+            log_ratio = torch.stack([ratio for _, ratio in per_layer]).sum(dim=0)
             terms["log_weight"] = log_ratio - distortion.double() * self.config.dims_per_image
         return terms
 
@@ -664,8 +668,9 @@ class VDVAE(nn.Module):
             for s in chunks:
                 x_in, _ = self.preprocess(images[s])
                 noise = (lambda like: torch.zeros_like(like)) if mean else (draws.noise(s) if draws else None)
-                _, outputs = self.decoder(x_in.shape[0], self.encoder(x_in), generator=generator, noise=noise)
-                pieces.append([o.z.float().cpu() for o in outputs])
+                _, zs = self.decoder(x_in.shape[0], self.encoder(x_in), generator=generator, noise=noise,
+                                     summarize=lambda o: o.z.float().cpu())
+                pieces.append(zs)
         return [torch.cat(layer) for layer in zip(*pieces)]
 
     @_inference
@@ -763,7 +768,7 @@ class VDVAE(nn.Module):
             for i in range(a.shape[0]):
                 latents = [_mix(za_l[i], zb_l[i], ts, mode).to(self.device) for za_l, zb_l in zip(za, zb)]
                 params, _ = self.decoder(steps, temperatures=temperatures, latents=latents,
-                                         noise=same_noise_each_step)
+                                         noise=same_noise_each_step, summarize=lambda o: None)
                 paths.append(dmol_sample(params, self.config.num_mixtures, generator, same_noise=True).cpu())
         out = torch.stack(paths)
         return out[0] if single else out
@@ -785,7 +790,8 @@ class VDVAE(nn.Module):
             for s in chunks:
                 chunk_latents = [None if z is None else z[s].to(self.device, torch.float32) for z in latents]
                 params, _ = self.decoder(s.stop - s.start, temperatures=temperatures, latents=chunk_latents,
-                                         generator=generator, noise=draws.noise(s) if draws else None)
+                                         generator=generator, noise=draws.noise(s) if draws else None,
+                                         summarize=lambda o: None)
                 pieces.append(dmol_sample(params, self.config.num_mixtures, generator=generator,
                                           uniforms=draws.pixel_uniforms(s) if draws else None).cpu())
         return torch.cat(pieces)
