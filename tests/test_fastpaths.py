@@ -125,3 +125,39 @@ def test_keep_freed_memory_sets_glibc_malloc_options():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     expected = 0 if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()) else 3
     assert proc.returncode == expected, proc.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_residual_adds_change_nothing(dtype):
+    """Under inference_mode the residual adds write into the stream; under no_grad they do not. Both must give
+    the same numbers, and the encoder's kept activations must survive: here the first encoder block down-samples
+    the in_conv output, which stays in the activations the decoder reads."""
+    torch.manual_seed(5)
+    model = VDVAE(VDVAEConfig.from_dict(tiny_config_dict(enc_blocks="16d2,8x2,8d2,4x1,4d4,1x1"))).eval()
+    with torch.no_grad():  # non-zero prior and residual outputs, so every add does something
+        for name, p in model.named_parameters():
+            if not p.any():
+                p.normal_(0.0, 0.1)
+    images = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+    def run():
+        x, _ = model.preprocess(images)
+        with autocast:
+            activations = model.encoder(x)
+            kept = {r: a.clone() for r, a in activations.items()}
+            posterior, _ = seeded(lambda: model.decoder(3, activations))
+            prior, _ = seeded(lambda: model.decoder(3, temperatures=[0.7] * model.num_layers))
+        return kept, activations, posterior, prior
+
+    with torch.no_grad():
+        kept, activations, posterior, prior = run()
+    with torch.inference_mode():
+        kept_fast, activations_fast, posterior_fast, prior_fast = run()
+    for r in kept:
+        assert torch.equal(activations_fast[r], kept_fast[r]), f"the decoder changed encoder activation {r}"
+        assert torch.equal(kept_fast[r], kept[r])
+    assert torch.equal(posterior_fast, posterior) and torch.equal(prior_fast, prior)
+    with torch.no_grad(), autocast:
+        elbo = seeded(lambda: model(images)["elbo"])
+    torch.testing.assert_close(seeded(lambda: model.likelihood(images, dtype=dtype)).elbo, elbo, rtol=0, atol=0)

