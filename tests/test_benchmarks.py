@@ -37,3 +37,20 @@ def test_cuda_golden_script_passes_on_the_cpu(tmp_path):
     checks = json.loads(out.read_text())["checks"]
     assert {"likelihood_elbo_max_rel_error", "latents_max_abs_error", "bf16_bpd_max_abs_change"} <= set(checks)
     assert all(c["ok"] for c in checks.values())
+
+
+def test_ops_benchmark_times_every_operation_of_a_block_in_both_dtypes(tmp_path):
+    out = tmp_path / "ops.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ops.py"), "--width", "32", "--resolution", "8",
+                           "--batch-size", "2", "--repeats", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    ops = {r["op"] for r in rows}
+    assert {(r["op"], r["dtype"]) for r in rows} == {(op, d) for op in ops for d in ("float32", "bfloat16")}
+    assert any(op.startswith("conv 3x3") for op in ops) and any(op.startswith("gelu") for op in ops)
+    for r in rows:  # every row has its time and exactly one rate: FLOP/s for convolutions, bytes/s otherwise
+        assert r["ms"] > 0
+        assert (r["gflop_per_s"] is None) != (r["gb_per_s"] is None)
+        assert (r["gflop_per_s"] is not None) == r["op"].startswith("conv")
+    assert "conv 3x3" in proc.stdout and "fp32/this" in proc.stdout
