@@ -88,10 +88,14 @@ class Block(nn.Module):
 
 
 def _residual_add(x: torch.Tensor, update: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """x + update, written into x when `inplace` and under torch.inference_mode (as the public methods run):
-    autograd may need the unmodified x otherwise. Same numbers either way; in place saves allocating (and, on the
-    CPU, page-faulting) a new activation at every layer: 7% faster bf16 sampling on the CPU."""
-    return x.add_(update) if inplace and torch.is_inference_mode_enabled() else x + update
+    """x + update. Under reduced precision (a bf16 update to the float32 stream) and torch.inference_mode (as the
+    public methods run) the sum is written into x when `inplace`; otherwise autograd may need the unmodified x.
+    Same numbers either way. Measured on the cifar10 preset, 2 CPU threads, batch 8, medians of 8 alternating
+    calls: in place makes bf16 sampling 6% and bf16 likelihood 10% faster, but float32 sampling 7% slower (the
+    allocator reuses a freed activation faster than it updates one in place), hence only for mixed dtypes."""
+    if inplace and update.dtype != x.dtype and torch.is_inference_mode_enabled():
+        return x.add_(update)
+    return x + update
 
 
 def gaussian_kl(q_mean, q_logstd, p_mean, p_logstd) -> torch.Tensor:
