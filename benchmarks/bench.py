@@ -11,11 +11,15 @@ same just before the first call, i.e. weights and runtime). Times are the median
 
   reference      the plain way: fp32, eager, NCHW, torch.no_grad, calling the modules directly
   fp32           model.likelihood / model.sample with the defaults (inference_mode, exact)
+  tf32           fp32 with TensorFloat-32 convolutions and matmuls (CUDA only; the same as fp32 on a CPU)
   channels_last  + NHWC memory layout
   bf16           + bfloat16 autocast (likelihood head, latent distributions and KL stay float32)
   bf16_cl        bf16 + channels_last
   compile        torch.compile of every residual block (fp32), compile time reported separately
   compile_bf16   the same with bf16
+
+On CUDA "float32" means float32: TF32, which PyTorch's cuDNN convolutions use by default, is switched off for
+every call except those of the tf32 variant, so the reference and fp32 are exact float32.
 
 Each variant's time is measured interleaved with the reference's, in the same process, and reported as
 `speedup_vs_reference`. GFLOP/s uses the FLOPs torch.utils.flop_counter counts for one batch (convolutions; elementwise work is not
@@ -47,6 +51,7 @@ from vdvae_zoo.hub import resolve_config
 VARIANTS = {
     "reference": {},
     "fp32": {},
+    "tf32": {},
     "channels_last": {"channels_last": True},
     "bf16": {"dtype": "bfloat16"},
     "bf16_cl": {"dtype": "bfloat16", "channels_last": True},
@@ -105,6 +110,18 @@ def make_call(model: VDVAE, mode: str, variant: str, images: torch.Tensor):
     return call
 
 
+def with_tf32(call, enabled: bool):
+    """`call` with TF32 convolutions and matmuls on or off (global switches, restored after each call)."""
+    def wrapped():
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+        try:
+            return call()
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    return wrapped
+
+
 def elbo_bpd(model: VDVAE, variant: str, images: torch.Tensor) -> list:
     torch.manual_seed(123)
     if variant == "reference":
@@ -127,7 +144,7 @@ def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, r
     if variant != "reference":
         model.optimize(**VARIANTS[variant])
     images = torch.from_numpy(photos(batch, model.config.image_size))
-    call = make_call(model, mode, variant, images)
+    call = with_tf32(make_call(model, mode, variant, images), variant == "tf32")
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         before = torch.cuda.memory_allocated(dev)
@@ -147,7 +164,7 @@ def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, r
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     reference = build(preset, dev)
-    ref_call = make_call(reference, mode, "reference", images)
+    ref_call = with_tf32(make_call(reference, mode, "reference", images), False)
     ref_call()
     times, ref_times = [], []
     for i in range(repeats):
@@ -160,7 +177,7 @@ def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, r
             bucket.append(time.perf_counter() - t0)
     seconds, ref_seconds = statistics.median(times), statistics.median(ref_times)
     result = {"preset": preset, "mode": mode, "variant": variant, "batch_size": batch, "device": str(dev),
-              "keep_freed_memory": keep_freed,
+              "keep_freed_memory": keep_freed, "tf32": variant == "tf32",
               "seconds_per_batch": seconds, "images_per_s": batch / seconds, "first_call_s": first,
               "reference_seconds_per_batch": ref_seconds, "speedup_vs_reference": ref_seconds / seconds,
               "peak_memory_bytes": peak, "memory_before_bytes": before, "times": times, "reference_times": ref_times}
@@ -175,8 +192,8 @@ def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, r
     result["flops_per_batch"] = counter.get_total_flops()
     result["gflop_per_s"] = result["flops_per_batch"] / seconds / 1e9
     if mode == "likelihood":
-        result["bpd"] = elbo_bpd(model, variant, images)
-        ref_bpd = np.array(elbo_bpd(reference, "reference", images))
+        result["bpd"] = with_tf32(lambda: elbo_bpd(model, variant, images), variant == "tf32")()
+        ref_bpd = np.array(with_tf32(lambda: elbo_bpd(reference, "reference", images), False)())
         result["bpd_mean"] = float(np.mean(result["bpd"]))
         result["bpd_max_abs_change"] = float(np.abs(np.array(result["bpd"]) - ref_bpd).max())
     if variant.startswith("compile"):
@@ -225,6 +242,8 @@ def main() -> None:
         if v not in VARIANTS:
             parser.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     results = []
+    report = {"machine": machine(args.device), "args": {k: v for k, v in vars(args).items() if k != "worker"},
+              "results": results}
     for mode in args.modes.split(","):
         for variant in variants:
             spec = dict(preset=args.preset, mode=mode, variant=variant, batch=args.batch_size, device=args.device,
@@ -237,14 +256,14 @@ def main() -> None:
                 continue
             r = json.loads(lines[0][len("RESULT "):])
             results.append(r)
+            if args.json:  # after every measurement, so a run cut short by a time limit keeps what it measured
+                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
             extra = f"  bpd {r['bpd_mean']:.4f} (max change {r['bpd_max_abs_change']:.4f})" if "bpd" in r else ""
             if "compiled" in r:
                 extra += f"  compiled={r['compiled']} first call {r['first_call_s']:.1f}s"
             print(f"{mode:10s} {variant:14s} {r['seconds_per_batch'] * 1e3:9.1f} ms/batch {r['images_per_s']:8.2f} img/s "
                   f"{r['speedup_vs_reference']:5.2f}x  {r['gflop_per_s']:7.1f} GFLOP/s  "
                   f"peak {r['peak_memory_bytes'] / 2 ** 20:8.0f} MiB{extra}", flush=True)
-    report = {"machine": machine(args.device), "args": {k: v for k, v in vars(args).items() if k != "worker"},
-              "results": results}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")

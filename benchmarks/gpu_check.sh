@@ -2,7 +2,8 @@
 # The GPU checks of issue 6, in under 8 minutes on one GPU (random weights; the golden tiny32 for correctness):
 #   1. the golden checks on CUDA (likelihood, latents, bf16 change, reproducible sampling, torch.compile);
 #   2. ffhq1024 sample(4, temperature=0.8): latency and peak memory, fp32 and bf16;
-#   3. ffhq256 and imagenet64 likelihood and sampling throughput at batch 16: fp32 against bf16.
+#   3. ffhq256 and imagenet64 likelihood and sampling throughput at batch 16: fp32 (true float32) against TF32
+#      and bf16 + channels_last.
 # Results go to $OUT (default benchmarks/results) as JSON. Usage: bash benchmarks/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
 GOLDEN=""
 for g in ../shared/golden shared/golden; do [ -d "$g/tiny32" ] && GOLDEN="$g" && break; done
 if [ -n "$GOLDEN" ]; then
-  timeout 180 python benchmarks/cuda_golden.py --golden "$GOLDEN" --compile --json "$OUT/cuda_golden.json" || echo "cuda_golden: FAILED ($?)"
+  timeout 150 python benchmarks/cuda_golden.py --golden "$GOLDEN" --compile --json "$OUT/cuda_golden.json" || echo "cuda_golden: FAILED ($?)"
 else
   echo "cuda_golden: no golden folder beside the repository, skipped"
 fi
@@ -23,7 +24,7 @@ fi
 timeout 120 python benchmarks/bench.py --preset ffhq1024 --device cuda --modes sample --batch-size 4 \
   --variants fp32,bf16 --repeats 2 --json "$OUT/ffhq1024_sample.json" || echo "ffhq1024: FAILED ($?)"
 for preset in ffhq256 imagenet64; do
-  timeout 150 python benchmarks/bench.py --preset "$preset" --device cuda --modes likelihood,sample --batch-size 16 \
-    --variants fp32,bf16,bf16_cl --repeats 3 --json "$OUT/${preset}_b16.json" || echo "$preset: FAILED ($?)"
+  timeout 170 python benchmarks/bench.py --preset "$preset" --device cuda --modes likelihood,sample --batch-size 16 \
+    --variants fp32,tf32,bf16_cl --repeats 2 --json "$OUT/${preset}_b16.json" || echo "$preset: FAILED ($?)"
 done
 ls -l "$OUT"

@@ -13,18 +13,20 @@ def test_bench_reports_every_variant_against_the_reference(tmp_path):
     config.write_text(json.dumps(tiny_config_dict()))
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--preset", str(config),
-                           "--batch-size", "2", "--repeats", "1", "--variants", "fp32,bf16_cl",
+                           "--batch-size", "2", "--repeats", "1", "--variants", "fp32,tf32,bf16_cl",
                            "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["machine"]["torch"] and report["machine"]["threads"] >= 1
     rows = {(r["mode"], r["variant"]): r for r in report["results"]}
-    assert set(rows) == {(m, v) for m in ("likelihood", "sample") for v in ("fp32", "bf16_cl")}
+    assert set(rows) == {(m, v) for m in ("likelihood", "sample") for v in ("fp32", "tf32", "bf16_cl")}
+    assert [v for (m, v), r in rows.items() if r["tf32"]] == ["tf32", "tf32"]
     for r in rows.values():
         assert r["images_per_s"] > 0 and r["peak_memory_bytes"] > 0 and r["flops_per_batch"] > 0
         assert r["speedup_vs_reference"] > 0 and r["gflop_per_s"] > 0
         assert abs(r["images_per_s"] * r["seconds_per_batch"] - 2) < 1e-9
     assert rows[("likelihood", "fp32")]["bpd_max_abs_change"] < 1e-4   # the default path is exact
+    assert rows[("likelihood", "tf32")]["bpd_max_abs_change"] < 1e-4   # TF32 is a CUDA setting: no change here
     assert rows[("likelihood", "bf16_cl")]["bpd_max_abs_change"] < 0.05
 
 

@@ -193,8 +193,11 @@ class DecoderLayer(nn.Module):
         # The distributions and the draws are computed in float32 even under bf16 autocast: they are small
         # (zdim channels), the KL needs the precision, and the random stream stays that of float32.
         if activation is not None:
-            # The posterior sees the state before the prior's residual is added.
-            q_mean, q_logstd = self.enc(torch.cat([x, activation.to(x.dtype)], dim=1)).float().chunk(2, dim=1)
+            # The posterior sees the state before the prior's residual is added. Under autocast both halves are
+            # rounded before the concatenation, which then moves half the bytes (same numbers as after it).
+            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            posterior_input = torch.cat([x.to(dtype), activation.to(dtype)], dim=1)
+            q_mean, q_logstd = self.enc(posterior_input).float().chunk(2, dim=1)
         features = self.prior(x)
         # Copies, not views: a view would keep the whole (2 zdim + W)-channel tensor alive in LayerOutput.
         p_mean = features[:, :self.zdim].to(torch.float32, copy=True)
