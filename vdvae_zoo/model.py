@@ -76,7 +76,7 @@ class Block(nn.Module):
         """`inplace=True` adds the residual into x itself (see `_residual_add`); the caller must own x."""
         # Under autocast the residual stream x is float32; the branch starts in the compute dtype, so the first
         # GELU reads half the bytes (its output would be rounded for c1 anyway). Measured: 5% on bf16 CPU runs.
-        branch = x.to(torch.get_autocast_dtype(x.device.type)) if torch.is_autocast_enabled(x.device.type) else x
+        branch = x.to(_compute_dtype_for(x))
         h = self.c1(F.gelu(branch))
         h = self.c2(F.gelu(h))
         h = self.c3(F.gelu(h))
@@ -85,6 +85,11 @@ class Block(nn.Module):
         if self.down_rate is not None:
             out = F.avg_pool2d(out, kernel_size=self.down_rate, stride=self.down_rate)
         return out
+
+
+def _compute_dtype_for(x: torch.Tensor) -> torch.dtype:
+    """The dtype the convolutions run in: autocast's when it is on for x's device, else x's own."""
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
 
 
 def _residual_add(x: torch.Tensor, update: torch.Tensor, inplace: bool) -> torch.Tensor:
@@ -195,7 +200,7 @@ class DecoderLayer(nn.Module):
         if activation is not None:
             # The posterior sees the state before the prior's residual is added. Under autocast both halves are
             # rounded before the concatenation, which then moves half the bytes (same numbers as after it).
-            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            dtype = _compute_dtype_for(x)
             posterior_input = torch.cat([x.to(dtype), activation.to(dtype)], dim=1)
             q_mean, q_logstd = self.enc(posterior_input).float().chunk(2, dim=1)
         features = self.prior(x)
