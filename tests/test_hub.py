@@ -319,3 +319,49 @@ def test_finetune_by_name_starts_from_the_released_ema_weights(tmp_path, hf_home
     assert trainer.opt.ema_rate == TRAINING_PRESETS["cifar10"].ema_rate
     assert trainer.train()["step"] == 2
     assert vdvae_zoo.load(tmp_path / "run", device="cpu").config.to_dict() == golden_model.config.to_dict()
+
+
+def test_publish_uploads_and_pins_a_manifest_that_loads(tmp_path, hf_home, hub, golden_config, monkeypatch):
+    """`vdvae-zoo publish` end to end, with only the Hub's upload protocol played by the fake Hub: the converted
+    folder is uploaded, the manifest it writes pins that commit and sha256, and loading by name through it gives
+    the original file's weights, even after a later commit moves `main`."""
+    import huggingface_hub
+    from click.testing import CliRunner
+    from vdvae_zoo.cli import main
+
+    calls = []
+
+    def create_repo(self, repo_id, *, private=False, exist_ok=False, **kwargs):
+        calls.append(("create_repo", repo_id, private, exist_ok))
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, **kwargs):
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        calls.append(("upload_folder", repo_id, sorted(files)))
+        oid = hub.add(repo_id, files)
+        return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}",
+                                          commit_message=commit_message, commit_description="", oid=oid)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, url="http://127.0.0.1:9/unused")])
+    pinned = tmp_path / "pinned.json"
+    # model.th was saved from DistributedDataParallel: every key starts with "module.".
+    result = CliRunner().invoke(main, ["publish", f"tiny={TINY / 'model.th'}", "--org", "test-org",
+                                       "--manifest", str(manifest), "--manifest-out", str(pinned)])
+    assert result.exit_code == 0, result.output
+    assert calls == [("create_repo", "test-org/tiny", False, True),
+                     ("upload_folder", "test-org/tiny", ["README.md", "config.json", "model.safetensors"])]
+    pin = json.loads(pinned.read_text())["models"][0]
+    commit = hub.heads["test-org/tiny"]
+    uploaded = hub.repos["test-org/tiny"][commit]
+    assert pin["hub"] == {"repo_id": "test-org/tiny", "revision": commit, "filenames": ["config.json", "model.safetensors"],
+                          "sha256": hashlib.sha256(uploaded["model.safetensors"]).hexdigest()}
+    assert pin["source"]["sha256"] == sha256_file(TINY / "model.th")
+    assert json.loads(result.output[result.output.index("{"):])["tiny"]["revision"] == commit
+
+    hub.add("test-org/tiny", {"config.json": b"{}", "model.safetensors": b"not this one"})  # main moves on
+    published = vdvae_zoo.load("tiny", manifest=pinned, device="cpu")
+    original = vdvae_zoo.load(TINY / "model.th", config=golden_config, device="cpu")
+    for (name, a), (_, b) in zip(published.state_dict().items(), original.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert "tiny" in (hub.repos["test-org/tiny"][commit]["README.md"]).decode()
