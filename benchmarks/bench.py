@@ -168,7 +168,8 @@ def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, r
     ref_call()
     times, ref_times = [], []
     for i in range(repeats):
-        for fn, bucket in ((ref_call, ref_times), (call, times)):
+        pair = ((ref_call, ref_times), (call, times))
+        for fn, bucket in pair if i % 2 == 0 else pair[::-1]:  # alternate who goes first: no order bias
             torch.manual_seed(i)
             sync(dev)
             t0 = time.perf_counter()
