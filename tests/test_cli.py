@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,3 +276,18 @@ def test_every_command_has_help_with_an_example():
         result = run(name, "--help")
         assert result.exit_code == 0 and "Example" in result.output and "vdvae-zoo" in result.output, name
     assert vdvae_zoo.__version__ in run("--version").output
+
+
+@pytest.mark.parametrize("command", ["sample", "encode", "reconstruct", "interpolate"])
+def test_existing_outputs_are_refused_before_any_work(tmp_path, image_dir, model_dir, command):
+    out = tmp_path / ("z.safetensors" if command == "encode" else "out.png")
+    out.write_bytes(b"precious")
+    images = [str(Path(image_dir) / "astronaut.png"), str(Path(image_dir) / "rocket.bmp")]
+    args = {"sample": ["sample", model_dir], "encode": ["encode", model_dir, *images],
+            "reconstruct": ["reconstruct", model_dir, *images, "--keep", "1,all"], "interpolate": ["interpolate", model_dir, *images]}
+    result = run(*args[command], "-o", out)
+    assert result.exit_code != 0 and f"{out} exists; pass --overwrite" in result.output
+    assert out.read_bytes() == b"precious"
+    again = run(*args[command], "-o", out, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert out.read_bytes() != b"precious"

@@ -68,6 +68,13 @@ def _write_atomic(path: Path, text: str, overwrite: bool) -> None:
     os.replace(tmp, path)
 
 
+def _refuse_existing(*paths, overwrite: bool) -> None:
+    """Stop before any work when an output file exists and --overwrite was not given."""
+    for path in paths:
+        if path and Path(path).exists() and not overwrite:
+            raise click.ClickException(f"{path} exists; pass --overwrite to replace it")
+
+
 def _load_model(model: str, config: Optional[str], device: str, manifest: Optional[str], dtype: str = "float32"):
     return load(model, config=config, device=None if device == "auto" else device, manifest=manifest, dtype=dtype)
 
@@ -81,6 +88,18 @@ def model_options(fn):
     fn = click.option("--manifest", default=None, type=click.Path(dir_okay=False),
                       help="Another weights manifest (private zoos).")(fn)
     return fn
+
+
+def picture_options(default_output: str):
+    """The options of the commands that turn input images into one picture: --output, --resize, --seed, --overwrite."""
+    def decorate(fn):
+        fn = click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")(fn)
+        fn = click.option("--seed", default=0, show_default=True)(fn)
+        fn = click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True,
+                          help="center-crop: resize images of another size instead of skipping them.")(fn)
+        return click.option("-o", "--output", default=default_output, show_default=True,
+                            type=click.Path(dir_okay=False))(fn)
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -203,12 +222,9 @@ def bpd(paths, model_name, config, device, dtype, manifest, batch_size, output, 
     """
     import torch
     out_path = Path(output) if output else None
-    if kl_chart and Path(kl_chart).exists() and not overwrite:
-        raise click.ClickException(f"{kl_chart} exists; pass --overwrite to replace it")
     if out_path and out_path.suffix.lower() not in (".csv", ".json"):
         raise click.BadParameter("must end in .csv or .json", param_hint="'--output'")
-    if out_path and out_path.exists() and not overwrite:
-        raise click.ClickException(f"{out_path} exists; pass --overwrite to replace it")
+    _refuse_existing(kl_chart, out_path, overwrite=overwrite)
     files = find_images(paths, recursive=recursive)
     if not files:
         raise click.ClickException(f"no image files found in {', '.join(paths)}")
@@ -295,9 +311,7 @@ def sample(model_name, num, temperature, seed, output, outdir, overwrite, config
     targets = [Path(output)] if output else []
     if outdir:
         targets += [Path(outdir) / f"sample_{i:04d}.png" for i in range(num)]
-    existing = [p for p in targets if p.exists()]
-    if existing and not overwrite:
-        raise click.ClickException(f"{existing[0]} exists; pass --overwrite to replace it")
+    _refuse_existing(*targets, overwrite=overwrite)
     model = _load_model(model_name, config, device, manifest, dtype)
     model.layer_temperatures(t)  # validate before the work
     if seed is not None:
@@ -342,8 +356,7 @@ def encode(model_name, paths, output, resize, seed, overwrite, config, device, d
     import torch
     from safetensors.torch import save_file
     out = Path(output)
-    if out.exists() and not overwrite:
-        raise click.ClickException(f"{out} exists; pass --overwrite to replace it")
+    _refuse_existing(out, overwrite=overwrite)
     model = _load_model(model_name, config, device, manifest, dtype)
     images, kept = _read_images_for(model, paths, resize)
     torch.manual_seed(seed)
@@ -361,10 +374,7 @@ def encode(model_name, paths, output, resize, seed, overwrite, config, device, d
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--keep", default="1,4,16,all", show_default=True, help="Numbers of layers to keep, comma-separated.")
 @click.option("-t", "--temperature", default="0.1", show_default=True, help="Temperature of the layers not kept.")
-@click.option("-o", "--output", default="reconstructions.png", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--overwrite", is_flag=True)
+@picture_options("reconstructions.png")
 @model_options
 @user_errors
 def reconstruct(model_name, paths, keep, temperature, output, resize, seed, overwrite, config, device, dtype, manifest):
@@ -374,8 +384,7 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
     """
     import torch
     t = parse_temperature(temperature)
-    if Path(output).exists() and not overwrite:
-        raise click.ClickException(f"{output} exists; pass --overwrite to replace it")
+    _refuse_existing(output, overwrite=overwrite)
     model = _load_model(model_name, config, device, manifest, dtype)
     try:
         ks = [model.num_layers if k.strip() == "all" else int(k) for k in keep.split(",")]
@@ -398,10 +407,7 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
 @click.option("--keep", default="all", show_default=True, help="Layers to interpolate (the rest: prior, same noise).")
 @click.option("-t", "--temperature", default="0.1", show_default=True, help="Temperature of the layers not kept.")
 @click.option("--mode", type=click.Choice(["linear", "slerp"]), default="linear", show_default=True)
-@click.option("-o", "--output", default="interpolation.png", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--overwrite", is_flag=True)
+@picture_options("interpolation.png")
 @model_options
 @user_errors
 def interpolate(model_name, image_a, image_b, steps, keep, temperature, mode, output, resize, seed, overwrite,
@@ -412,8 +418,7 @@ def interpolate(model_name, image_a, image_b, steps, keep, temperature, mode, ou
     """
     import torch
     t = parse_temperature(temperature)
-    if Path(output).exists() and not overwrite:
-        raise click.ClickException(f"{output} exists; pass --overwrite to replace it")
+    _refuse_existing(output, overwrite=overwrite)
     model = _load_model(model_name, config, device, manifest, dtype)
     try:
         k = model.num_layers if keep.strip() == "all" else int(keep)
