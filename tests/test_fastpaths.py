@@ -130,8 +130,9 @@ def test_keep_freed_memory_sets_glibc_malloc_options():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_in_place_residual_adds_change_nothing(dtype):
     """Under inference_mode and bf16 autocast the residual adds write into the stream; under no_grad (or in
-    float32) they do not. Both must give the same numbers, and the encoder's kept activations must survive: here the first encoder block down-samples
-    the in_conv output, which stays in the activations the decoder reads."""
+    float32) they do not. Both must give the same numbers, and the encoder's kept activations must survive:
+    here the first encoder block down-samples the in_conv output, which stays in the activations the decoder
+    reads."""
     torch.manual_seed(5)
     model = VDVAE(VDVAEConfig.from_dict(tiny_config_dict(enc_blocks="16d2,8x2,8d2,4x1,4d4,1x1"))).eval()
     with torch.no_grad():  # non-zero prior and residual outputs, so every add does something

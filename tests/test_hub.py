@@ -362,6 +362,8 @@ def test_publish_uploads_and_pins_a_manifest_that_loads(tmp_path, hf_home, hub, 
     hub.add("test-org/tiny", {"config.json": b"{}", "model.safetensors": b"not this one"})  # main moves on
     published = vdvae_zoo.load("tiny", manifest=pinned, device="cpu")
     original = vdvae_zoo.load(TINY / "model.th", config=golden_config, device="cpu")
-    for (name, a), (_, b) in zip(published.state_dict().items(), original.state_dict().items()):
-        assert torch.equal(a, b), name
+    published_state, original_state = published.state_dict(), original.state_dict()
+    assert published_state.keys() == original_state.keys()
+    for name, tensor in original_state.items():
+        assert torch.equal(published_state[name], tensor), name
     assert "tiny" in (hub.repos["test-org/tiny"][commit]["README.md"]).decode()
