@@ -46,7 +46,8 @@ import torch
 import vdvae_zoo
 from vdvae_zoo import VDVAE
 from vdvae_zoo.dmol import dmol_sample
-from vdvae_zoo.hub import resolve_config
+from vdvae_zoo.config import resolve_config
+from vdvae_zoo.images import sample_photos
 
 VARIANTS = {
     "reference": {},
@@ -63,11 +64,7 @@ VARIANTS = {
 def photos(n: int, size: int) -> np.ndarray:
     """n real photos at size x size (scikit-image's sample images, centre-cropped; random pixels without it)."""
     try:
-        import skimage.data as data
-        from vdvae_zoo.images import center_crop_resize
-        pics = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.immunohistochemistry(),
-                data.hubble_deep_field(), data.retina(), data.cat()]
-        pics = [center_crop_resize(p, size) for p in pics]
+        pics = sample_photos(8, size)
     except ImportError:
         pics = list(np.random.default_rng(0).integers(0, 256, (8, size, size, 3), dtype=np.uint8))
     return np.stack([pics[i % len(pics)] for i in range(n)])
@@ -98,7 +95,7 @@ def make_call(model: VDVAE, mode: str, variant: str, images: torch.Tensor):
         def call():
             with torch.no_grad():
                 if mode == "likelihood":
-                    return model.forward(images)["elbo"]
+                    return model.forward(images)["neg_elbo"]
                 params, _ = model.decoder(batch, temperatures=temperature)
                 return dmol_sample(params, model.config.num_mixtures)
     elif mode == "likelihood":
@@ -126,9 +123,9 @@ def elbo_bpd(model: VDVAE, variant: str, images: torch.Tensor) -> list:
     torch.manual_seed(123)
     if variant == "reference":
         with torch.no_grad():
-            elbo = model.forward(images)["elbo"].float().cpu()
+            elbo = model.forward(images)["neg_elbo"].float().cpu()
     else:
-        elbo = model.likelihood(images, batch_size=images.shape[0]).elbo
+        elbo = model.likelihood(images, batch_size=images.shape[0]).neg_elbo
     return (elbo / np.log(2)).tolist()
 
 

@@ -50,7 +50,7 @@ def main() -> int:
     with torch.inference_mode():
         out = model.eval()(images, noise=cpu_noise)
     for name, key in (("distortion", "distortion_nats_per_dim"), ("rate", "rate_nats_per_dim"),
-                      ("elbo", "elbo_nats_per_dim"), ("kl", "kl_nats_per_layer")):
+                      ("neg_elbo", "elbo_nats_per_dim"), ("kl", "kl_nats_per_layer")):
         ours, theirs = out[name].float().cpu().numpy(), np.array(ref[key])
         rel = float(np.max(np.abs(ours - theirs) / np.maximum(np.abs(theirs), 1e-6)))
         checks[f"likelihood_{name}_max_rel_error"] = {"value": rel, "ok": rel < 1e-4}

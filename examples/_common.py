@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 import vdvae_zoo
-from vdvae_zoo.images import center_crop_resize, find_images, load_images
+import vdvae_zoo.images
+from vdvae_zoo.images import find_images, load_images
 
 TINY_CONFIG = dict(image_size=32, width=32, zdim=8, num_mixtures=4,
                    enc_blocks="32x2,32d2,16x2,16d2,8x2,8d2,4x2,4d4,1x2",
@@ -46,11 +47,9 @@ def get_model(args: argparse.Namespace) -> vdvae_zoo.VDVAE:
 def sample_photos(size: int, n: int = 4) -> np.ndarray:
     """Real photos bundled with scikit-image, centre-cropped to size x size (for demos without image files)."""
     try:
-        import skimage.data as data
-    except ImportError:
-        raise SystemExit("no images given and scikit-image is not installed: pass image files") from None
-    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.cat(), data.immunohistochemistry()]
-    return np.stack([center_crop_resize(p, size) for p in photos[:n]])
+        return np.stack(vdvae_zoo.images.sample_photos(n, size))
+    except ImportError as e:
+        raise SystemExit(f"no images given, and {e}; or pass image files") from None
 
 
 def read_images(paths: List[str], size: int, n_default: int = 4, resize: bool = True) -> np.ndarray:

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vdvae_zoo.images import sample_photos
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -21,12 +23,9 @@ def main() -> None:
     parser.add_argument("--tiny-config", default=None, help="Also write the examples' tiny 32x32 config here (JSON).")
     args = parser.parse_args()
     try:
-        import skimage.data as data
-    except ImportError:
-        raise SystemExit("needs scikit-image (pip install scikit-image)") from None
-    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.cat(), data.hubble_deep_field(),
-              data.immunohistochemistry(), data.retina(), data.colorwheel()]
-    photos = [p[..., :3] for p in photos if p.ndim == 3]
+        photos = sample_photos()
+    except ImportError as e:
+        raise SystemExit(str(e)) from None
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

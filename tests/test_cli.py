@@ -16,14 +16,13 @@ from safetensors.torch import load_file
 
 import vdvae_zoo
 from vdvae_zoo.cli import main
-from vdvae_zoo.images import center_crop_resize, read_image
+from vdvae_zoo.images import center_crop_resize, read_image, sample_photos
 
-from conftest import TINY
+from helpers import TINY
 
 
 def photos(n=4):
-    import skimage.data as data
-    return [center_crop_resize(img, 32) for img in (data.astronaut(), data.chelsea(), data.coffee(), data.rocket())[:n]]
+    return sample_photos(n, 32)
 
 
 @pytest.fixture()
@@ -222,7 +221,7 @@ def test_installed_console_script(tmp_path, image_dir, model_dir):
 
 def test_download_then_offline_and_publish_dry_run(tmp_path, golden_expected, monkeypatch):
     from fakehub import FileServer
-    from vdvae_zoo.hub import sha256_file
+    from vdvae_zoo.files import sha256_file
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     server = FileServer({"t.th": (TINY / "model-ema.th").read_bytes()})
     manifest = tmp_path / "m.json"

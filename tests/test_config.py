@@ -55,7 +55,7 @@ def test_presets_hold_spec_values():
     assert c.shift_loss == -127.5 and c.scale_loss == 1 / 127.5
     c = VDVAEConfig.from_preset("ffhq1024")
     assert c.num_mixtures == 2 and c.width_at(512) == 32 and c.width_at(1024) == 16 and c.width_at(4) == 512
-    assert TRAINING_PRESETS["ffhq1024"].skip_threshold == 500 and TRAINING_PRESETS["cifar10"].ema_rate == 0.9999
+    assert TRAINING_PRESETS["ffhq1024"]["skip_threshold"] == 500 and TRAINING_PRESETS["cifar10"]["ema_rate"] == 0.9999
     assert not VDVAEConfig.from_preset("imagenet64").low_bit
     assert VDVAEConfig.from_preset("ImageNet-64").image_size == 64
 

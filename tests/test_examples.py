@@ -7,7 +7,9 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from vdvae_zoo.images import sample_photos
+
+from helpers import REPO
 
 EXAMPLES = REPO / "examples"
 
@@ -27,9 +29,9 @@ def test_sample_grid(tmp_path):
 def test_bpd_folder(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    import skimage.data as data
-    Image.fromarray(data.astronaut()).save(folder / "a.png")
-    Image.fromarray(data.coffee()).save(folder / "b.jpg")
+    astronaut, _, coffee = sample_photos(3)
+    Image.fromarray(astronaut).save(folder / "a.png")
+    Image.fromarray(coffee).save(folder / "b.jpg")
     out = run("bpd_folder.py", "--tiny", folder, "--samples", 3, "--chart", tmp_path / "c.png", cwd=tmp_path)
     assert "2 images: bpd" in out and "importance-weighted bound with 3 samples" in out
     assert Image.open(tmp_path / "c.png").size == (900, 420)

@@ -7,14 +7,10 @@ import torch
 
 import vdvae_zoo
 from vdvae_zoo import VDVAE, VDVAEConfig
-from vdvae_zoo.model import compute_dtype
+from vdvae_zoo import batching
+from vdvae_zoo.runtime import compute_dtype
 
-from conftest import TINY, tiny_config_dict
-
-
-def seeded(fn, seed=0):
-    torch.manual_seed(seed)
-    return fn()
+from helpers import TINY, seeded, tiny_config_dict
 
 
 def test_channels_last_matches_the_default_layout(golden_model, golden_images):
@@ -24,7 +20,7 @@ def test_channels_last_matches_the_default_layout(golden_model, golden_images):
     assert golden_model.decoder.memory_format == torch.channels_last
     fast_lik = seeded(lambda: golden_model.likelihood(golden_images))
     fast_samples = seeded(lambda: golden_model.sample(8, 0.8))
-    torch.testing.assert_close(fast_lik.elbo, plain_lik.elbo, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_lik.neg_elbo, plain_lik.neg_elbo, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast_lik.kl, plain_lik.kl, rtol=1e-4, atol=1e-4)
     # Same random draws; a pixel may move by one level where a value sits on a rounding edge.
     assert (fast_samples.int() - plain_samples.int()).abs().max() <= 1
@@ -34,12 +30,12 @@ def test_channels_last_matches_the_default_layout(golden_model, golden_images):
 def test_bf16_autocast_stays_close_and_keeps_float32_outputs(golden_model, golden_images):
     plain = seeded(lambda: golden_model.likelihood(golden_images))
     fast = seeded(lambda: golden_model.likelihood(golden_images, dtype="bfloat16"))
-    assert fast.elbo.dtype == torch.float32
+    assert fast.neg_elbo.dtype == torch.float32
     assert (fast.bpd - plain.bpd).abs().max() < 0.01  # bits per dim
     golden_model.optimize(dtype="bf16")
     assert golden_model.compute_dtype == torch.bfloat16 and golden_model.dtype == torch.float32
     again = seeded(lambda: golden_model.likelihood(golden_images))
-    torch.testing.assert_close(again.elbo, fast.elbo)
+    torch.testing.assert_close(again.neg_elbo, fast.neg_elbo)
     # The latent draws are float32 even under autocast, so the random stream is the float32 one.
     plain_z = seeded(lambda: golden_model.encode(golden_images, dtype="float32"))
     fast_z = seeded(lambda: golden_model.encode(golden_images))
@@ -55,7 +51,7 @@ def test_training_forward_under_autocast_has_float32_losses(tiny_model):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = tiny_model(images)
     assert all(v.dtype == torch.float32 for v in out.values())
-    out["elbo"].mean().backward()
+    out["neg_elbo"].mean().backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in tiny_model.parameters())
 
 
@@ -88,17 +84,17 @@ def test_compile_falls_back_to_eager_with_one_warning(tiny_model, monkeypatch):
     with pytest.warns(RuntimeWarning, match="torch.compile failed, running eagerly") as record:
         got = seeded(lambda: tiny_model.likelihood(images))
     assert len([w for w in record if "torch.compile" in str(w.message)]) == 1
-    torch.testing.assert_close(got.elbo, expected.elbo)
+    torch.testing.assert_close(got.neg_elbo, expected.neg_elbo)
     assert not tiny_model.compiled
     tiny_model.optimize(compile=False)  # back to the class's forward
     assert all("forward" not in vars(m) for m in tiny_model.modules())
-    torch.testing.assert_close(seeded(lambda: tiny_model.likelihood(images)).elbo, expected.elbo)
+    torch.testing.assert_close(seeded(lambda: tiny_model.likelihood(images)).neg_elbo, expected.neg_elbo)
 
 
 def test_automatic_micro_batches_follow_the_memory_budget(tiny_model, monkeypatch):
     per_image = tiny_model.auto_batch_size()
     assert per_image > 100  # a 16x16 model fits many images in 2 GiB
-    monkeypatch.setattr(VDVAE, "cpu_batch_memory", VDVAE.cpu_batch_memory * 3 // per_image)
+    monkeypatch.setattr(batching, "CPU_BATCH_MEMORY", batching.CPU_BATCH_MEMORY * 3 // per_image)
     assert tiny_model.auto_batch_size() == 3
     seen = []
     handle = tiny_model.decoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
@@ -107,7 +103,7 @@ def test_automatic_micro_batches_follow_the_memory_budget(tiny_model, monkeypatc
     auto_samples = seeded(lambda: tiny_model.sample(7))
     handle.remove()
     assert seen == [3, 3, 1, 3, 3, 1]
-    torch.testing.assert_close(auto.elbo, seeded(lambda: tiny_model.likelihood(images, batch_size=3)).elbo)
+    torch.testing.assert_close(auto.neg_elbo, seeded(lambda: tiny_model.likelihood(images, batch_size=3)).neg_elbo)
     assert torch.equal(auto_samples, seeded(lambda: tiny_model.sample(7, batch_size=3)))
 
 
@@ -160,5 +156,5 @@ def test_in_place_residual_adds_change_nothing(dtype):
         assert torch.equal(kept_fast[r], kept[r])
     assert torch.equal(posterior_fast, posterior) and torch.equal(prior_fast, prior)
     with torch.no_grad(), autocast:
-        elbo = seeded(lambda: model(images)["elbo"])
-    torch.testing.assert_close(seeded(lambda: model.likelihood(images, dtype=dtype)).elbo, elbo, rtol=0, atol=0)
+        elbo = seeded(lambda: model(images)["neg_elbo"])
+    torch.testing.assert_close(seeded(lambda: model.likelihood(images, dtype=dtype)).neg_elbo, elbo, rtol=0, atol=0)

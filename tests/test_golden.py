@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import vdvae_zoo
 from vdvae_zoo.dmol import dmol_nll
 
-from conftest import GOLDEN, TINY
+from helpers import GOLDEN, TINY
 
 
 def assert_uint8_close(ours: np.ndarray, reference: np.ndarray):
@@ -31,11 +31,11 @@ def test_likelihood_matches_original(filename, golden_expected, golden_images):
     r = model.likelihood(golden_images)
     np.testing.assert_allclose(r.distortion.numpy(), ref["distortion_nats_per_dim"], rtol=1e-4)
     np.testing.assert_allclose(r.rate.numpy(), ref["rate_nats_per_dim"], rtol=1e-4)
-    np.testing.assert_allclose(r.elbo.numpy(), ref["elbo_nats_per_dim"], rtol=1e-4)
+    np.testing.assert_allclose(r.neg_elbo.numpy(), ref["elbo_nats_per_dim"], rtol=1e-4)
     np.testing.assert_allclose(r.bpd.numpy(), ref["elbo_bits_per_dim"], rtol=1e-4)
     np.testing.assert_allclose(r.kl.numpy(), ref["kl_nats_per_layer"], rtol=1e-4)
     means = ref["original_forward_means"]
-    np.testing.assert_allclose([r.elbo.mean(), r.distortion.mean(), r.rate.mean()],
+    np.testing.assert_allclose([r.neg_elbo.mean(), r.distortion.mean(), r.rate.mean()],
                                [means["elbo"], means["distortion"], means["rate"]], rtol=1e-4)
 
 
@@ -52,9 +52,9 @@ def test_forward_matches_likelihood_and_has_gradients(golden_model, golden_expec
     """The training path (forward, with autograd) computes the same numbers as likelihood."""
     torch.manual_seed(0)
     out = golden_model(golden_images)
-    np.testing.assert_allclose(out["elbo"].detach().numpy(), golden_expected["likelihood"]["elbo_nats_per_dim"],
+    np.testing.assert_allclose(out["neg_elbo"].detach().numpy(), golden_expected["likelihood"]["elbo_nats_per_dim"],
                                rtol=1e-4)
-    out["elbo"].mean().backward()
+    out["neg_elbo"].mean().backward()
     assert golden_model.decoder.dec_blocks[0].enc.c1.weight.grad.abs().sum() > 0
     assert golden_model.encoder.in_conv.weight.grad.abs().sum() > 0
 
@@ -92,8 +92,8 @@ def test_generator_argument_reproduces_global_seed(golden_model, golden_images):
     b = golden_model.sample(2, 0.9, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
     torch.manual_seed(7)
-    la = golden_model.likelihood(golden_images).elbo
-    lb = golden_model.likelihood(golden_images, generator=torch.Generator().manual_seed(7)).elbo
+    la = golden_model.likelihood(golden_images).neg_elbo
+    lb = golden_model.likelihood(golden_images, generator=torch.Generator().manual_seed(7)).neg_elbo
     assert torch.equal(la, lb)
 
 

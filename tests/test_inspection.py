@@ -7,7 +7,7 @@ import vdvae_zoo
 from vdvae_zoo import EncoderMismatchError, VDVAE, VDVAEConfig
 from vdvae_zoo.inspection import compare_with_config, inspect_checkpoint
 
-from conftest import TINY, tiny_config_dict
+from helpers import TINY, tiny_config_dict
 
 FEWER_ENCODER_BLOCKS = "16x1,16d2,8x1,8d2,4x1,4d4,1x1"
 CONFIG_ENCODER_BLOCKS = "16x1,16d2,8x1,8d2,4x1,4d4,1x3"   # two more blocks at the end, as in ffhq1024's report

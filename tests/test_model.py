@@ -8,11 +8,9 @@ import torch
 
 from vdvae_zoo import VDVAE, VDVAEConfig
 
-from conftest import tiny_config_dict
+from vdvae_zoo import batching
 
-
-def random_images(n, size=16, seed=0):
-    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+from helpers import random_images, tiny_config_dict
 
 
 def test_sample_shape_dtype_and_device(tiny_model):
@@ -23,19 +21,19 @@ def test_sample_shape_dtype_and_device(tiny_model):
 def test_likelihood_fields_are_consistent(tiny_model):
     images = random_images(4)
     r = tiny_model.likelihood(images)
-    assert r.elbo.shape == (4,) and r.kl.shape == (4, tiny_model.num_layers)
-    torch.testing.assert_close(r.elbo, r.distortion + r.rate)
+    assert r.neg_elbo.shape == (4,) and r.kl.shape == (4, tiny_model.num_layers)
+    torch.testing.assert_close(r.neg_elbo, r.distortion + r.rate)
     torch.testing.assert_close(r.rate, r.kl.sum(1) / (16 * 16 * 3))
-    torch.testing.assert_close(r.bpd, r.elbo / math.log(2))
-    assert (r.kl >= -1e-5).all() and torch.isfinite(r.elbo).all()
+    torch.testing.assert_close(r.bpd, r.neg_elbo / math.log(2))
+    assert (r.kl >= -1e-5).all() and torch.isfinite(r.neg_elbo).all()
 
 
 def test_numpy_and_tensor_inputs_agree(tiny_model):
     images = random_images(2)
     torch.manual_seed(1)
-    a = tiny_model.likelihood(images).elbo
+    a = tiny_model.likelihood(images).neg_elbo
     torch.manual_seed(1)
-    b = tiny_model.likelihood(images.numpy()).elbo
+    b = tiny_model.likelihood(images.numpy()).neg_elbo
     assert torch.equal(a, b)
 
 
@@ -47,7 +45,7 @@ def test_micro_batches_give_what_one_batch_gives(tiny_model):
     whole = tiny_model.likelihood(images)
     torch.manual_seed(3)
     chunked = tiny_model.likelihood(images, batch_size=2)
-    torch.testing.assert_close(chunked.elbo, whole.elbo)
+    torch.testing.assert_close(chunked.neg_elbo, whole.neg_elbo)
     torch.testing.assert_close(chunked.kl, whole.kl)
     torch.manual_seed(4)
     s_whole = tiny_model.sample(5, temperature=0.7)
@@ -66,8 +64,10 @@ def test_micro_batches_give_what_one_batch_gives(tiny_model):
 
 def test_huge_batches_fall_back_to_per_chunk_draws(tiny_model, monkeypatch):
     # When the whole batch's draws would not fit the budget, each micro-batch draws its own (as separate calls).
-    monkeypatch.setattr(type(tiny_model), "cpu_batch_memory", 4 * 16 * 16 * 3 * 3)  # < the draws of 3 images
-    assert tiny_model._batch_draws(3, [], True, None) is None
+    monkeypatch.setattr(batching, "CPU_BATCH_MEMORY", 4 * 16 * 16 * 3 * 3)  # < the draws of 3 images
+    parts = batching.micro_batches(3, 2, config=tiny_model.config, device=tiny_model.device, generator=None,
+                                   sampling_layers=[True] * tiny_model.num_layers, pixels=True)
+    assert [p.size for p in parts] == [2, 1] and all(p.noise is None and p.pixel_uniforms is None for p in parts)
     torch.manual_seed(4)
     chunked = tiny_model.sample(3, batch_size=2)
     torch.manual_seed(4)
@@ -154,7 +154,7 @@ def test_full_reconstruction_is_closer_than_prior_samples(tiny_model):
 def test_inference_methods_restore_mode_and_disable_autograd(tiny_model):
     tiny_model.train()
     r = tiny_model.likelihood(random_images(1))
-    assert tiny_model.training and not r.elbo.requires_grad
+    assert tiny_model.training and not r.neg_elbo.requires_grad
     tiny_model.eval()
     tiny_model.sample(1)
     assert not tiny_model.training
@@ -184,7 +184,7 @@ def test_custom_widths_and_low_bit_end_to_end():
     model = VDVAE(cfg)
     images = random_images(3)
     r = model.likelihood(images)
-    assert torch.isfinite(r.elbo).all()
+    assert torch.isfinite(r.neg_elbo).all()
     assert model.sample(2).shape == (2, 16, 16, 3)
     _, target = model.preprocess(images)
     levels = torch.unique(torch.round((target + 1) * 127.5))

@@ -16,18 +16,18 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import vdvae_zoo
+from vdvae_zoo.images import sample_photos
 from vdvae_zoo.train import Trainer, TrainOptions
 
-from conftest import REPO, tiny_config_dict
+from helpers import REPO, tiny_config_dict
 
 
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory):
     """24 real 16x16 crops from scikit-image's bundled photos."""
-    import skimage.data as data
     folder = tmp_path_factory.mktemp("photos")
     k = 0
-    for img in (data.astronaut(), data.chelsea(), data.coffee(), data.rocket()):
+    for img in sample_photos(4):
         h, w = img.shape[:2]
         for i in range(6):
             y, x = (i * 37) % (h - 96), (i * 53) % (w - 96)
@@ -81,9 +81,9 @@ def test_gradient_spike_and_nan_are_skipped_and_counted(tmp_path, photo_dir, con
         out = original(images, noise=noise)
         calls["n"] += 1
         if calls["n"] == 2:   # a gradient spike
-            out = dict(out, elbo=out["elbo"] * 1e12)
+            out = dict(out, neg_elbo=out["neg_elbo"] * 1e12)
         if calls["n"] == 3:   # a NaN loss
-            out = dict(out, elbo=out["elbo"] * float("nan"), distortion=out["distortion"] * float("nan"))
+            out = dict(out, neg_elbo=out["neg_elbo"] * float("nan"), distortion=out["distortion"] * float("nan"))
         return out
 
     monkeypatch.setattr(trainer.net, "forward", faulty)
@@ -120,7 +120,7 @@ def test_too_few_images_is_a_clear_error(tmp_path, config_file):
 
 
 def _cli(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "vdvae_zoo.finetune", *map(str, args)], env=env or os.environ.copy(),
+    return subprocess.Popen([sys.executable, "-m", "vdvae_zoo", "finetune", *map(str, args)], env=env or os.environ.copy(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -157,7 +157,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, photo_dir, config_file):
     for attempt in range(2):
         shutil.rmtree(multi, ignore_errors=True)
         p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                            "-m", "vdvae_zoo.finetune", *map(str, common), "--batch-size", "2", "--out", str(multi)],
+                            "-m", "vdvae_zoo", "finetune", *map(str, common), "--batch-size", "2", "--out", str(multi)],
                            env=env, capture_output=True, text=True, timeout=300)
         # One retry, only when the local rendezvous itself failed (a port taken between being chosen and bound).
         if p.returncode == 0 or not re.search(r"Address already in use|EADDRINUSE|Connection (reset|refused)"

@@ -4,18 +4,25 @@
 >>> model = vdvae_zoo.load("cifar10")             # released weights, by name
 >>> images = model.sample(4, temperature=0.8)     # uint8 (4, 32, 32, 3)
 >>> model.likelihood(images).bpd                  # bits per dim per image
+
+Layers (each module imports only those below it): cli -> train -> model -> (network, pretrained, batching,
+runtime, inputs) -> (hub, weights, manifest, inspection) -> (config, dmol, images, files). See README.
 """
 
-from .config import VDVAEConfig, list_models as list_presets, parse_block_string
-from .model import VDVAE, EncoderMismatchError, LikelihoodResult
-from .hub import (IntegrityError, Manifest, UnknownModelError, convert_original, download, load, load_manifest,
-                  read_checkpoint, save_pretrained)
-from .plots import bits_per_layer, bits_per_resolution, kl_chart
-from .perf import keep_freed_memory
-
-from .train import TrainOptions, Trainer, finetune
-
 __version__ = "0.1.0"
+
+from .config import VDVAEConfig, list_models as list_presets, parse_block_string
+from .hub import IntegrityError
+from .inspection import inspect_checkpoint
+from .manifest import Manifest, UnknownModelError, load_manifest
+from .model import VDVAE, EncoderMismatchError, LikelihoodResult, load
+from .plots import bits_per_layer, bits_per_resolution, kl_chart
+from .runtime import keep_freed_memory
+from .train import TrainOptions, Trainer, finetune
+from .weights import LoadReport, read_checkpoint
+
+download = VDVAE.download
+convert_original = VDVAE.convert_original
 
 
 def list_models() -> list:
@@ -23,7 +30,8 @@ def list_models() -> list:
     return load_manifest().names
 
 
-__all__ = ["VDVAE", "VDVAEConfig", "LikelihoodResult", "EncoderMismatchError", "IntegrityError", "UnknownModelError",
-           "Manifest", "load", "download", "load_manifest", "read_checkpoint", "save_pretrained", "convert_original",
-           "list_models", "list_presets", "parse_block_string", "Trainer", "TrainOptions", "finetune",
-           "bits_per_layer", "bits_per_resolution", "kl_chart", "keep_freed_memory", "__version__"]
+__all__ = ["VDVAE", "VDVAEConfig", "LikelihoodResult", "LoadReport", "EncoderMismatchError", "IntegrityError",
+           "UnknownModelError", "Manifest", "load", "download", "load_manifest", "read_checkpoint",
+           "convert_original", "inspect_checkpoint", "list_models", "list_presets", "parse_block_string", "Trainer",
+           "TrainOptions", "finetune", "bits_per_layer", "bits_per_resolution", "kl_chart", "keep_freed_memory",
+           "__version__"]

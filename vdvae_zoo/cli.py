@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -15,18 +15,17 @@ from typing import List, Optional
 import click
 import numpy as np
 
-from . import __version__
-from .config import VDVAEConfig
-from .hub import (IntegrityError, UnknownModelError, convert_original, default_cache_dir, download, load,
-                  load_manifest, push_to_hub, resolve_config, sha256_file)
+from . import __version__, hub
+from .config import resolve_config
+from .files import atomic_write, sha256_file
 from .images import ImageReadError, find_images, image_size, load_images, make_grid, save_png
 from .inspection import compare_with_config, inspect_checkpoint
-from .model import EncoderMismatchError
+from .manifest import load_manifest, manifest_data
+from .model import VDVAE, EncoderMismatchError, load
 from .plots import kl_chart as kl_chart_image
+from .train import TrainOptions, finetune
 
-AUTO_MODELS = {32: "cifar10", 64: "imagenet64", 256: "ffhq256", 1024: "ffhq1024"}
-_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, IntegrityError, ConnectionError,
-                EncoderMismatchError, ImageReadError, UnknownModelError)
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ConnectionError, EncoderMismatchError)
 
 
 def _one_line(e: BaseException) -> str:
@@ -57,15 +56,6 @@ def parse_temperature(text: str):
         raise click.BadParameter(f"{text!r} is not a number, a comma-separated list of numbers (one per layer) "
                                  "or a list of resolution:temperature pairs", param_hint="'-t'") from None
     return values[0] if len(values) == 1 else values
-
-
-def _write_atomic(path: Path, text: str, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _refuse_existing(*paths, overwrite: bool) -> None:
@@ -123,7 +113,7 @@ def list_cmd(manifest):
     man = load_manifest(manifest)
     rows = [("name", "resolution", "bits", "parameters", "test bpd", "cached", "encoder")]
     for e in man.entries:
-        cached = "yes" if _is_cached(e) else "no"
+        cached = "yes" if hub.is_cached(e) else "no"
         names = e.name + (f" ({', '.join(e.aliases)})" if e.aliases else "")
         rows.append((names, f"{e.resolution}", f"{e.bits}", f"{e.parameters / 1e6:.1f}M",
                      f"{e.reported_test_bpd}", cached, "verified" if e.encoder_verified else "UNVERIFIED"))
@@ -133,14 +123,7 @@ def list_cmd(manifest):
 
 
 def _cache_path(entry) -> Path:
-    if entry.published:
-        return default_cache_dir() / ("models--" + entry.hub["repo_id"].replace("/", "--"))
-    return default_cache_dir() / "vdvae-zoo" / entry.name
-
-
-def _is_cached(entry) -> bool:
-    path = _cache_path(entry)
-    return path.exists() and any(path.rglob("model.safetensors"))
+    return hub.hub_repo_folder(entry.hub["repo_id"]) if entry.published else hub.converted_folder(entry)
 
 
 @main.command()
@@ -162,7 +145,7 @@ def info(model, manifest):
         click.echo(f"hub: {entry.hub['repo_id']}@{entry.hub.get('revision') or 'unpublished'}")
         click.echo(f"source: {entry.source.get('url')}")
         click.echo(f"encoder: {'verified' if entry.encoder_verified else 'UNVERIFIED'}" + (f" ({entry.notes})" if entry.notes else ""))
-        click.echo(f"cache: {_cache_path(entry)} ({'cached' if _is_cached(entry) else 'not downloaded'})")
+        click.echo(f"cache: {_cache_path(entry)} ({'cached' if hub.is_cached(entry) else 'not downloaded'})")
     else:
         path = Path(model)
         config = resolve_config(path / "config.json" if path.is_dir() else model)
@@ -175,7 +158,7 @@ def info(model, manifest):
 
 
 # ---------------------------------------------------------------------------------------------------- bpd
-def _pick_auto_model(paths: List[Path]) -> tuple:
+def _pick_auto_model(paths: List[Path], manifest: Optional[str]) -> tuple:
     sizes, unreadable = {}, []
     for p in paths:
         try:
@@ -190,16 +173,20 @@ def _pick_auto_model(paths: List[Path]) -> tuple:
         raise click.ClickException(f"images have mixed sizes ({listed}); choose a model with --model NAME and "
                                    "--resize center-crop")
     (w, h), = distinct
-    if w != h or w not in AUTO_MODELS:
-        raise click.ClickException(f"no released model works at {w}x{h} (they are 32, 64, 256, 1024); pick one with "
+    man = load_manifest(manifest)
+    entry = man.for_resolution(w) if w == h else None
+    if entry is None:
+        sizes = ", ".join(str(r) for r in sorted({e.resolution for e in man.entries}))
+        raise click.ClickException(f"no released model works at {w}x{h} (they are {sizes}); pick one with "
                                    "--model NAME and --resize center-crop")
-    return AUTO_MODELS[w], unreadable
+    return entry.name, unreadable
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--model", "model_name", default="auto", show_default=True,
-              help="auto (by the images' size: 32 cifar10, 64 imagenet64, 256 ffhq256, 1024 ffhq1024), a name, or a path.")
+              help="auto (the manifest's first model of the images' size: 32 cifar10, 64 imagenet64, 256 ffhq256, "
+                   "1024 ffhq1024), a name, or a path.")
 @model_options
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="Per-image rows: .csv or .json.")
@@ -230,7 +217,7 @@ def bpd(paths, model_name, config, device, dtype, manifest, batch_size, output, 
         raise click.ClickException(f"no image files found in {', '.join(paths)}")
     skipped = []
     if model_name == "auto":
-        model_name, skipped = _pick_auto_model(files)
+        model_name, skipped = _pick_auto_model(files, manifest)
         if model_name is None:
             for p, why in skipped:
                 click.echo(f"warning: skipped {p}: {why}", err=True)
@@ -266,7 +253,7 @@ def bpd(paths, model_name, config, device, dtype, manifest, batch_size, output, 
             writer.writeheader()
             writer.writerows(rows)
             text = buf.getvalue()
-        _write_atomic(out_path, text, overwrite)
+        atomic_write(out_path, text, overwrite=overwrite)
     values = np.array([r["bpd"] for r in rows])
     stderr = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
     click.echo(f"images: {len(rows)} scored, {len(skipped)} skipped")
@@ -361,10 +348,9 @@ def encode(model_name, paths, output, resize, seed, overwrite, config, device, d
     images, kept = _read_images_for(model, paths, resize)
     torch.manual_seed(seed)
     zs = model.encode(images)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    save_file({f"z.{i}": z.contiguous() for i, z in enumerate(zs)}, str(tmp),
-              metadata={"paths": json.dumps([str(p) for p in kept]), "model": str(model_name)})
-    os.replace(tmp, out)
+    tensors = {f"z.{i}": z.contiguous() for i, z in enumerate(zs)}
+    metadata = {"paths": json.dumps([str(p) for p in kept]), "model": str(model_name)}
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), overwrite=overwrite)
     click.echo(f"wrote {out}: {len(zs)} layers x {len(kept)} images")
 
 
@@ -463,13 +449,14 @@ def inspect(checkpoint, config, as_json):
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--config", required=True, help="Preset name or config.json the file was trained with.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output folder.")
 @user_errors
-def convert(checkpoint, config, output):
+def convert(checkpoint, config, output, overwrite):
     """Convert an original .th into config.json + model.safetensors (+ model card).
 
     Example: vdvae-zoo convert ffhq256-iter-1700000-model-ema.th --config ffhq256 -o ffhq256/
     """
-    folder = convert_original(checkpoint, config, output)
+    folder = VDVAE.convert_original(checkpoint, config, output, overwrite=overwrite)
     click.echo(f"wrote {folder} (sha256 of model.safetensors: {sha256_file(Path(folder) / 'model.safetensors')})")
 
 
@@ -485,7 +472,7 @@ def download_cmd(names, cache_dir, revision, manifest):
     Example: vdvae-zoo download ffhq256 cifar10
     """
     for name in names:
-        folder = download(name, revision=revision, cache_dir=cache_dir, manifest=manifest)
+        folder = VDVAE.download(name, revision=revision, cache_dir=cache_dir, manifest=manifest)
         click.echo(f"{name}: {folder}")
 
 
@@ -511,75 +498,65 @@ def publish(pairs, org, manifest_out, dry_run, manifest):
         name, path = pair.split("=", 1)
         entry = man.get(name)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = convert_original(path, entry.resolve_config(), tmp, entry=entry)
-            sha = sha256_file(Path(folder) / "model.safetensors")
+            folder = VDVAE.convert_original(path, entry.resolve_config(), Path(tmp) / "model", entry=entry)
+            sha = sha256_file(folder / "model.safetensors")
             source_sha = sha256_file(path)
             if dry_run:
                 pins[entry.name] = {"repo_id": f"{org}/{entry.name}", "revision": None, "sha256": sha,
                                     "source_sha256": source_sha}
             else:
                 model = load(folder, device="cpu")
-                pin = push_to_hub(model, f"{org}/{entry.name}", entry=entry)
+                pin = model.push_to_hub(f"{org}/{entry.name}", entry=entry)
                 pins[entry.name] = dict(pin, source_sha256=source_sha)
     if manifest_out:
-        base = json.loads(Path(manifest).read_text() if manifest else resources_manifest_text())
+        base = manifest_data(manifest)
         for m in base["models"]:
             if m["name"] in pins:
                 pin = pins[m["name"]]
                 m["hub"].update(repo_id=pin["repo_id"], revision=pin["revision"], sha256=pin["sha256"])
                 m["source"]["sha256"] = pin["source_sha256"]
-        _write_atomic(Path(manifest_out), json.dumps(base, indent=2) + "\n", overwrite=True)
+        atomic_write(manifest_out, json.dumps(base, indent=2) + "\n")
         click.echo(f"wrote {manifest_out}")
     click.echo(json.dumps(pins, indent=2))
 
 
 # ------------------------------------------------------------------------------------------------ finetune
+def _train_options(fn):
+    """The finetune command's options, one per TrainOptions field (their one statement: names, defaults, help)."""
+    for f in reversed(dataclasses.fields(TrainOptions)):
+        meta, name = f.metadata, "--" + f.name.replace("_", "-")
+        kind, required = meta.get("type"), bool(meta.get("required"))
+        if isinstance(f.default, bool):
+            fn = click.option(name, is_flag=True, help=meta["help"])(fn)
+            continue
+        if "choices" in meta:
+            type_ = click.Choice(meta["choices"])
+        elif kind in ("existing", "path"):
+            type_ = click.Path(exists=kind == "existing")
+        elif "min" in meta or "max" in meta:
+            range_type = click.IntRange if kind is int else click.FloatRange
+            type_ = range_type(min=meta.get("min"), max=meta.get("max"))
+        else:
+            type_ = kind
+        fn = click.option(name, f.name, type=type_, required=required, default=f.default,
+                          show_default=f.default is not None, help=meta["help"])(fn)
+    return fn
+
+
 @main.command("finetune")
-@click.option("--model", "model_name", default=None, help="Name or path to fine-tune from (its EMA weights).")
-@click.option("--config", default=None, help="Preset name or config.json: train from scratch.")
-@click.option("--data", required=True, type=click.Path(exists=True), help="Folder of training images (recursive).")
-@click.option("--val-data", default=None, type=click.Path(exists=True), help="Validation folder (default: a split).")
-@click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 0.9))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder; loadable with vdvae_zoo.load.")
-@click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Total iterations; with --resume the run continues up to it.")
-@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Per process. Default: the preset's.")
-@click.option("--lr", default=None, type=float)
-@click.option("--weight-decay", default=None, type=float)
-@click.option("--warmup", default=None, type=click.IntRange(min=0), help="Warm-up updates (0: none).")
-@click.option("--grad-clip", default=None, type=float)
-@click.option("--skip-threshold", default=None, type=float, help="Skip updates whose gradient norm reaches this (<=0: never).")
-@click.option("--ema-rate", default=None, type=float)
-@click.option("--val-every", default=500, show_default=True, type=click.IntRange(min=0))
-@click.option("--save-every", default=500, show_default=True, type=click.IntRange(min=0))
-@click.option("--sample-every", default=1000, show_default=True, type=click.IntRange(min=0))
-@click.option("--log-every", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--hflip", is_flag=True, help="Random horizontal flips.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--manifest", default=None, type=click.Path(dir_okay=False),
-              help="Another weights manifest for --model names (private zoos).")
+@_train_options
 @user_errors
-def finetune_command(model_name, **kwargs):
+def finetune_command(**options):
     """Fine-tune a released model, or train from scratch, on a folder of images.
 
     Example: vdvae-zoo finetune --model ffhq256 --data faces/ --out runs/faces --steps 20000
 
-    Multi-GPU: torchrun --nproc_per_node 8 -m vdvae_zoo.finetune --model ffhq256 --data faces/ --out runs/faces
+    Multi-GPU: torchrun --nproc_per_node 8 -m vdvae_zoo finetune --model ffhq256 --data faces/ --out runs/faces
     """
-    from .train import finetune
-    summary = finetune(model=model_name, **kwargs)
+    summary = finetune(**options)
     click.echo(json.dumps(summary))
     if summary.get("stopped_by_signal"):
         sys.exit(130)
-
-
-def resources_manifest_text() -> str:
-    from importlib import resources
-    return resources.files("vdvae_zoo").joinpath("weights_manifest.json").read_text()
 
 
 if __name__ == "__main__":

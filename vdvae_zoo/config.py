@@ -13,7 +13,9 @@ Block strings (read left to right):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +23,14 @@ from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 __all__ = [
     "VDVAEConfig",
-    "TrainingDefaults",
     "BlockSpec",
     "parse_block_string",
     "parse_custom_widths",
     "list_models",
     "PRESETS",
     "TRAINING_PRESETS",
+    "resolve_config",
+    "ConfigLike",
 ]
 
 
@@ -41,6 +44,12 @@ class BlockSpec(NamedTuple):
 
 
 _ITEM = re.compile(r"^(\d+)(?:([xdm])(\d+))?$")
+
+#: Bounds that no sensible model reaches (the released ones: at most 1024 pixels, 512 channels, 78 layers).
+#: A config.json can come from any Hub repository: these keep a hostile one from spinning or exhausting memory.
+MAX_BLOCKS = 2048
+MAX_RESOLUTION = 8192
+MAX_WIDTH = 65536
 
 
 def parse_block_string(spec: str, kind: str = "decoder") -> List[BlockSpec]:
@@ -63,14 +72,17 @@ def parse_block_string(spec: str, kind: str = "decoder") -> List[BlockSpec]:
                              + ("RdK" if kind == "encoder" else "RmS") + " or R with integers R, N, "
                              + ("K" if kind == "encoder" else "S"))
         res, op, arg = int(m.group(1)), m.group(2), m.group(3)
-        if res <= 0:
-            raise ValueError(f"{name}: item {item!r} has resolution {res}; resolutions must be positive")
+        if not 0 < res <= MAX_RESOLUTION:
+            raise ValueError(f"{name}: item {item!r} has resolution {res}; resolutions must be in 1..{MAX_RESOLUTION}")
         if op is None:
             blocks.append(BlockSpec(res))
             continue
         value = int(arg)
         if value <= 0:
             raise ValueError(f"{name}: item {item!r} has a zero count or rate")
+        if op == "x" and len(blocks) + value > MAX_BLOCKS:
+            raise ValueError(f"{name}: item {item!r} makes more than {MAX_BLOCKS} blocks; no VDVAE has that many "
+                             "(the released ones have at most 78)")
         if op == "x":
             blocks.extend(BlockSpec(res) for _ in range(value))
         elif op == "d":
@@ -106,8 +118,9 @@ def parse_custom_widths(spec: str) -> Dict[int, int]:
         except (ValueError, IndexError):
             raise ValueError(f"custom_width_str: cannot parse item {item!r} of {spec!r}; expected R:W "
                              "with integer resolution R and width W") from None
-        if res <= 0 or width <= 0:
-            raise ValueError(f"custom_width_str: item {item!r} must have a positive resolution and width")
+        if not (0 < res <= MAX_RESOLUTION and 0 < width <= MAX_WIDTH):
+            raise ValueError(f"custom_width_str: item {item!r} needs a resolution in 1..{MAX_RESOLUTION} and a width "
+                             f"in 1..{MAX_WIDTH}")
         widths[res] = width
     return widths
 
@@ -183,6 +196,10 @@ class VDVAEConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, bound in (("image_size", MAX_RESOLUTION), ("width", MAX_WIDTH), ("zdim", MAX_WIDTH),
+                            ("num_mixtures", 1024)):
+            if getattr(self, name) > bound:
+                raise ValueError(f"{name} is {getattr(self, name)}; at most {bound} is accepted")
         if self.image_channels != 3:
             raise ValueError(f"image_channels must be 3 (the mixture of logistics is RGB), got {self.image_channels}")
         if not 0 < self.bottleneck_multiple:
@@ -253,9 +270,10 @@ class VDVAEConfig:
     def from_dict(cls, d: Dict[str, Any]) -> "VDVAEConfig":
         """Build from a dict with the field names of SPEC.md (as the original `hps` or our config.json).
 
-        Unknown keys (``dataset``, ``scale_encblock``, training fields...) are ignored. A nested
-        ``preprocess`` dict (as in golden/expected.json) is read too. Missing preprocessing fields
-        default to the CIFAR-10 values.
+        The original implementation's other `hps` fields (``dataset``, ``scale_encblock``, ``lr``, ...) are
+        ignored; any other key is an error naming the closest field, so a misspelling (``zdims``) is never
+        silently replaced by a default. A nested ``preprocess`` dict (as in golden/expected.json) is read too.
+        Missing preprocessing fields default to the CIFAR-10 values.
         """
         if not isinstance(d, dict):
             raise ValueError(f"a config must be a dict of hyper-parameters, got {type(d).__name__}")
@@ -264,6 +282,11 @@ class VDVAEConfig:
         merged.update(d)
         if isinstance(d.get("preprocess"), dict):
             merged.update(d["preprocess"])
+        unknown = sorted(set(merged) - names - ORIGINAL_HPS_FIELDS - {"config", "preprocess"})
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown config field {unknown[0]!r}{hint}; the fields are {', '.join(sorted(names))}")
         return cls(**{k: v for k, v in merged.items() if k in names})
 
     def to_dict(self) -> Dict[str, Any]:
@@ -274,34 +297,31 @@ class VDVAEConfig:
 
     @classmethod
     def from_json(cls, text_or_path: Union[str, Path]) -> "VDVAEConfig":
-        """Parse a JSON string, or read a `config.json` file."""
-        text = str(text_or_path)
+        """Parse a JSON string, or read a `config.json` file (errors name the file)."""
+        text, where = str(text_or_path), "config"
         if not text.lstrip().startswith("{"):
-            path = Path(text_or_path)
+            where = f"config file {text_or_path}"
             try:
-                text = path.read_text()
-            except OSError as e:
-                raise ValueError(f"cannot read config file {path}: {e}") from None
+                text = Path(text_or_path).read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"cannot read {where}: {getattr(e, 'strerror', None) or e}") from None
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
-            raise ValueError(f"config is not valid JSON ({e})") from None
+            raise ValueError(f"{where} is not valid JSON ({e})") from None
+        except ValueError as e:
+            if where == "config":
+                raise
+            raise ValueError(f"{where}: {e}") from None
 
 
-@dataclass(frozen=True)
-class TrainingDefaults:
-    """The optimisation hyper-parameters each released model was trained with (SPEC §1, §10)."""
-
-    lr: float
-    weight_decay: float
-    warmup_iters: int
-    ema_rate: float
-    grad_clip: float
-    skip_threshold: float
-    batch_size_per_gpu: int
-    num_gpus: int
-    adam_betas: tuple = (0.9, 0.9)
-
+#: Fields of the original implementation's `hps` that are not architecture: accepted and ignored by `from_dict`.
+ORIGINAL_HPS_FIELDS = frozenset("""
+    dataset desc hparam_sets port save_dir data_root logdir restore_path restore_ema_path restore_log_path
+    restore_optimizer_path scale_encblock test_eval warmup_iters grad_clip skip_threshold lr lr_prior wd wd_prior
+    num_epochs n_batch adam_beta1 adam_beta2 ema_rate temperature iters_per_ckpt iters_per_print iters_per_save
+    iters_per_images epochs_per_eval epochs_per_probe epochs_per_eval_save num_images_visualize
+    num_variables_visualize num_temperatures_visualize seed local_rank mpi_size rank""".split())
 
 _8BIT_LOSS = dict(shift_loss=-127.5, scale_loss=1.0 / 127.5)
 
@@ -337,15 +357,42 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         shift=-0.4387, scale=1.0 / 0.2743, shift_loss=-0.5, scale_loss=2.0, pixel_scale=1.0 / 255.0),
 }
 
-TRAINING_PRESETS: Dict[str, TrainingDefaults] = {
-    "cifar10": TrainingDefaults(2e-4, 0.01, 100, 0.9999, 200, 400, 16, 2),
-    "imagenet32": TrainingDefaults(1.5e-4, 0.01, 100, 0.999, 200, 300, 8, 32),
-    "imagenet64": TrainingDefaults(1.5e-4, 0.01, 100, 0.999, 220, 380, 4, 32),
-    "ffhq256": TrainingDefaults(1.5e-4, 0.01, 100, 0.999, 130, 180, 1, 32),
-    "ffhq1024": TrainingDefaults(7e-5, 0.01, 100, 0.999, 360, 500, 1, 32),
+#: How each released model was trained (SPEC §1, §10), keyed by the trainer's option names (`train.TrainOptions`).
+#: `batch_size` is per GPU; the authors used AdamW with betas (0.9, 0.9) for all of them.
+TRAINING_PRESETS: Dict[str, Dict[str, Any]] = {
+    "cifar10": dict(lr=2e-4, weight_decay=0.01, warmup=100, ema_rate=0.9999, grad_clip=200.0, skip_threshold=400.0,
+                    batch_size=16),
+    "imagenet32": dict(lr=1.5e-4, weight_decay=0.01, warmup=100, ema_rate=0.999, grad_clip=200.0,
+                       skip_threshold=300.0, batch_size=8),
+    "imagenet64": dict(lr=1.5e-4, weight_decay=0.01, warmup=100, ema_rate=0.999, grad_clip=220.0,
+                       skip_threshold=380.0, batch_size=4),
+    "ffhq256": dict(lr=1.5e-4, weight_decay=0.01, warmup=100, ema_rate=0.999, grad_clip=130.0, skip_threshold=180.0,
+                    batch_size=1),
+    "ffhq1024": dict(lr=7e-5, weight_decay=0.01, warmup=100, ema_rate=0.999, grad_clip=360.0, skip_threshold=500.0,
+                     batch_size=1),
 }
 
 
 def list_models() -> List[str]:
     """Names of the architecture presets (the released models' hyper-parameters)."""
     return list(PRESETS)
+
+
+ConfigLike = Union[None, str, Dict[str, Any], VDVAEConfig, "os.PathLike[str]"]
+
+
+def resolve_config(config: ConfigLike) -> VDVAEConfig:
+    """A VDVAEConfig from a preset name, a dict, a VDVAEConfig or the path of a config.json."""
+    if isinstance(config, VDVAEConfig):
+        return config
+    if isinstance(config, dict):
+        return VDVAEConfig.from_dict(config)
+    if isinstance(config, (str, os.PathLike)):
+        text = os.fspath(config)
+        if Path(text).is_file():
+            return VDVAEConfig.from_json(Path(text))
+        if text.endswith(".json") or os.sep in text:
+            raise FileNotFoundError(f"config file {text} does not exist")
+        return VDVAEConfig.from_preset(text)
+    raise ValueError("config must be a preset name (" + ", ".join(PRESETS) + "), a dict, a VDVAEConfig or the "
+                     f"path of a config.json; got {type(config).__name__}")

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dmol_nll", "dmol_sample", "pixel_uniform_shapes", "MIN_LOG_SCALE"]
+__all__ = ["dmol_nll", "dmol_sample", "pixel_uniform_shapes", "uniform", "MIN_LOG_SCALE"]
 
 MIN_LOG_SCALE = -7.0
 
@@ -80,7 +80,7 @@ def pixel_uniform_shapes(n: int, h: int, w: int, num_mixtures: int) -> List[Tupl
     return [(n, h, w, num_mixtures), (n, h, w, 3)]
 
 
-def _uniform(shape, device, generator: Optional[torch.Generator]) -> torch.Tensor:
+def uniform(shape, device, generator: Optional[torch.Generator]) -> torch.Tensor:
     # `uniform_` on a float32 tensor: the same floats as the original (rand * a + b is not).
     return torch.empty(shape, dtype=torch.float32, device=device).uniform_(1e-5, 1.0 - 1e-5, generator=generator)
 
@@ -100,7 +100,7 @@ def dmol_sample(params: torch.Tensor, num_mixtures: int, generator: Optional[tor
     logits, means, log_scales, coeffs = _unpack(params, num_mixtures)
     draws = 1 if same_noise else n
     if uniforms is None:
-        uniforms = [_uniform(shape, params.device, generator) for shape in pixel_uniform_shapes(draws, h, w, num_mixtures)]
+        uniforms = [uniform(shape, params.device, generator) for shape in pixel_uniform_shapes(draws, h, w, num_mixtures)]
     gumbel_u = uniforms[0].expand(n, -1, -1, -1)
     component = torch.argmax(logits - torch.log(-torch.log(gumbel_u)), dim=3)  # (N, H, W)
     index = component[:, :, :, None, None].expand(n, h, w, 3, 1)

@@ -18,7 +18,9 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "find_images", "read_image", "center_crop_resize", "load_images",
+from .files import atomic_write
+
+__all__ = ["IMAGE_EXTENSIONS", "SAMPLE_PHOTOS", "sample_photos", "ImageReadError", "find_images", "read_image", "center_crop_resize", "load_images",
            "image_size", "make_grid", "save_png"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -152,13 +154,23 @@ def make_grid(images: np.ndarray, ncols: Optional[int] = None, padding: int = 2)
 
 def save_png(image: Union[Image.Image, np.ndarray], path: PathLike, overwrite: bool = True) -> Path:
     """Write a PNG atomically (temporary file, then rename). Refuses to replace a file unless `overwrite`."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), overwrite=overwrite)
+
+
+#: Images bundled with scikit-image (the optional extra `photos`), in the order `sample_photos` gives them: eight
+#: photographs, then a synthetic colour wheel. examples/photo_crops.py cuts the guide's training crops from these.
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
+                 "retina", "colorwheel")
+
+
+def sample_photos(n: Optional[int] = None, size: Optional[int] = None) -> List[np.ndarray]:
+    """The first `n` (default: all) of SAMPLE_PHOTOS as uint8 (H, W, 3), centre-cropped to `size` x `size` when
+    given: real photos for examples, tests and benchmarks. Needs scikit-image (`pip install "vdvae-zoo[photos]"`)."""
+    try:
+        import skimage.data
+    except ImportError:
+        raise ImportError('sample_photos needs scikit-image: pip install "vdvae-zoo[photos]"') from None
+    photos = [getattr(skimage.data, name)()[..., :3] for name in SAMPLE_PHOTOS[:n]]
+    return [center_crop_resize(p, size) if size else p for p in photos]

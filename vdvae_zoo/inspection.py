@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Union
 import torch
 
 from .config import VDVAEConfig
+from .weights import read_checkpoint, strip_ddp_prefix
 
 __all__ = ["inspect_checkpoint", "CheckpointInfo", "BlockRun", "compare_with_config"]
 
@@ -100,13 +101,7 @@ def _indexed(state: Dict[str, torch.Tensor], prefix: str, suffix: str) -> Dict[i
 
 def inspect_checkpoint(path_or_state: Union[str, os.PathLike, Dict[str, torch.Tensor]]) -> CheckpointInfo:
     """The structure a checkpoint's tensor shapes determine (`.th`, `.safetensors`, or a state dict)."""
-    if isinstance(path_or_state, dict):
-        state = path_or_state
-        if state and all(k.startswith("module.") for k in state):
-            state = {k[len("module."):]: v for k, v in state.items()}
-    else:
-        from .hub import read_checkpoint
-        state = read_checkpoint(path_or_state)
+    state = strip_ddp_prefix(path_or_state) if isinstance(path_or_state, dict) else read_checkpoint(path_or_state)
     shape = lambda k: tuple(state[k].shape) if k in state else None  # noqa: E731
     enc = [(c1.shape[1], c2.shape[-1]) for c1, c2 in zip(
         _indexed(state, "encoder.enc_blocks.", "c1.weight").values(),

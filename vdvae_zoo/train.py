@@ -15,65 +15,82 @@ processes or resumed from a checkpoint (on the CPU; GPU kernels are not bitwise 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import TRAINING_PRESETS, VDVAEConfig
-from .hub import load, load_manifest, resolve_config, save_pretrained
+from .config import TRAINING_PRESETS, VDVAEConfig, resolve_config
+from .files import atomic_folder, recover_folder
 from .images import center_crop_resize, find_images, make_grid, read_image, ImageReadError, save_png
-from .model import VDVAE
+from .manifest import load_manifest
+from .model import VDVAE, load
 from .plots import line_chart
 
-__all__ = ["TrainOptions", "Trainer", "finetune"]
+__all__ = ["TrainOptions", "Trainer", "finetune", "GENERIC_DEFAULTS"]
+
+
+def _option(default: Any = None, help: str = "", **cli: Any) -> Any:
+    """A TrainOptions field: its default and help, and for the command line `type` (int, float, str, 'path',
+    'existing'), `min`/`max`, `choices`, `required`. The CLI's `finetune` options are generated from these."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass
 class TrainOptions:
-    """Everything a run needs. Optimisation fields left as None take the preset's values (SPEC §1)."""
+    """Everything a run needs: the one statement of the trainer's options (the CLI's `finetune` options are made
+    from these fields). Optimisation fields left as None take the preset's values (SPEC §1), else GENERIC_DEFAULTS."""
 
-    data: str
-    out: str
-    model: Optional[str] = None          # name or path to fine-tune from (EMA weights)
-    config: Optional[str] = None         # preset name or config.json: train from scratch
-    val_data: Optional[str] = None
-    val_fraction: float = 0.1
-    steps: int = 1000                    # total iterations (applied + skipped updates); --resume continues to it
-    batch_size: Optional[int] = None     # per process
-    lr: Optional[float] = None
-    weight_decay: Optional[float] = None
-    warmup: Optional[int] = None
-    grad_clip: Optional[float] = None
-    skip_threshold: Optional[float] = None  # <= 0 disables skipping on the gradient norm
-    ema_rate: Optional[float] = None
-    val_every: int = 500
-    save_every: int = 500
-    sample_every: int = 1000
-    log_every: int = 10
-    hflip: bool = False
-    resume: bool = False
-    device: str = "auto"
-    dtype: str = "float32"               # or bfloat16: autocast (CUDA, or CPUs with bf16 units)
-    seed: int = 0
-    workers: int = 0
-    skip_alarm: int = 50                 # warn after this many consecutive skipped updates
-    min_images: int = 2
-    manifest: Optional[str] = None       # another weights manifest for model= names (private zoos)
+    data: str = _option(None, "Folder of training images (recursive).", type="existing", required=True)
+    out: str = _option(None, "Run folder; loadable with vdvae_zoo.load.", type="path", required=True)
+    model: Optional[str] = _option(None, "Name or path to fine-tune from (its EMA weights).", type=str)
+    config: Optional[str] = _option(None, "Preset name or config.json: train from scratch.", type=str)
+    val_data: Optional[str] = _option(None, "Validation folder (default: a split of --data).", type="existing")
+    val_fraction: float = _option(0.1, "Share of --data held out for validation.", type=float, min=0.0, max=0.9)
+    steps: int = _option(1000, "Total iterations (applied + skipped updates); with --resume the run continues up "
+                               "to it.", type=int, min=1)
+    batch_size: Optional[int] = _option(None, "Images per process and step. Default: the preset's.", type=int, min=1)
+    lr: Optional[float] = _option(None, "Peak learning rate.", type=float)
+    weight_decay: Optional[float] = _option(None, "AdamW weight decay (not on biases, gains, bias_xs).", type=float)
+    warmup: Optional[int] = _option(None, "Linear warm-up over this many applied updates (0: none).", type=int, min=0)
+    grad_clip: Optional[float] = _option(None, "Clip the gradient's total L2 norm to this.", type=float)
+    skip_threshold: Optional[float] = _option(None, "Skip updates whose gradient norm reaches this (<=0: never).",
+                                              type=float)
+    ema_rate: Optional[float] = _option(None, "Rate of the exponential moving average of the weights.", type=float)
+    val_every: int = _option(500, "Validate every N steps (0: never).", type=int, min=0)
+    save_every: int = _option(500, "Checkpoint every N steps (0: only at the end).", type=int, min=0)
+    sample_every: int = _option(1000, "Write a sample grid every N steps (0: never).", type=int, min=0)
+    log_every: int = _option(10, "Log a line to log.jsonl every N steps.", type=int, min=1)
+    hflip: bool = _option(False, "Random horizontal flips.")
+    resume: bool = _option(False, "Continue the run in --out.")
+    device: str = _option("auto", "auto (CUDA when present), cpu, cuda, cuda:1.", type=str)
+    dtype: str = _option("float32", "bfloat16: autocast (CUDA, or CPUs with bf16 units).",
+                         choices=("float32", "bfloat16"))
+    seed: int = _option(0, "Seed of the initialisation, the split, the order, flips and posterior noise.", type=int)
+    workers: int = _option(0, "DataLoader worker processes reading ahead.", type=int, min=0)
+    skip_alarm: int = _option(50, "Warn after this many consecutive skipped updates.", type=int, min=1)
+    min_images: int = _option(2, "Refuse to train on fewer usable images.", type=int, min=1)
+    manifest: Optional[str] = _option(None, "Another weights manifest for --model names (private zoos).", type="path")
+
+    def __post_init__(self) -> None:
+        missing = [f.name for f in dataclasses.fields(self) if f.metadata.get("required") and getattr(self, f.name) is None]
+        if missing:
+            raise TypeError(f"TrainOptions needs {' and '.join(missing)}=")
 
 
+#: Optimisation defaults for models that are not a released preset (TRAINING_PRESETS has the presets').
 GENERIC_DEFAULTS = dict(lr=2e-4, weight_decay=0.01, warmup=100, grad_clip=200.0, skip_threshold=400.0,
                         ema_rate=0.999, batch_size=16)
 
@@ -84,14 +101,14 @@ class ImageFolderData(torch.utils.data.Dataset):
     decided per (seed, epoch, index) so that they do not depend on workers or processes."""
 
     def __init__(self, files: List[Path], size: int, hflip: bool = False, seed: int = 0):
-        self.files, self.size, self.hflip, self.seed, self.epoch = files, size, hflip, seed, 0
+        self.files, self.size, self.hflip, self.seed = files, size, hflip, seed
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index) -> torch.Tensor:
         """`index` is an int or an (int, epoch) pair; the epoch decides the flip (workers hold a copy of self)."""
-        index, epoch = index if isinstance(index, tuple) else (index, self.epoch)
+        index, epoch = index if isinstance(index, tuple) else (index, 0)
         img = center_crop_resize(read_image(self.files[index]), self.size)
         if self.hflip and random.Random(hash((self.seed, epoch, index))).random() < 0.5:
             img = img[:, ::-1]
@@ -140,26 +157,17 @@ def _any_across_ranks(flag: bool, device) -> bool:
 
 # ------------------------------------------------------------------------------------------- checkpoints
 def _save_checkpoint(folder: Path, tensors: Dict[str, torch.Tensor], meta: Dict) -> None:
-    """Write a checkpoint folder atomically: a complete staging folder replaces the old one by renames,
-    and the previous checkpoint stays until the new one is complete."""
+    """Write a checkpoint folder as a unit (files.atomic_folder): the previous one stays until this one is complete."""
     from safetensors.torch import save_file
-    staging = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / "state.safetensors"))
-    (staging / "meta.json").write_text(json.dumps(meta))
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(staging, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(folder) as staging:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / "state.safetensors"))
+        (staging / "meta.json").write_text(json.dumps(meta))
 
 
 def _find_checkpoint(folder: Path) -> Optional[Path]:
-    for candidate in (folder, folder.with_name(folder.name + ".old")):  # .old: a crash between the two renames
-        if (candidate / "meta.json").is_file() and (candidate / "state.safetensors").is_file():
-            return candidate
+    recover_folder(folder)  # a crash between atomic_folder's two renames leaves the previous one aside
+    if (folder / "meta.json").is_file() and (folder / "state.safetensors").is_file():
+        return folder
     return None
 
 
@@ -201,10 +209,7 @@ class Trainer:
             self.model = VDVAE(cfg).train()
         self.config: VDVAEConfig = self.model.config
         defaults = dict(GENERIC_DEFAULTS)
-        if preset in TRAINING_PRESETS:
-            t = TRAINING_PRESETS[preset]
-            defaults.update(lr=t.lr, weight_decay=t.weight_decay, warmup=t.warmup_iters, grad_clip=t.grad_clip,
-                            skip_threshold=t.skip_threshold, ema_rate=t.ema_rate, batch_size=t.batch_size_per_gpu)
+        defaults.update(TRAINING_PRESETS.get(preset, {}))
         for k, v in defaults.items():
             if getattr(o, k) is None:
                 setattr(o, k, v)
@@ -231,7 +236,6 @@ class Trainer:
         self.skipped = 0
         self.nan_count = 0
         self.consecutive_skips = 0
-        self.log_records: List[Dict] = []
         self._stop_signal: Optional[int] = None
         self._loader, self._loader_step = None, -1
 
@@ -309,7 +313,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with autocast:
             out = self.net(images, noise=self._noise(self.step))
-        loss = out["elbo"].mean()
+        loss = out["neg_elbo"].mean()
         distortion, rate = out["distortion"].mean().item(), out["rate"].mean().item()
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip).item()
@@ -366,8 +370,7 @@ class Trainer:
         meta = {"step": self.step, "updates": self.updates, "skipped": self.skipped, "nan_count": self.nan_count,
                 "consecutive_skips": self.consecutive_skips, "param_groups": opt_state["param_groups"],
                 "config": self.config.to_dict(), "options": asdict(self.opt),
-                "rng_numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist()] + list(np.random.get_state()[2:]),
-                "rng_python": repr(random.getstate()), "data_position": self.step}
+                "rng_numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist()] + list(np.random.get_state()[2:])}
         return tensors, meta
 
     def save(self) -> None:
@@ -375,7 +378,7 @@ class Trainer:
             return
         tensors, meta = self._state()
         _save_checkpoint(self.out / "checkpoint", tensors, meta)
-        save_pretrained(self.ema, self.out)  # the folder loads with vdvae_zoo.load(out): EMA weights
+        self.ema.save_pretrained(self.out)  # the folder loads with vdvae_zoo.load(out): EMA weights
 
     def resume(self) -> bool:
         from safetensors.torch import load_file
@@ -401,7 +404,6 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- loop
     def _log(self, record: Dict) -> None:
-        self.log_records.append(record)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             with open(self.out / "log.jsonl", "a") as f:

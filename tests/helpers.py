@@ -1,0 +1,46 @@
+"""Helpers shared by the tests (import them with `from helpers import ...`; fixtures live in conftest.py)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO.parent / "shared" / "golden"
+TINY = GOLDEN / "tiny32"
+
+
+def require_golden() -> None:
+    """Skip the calling test when the reference data of the original implementation is not beside the repository."""
+    if not (TINY / "expected.json").is_file():
+        pytest.skip(f"golden reference data not found at {GOLDEN}: it is the project's shared/golden folder (outputs "
+                    "of the original VDVAE code), which must sit beside the repository as ../shared/golden")
+
+
+def golden_expected() -> dict:
+    require_golden()
+    return json.loads((TINY / "expected.json").read_text())
+
+
+def golden_config() -> dict:
+    e = golden_expected()
+    return e["config"] | e["preprocess"]
+
+
+def tiny_config_dict(**overrides):
+    """A small, fast architecture (not the golden one) for tests that need a model but no reference numbers."""
+    d = dict(image_size=16, width=16, zdim=4, num_mixtures=2,
+             enc_blocks="16x1,16d2,8x1,8d2,4x1,4d4,1x1", dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x1")
+    d.update(overrides)
+    return d
+
+
+def random_images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+
+
+def seeded(fn, seed: int = 0):
+    torch.manual_seed(seed)
+    return fn()

@@ -1,0 +1,132 @@
+"""Writing files so that a crash never leaves half of one, and hashing them.
+
+Every file and folder this package writes goes through `atomic_write` or `atomic_folder`: the data go to a
+temporary name beside the target (`.NAME.tmp-PID`), which is renamed over the target only when complete.
+Temporaries left by a process that died are removed by `remove_stale_temporaries`. Files get the mode the
+umask gives (others can read a shared model), never the 0600 of `tempfile`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator, Union
+
+__all__ = ["atomic_write", "atomic_folder", "recover_folder", "sha256_file", "remove_stale_temporaries",
+           "refuse_existing"]
+
+PathLike = Union[str, os.PathLike]
+Content = Union[bytes, str, Callable[[Path], None]]
+
+_TEMPORARY = re.compile(r"^\.(.+)\.(?:tmp|staging|old)-(\d+)$")
+
+
+def _temporary(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def refuse_existing(path: PathLike, overwrite: bool, hint: str = "pass --overwrite to replace it") -> None:
+    """Raise FileExistsError when `path` exists and `overwrite` is false."""
+    if not overwrite and (Path(path).exists() or Path(path).is_symlink()):
+        raise FileExistsError(f"{path} exists; {hint}")
+
+
+def atomic_write(path: PathLike, content: Content, *, overwrite: bool = True) -> Path:
+    """Write `content` to `path` atomically: bytes, text (UTF-8, '\\n' line ends), or a function that writes
+    the file at the path it is given (e.g. `lambda p: save_file(tensors, str(p))`). Parent folders are made.
+    With `overwrite=False` an existing file is refused (FileExistsError) before anything is written."""
+    path = Path(path)
+    refuse_existing(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path, "tmp")
+    try:
+        if callable(content):
+            content(tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(content.encode() if isinstance(content, str) else content)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+@contextlib.contextmanager
+def atomic_folder(path: PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield an empty staging folder beside `path`; when the block ends without an error, it replaces `path`
+    as a unit (an existing folder is moved aside, then deleted). On an error the staging folder is removed
+    and `path` is untouched."""
+    path = Path(path)
+    refuse_existing(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging, old = _temporary(path, "staging"), _temporary(path, "old")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if path.exists():
+            os.replace(path, old)
+        os.replace(staging, path)
+    except BaseException:
+        if not path.exists() and old.exists():  # failed between the renames: put the previous folder back
+            os.replace(old, path)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(path: PathLike) -> bool:
+    """When `path` is missing because a process died between `atomic_folder`'s two renames, move the previous
+    folder (set aside as `.NAME.old-PID`, complete) back; returns True if it did."""
+    path = Path(path)
+    if path.exists() or not path.parent.is_dir():
+        return False
+    aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not aside:
+        return False
+    os.replace(aside[-1], path)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: PathLike) -> int:
+    """Delete the temporaries of `atomic_write`/`atomic_folder` in `folder` whose process is gone; returns how many."""
+    folder = Path(folder)
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for entry in folder.iterdir():
+        m = _TEMPORARY.match(entry.name)
+        if m and not _alive(int(m.group(2))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,139 @@
+"""State dicts on disk: reading original `.th` and `.safetensors` files, checking them against the shapes a
+config expects, and writing the `config.json` + `model.safetensors` folder layout.
+
+Safety: `.th` files are read with `torch.load(..., weights_only=True)` only; a file holding pickled objects
+other than tensors is refused, never unpickled. Everything we write is safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+from .config import VDVAEConfig
+from .files import atomic_folder, atomic_write, refuse_existing, remove_stale_temporaries
+
+__all__ = ["read_checkpoint", "strip_ddp_prefix", "LoadReport", "check_state", "write_model_folder",
+           "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+_DDP_PREFIX = "module."
+Shape = Tuple[int, ...]
+
+
+def strip_ddp_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Drop the `module.` prefix that DistributedDataParallel puts on every key (the original `-model.th` files)."""
+    if state and all(k.startswith(_DDP_PREFIX) for k in state):
+        return {k[len(_DDP_PREFIX):]: v for k, v in state.items()}
+    return state
+
+
+def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
+    """A state dict (name -> CPU tensor) from an original `.th`/`.pt` file or a `.safetensors` file, with the
+    `module.` prefix stripped. Raises FileNotFoundError or ValueError naming the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"cannot read {path} as safetensors: {e}") from None
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure of the restricted unpickler means: refuse
+            raise ValueError(
+                f"refused to load {path}: it is not a plain state dict of tensors that can be read safely "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). Only files holding "
+                "tensors are accepted (original .th checkpoints or .safetensors).") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{path} does not hold a state dict (a dict of name -> tensor); found "
+                             f"{type(state).__name__}")
+    return strip_ddp_prefix(state)
+
+
+@dataclass
+class LoadReport:
+    """How a state dict differs from the tensors a config expects (diffusers' loading info, as a value)."""
+
+    source: str
+    missing: List[Tuple[str, Shape]] = field(default_factory=list)            # (key, expected shape)
+    unexpected: List[Tuple[str, Shape]] = field(default_factory=list)         # (key, file's shape)
+    mismatched: List[Tuple[str, Shape, Shape]] = field(default_factory=list)  # (key, file's, expected)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def keys(self) -> List[str]:
+        return [k for k, *_ in self.missing + self.unexpected + self.mismatched]
+
+    @property
+    def encoder_only(self) -> bool:
+        """True when something differs and every difference is in the encoder (the decoder loads)."""
+        return not self.ok and all(k.startswith("encoder.") for k in self.keys())
+
+    def lines(self) -> List[str]:
+        return ([f"missing {k} {s}" for k, s in self.missing]
+                + [f"{k}: file has shape {f}, config expects {e}" for k, f, e in self.mismatched]
+                + [f"unexpected {k} {s}" for k, s in self.unexpected])
+
+    def summary(self, limit: int = 3) -> str:
+        lines = self.lines()
+        more = f"; ... ({len(lines)} differences)" if len(lines) > limit else ""
+        return "; ".join(lines[:limit]) + more
+
+
+def check_state(expected: Mapping[str, Shape], state: Mapping[str, torch.Tensor], source: str) -> LoadReport:
+    """Compare a state dict with the names and shapes a model expects."""
+    report = LoadReport(source)
+    for k, shape in expected.items():
+        if k not in state:
+            report.missing.append((k, tuple(shape)))
+        elif tuple(state[k].shape) != tuple(shape):
+            report.mismatched.append((k, tuple(state[k].shape), tuple(shape)))
+    report.unexpected = [(k, tuple(v.shape)) for k, v in state.items() if k not in expected]
+    return report
+
+
+def write_model_folder(folder: Union[str, os.PathLike], state: Mapping[str, torch.Tensor], config: VDVAEConfig, *,
+                       card: Optional[str] = None, extra: Optional[Dict[str, str]] = None,
+                       overwrite: bool = True) -> Path:
+    """Write `config.json`, `model.safetensors` (and `README.md` = `card`, and `extra` {file name: text}) into
+    `folder`, as a unit: the files are written into a staging folder that then replaces `folder`. A folder that
+    holds anything else (a training run, say) is updated file by file instead, each file atomically."""
+    from safetensors.torch import save_file
+    folder = Path(folder)
+    refuse_existing(folder, overwrite)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    texts = {CONFIG_NAME: config.to_json() + "\n", **({CARD_NAME: card} if card is not None else {}), **(extra or {})}
+
+    def write_into(target: Path) -> None:
+        save_file(tensors, str(target / WEIGHTS_NAME), metadata={"format": "pt", "library": "vdvae-zoo"})
+        for name, text in texts.items():
+            (target / name).write_text(text)
+
+    ours = {WEIGHTS_NAME, *texts}
+    if folder.is_dir() and any(not p.name.startswith(".") and p.name not in ours for p in folder.iterdir()):
+        remove_stale_temporaries(folder)
+        atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt",
+                                                                                           "library": "vdvae-zoo"}))
+        for name, text in texts.items():
+            atomic_write(folder / name, text)
+        return folder
+    if folder.is_dir():
+        remove_stale_temporaries(folder.parent)
+    with atomic_folder(folder, overwrite=overwrite) as staging:
+        write_into(staging)
+    return folder
+
