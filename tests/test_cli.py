@@ -4,7 +4,6 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from safetensors.torch import load_file
 
 import vdvae_zoo
 from vdvae_zoo.cli import main
-from vdvae_zoo.images import center_crop_resize, read_image, sample_photos
+from vdvae_zoo.images import read_image, sample_photos
 
 from helpers import TINY
 

@@ -19,7 +19,7 @@ import vdvae_zoo
 from vdvae_zoo.images import sample_photos
 from vdvae_zoo.train import Trainer, TrainOptions
 
-from helpers import REPO, tiny_config_dict
+from helpers import tiny_config_dict
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Union
 
-from .files import sha256_file
+from .files import atomic_write, sha256_file
 from .manifest import ModelEntry, valid_name
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "IntegrityError", "NotCachedError", "default_cache_dir", "offline",
@@ -145,11 +145,10 @@ def fetch_url(url: str, destination: Path, expected_sha256: Optional[str] = None
     matches, when given). `timeout`: seconds without data; `deadline_s`: the whole download. Returns the sha256."""
     from huggingface_hub.utils import tqdm
     deadline_s = DOWNLOAD_DEADLINE_S if deadline_s is None else deadline_s
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
     digest = hashlib.sha256()
     started = time.monotonic()
-    try:
+
+    def stream(tmp: Path) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             received = 0
@@ -164,18 +163,18 @@ def fetch_url(url: str, destination: Path, expected_sha256: Optional[str] = None
                                            f"({received:,} of {total or '?'} bytes); try again later")
             if total is not None and received != total:
                 raise IOError(f"download of {url} stopped after {received} of {total} bytes")
-        sha = digest.hexdigest()
-        if expected_sha256 and sha != expected_sha256.lower():
-            raise IntegrityError(f"{url}: sha256 {sha} does not match the manifest's {expected_sha256}; the file was "
-                                 "deleted. Try again; if it persists the source changed and the manifest must be updated.")
-        os.replace(tmp, destination)
-        return sha
+        if expected_sha256 and digest.hexdigest() != expected_sha256.lower():
+            raise IntegrityError(f"{url}: sha256 {digest.hexdigest()} does not match the manifest's {expected_sha256}; "
+                                 "the file was deleted. Try again; if it persists the source changed and the manifest "
+                                 "must be updated.")
+
+    try:
+        atomic_write(destination, stream)  # the file appears only when complete and checked
     except TimeoutError as e:
         raise ConnectionError(str(e)) from None
     except (urllib.error.URLError, OSError) as e:
         raise ConnectionError(f"could not download {url}: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
+    return digest.hexdigest()
 
 
 def entry_lock(entry: ModelEntry, cache_dir: CacheDir = None):

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -34,10 +33,11 @@ import torch.distributed as dist
 
 from .config import TRAINING_PRESETS, VDVAEConfig, resolve_config
 from .files import atomic_folder, recover_folder
-from .images import center_crop_resize, find_images, make_grid, read_image, ImageReadError, save_png
+from .images import find_images, make_grid, save_png
 from .manifest import load_manifest
 from .model import VDVAE, load
 from .plots import line_chart
+from .train_data import ImageFolderData, StepBatches, readable_images
 
 __all__ = ["TrainOptions", "Trainer", "finetune", "GENERIC_DEFAULTS"]
 
@@ -93,52 +93,6 @@ class TrainOptions:
 #: Optimisation defaults for models that are not a released preset (TRAINING_PRESETS has the presets').
 GENERIC_DEFAULTS = dict(lr=2e-4, weight_decay=0.01, warmup=100, grad_clip=200.0, skip_threshold=400.0,
                         ema_rate=0.999, batch_size=16)
-
-
-# -------------------------------------------------------------------------------------------------- data
-class ImageFolderData(torch.utils.data.Dataset):
-    """Images resized and centre-cropped to `size`, as uint8 (H, W, 3) tensors; optional horizontal flips
-    decided per (seed, epoch, index) so that they do not depend on workers or processes."""
-
-    def __init__(self, files: List[Path], size: int, hflip: bool = False, seed: int = 0):
-        self.files, self.size, self.hflip, self.seed = files, size, hflip, seed
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index) -> torch.Tensor:
-        """`index` is an int or an (int, epoch) pair; the epoch decides the flip (workers hold a copy of self)."""
-        index, epoch = index if isinstance(index, tuple) else (index, 0)
-        img = center_crop_resize(read_image(self.files[index]), self.size)
-        if self.hflip and random.Random(hash((self.seed, epoch, index))).random() < 0.5:
-            img = img[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(img))
-
-
-class _StepBatches(torch.utils.data.Sampler):
-    """The batches of steps start, start + 1, ... as lists of (index, epoch): the DataLoader's workers then
-    prepare the next batches while the current step runs, in the order the steps will use them."""
-
-    def __init__(self, trainer: "Trainer", start: int):
-        self.trainer, self.start = trainer, start
-
-    def __iter__(self):
-        step = self.start
-        while True:
-            epoch = step // self.trainer.batches_per_epoch
-            yield [(i, epoch) for i in self.trainer._batch_indices(step)]
-            step += 1
-
-
-def _readable(files: List[Path]) -> List[Path]:
-    good = []
-    for f in files:
-        try:
-            read_image(f)
-            good.append(f)
-        except ImageReadError as e:
-            print(f"warning: skipped {f}: {e.reason}", file=sys.stderr)
-    return good
 
 
 # ------------------------------------------------------------------------------------------- distributed
@@ -242,9 +196,9 @@ class Trainer:
     # ---------------------------------------------------------------------------------------- data setup
     def _setup_data(self) -> None:
         o, size = self.opt, self.config.image_size
-        files = _readable(find_images([o.data]))
+        files = readable_images(find_images([o.data]))
         if o.val_data:
-            train_files, val_files = files, _readable(find_images([o.val_data]))
+            train_files, val_files = files, readable_images(find_images([o.val_data]))
         else:
             order = np.random.default_rng(o.seed).permutation(len(files))
             n_val = int(round(len(files) * o.val_fraction)) if len(files) > 1 else 0
@@ -276,7 +230,8 @@ class Trainer:
         if self.opt.workers <= 0:
             return torch.stack([self.train_set[(i, epoch)] for i in self._batch_indices(step)])
         if self._loader is None or self._loader_step != step:
-            loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=_StepBatches(self, step),
+            batches = StepBatches(self._batch_indices, self.batches_per_epoch, step)
+            loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=batches,
                                                  num_workers=self.opt.workers, pin_memory=self.device.type == "cuda")
             self._loader, self._loader_step = iter(loader), step
         self._loader_step += 1

@@ -1,0 +1,173 @@
+"""Commands about models and weight files: list, info, inspect, convert, download, publish."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .. import hub
+from ..config import resolve_config
+from ..files import atomic_write, sha256_file
+from ..inspection import compare_with_config, inspect_checkpoint
+from ..manifest import load_manifest, manifest_data
+from ..model import VDVAE, load
+from .base import main, user_errors
+
+
+# ------------------------------------------------------------------------------------------------- list/info
+@main.command("list")
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="Another weights manifest.")
+@user_errors
+def list_cmd(manifest):
+    """The released models: resolution, bits, parameters, reported bpd, cached or not.
+
+    Example: vdvae-zoo list
+    """
+    man = load_manifest(manifest)
+    rows = [("name", "resolution", "bits", "parameters", "test bpd", "cached", "encoder")]
+    for e in man.entries:
+        cached = "yes" if hub.is_cached(e) else "no"
+        names = e.name + (f" ({', '.join(e.aliases)})" if e.aliases else "")
+        rows.append((names, f"{e.resolution}", f"{e.bits}", f"{e.parameters / 1e6:.1f}M",
+                     f"{e.reported_test_bpd}", cached, "verified" if e.encoder_verified else "UNVERIFIED"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _cache_path(entry) -> Path:
+    return hub.hub_repo_folder(entry.hub["repo_id"]) if entry.published else hub.converted_folder(entry)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="Another weights manifest.")
+@user_errors
+def info(model, manifest):
+    """A model's config, stochastic layers per resolution, and cache path.
+
+    Example: vdvae-zoo info ffhq256
+    """
+    man = load_manifest(manifest)
+    if model in man:
+        entry = man.get(model)
+        config = entry.resolve_config()
+        click.echo(f"name: {entry.name}" + (f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""))
+        click.echo(f"dataset: {entry.dataset}, {entry.resolution}x{entry.resolution}, {entry.bits}-bit targets")
+        click.echo(f"parameters: {entry.parameters:,}; reported test bpd: {entry.reported_test_bpd}; licence: {entry.license}")
+        click.echo(f"hub: {entry.hub['repo_id']}@{entry.hub.get('revision') or 'unpublished'}")
+        click.echo(f"source: {entry.source.get('url')}")
+        click.echo(f"encoder: {'verified' if entry.encoder_verified else 'UNVERIFIED'}" + (f" ({entry.notes})" if entry.notes else ""))
+        click.echo(f"cache: {_cache_path(entry)} ({'cached' if hub.is_cached(entry) else 'not downloaded'})")
+    else:
+        path = Path(model)
+        config = resolve_config(path / "config.json" if path.is_dir() else model)
+    per_res = {}
+    for b in config.decoder_blocks:
+        per_res[b.resolution] = per_res.get(b.resolution, 0) + 1
+    click.echo("stochastic layers per resolution: " + ", ".join(f"{r}: {n}" for r, n in per_res.items())
+               + f" (total {config.num_layers})")
+    click.echo("config: " + json.dumps(config.to_dict()))
+
+
+# ----------------------------------------------------------------------------------------- weights tooling
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", default=None, help="Compare with this preset or config.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def inspect(checkpoint, config, as_json):
+    """The architecture a checkpoint's tensor shapes determine (.th or .safetensors).
+
+    Example: vdvae-zoo inspect ffhq1024-iter-1700000-model-ema.th --config ffhq1024
+    """
+    info_ = inspect_checkpoint(checkpoint)
+    diffs = compare_with_config(info_, resolve_config(config)) if config else None
+    if as_json:
+        d = info_.to_dict()
+        if diffs is not None:
+            d["differences"] = diffs
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(info_.describe())
+    if diffs is not None:
+        click.echo(f"compared with {config}: " + ("shapes agree" if not diffs else "DIFFERENT"))
+        for d in diffs:
+            click.echo(f"  {d}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", required=True, help="Preset name or config.json the file was trained with.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output folder.")
+@user_errors
+def convert(checkpoint, config, output, overwrite):
+    """Convert an original .th into config.json + model.safetensors (+ model card).
+
+    Example: vdvae-zoo convert ffhq256-iter-1700000-model-ema.th --config ffhq256 -o ffhq256/
+    """
+    folder = VDVAE.convert_original(checkpoint, config, output, overwrite=overwrite)
+    click.echo(f"wrote {folder} (sha256 of model.safetensors: {sha256_file(Path(folder) / 'model.safetensors')})")
+
+
+@main.command("download")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Instead of HF_HOME's cache.")
+@click.option("--revision", default=None)
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False))
+@user_errors
+def download_cmd(names, cache_dir, revision, manifest):
+    """Fetch models into the cache for offline use (HF_HUB_OFFLINE=1 later).
+
+    Example: vdvae-zoo download ffhq256 cifar10
+    """
+    for name in names:
+        folder = VDVAE.download(name, revision=revision, cache_dir=cache_dir, manifest=manifest)
+        click.echo(f"{name}: {folder}")
+
+
+@main.command()
+@click.argument("pairs", nargs=-1, required=True, metavar="NAME=FILE.th...")
+@click.option("--org", required=True, help="Hub namespace, e.g. vdvae-zoo.")
+@click.option("--manifest-out", default=None, type=click.Path(dir_okay=False),
+              help="Write an updated manifest here (default: print the fields to pin).")
+@click.option("--dry-run", is_flag=True, help="Convert and hash, but upload nothing.")
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="The manifest to update.")
+@user_errors
+def publish(pairs, org, manifest_out, dry_run, manifest):
+    """Maintainers: convert original files, upload them to the Hub, print the manifest fields to pin.
+
+    Example: vdvae-zoo publish ffhq256=ffhq256-iter-1700000-model-ema.th --org vdvae-zoo
+    """
+    import tempfile
+    man = load_manifest(manifest)
+    pins = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} must be NAME=FILE.th", param_hint="NAME=FILE.th")
+        name, path = pair.split("=", 1)
+        entry = man.get(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = VDVAE.convert_original(path, entry.resolve_config(), Path(tmp) / "model", entry=entry)
+            sha = sha256_file(folder / "model.safetensors")
+            source_sha = sha256_file(path)
+            if dry_run:
+                pins[entry.name] = {"repo_id": f"{org}/{entry.name}", "revision": None, "sha256": sha,
+                                    "source_sha256": source_sha}
+            else:
+                model = load(folder, device="cpu")
+                pin = model.push_to_hub(f"{org}/{entry.name}", entry=entry)
+                pins[entry.name] = dict(pin, source_sha256=source_sha)
+    if manifest_out:
+        base = manifest_data(manifest)
+        for m in base["models"]:
+            if m["name"] in pins:
+                pin = pins[m["name"]]
+                m["hub"].update(repo_id=pin["repo_id"], revision=pin["revision"], sha256=pin["sha256"])
+                m["source"]["sha256"] = pin["source_sha256"]
+        atomic_write(manifest_out, json.dumps(base, indent=2) + "\n")
+        click.echo(f"wrote {manifest_out}")
+    click.echo(json.dumps(pins, indent=2))

@@ -1,0 +1,61 @@
+"""The trainer's data: image folders read lazily at the model's size, flips and batch order decided by seeds, so
+they do not depend on DataLoader workers or on how many processes share the batch."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from typing import Callable, List
+
+import numpy as np
+import torch
+
+from .images import ImageReadError, center_crop_resize, read_image
+
+__all__ = ["ImageFolderData", "StepBatches", "readable_images"]
+
+
+class ImageFolderData(torch.utils.data.Dataset):
+    """Images resized and centre-cropped to `size`, as uint8 (H, W, 3) tensors; optional horizontal flips
+    decided per (seed, epoch, index) so that they do not depend on workers or processes."""
+
+    def __init__(self, files: List[Path], size: int, hflip: bool = False, seed: int = 0):
+        self.files, self.size, self.hflip, self.seed = files, size, hflip, seed
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        """`index` is an int or an (int, epoch) pair; the epoch decides the flip (workers hold a copy of self)."""
+        index, epoch = index if isinstance(index, tuple) else (index, 0)
+        img = center_crop_resize(read_image(self.files[index]), self.size)
+        if self.hflip and random.Random(hash((self.seed, epoch, index))).random() < 0.5:
+            img = img[:, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(img))
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """The batches of steps start, start + 1, ... as lists of (index, epoch): the DataLoader's workers then
+    prepare the next batches while the current step runs, in the order the steps will use them."""
+
+    def __init__(self, batch_indices: Callable[[int], List[int]], batches_per_epoch: int, start: int):
+        self.batch_indices, self.batches_per_epoch, self.start = batch_indices, batches_per_epoch, start
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield [(i, step // self.batches_per_epoch) for i in self.batch_indices(step)]
+            step += 1
+
+
+def readable_images(files: List[Path]) -> List[Path]:
+    """The files that read as images; the others are skipped with one warning line each."""
+    good = []
+    for f in files:
+        try:
+            read_image(f)
+            good.append(f)
+        except ImageReadError as e:
+            print(f"warning: skipped {f}: {e.reason}", file=sys.stderr)
+    return good
