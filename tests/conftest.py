@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from fakehub import FakeHub, FileServer  # noqa: E402
 from helpers import TINY, golden_config, golden_expected as _golden_expected, require_golden, tiny_config_dict  # noqa: E402
 
 
@@ -44,3 +45,40 @@ def tiny_model():
     import vdvae_zoo
     torch.manual_seed(123)
     return vdvae_zoo.VDVAE(vdvae_zoo.VDVAEConfig.from_dict(tiny_config_dict())).eval()
+
+
+# ------------------------------------------------------------------ a loopback Hub and source server, a fresh cache
+@pytest.fixture()
+def hf_home(tmp_path, monkeypatch):
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    return home
+
+
+@pytest.fixture()
+def golden_files(tmp_path, golden_model):
+    folder = golden_model.save_pretrained(tmp_path / "export")
+    return {n: (folder / n).read_bytes() for n in ("config.json", "model.safetensors")}
+
+
+@pytest.fixture()
+def hub(monkeypatch):
+    server = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def source():
+    server = FileServer({"tiny32-model-ema.th": (TINY / "model-ema.th").read_bytes()})
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def golden_config_dict():
+    """The golden model's config and preprocessing as one dict (what config= takes)."""
+    return golden_config()

@@ -44,3 +44,22 @@ def random_images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
 def seeded(fn, seed: int = 0):
     torch.manual_seed(seed)
     return fn()
+
+
+def write_manifest(path: Path, entries):
+    path.write_text(json.dumps({"models": entries}))
+    return path
+
+
+def entry(name, golden_config, *, repo_id="test-org/tiny32", revision=None, sha256=None, url=None, source_sha=None):
+    return {"name": name, "preset": "cifar10", "config": golden_config, "dataset": "golden", "resolution": 32,
+            "bits": 8, "parameters": 135078, "reported_test_bpd": None, "license": "MIT",
+            "hub": {"repo_id": repo_id, "revision": revision, "filenames": ["config.json", "model.safetensors"],
+                    "sha256": sha256},
+            "source": {"url": url, "sha256": source_sha}}
+
+
+def assert_golden_likelihood(model, golden_expected, golden_images):
+    torch.manual_seed(golden_expected["likelihood"]["seed_set_before"])
+    elbo = model.likelihood(golden_images).neg_elbo.numpy()
+    np.testing.assert_allclose(elbo, golden_expected["likelihood"]["elbo_nats_per_dim"], rtol=1e-4)

@@ -1,6 +1,7 @@
 """The vdvae-zoo command line, through click's CliRunner and as the installed console script."""
 
 import csv
+import hashlib
 import json
 import shutil
 import subprocess
@@ -15,9 +16,10 @@ from safetensors.torch import load_file
 
 import vdvae_zoo
 from vdvae_zoo.cli import main
+from vdvae_zoo.files import sha256_file
 from vdvae_zoo.images import read_image, sample_photos
 
-from helpers import TINY
+from helpers import TINY, entry, write_manifest
 
 
 def photos(n=4):
@@ -289,3 +291,56 @@ def test_existing_outputs_are_refused_before_any_work(tmp_path, image_dir, model
     again = run(*args[command], "-o", out, "--overwrite")
     assert again.exit_code == 0, again.output
     assert out.read_bytes() != b"precious"
+
+
+@pytest.fixture()
+def golden_config(golden_config_dict):
+    return golden_config_dict
+
+
+def test_publish_uploads_and_pins_a_manifest_that_loads(tmp_path, hf_home, hub, golden_config, monkeypatch):
+    """`vdvae-zoo publish` end to end, with only the Hub's upload protocol played by the fake Hub: the converted
+    folder is uploaded, the manifest it writes pins that commit and sha256, and loading by name through it gives
+    the original file's weights, even after a later commit moves `main`."""
+    import huggingface_hub
+    from click.testing import CliRunner
+    from vdvae_zoo.cli import main
+
+    calls = []
+
+    def create_repo(self, repo_id, *, private=False, exist_ok=False, **kwargs):
+        calls.append(("create_repo", repo_id, private, exist_ok))
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, **kwargs):
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        calls.append(("upload_folder", repo_id, sorted(files)))
+        oid = hub.add(repo_id, files)
+        return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}",
+                                          commit_message=commit_message, commit_description="", oid=oid)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, url="http://127.0.0.1:9/unused")])
+    pinned = tmp_path / "pinned.json"
+    # model.th was saved from DistributedDataParallel: every key starts with "module.".
+    result = CliRunner().invoke(main, ["publish", f"tiny={TINY / 'model.th'}", "--org", "test-org",
+                                       "--manifest", str(manifest), "--manifest-out", str(pinned)])
+    assert result.exit_code == 0, result.output
+    assert calls == [("create_repo", "test-org/tiny", False, True),
+                     ("upload_folder", "test-org/tiny", ["README.md", "config.json", "model.safetensors"])]
+    pin = json.loads(pinned.read_text())["models"][0]
+    commit = hub.heads["test-org/tiny"]
+    uploaded = hub.repos["test-org/tiny"][commit]
+    assert pin["hub"] == {"repo_id": "test-org/tiny", "revision": commit, "filenames": ["config.json", "model.safetensors"],
+                          "sha256": hashlib.sha256(uploaded["model.safetensors"]).hexdigest()}
+    assert pin["source"]["sha256"] == sha256_file(TINY / "model.th")
+    assert json.loads(result.output[result.output.index("{"):])["tiny"]["revision"] == commit
+
+    hub.add("test-org/tiny", {"config.json": b"{}", "model.safetensors": b"not this one"})  # main moves on
+    published = vdvae_zoo.load("tiny", manifest=pinned, device="cpu")
+    original = vdvae_zoo.load(TINY / "model.th", config=golden_config, device="cpu")
+    published_state, original_state = published.state_dict(), original.state_dict()
+    assert published_state.keys() == original_state.keys()
+    for name, tensor in original_state.items():
+        assert torch.equal(published_state[name], tensor), name
+    assert "tiny" in (hub.repos["test-org/tiny"][commit]["README.md"]).decode()

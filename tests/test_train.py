@@ -1,5 +1,6 @@
 """The trainer on tiny configs and real photo crops (scikit-image's bundled images)."""
 
+import hashlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import vdvae_zoo
 from vdvae_zoo.images import sample_photos
 from vdvae_zoo.train import Trainer, TrainOptions
 
-from helpers import tiny_config_dict
+from helpers import entry, tiny_config_dict, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +194,49 @@ def test_bf16_autocast_training_runs_and_learns(tmp_path, photo_dir, config_file
     assert summary["skipped"] == 0 and all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     assert all(t.dtype == torch.float32 for t in weights(out).values())  # master weights stay float32
+
+
+@pytest.fixture()
+def golden_config(golden_config_dict):
+    return golden_config_dict
+
+
+def test_finetune_by_name_starts_from_the_released_ema_weights(tmp_path, hf_home, hub, golden_files, golden_config,
+                                                             golden_model):
+    from PIL import Image
+    from vdvae_zoo.config import TRAINING_PRESETS
+    from vdvae_zoo.images import sample_photos
+    from vdvae_zoo.train import Trainer, TrainOptions
+
+    commit = hub.add("test-org/tiny32", golden_files)
+    sha = hashlib.sha256(golden_files["model.safetensors"]).hexdigest()
+    manifest = write_manifest(tmp_path / "m.json", [entry("tiny-released", golden_config, revision=commit, sha256=sha)])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, img in enumerate(sample_photos(5, 32)):
+        Image.fromarray(img).save(photos / f"{i}.png")
+    trainer = Trainer(TrainOptions(data=str(photos), out=str(tmp_path / "run"), model="tiny-released",
+                                   manifest=str(manifest), steps=2, batch_size=2, val_fraction=0.2, val_every=0,
+                                   save_every=0, sample_every=0, device="cpu"))
+    released = golden_model.state_dict()
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, released[name]), name
+        assert torch.equal(trainer.ema.state_dict()[name], released[name]), name
+    assert trainer.opt.lr == TRAINING_PRESETS["cifar10"]["lr"]  # the manifest entry's preset gives the defaults
+    assert trainer.opt.ema_rate == TRAINING_PRESETS["cifar10"]["ema_rate"]
+    assert trainer.train()["step"] == 2
+    assert vdvae_zoo.load(tmp_path / "run", device="cpu").config.to_dict() == golden_model.config.to_dict()
+
+
+def test_the_finetune_command_options_are_the_train_options():
+    import dataclasses
+    from vdvae_zoo.cli import main
+    params = {p.name: p for p in main.commands["finetune"].params}
+    fields = {f.name: f for f in dataclasses.fields(TrainOptions)}
+    assert set(params) == set(fields)
+    for name, f in fields.items():
+        assert params[name].default == f.default, name
+        assert params[name].help == f.metadata["help"], name
+        assert params[name].required == bool(f.metadata.get("required")), name
+    with pytest.raises(TypeError, match="needs data= and out="):
+        TrainOptions()

@@ -19,7 +19,7 @@ def _train_options(fn):
         meta, name = f.metadata, "--" + f.name.replace("_", "-")
         kind, required = meta.get("type"), bool(meta.get("required"))
         if isinstance(f.default, bool):
-            fn = click.option(name, is_flag=True, help=meta["help"])(fn)
+            fn = click.option(name, f.name, is_flag=True, default=f.default, help=meta["help"])(fn)
             continue
         if "choices" in meta:
             type_ = click.Choice(meta["choices"])
