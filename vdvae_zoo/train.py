@@ -87,7 +87,7 @@ class TrainOptions:
     def __post_init__(self) -> None:
         missing = [f.name for f in dataclasses.fields(self) if f.metadata.get("required") and getattr(self, f.name) is None]
         if missing:
-            raise TypeError(f"TrainOptions needs {' and '.join(missing)}=")
+            raise TypeError(f"TrainOptions needs {' and '.join(m + '=' for m in missing)}")
 
 
 #: Optimisation defaults for models that are not a released preset (TRAINING_PRESETS has the presets').
