@@ -11,7 +11,7 @@ import torch
 
 from .config import VDVAEConfig
 
-__all__ = ["ImageBatch", "Temperature", "preprocess", "check_images", "check_count", "check_keep", "check_latents",
+__all__ = ["ImageBatch", "Temperature", "preprocess", "check_images", "check_image_pair", "check_count", "check_keep", "check_latents",
            "layer_temperatures"]
 
 ImageBatch = Union[torch.Tensor, np.ndarray]
@@ -41,6 +41,18 @@ def check_images(images: ImageBatch, config: VDVAEConfig, name: str = "images") 
     if images.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch")
     return images
+
+
+def check_image_pair(a: ImageBatch, b: ImageBatch, config: VDVAEConfig) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Two single images (H, W, 3) or two batches of the same shape; returns them as batches and whether they
+    were single images."""
+    single = isinstance(a, (torch.Tensor, np.ndarray)) and a.ndim == 3
+    if single:
+        a, b = a[None], b[None] if isinstance(b, (torch.Tensor, np.ndarray)) and b.ndim == 3 else b
+    a, b = check_images(a, config, "a"), check_images(b, config, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return a, b, single
 
 
 def check_count(value: int, name: str, minimum: int = 1, what: str = "") -> int:

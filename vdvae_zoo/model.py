@@ -20,15 +20,14 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from .batching import MicroBatch, auto_batch_size, check_batch_size, micro_batches, standard_normal
 from .config import VDVAEConfig
 from .dmol import dmol_nll, dmol_sample
-from .inputs import (ImageBatch, Temperature, check_count, check_images, check_keep, check_latents,
-                     layer_temperatures, preprocess)
+from .inputs import (ImageBatch, Temperature, check_count, check_image_pair, check_images, check_keep,
+                     check_latents, layer_temperatures, preprocess)
 from .network import Block, Decoder, Encoder, LayerOutput
 from .pretrained import PretrainedMixin
 from .runtime import DTypeLike, Runtime, compute_dtype
@@ -352,12 +351,7 @@ class VDVAE(nn.Module, PretrainedMixin):
         smooth and changes only where the interpolated latents do. Returns
         uint8 (steps, H, W, 3) for single images, (N, steps, H, W, 3) for batches, on the CPU; step 0 is a.
         """
-        single = isinstance(a, (torch.Tensor, np.ndarray)) and a.ndim == 3
-        if single:
-            a, b = a[None], b[None] if isinstance(b, (torch.Tensor, np.ndarray)) and b.ndim == 3 else b
-        a, b = check_images(a, self.config, "a"), check_images(b, self.config, "b")
-        if a.shape != b.shape:
-            raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        a, b, single = check_image_pair(a, b, self.config)
         check_count(steps, "steps", minimum=2, what="images on the path, ends included")
         if mode not in ("linear", "slerp"):
             raise ValueError(f"mode must be 'linear' or 'slerp', got {mode!r}")
