@@ -74,16 +74,17 @@ def test_convert_original_writes_a_loadable_folder(tmp_path, golden_config, gold
 
 def test_loading_an_unpublished_name_builds_and_checks_the_model_once(tmp_path, hf_home, source, golden_config,
                                                                      monkeypatch):
-    from vdvae_zoo import VDVAE, pretrained
+    from vdvae_zoo import VDVAE, pretrained, weights
     builds, checks = [], []
-    original_init, original_check = VDVAE.__init__, pretrained.check_state
+    original_init, original_check = VDVAE.__init__, weights.check_state
 
     def counting_init(self, *args, **kwargs):
         builds.append(1)
         original_init(self, *args, **kwargs)
 
     monkeypatch.setattr(VDVAE, "__init__", counting_init)
-    monkeypatch.setattr(pretrained, "check_state", lambda *a: checks.append(1) or original_check(*a))
+    for module in (pretrained, weights):  # the loader's own check and the architecture matcher's
+        monkeypatch.setattr(module, "check_state", lambda *a: checks.append(1) or original_check(*a))
     manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, url=f"{source.url}/tiny32-model-ema.th")])
     vdvae_zoo.load("tiny", manifest=manifest, device="cpu")
     assert (builds, checks) == ([1], [1])

@@ -26,7 +26,7 @@ from .files import atomic_write, sha256_file
 from .manifest import ModelEntry, valid_name
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "IntegrityError", "NotCachedError", "default_cache_dir", "offline",
-           "converted_folder", "hub_repo_folder", "is_cached", "fetch_hub_folder", "fetch_url", "download_original",
+           "converted_folder", "hub_repo_folder", "cached_folder", "is_cached", "fetch_hub_folder", "fetch_url", "download_original",
            "entry_lock", "DOWNLOAD_DEADLINE_S"]
 
 CONFIG_NAME = "config.json"
@@ -82,10 +82,22 @@ def hub_repo_folder(repo_id: str, cache_dir: CacheDir = None) -> Path:
     return _root(cache_dir) / ("models--" + repo_id.replace("/", "--"))
 
 
+def cached_folder(entry: ModelEntry, cache_dir: CacheDir = None) -> Optional[Path]:
+    """The folder holding the entry's config.json + model.safetensors when it is in the cache, else None (no
+    network: for a published entry, the pinned revision's snapshot)."""
+    if entry.published:
+        from huggingface_hub import try_to_load_from_cache
+        found = try_to_load_from_cache(entry.hub["repo_id"], WEIGHTS_NAME, cache_dir=str(_root(cache_dir)),
+                                       revision=entry.hub["revision"])
+        folder = Path(found).parent if isinstance(found, str) else None
+    else:
+        folder = converted_folder(entry, cache_dir)
+    return folder if folder and (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file() else None
+
+
 def is_cached(entry: ModelEntry, cache_dir: CacheDir = None) -> bool:
     """True when loading `entry` needs no download."""
-    folder = hub_repo_folder(entry.hub["repo_id"], cache_dir) if entry.published else converted_folder(entry, cache_dir)
-    return folder.exists() and any(folder.rglob(WEIGHTS_NAME))
+    return cached_folder(entry, cache_dir) is not None
 
 
 def not_cached_error(name: str, what: str) -> NotCachedError:

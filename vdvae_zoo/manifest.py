@@ -17,11 +17,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .config import PRESETS, VDVAEConfig
 
-__all__ = ["ModelEntry", "Manifest", "load_manifest", "manifest_data", "UnknownModelError", "valid_name",
+__all__ = ["ModelEntry", "Candidate", "Manifest", "load_manifest", "manifest_data", "UnknownModelError", "valid_name",
            "MANIFEST_FILE"]
 
 MANIFEST_FILE = "weights_manifest.json"
@@ -53,6 +53,20 @@ def _check_url(url: Any, where: str) -> None:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """An architecture a released file may hold besides the one its name promises (e.g. ffhq1024, issue #14):
+    `config` is a preset name or a dict of hyper-parameters; `note` is the sentence a user reads when the file
+    turns out to hold it."""
+
+    name: str
+    config: Union[str, Dict[str, Any]]
+    note: str = ""
+
+    def resolve_config(self) -> VDVAEConfig:
+        return VDVAEConfig.from_preset(self.config) if isinstance(self.config, str) else VDVAEConfig.from_dict(self.config)
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One released model of the manifest."""
 
@@ -70,10 +84,19 @@ class ModelEntry:
     encoder_verified: bool = True
     notes: str = ""
     config: Optional[Dict[str, Any]] = None  # an explicit architecture, for models that are not a preset
+    candidates: Tuple[Candidate, ...] = ()   # other architectures the file may hold (see Candidate)
 
     def resolve_config(self) -> VDVAEConfig:
         """The architecture the entry's name promises (its `config`, else its preset)."""
         return VDVAEConfig.from_dict(self.config) if self.config else VDVAEConfig.from_preset(self.preset)
+
+    def architectures(self) -> Dict[str, VDVAEConfig]:
+        """{label: config} of every architecture the entry's file may hold: 'published' first, then candidates."""
+        return {"published": self.resolve_config(), **{c.name: c.resolve_config() for c in self.candidates}}
+
+    def candidate_for(self, config: VDVAEConfig) -> Optional[Candidate]:
+        """The candidate whose architecture is `config` (None when it is the published one, or none of them)."""
+        return next((c for c in self.candidates if c.resolve_config() == config), None)
 
     @property
     def published(self) -> bool:
@@ -83,7 +106,7 @@ class ModelEntry:
 
 _REQUIRED = {"name": str, "preset": str, "dataset": str, "resolution": int, "bits": int, "parameters": int,
              "license": str, "hub": dict, "source": dict}
-_OPTIONAL = {"reported_test_bpd", "aliases", "encoder_verified", "notes", "config"}
+_OPTIONAL = {"reported_test_bpd", "aliases", "encoder_verified", "notes", "config", "candidates"}
 
 
 def _entry(m: Any, where: str) -> ModelEntry:
@@ -110,6 +133,19 @@ def _entry(m: Any, where: str) -> ModelEntry:
             raise ValueError(f"{where}: invalid config: {e}") from None
     elif m["preset"] not in PRESETS:
         raise ValueError(f"{where}: preset {m['preset']!r} is not one of {', '.join(PRESETS)}")
+    candidates = []
+    for j, c in enumerate(m.get("candidates", ())):
+        here = f"{where}: candidates[{j}]"
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or "config" not in c \
+                or set(c) - {"name", "config", "note"}:
+            raise ValueError(f"{here} must be an object with name, config (a preset name or hyper-parameters) and "
+                             "optionally note")
+        try:
+            candidate = Candidate(c["name"], c["config"], c.get("note", ""))
+            candidate.resolve_config()
+        except ValueError as e:
+            raise ValueError(f"{here} ({c['name']}): invalid config: {e}") from None
+        candidates.append(candidate)
     if m["bits"] not in (5, 8):
         raise ValueError(f"{where}: bits must be 5 or 8, got {m['bits']}")
     hub, source = m["hub"], m["source"]
@@ -129,7 +165,8 @@ def _entry(m: Any, where: str) -> ModelEntry:
         name=m["name"], preset=m["preset"], dataset=m["dataset"], resolution=m["resolution"], bits=m["bits"],
         parameters=m["parameters"], reported_test_bpd=m.get("reported_test_bpd"), license=m["license"],
         hub=dict(hub), source=dict(source), aliases=tuple(m.get("aliases", ())),
-        encoder_verified=bool(m.get("encoder_verified", True)), notes=m.get("notes", ""), config=m.get("config"))
+        encoder_verified=bool(m.get("encoder_verified", True)), notes=m.get("notes", ""), config=m.get("config"),
+        candidates=tuple(candidates))
 
 
 @dataclass
@@ -170,6 +207,15 @@ class Manifest:
         close = difflib.get_close_matches(name, self.names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownModelError(f"unknown model {name!r}.{hint} Known models: {', '.join(self.names)}.")
+
+    def architectures(self) -> Dict[str, VDVAEConfig]:
+        """Every architecture known by name: the presets ('preset cifar10'), then each entry's published one and
+        its candidates ('ffhq1024', 'ffhq1024: A'). What a file without a config is matched against."""
+        known = {f"preset {name}": VDVAEConfig.from_preset(name) for name in PRESETS}
+        for e in self.entries:
+            for label, config in e.architectures().items():
+                known[e.name if label == "published" else f"{e.name}: {label}"] = config
+        return known
 
     def for_resolution(self, size: int) -> Optional[ModelEntry]:
         """The first entry (in manifest order) whose images are size x size, or None: what `--model auto` picks."""

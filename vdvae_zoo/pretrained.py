@@ -19,12 +19,17 @@ from typing import Any, Dict, Optional, Tuple, TypeVar, Union
 import torch
 
 from . import hub
-from .config import PRESETS, ConfigLike, VDVAEConfig, resolve_config
+from .config import ConfigLike, VDVAEConfig, resolve_config
 from .files import sha256_file
 from .manifest import Manifest, ModelEntry, load_manifest
-from .weights import CONFIG_NAME, WEIGHTS_NAME, LoadReport, check_state, read_checkpoint, write_model_folder
+from .weights import (CONFIG_NAME, WEIGHTS_NAME, ArchitectureMatch, LoadReport, check_state, match_architectures,
+                      read_checkpoint, write_model_folder)
 
-__all__ = ["PretrainedMixin", "model_card", "pick_device"]
+__all__ = ["PretrainedMixin", "ArchitectureWarning", "model_card", "pick_device"]
+
+
+class ArchitectureWarning(UserWarning):
+    """A model loaded by name holds another architecture than the name's published hyper-parameters."""
 
 M = TypeVar("M", bound="PretrainedMixin")
 PathLike = Union[str, os.PathLike]
@@ -55,16 +60,6 @@ def _read_folder(folder: Path, config: ConfigLike = None) -> Loaded:
     return read_checkpoint(weights), resolve_config(config if config is not None else folder / CONFIG_NAME), str(weights)
 
 
-def _read_file(path: Path, config: ConfigLike) -> Loaded:
-    if config is None:
-        if path.suffix == ".safetensors" and path.with_name(CONFIG_NAME).is_file():
-            config = path.with_name(CONFIG_NAME)
-        else:
-            what = f"has no {CONFIG_NAME} beside it" if path.suffix == ".safetensors" else "is an original checkpoint"
-            raise ValueError(f"{path} {what}; say which architecture it has with config= (a preset name: "
-                             f"{', '.join(PRESETS)}; a dict; or a config.json path). `vdvae-zoo inspect {path}` shows "
-                             "what its tensors say.")
-    return read_checkpoint(path), resolve_config(config), str(path)
 
 
 def model_card(config: VDVAEConfig, entry: Optional[ModelEntry] = None, repo_id: Optional[str] = None) -> str:
@@ -108,17 +103,57 @@ class PretrainedMixin:
 
     config: VDVAEConfig
 
+    # ------------------------------------------------------------------------------- architectures
+    @classmethod
+    def _skeleton(cls: type[M], config: VDVAEConfig, built: Optional[Dict[str, M]] = None) -> M:
+        """`cls(config)` on the `meta` device (no memory), reused from `built` when it is there."""
+        key = config.to_json()
+        if built is not None and key in built:
+            return built[key]
+        with torch.device("meta"):
+            model = cls(config)
+        if built is not None:
+            built[key] = model
+        return model
+
+    @classmethod
+    def expected_shapes(cls, config: VDVAEConfig, built: Optional[dict] = None) -> Dict[str, Tuple[int, ...]]:
+        """The names and shapes of the tensors a model of `config` holds."""
+        return {k: tuple(v.shape) for k, v in cls._skeleton(config, built).state_dict().items()}
+
+    @classmethod
+    def identify(cls, state: Dict[str, torch.Tensor], manifest: ManifestLike = None) -> ArchitectureMatch:
+        """Which known architectures (presets, manifest entries and their candidates) `state` matches exactly."""
+        return match_architectures(state, load_manifest(manifest).architectures(), cls.expected_shapes)
+
+    @classmethod
+    def _choose_architecture(cls, state: Dict[str, torch.Tensor], architectures: Dict[str, VDVAEConfig],
+                             source: str) -> Tuple[str, VDVAEConfig, Any, Optional[LoadReport]]:
+        """The one architecture `state` matches exactly: (label, config, the meta skeleton its shapes were compared
+        with, the check's report). When only encoder tensors differ from the closest one: that one, with no skeleton
+        or report (it loads without its encoder). Otherwise a ValueError that says what to do."""
+        built: Dict[str, Any] = {}
+        match = match_architectures(state, architectures, lambda config: cls.expected_shapes(config, built))
+        if match.unique:
+            labels, config = match.unique
+            return labels[0], config, built[config.to_json()], LoadReport(source)
+        if not match.exact and match.closest is not None and match.closest[1].encoder_only:
+            return match.closest[0], architectures[match.closest[0]], None, None
+        raise ValueError(match.describe(source))
+
     # ------------------------------------------------------------------------------------------ building
     @classmethod
     def from_state_dict(cls: type[M], state: Dict[str, torch.Tensor], config: ConfigLike, *, source: str = "state dict",
-                        device: Union[None, str, torch.device] = None) -> Tuple[M, LoadReport]:
+                        device: Union[None, str, torch.device] = None, skeleton: Optional[M] = None,
+                        report: Optional[LoadReport] = None) -> Tuple[M, LoadReport]:
         """Build `cls(config)` holding `state`, checked strictly; returns (model in eval mode, LoadReport).
-        Raises ValueError listing the differences unless only encoder tensors differ."""
+        Raises ValueError listing the differences unless only encoder tensors differ. A `skeleton` (the model on
+        meta) and its `report`, when the caller already built and checked them, are used instead of doing it again."""
         config = resolve_config(config)
         target = pick_device(device)
-        with torch.device("meta"):
-            model = cls(config)
-        report = check_state({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, source)
+        model = skeleton if skeleton is not None else cls._skeleton(config)
+        if report is None:
+            report = check_state({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, source)
         if report.encoder_only:
             warnings.warn(f"{source}: the encoder tensors do not match the config ({report.summary()}). The decoder "
                           "was loaded: sample() and decode() work; likelihood(), encode() and reconstruct() raise until "
@@ -148,7 +183,9 @@ class PretrainedMixin:
           (`HF_HOME`, or `cache_dir=`) and pinned to the manifest's revision and sha256;
         - a folder holding `config.json` + `model.safetensors` (what `save_pretrained` and the trainer write);
         - a `.safetensors` file with a `config.json` beside it (or `config=`);
-        - an original `.th` checkpoint with `config=` (a preset name, dict, VDVAEConfig or config.json path);
+        - an original `.th` checkpoint, with `config=` (a preset name, dict, VDVAEConfig or config.json path) or
+          without: then the one known architecture (presets, manifest entries and their candidates) whose
+          names and shapes the file matches exactly is used, and several or none is an error that says why;
         - a Hub repository id `owner/name` holding config.json + model.safetensors.
         `local_files_only=True` (or HF_HUB_OFFLINE=1) never touches the network. With `output_loading_info`
         returns (model, LoadReport).
@@ -159,16 +196,27 @@ class PretrainedMixin:
         if path.is_dir():
             loaded = _read_folder(path, config)
         elif path.is_file():
-            loaded = _read_file(path, config)
+            loaded = cls._read_file(path, config, manifest)
         else:
             man = load_manifest(manifest)
             if text in man:
-                folder, built = cls._cached_folder(man.get(text), revision, cache_dir, local_files_only, device)
+                entry = man.get(text)
+                folder, built = cls._cached_folder(entry, revision, cache_dir, local_files_only, device)
                 loaded = None if built else _read_folder(folder)
+                _warn_if_not_published(entry, built[0].config if built else loaded[1])
             else:
                 loaded = _read_folder(_hub_id_folder(text, man, revision, cache_dir, local_files_only), config)
         model, report = built or cls.from_state_dict(loaded[0], loaded[1], source=loaded[2], device=device)
         return (model, report) if output_loading_info else model
+
+    @classmethod
+    def _read_file(cls, path: Path, config: ConfigLike, manifest: ManifestLike) -> Loaded:
+        state = read_checkpoint(path)
+        if config is None and path.suffix == ".safetensors" and path.with_name(CONFIG_NAME).is_file():
+            config = path.with_name(CONFIG_NAME)
+        if config is None:
+            config = cls._choose_architecture(state, load_manifest(manifest).architectures(), str(path))[1]
+        return state, resolve_config(config), str(path)
 
     @classmethod
     def download(cls, name: str, *, revision: Optional[str] = None, cache_dir: Union[None, PathLike] = None,
@@ -195,9 +243,10 @@ class PretrainedMixin:
             if done():  # another process converted it while we waited
                 return folder, None
             original = hub.download_original(entry, cache_dir)
-            state, config = read_checkpoint(original), entry.resolve_config()
-            built = cls.from_state_dict(state, config, source=entry.source["url"], device=device)
-            source = json.dumps({"url": entry.source["url"], "sha256": sha256_file(original)}, indent=2) + "\n"
+            state, url = read_checkpoint(original), entry.source["url"]
+            label, config, skeleton, report = cls._choose_architecture(state, entry.architectures(), url)
+            built = cls.from_state_dict(state, config, source=url, device=device, skeleton=skeleton, report=report)
+            source = json.dumps({"url": url, "sha256": sha256_file(original), "architecture": label}, indent=2) + "\n"
             write_model_folder(folder, state, config, card=model_card(config, entry), extra={"source.json": source})
             original.unlink()  # the converted copy is all we need; its sha256 is kept in source.json
         return folder, built
@@ -224,12 +273,33 @@ class PretrainedMixin:
 
     @classmethod
     def convert_original(cls, path: PathLike, config: ConfigLike, folder: PathLike, *,
-                         entry: Optional[ModelEntry] = None, overwrite: bool = False) -> Path:
+                         entry: Optional[ModelEntry] = None, overwrite: bool = False,
+                         manifest: ManifestLike = None) -> Path:
         """Convert an original `.th` state dict into a `config.json` + `model.safetensors` folder, tensors
-        unchanged. The keys and shapes are checked against `config` first (encoder-only differences warn)."""
-        config, state = resolve_config(config), read_checkpoint(path)
+        unchanged. The keys and shapes are checked against `config` first (encoder-only differences warn); with
+        `config=None` the file's architecture is recognised: among `entry`'s architectures when given (the published
+        one and its candidates), else among all known ones, as `from_pretrained` does."""
+        if config is None and entry is not None:
+            state = read_checkpoint(path)
+            config = cls._choose_architecture(state, entry.architectures(), str(path))[1]
+        else:
+            state, config = cls._read_file(Path(path), config, manifest)[:2]
         cls.from_state_dict(state, config, source=str(path), device="cpu")  # the check; raises on a mismatch
         return write_model_folder(folder, state, config, card=model_card(config, entry), overwrite=overwrite)
+
+
+def _warn_if_not_published(entry: ModelEntry, config: VDVAEConfig) -> None:
+    """One sentence when the weights behind `entry` hold another architecture than its name promises."""
+    published = entry.resolve_config()
+    if config == published:
+        return
+    candidate = entry.candidate_for(config)
+    what = (candidate.note if candidate and candidate.note else
+            f"its file holds another architecture than the published hyper-parameters "
+            f"({config.image_size}x{config.image_size}, {config.num_layers} stochastic layers instead of "
+            f"{published.image_size}x{published.image_size}, {published.num_layers})")
+    warnings.warn(f"{entry.name}: {what}. The model loaded is the one the file holds "
+                  f"(`vdvae-zoo info {entry.name}` shows it).", ArchitectureWarning, stacklevel=4)
 
 
 def _hub_id_folder(text: str, man: Manifest, revision, cache_dir, local_files_only) -> Path:

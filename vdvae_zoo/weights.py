@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -18,6 +18,7 @@ from .config import VDVAEConfig
 from .files import atomic_folder, atomic_write, refuse_existing, remove_stale_temporaries
 
 __all__ = ["read_checkpoint", "strip_ddp_prefix", "LoadReport", "check_state", "write_model_folder",
+           "ArchitectureMatch", "match_architectures",
            "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME"]
 
 CONFIG_NAME = "config.json"
@@ -137,3 +138,63 @@ def write_model_folder(folder: Union[str, os.PathLike], state: Mapping[str, torc
         write_into(staging)
     return folder
 
+
+
+@dataclass
+class ArchitectureMatch:
+    """Which known architectures a state dict's names and shapes match exactly; when none does, the closest one
+    and how the file differs from it."""
+
+    exact: List[Tuple[List[str], VDVAEConfig]]   # each distinct matching config, with every label that names it
+    closest: Optional[Tuple[str, LoadReport]] = None
+
+    @property
+    def unique(self) -> Optional[Tuple[List[str], VDVAEConfig]]:
+        return self.exact[0] if len(self.exact) == 1 else None
+
+    def describe(self, source: str) -> str:
+        """Why no single architecture could be chosen, in sentences that end with what to do."""
+        if len(self.exact) > 1:
+            names = "; ".join(" = ".join(labels) for labels, _ in self.exact)
+            return (f"{source} matches several known architectures with the same tensor shapes ({names}), which "
+                    "differ in what shapes do not show (preprocessing, resolutions of same-shaped blocks); pass "
+                    "config= (--config) to choose one")
+        closest = ""
+        if self.closest is not None:
+            label, report = self.closest
+            closest = f" The closest is {label}: {report.summary(4)}."
+        return (f"{source} matches none of the known architectures.{closest} Run `vdvae-zoo inspect {source}` to see "
+                "the structure its tensors determine, and pass the config it was trained with (config=, --config)")
+
+
+def _block_counts(state: Mapping[str, torch.Tensor]) -> Tuple[int, int, Optional[int]]:
+    """(encoder blocks, decoder layers, width) as the file's keys and shapes give them."""
+    def count(prefix: str, suffix: str) -> int:
+        return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix) and k.endswith(suffix)})
+    gain = state.get("decoder.gain")
+    return (count("encoder.enc_blocks.", ".c1.weight"), count("decoder.dec_blocks.", ".resnet.c1.weight"),
+            int(gain.shape[1]) if gain is not None and gain.ndim == 4 else None)
+
+
+def match_architectures(state: Mapping[str, torch.Tensor], candidates: Mapping[str, VDVAEConfig],
+                        expected_shapes: Callable[[VDVAEConfig], Mapping[str, Shape]]) -> ArchitectureMatch:
+    """Match a state dict against labelled configs by names and shapes (`expected_shapes(config)` gives what a
+    model of that config holds). Configs are compared once each, after a cheap check of block counts and width."""
+    groups: Dict[str, Tuple[List[str], VDVAEConfig]] = {}
+    for label, config in candidates.items():
+        groups.setdefault(config.to_json(), ([], config))[0].append(label)
+    found = _block_counts(state)
+    exact, reports = [], []
+    for labels, config in groups.values():
+        if (len(config.encoder_blocks), len(config.decoder_blocks), config.width) != found and found[0]:
+            continue  # cannot match: skip building it
+        report = check_state(expected_shapes(config), state, labels[0])
+        if report.ok:
+            exact.append((labels, config))
+        else:
+            reports.append((labels[0], report))
+    if exact:
+        return ArchitectureMatch(exact)
+    if not reports:  # nothing passed the quick check: compare everything, to name the closest
+        reports = [(labels[0], check_state(expected_shapes(config), state, labels[0])) for labels, config in groups.values()]
+    return ArchitectureMatch([], min(reports, key=lambda r: len(r[1].lines())) if reports else None)

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
-from .. import hub
+from .. import __version__, hub
 from ..config import resolve_config
 from ..files import atomic_write, sha256_file
 from ..inspection import compare_with_config, inspect_checkpoint
 from ..manifest import load_manifest, manifest_data
 from ..model import VDVAE, load
+from ..weights import read_checkpoint
 from .base import main, user_errors
 
 
@@ -61,6 +62,7 @@ def info(model, manifest):
         click.echo(f"source: {entry.source.get('url')}")
         click.echo(f"encoder: {'verified' if entry.encoder_verified else 'UNVERIFIED'}" + (f" ({entry.notes})" if entry.notes else ""))
         click.echo(f"cache: {_cache_path(entry)} ({'cached' if hub.is_cached(entry) else 'not downloaded'})")
+        config = _found_architecture(entry) or config
     else:
         path = Path(model)
         config = resolve_config(path / "config.json" if path.is_dir() else model)
@@ -72,26 +74,71 @@ def info(model, manifest):
     click.echo("config: " + json.dumps(config.to_dict()))
 
 
+def _found_architecture(entry):
+    """Print which architecture the entry's file holds (read off the cached copy) and return its config; before
+    a download, say that it is not yet known and which ones it may be."""
+    labels = list(entry.architectures())
+    folder = hub.cached_folder(entry)
+    if folder is None:
+        maybe = f"; the file may hold: {', '.join(labels)}" if len(labels) > 1 else ""
+        click.echo(f"architecture: not yet known (not downloaded){maybe}")
+        return None
+    config = resolve_config(folder / "config.json")
+    label = next((name for name, c in entry.architectures().items() if c == config), "not a listed candidate")
+    source = folder / "source.json"
+    sha = json.loads(source.read_text()).get("sha256") if source.is_file() else None
+    click.echo(f"architecture: {label} (read off the downloaded file)" + (f"; source sha256 {sha}" if sha else ""))
+    return config
+
+
 # ----------------------------------------------------------------------------------------- weights tooling
 @main.command()
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoint", metavar="FILE_OR_NAME")
 @click.option("--config", default=None, help="Compare with this preset or config.json.")
+@click.option("--download", is_flag=True, help="FILE_OR_NAME is a model name: fetch its file, then report on it.")
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="Another weights manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @user_errors
-def inspect(checkpoint, config, as_json):
-    """The architecture a checkpoint's tensor shapes determine (.th or .safetensors).
+def inspect(checkpoint, config, download, manifest, as_json):
+    """The architecture a checkpoint's tensor shapes determine (.th or .safetensors), and which known
+    architectures (presets, manifest entries and their candidates) it matches exactly.
 
     Example: vdvae-zoo inspect ffhq1024-iter-1700000-model-ema.th --config ffhq1024
+
+    With internet: vdvae-zoo inspect ffhq1024 --download   (prints the line to send us, see README)
     """
-    info_ = inspect_checkpoint(checkpoint)
+    if download:
+        man = load_manifest(manifest)
+        entry = man.get(checkpoint)
+        VDVAE.download(entry.name, manifest=man)
+        folder = hub.cached_folder(entry)
+        found = resolve_config(folder / "config.json")
+        label = next((n for n, c in entry.architectures().items() if c == found), "not a listed candidate")
+        source = json.loads((folder / "source.json").read_text()) if (folder / "source.json").is_file() else {}
+        sha = source.get("sha256") or sha256_file(folder / "model.safetensors")
+        click.echo(f"{entry.name}: architecture {label}; {'source' if source else 'model.safetensors'} sha256 {sha}; "
+                   f"{found.image_size}x{found.image_size}, {found.num_layers} stochastic layers, "
+                   f"{len(found.encoder_blocks)} encoder blocks, vdvae-zoo {__version__}")
+        checkpoint = str(folder / "model.safetensors")
+    elif not Path(checkpoint).is_file():
+        raise click.BadParameter(f"{checkpoint} is not a file (for a model name, add --download)",
+                                 param_hint="FILE_OR_NAME")
+    state = read_checkpoint(checkpoint)
+    info_ = inspect_checkpoint(state)
+    match = VDVAE.identify(state, manifest)
     diffs = compare_with_config(info_, resolve_config(config)) if config else None
     if as_json:
         d = info_.to_dict()
+        d["matches"] = [labels for labels, _ in match.exact]
         if diffs is not None:
             d["differences"] = diffs
         click.echo(json.dumps(d, indent=2))
         return
     click.echo(info_.describe())
+    if match.exact:
+        click.echo("matches exactly: " + "; ".join(" = ".join(labels) for labels, _ in match.exact))
+    elif match.closest is not None:
+        click.echo(f"matches no known architecture; the closest is {match.closest[0]}: {match.closest[1].summary(4)}")
     if diffs is not None:
         click.echo(f"compared with {config}: " + ("shapes agree" if not diffs else "DIFFERENT"))
         for d in diffs:
@@ -100,16 +147,19 @@ def inspect(checkpoint, config, as_json):
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--config", required=True, help="Preset name or config.json the file was trained with.")
+@click.option("--config", default=None,
+              help="Preset name or config.json the file was trained with (default: recognised from its tensors).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output folder.")
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False),
+              help="Another weights manifest whose architectures the file may match.")
 @user_errors
-def convert(checkpoint, config, output, overwrite):
+def convert(checkpoint, config, output, overwrite, manifest):
     """Convert an original .th into config.json + model.safetensors (+ model card).
 
     Example: vdvae-zoo convert ffhq256-iter-1700000-model-ema.th --config ffhq256 -o ffhq256/
     """
-    folder = VDVAE.convert_original(checkpoint, config, output, overwrite=overwrite)
+    folder = VDVAE.convert_original(checkpoint, config, output, overwrite=overwrite, manifest=manifest)
     click.echo(f"wrote {folder} (sha256 of model.safetensors: {sha256_file(Path(folder) / 'model.safetensors')})")
 
 
@@ -151,7 +201,7 @@ def publish(pairs, org, manifest_out, dry_run, manifest):
         name, path = pair.split("=", 1)
         entry = man.get(name)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = VDVAE.convert_original(path, entry.resolve_config(), Path(tmp) / "model", entry=entry)
+            folder = VDVAE.convert_original(path, None, Path(tmp) / "model", entry=entry)
             sha = sha256_file(folder / "model.safetensors")
             source_sha = sha256_file(path)
             if dry_run:
