@@ -24,6 +24,8 @@ __all__ = ["IMAGE_EXTENSIONS", "SAMPLE_PHOTOS", "sample_photos", "ImageReadError
            "image_size", "make_grid", "save_png"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+#: Images larger than this many pixels are refused before they are decoded (a 97 kB PNG can hold 100 Mpx).
+MAX_IMAGE_PIXELS = 64 * 2 ** 20
 PathLike = Union[str, os.PathLike]
 
 
@@ -68,19 +70,35 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """One image file as uint8 (H, W, 3), by the rules of this module. Raises ImageReadError."""
+def _check_pixels(path: PathLike, img: Image.Image, max_pixels: int) -> None:
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageReadError(path, f"is {w}x{h} ({w * h / 2 ** 20:.0f} Mpx), more than the {max_pixels / 2 ** 20:.0f} Mpx "
+                                   "this reads; downscale it first")
+
+
+def read_image(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """One image file as uint8 (H, W, 3), by the rules of this module; images over `max_pixels` are refused from
+    their header, before decoding. Raises ImageReadError."""
     try:
         with Image.open(path) as img:
+            _check_pixels(path, img, max_pixels)
             img.seek(0)
             img = ImageOps.exif_transpose(img)
             img.load()
             return np.asarray(_to_rgb(img), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise ImageReadError(path, "file does not exist") from None
+    except ImageReadError:
+        raise
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-        reason = "not an image Pillow can read" if "cannot identify" in str(e) else f"unreadable ({e})"
-        raise ImageReadError(path, reason) from None
+        raise ImageReadError(path, _reason(e)) from None
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, Image.DecompressionBombError):
+        return f"too large to read safely ({e})"
+    return "not an image Pillow can read" if "cannot identify" in str(e) else f"unreadable ({e})"
 
 
 def image_size(path: PathLike) -> Tuple[int, int]:
@@ -90,9 +108,8 @@ def image_size(path: PathLike) -> Tuple[int, int]:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
             return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-    except (OSError, ValueError, SyntaxError) as e:
-        reason = "not an image Pillow can read" if "cannot identify" in str(e) else f"unreadable ({e})"
-        raise ImageReadError(path, reason) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageReadError(path, _reason(e)) from None
 
 
 def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -119,17 +136,17 @@ def load_images(paths: Iterable[PathLike], size: Optional[int] = None, resize: O
     arrays, kept, skipped = [], [], []
     for p in map(Path, paths):
         try:
+            if size is not None and resize != "center-crop":  # the wrong size is skipped from the header alone
+                w, h = image_size(p)
+                if (w, h) != (size, size):
+                    skipped.append((p, f"is {w}x{h}, the model needs {size}x{size} (use --resize center-crop)"))
+                    continue
             img = read_image(p)
         except ImageReadError as e:
             skipped.append((p, e.reason))
             continue
         if size is not None and img.shape[:2] != (size, size):
-            if resize == "center-crop":
-                img = center_crop_resize(img, size)
-            else:
-                skipped.append((p, f"is {img.shape[1]}x{img.shape[0]}, the model needs {size}x{size} "
-                                   "(use --resize center-crop)"))
-                continue
+            img = center_crop_resize(img, size)
         arrays.append(img)
         kept.append(p)
     if arrays and len({a.shape for a in arrays}) > 1:

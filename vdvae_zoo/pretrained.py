@@ -22,7 +22,7 @@ from . import hub
 from .config import ConfigLike, VDVAEConfig, resolve_config
 from .files import sha256_file
 from .manifest import Manifest, ModelEntry, load_manifest
-from .weights import (CONFIG_NAME, WEIGHTS_NAME, ArchitectureMatch, LoadReport, check_state, match_architectures,
+from .weights import (CONFIG_NAME, RUN_MODEL_FOLDER, WEIGHTS_NAME, ArchitectureMatch, LoadReport, check_state, match_architectures,
                       read_checkpoint, write_model_folder)
 
 __all__ = ["PretrainedMixin", "ArchitectureWarning", "model_card", "pick_device"]
@@ -52,6 +52,8 @@ def pick_device(device: Union[None, str, torch.device]) -> torch.device:
 
 
 def _read_folder(folder: Path, config: ConfigLike = None) -> Loaded:
+    if not (folder / WEIGHTS_NAME).is_file() and (folder / RUN_MODEL_FOLDER / WEIGHTS_NAME).is_file():
+        folder = folder / RUN_MODEL_FOLDER  # a training run's folder: its exported EMA weights
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}; a model folder holds {CONFIG_NAME} + {WEIGHTS_NAME}")
@@ -217,6 +219,16 @@ class PretrainedMixin:
         if config is None:
             config = cls._choose_architecture(state, load_manifest(manifest).architectures(), str(path))[1]
         return state, resolve_config(config), str(path)
+
+    @classmethod
+    def config_of(cls, path: PathLike, manifest: ManifestLike = None) -> VDVAEConfig:
+        """The config a local folder or weights file would load with (config.json, or recognised from the tensors)."""
+        path = Path(path)
+        if path.is_dir():
+            return _read_folder(path)[1]
+        if path.suffix in (".json", ""):
+            return resolve_config(path)
+        return cls._read_file(path, None, manifest)[1]
 
     @classmethod
     def download(cls, name: str, *, revision: Optional[str] = None, cache_dir: Union[None, PathLike] = None,

@@ -15,84 +15,34 @@ processes or resumed from a checkpoint (on the CPU; GPU kernels are not bitwise 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from .config import TRAINING_PRESETS, VDVAEConfig, resolve_config
-from .files import atomic_folder, recover_folder
 from .images import find_images, make_grid, save_png
 from .manifest import load_manifest
 from .model import VDVAE, load
 from .plots import line_chart
+from .run_folder import RunFolder, finite_json
 from .train_data import ImageFolderData, StepBatches, readable_images
+from .train_options import GENERIC_DEFAULTS, RESUME_FIXED, TrainOptions
 
-__all__ = ["TrainOptions", "Trainer", "finetune", "GENERIC_DEFAULTS"]
-
-
-def _option(default: Any = None, help: str = "", **cli: Any) -> Any:
-    """A TrainOptions field: its default and help, and for the command line `type` (int, float, str, 'path',
-    'existing'), `min`/`max`, `choices`, `required`. The CLI's `finetune` options are generated from these."""
-    return field(default=default, metadata={"help": help, **cli})
+__all__ = ["TrainOptions", "Trainer", "finetune", "TrainingStalled"]
 
 
-@dataclass
-class TrainOptions:
-    """Everything a run needs: the one statement of the trainer's options (the CLI's `finetune` options are made
-    from these fields). Optimisation fields left as None take the preset's values (SPEC §1), else GENERIC_DEFAULTS."""
-
-    data: str = _option(None, "Folder of training images (recursive).", type="existing", required=True)
-    out: str = _option(None, "Run folder; loadable with vdvae_zoo.load.", type="path", required=True)
-    model: Optional[str] = _option(None, "Name or path to fine-tune from (its EMA weights).", type=str)
-    config: Optional[str] = _option(None, "Preset name or config.json: train from scratch.", type=str)
-    val_data: Optional[str] = _option(None, "Validation folder (default: a split of --data).", type="existing")
-    val_fraction: float = _option(0.1, "Share of --data held out for validation.", type=float, min=0.0, max=0.9)
-    steps: int = _option(1000, "Total iterations (applied + skipped updates); with --resume the run continues up "
-                               "to it.", type=int, min=1)
-    batch_size: Optional[int] = _option(None, "Images per process and step. Default: the preset's.", type=int, min=1)
-    lr: Optional[float] = _option(None, "Peak learning rate.", type=float)
-    weight_decay: Optional[float] = _option(None, "AdamW weight decay (not on biases, gains, bias_xs).", type=float)
-    warmup: Optional[int] = _option(None, "Linear warm-up over this many applied updates (0: none).", type=int, min=0)
-    grad_clip: Optional[float] = _option(None, "Clip the gradient's total L2 norm to this.", type=float)
-    skip_threshold: Optional[float] = _option(None, "Skip updates whose gradient norm reaches this (<=0: never).",
-                                              type=float)
-    ema_rate: Optional[float] = _option(None, "Rate of the exponential moving average of the weights.", type=float)
-    val_every: int = _option(500, "Validate every N steps (0: never).", type=int, min=0)
-    save_every: int = _option(500, "Checkpoint every N steps (0: only at the end).", type=int, min=0)
-    sample_every: int = _option(1000, "Write a sample grid every N steps (0: never).", type=int, min=0)
-    log_every: int = _option(10, "Log a line to log.jsonl every N steps.", type=int, min=1)
-    hflip: bool = _option(False, "Random horizontal flips.")
-    resume: bool = _option(False, "Continue the run in --out.")
-    device: str = _option("auto", "auto (CUDA when present), cpu, cuda, cuda:1.", type=str)
-    dtype: str = _option("float32", "bfloat16: autocast (CUDA, or CPUs with bf16 units).",
-                         choices=("float32", "bfloat16"))
-    seed: int = _option(0, "Seed of the initialisation, the split, the order, flips and posterior noise.", type=int)
-    workers: int = _option(0, "DataLoader worker processes reading ahead.", type=int, min=0)
-    skip_alarm: int = _option(50, "Warn after this many consecutive skipped updates.", type=int, min=1)
-    min_images: int = _option(2, "Refuse to train on fewer usable images.", type=int, min=1)
-    manifest: Optional[str] = _option(None, "Another weights manifest for --model names (private zoos).", type="path")
-
-    def __post_init__(self) -> None:
-        missing = [f.name for f in dataclasses.fields(self) if f.metadata.get("required") and getattr(self, f.name) is None]
-        if missing:
-            raise TypeError(f"TrainOptions needs {' and '.join(m + '=' for m in missing)}")
-
-
-#: Optimisation defaults for models that are not a released preset (TRAINING_PRESETS has the presets').
-GENERIC_DEFAULTS = dict(lr=2e-4, weight_decay=0.01, warmup=100, grad_clip=200.0, skip_threshold=400.0,
-                        ema_rate=0.999, batch_size=16)
+class TrainingStalled(RuntimeError):
+    """Every recent update was skipped: the run stopped learning (its checkpoint is saved)."""
 
 
 # ------------------------------------------------------------------------------------------- distributed
@@ -107,22 +57,6 @@ def _any_across_ranks(flag: bool, device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
-
-
-# ------------------------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(folder: Path, tensors: Dict[str, torch.Tensor], meta: Dict) -> None:
-    """Write a checkpoint folder as a unit (files.atomic_folder): the previous one stays until this one is complete."""
-    from safetensors.torch import save_file
-    with atomic_folder(folder) as staging:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / "state.safetensors"))
-        (staging / "meta.json").write_text(json.dumps(meta))
-
-
-def _find_checkpoint(folder: Path) -> Optional[Path]:
-    recover_folder(folder)  # a crash between atomic_folder's two renames leaves the previous one aside
-    if (folder / "meta.json").is_file() and (folder / "state.safetensors").is_file():
-        return folder
-    return None
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -149,6 +83,8 @@ class Trainer:
         if o.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {o.dtype!r}")
         self.out = Path(o.out)
+        self.run = RunFolder(self.out, writer=self.rank == 0)
+        self.run.prepare(resume=o.resume, source=o.model, start={"options": asdict(o)})  # before any heavy work
 
         # Model: warm start from EMA weights, or the paper's initialisation.
         preset = None
@@ -167,8 +103,7 @@ class Trainer:
         for k, v in defaults.items():
             if getattr(o, k) is None:
                 setattr(o, k, v)
-        if not 0 <= o.ema_rate < 1:
-            raise ValueError(f"ema_rate must be in [0, 1), got {o.ema_rate}")
+        o.check_ranges()
         self.model.to(self.device)
         self.ema = VDVAE(self.config).to(self.device).eval()
         self.ema.load_state_dict(self.model.state_dict())
@@ -196,9 +131,10 @@ class Trainer:
     # ---------------------------------------------------------------------------------------- data setup
     def _setup_data(self) -> None:
         o, size = self.opt, self.config.image_size
-        files = readable_images(find_images([o.data]))
+        resize = o.resize == "center-crop"
+        files = readable_images(find_images([o.data]), size, resize, quiet=self.rank != 0)
         if o.val_data:
-            train_files, val_files = files, readable_images(find_images([o.val_data]))
+            train_files, val_files = files, readable_images(find_images([o.val_data]), size, resize, quiet=self.rank != 0)
         else:
             order = np.random.default_rng(o.seed).permutation(len(files))
             n_val = int(round(len(files) * o.val_fraction)) if len(files) > 1 else 0
@@ -206,8 +142,9 @@ class Trainer:
             train_files = [files[i] for i in sorted(order[n_val:])]
         global_batch = o.batch_size * self.world
         if len(train_files) < max(o.min_images, global_batch):
-            raise ValueError(f"{o.data} has {len(train_files)} usable training images; need at least "
-                             f"{max(o.min_images, global_batch)} (batch size {o.batch_size} x {self.world} processes)")
+            raise ValueError(f"{o.data} has {len(train_files)} usable training images of {size}x{size}; need at least "
+                             f"{max(o.min_images, global_batch)} (batch size {o.batch_size} x {self.world} processes)"
+                             + ("" if resize else "; --resize center-crop uses images of other sizes too"))
         self.train_set = ImageFolderData(train_files, size, hflip=o.hflip, seed=o.seed)
         self.val_set = ImageFolderData(val_files, size) if val_files else None
         self.batches_per_epoch = len(train_files) // global_batch
@@ -332,16 +269,15 @@ class Trainer:
         if self.rank != 0:
             return
         tensors, meta = self._state()
-        _save_checkpoint(self.out / "checkpoint", tensors, meta)
-        self.ema.save_pretrained(self.out)  # the folder loads with vdvae_zoo.load(out): EMA weights
+        self.run.save_checkpoint(tensors, meta)
+        self.run.export(self.ema)  # OUT/model: vdvae_zoo.load(OUT) loads these EMA weights
 
     def resume(self) -> bool:
-        from safetensors.torch import load_file
-        found = _find_checkpoint(self.out / "checkpoint")
+        found = self.run.load_checkpoint()
         if found is None:
             return False
-        meta = json.loads((found / "meta.json").read_text())
-        tensors = load_file(str(found / "state.safetensors"))
+        tensors, meta = found
+        self._check_resumable(meta)
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         state: Dict[int, Dict] = {}
@@ -357,25 +293,60 @@ class Trainer:
             setattr(self, key, meta[key])
         return True
 
+    def _check_resumable(self, meta: Dict) -> None:
+        """The run in OUT must have this config and (unless allowed) the same fixed options."""
+        saved = VDVAEConfig.from_dict(meta["config"])
+        if saved != self.config:
+            fields = [k for k, v in saved.to_dict().items() if self.config.to_dict()[k] != v]
+            raise ValueError(f"--resume: the run in {self.out} was trained with another architecture (differing: "
+                             f"{', '.join(fields)}); resume with its --config/--model, or choose another --out")
+        before, now = meta.get("options", {}), asdict(self.opt)
+        changed = [k for k in RESUME_FIXED if k in before and before[k] != now[k]]
+        if changed and not self.opt.allow_changed_options:
+            listed = ", ".join(f"--{k.replace('_', '-')} {before[k]!r} -> {now[k]!r}" for k in changed)
+            raise ValueError(f"--resume: options differ from the run's ({listed}); pass them as before, or add "
+                             "--allow-changed-options to continue with the new ones")
+        if changed:
+            self._say(f"warning: continuing with changed options: {', '.join(changed)}")
+
     # ---------------------------------------------------------------------------------------------- loop
-    def _log(self, record: Dict) -> None:
+    def _say(self, line: str) -> None:
         if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with open(self.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            print(line, file=sys.stderr)
+
+    def _log(self, record: Dict) -> None:
+        self.run.log(record)
+
+    def summary_lines(self) -> List[str]:
+        """What the run will do, in a few lines (printed at the start)."""
+        o, n = self.opt, sum(p.numel() for p in self.model.parameters())
+        val = len(self.val_set) if self.val_set is not None else 0
+        return [f"training {'from ' + o.model if o.model else 'from scratch (' + str(o.config) + ')'}: {n:,} parameters, "
+                f"{self.config.image_size}x{self.config.image_size} images, on {self.device} ({o.dtype})",
+                f"data: {len(self.train_set)} training and {val} validation images from {o.data}",
+                f"optimisation: lr {o.lr:g} (warm-up {o.warmup} updates), batch {o.batch_size} x {self.world} "
+                f"process(es), EMA rate {o.ema_rate}, grad clip {o.grad_clip:g}, skip threshold {o.skip_threshold:g}",
+                f"run folder: {self.out} (the EMA weights in {self.run.model_path.name}/ load with vdvae_zoo.load)"]
 
     def _on_signal(self, signum, frame):
         self._stop_signal = signum
 
     def train(self) -> Dict:
-        """Run until `steps`; returns a summary. SIGINT/SIGTERM save a checkpoint and stop cleanly."""
+        """Run until `steps`; returns a summary (valid JSON: no NaN). SIGINT/SIGTERM save a checkpoint and stop
+        cleanly (`stopped_by_signal` holds the signal's number). A run whose updates are all skipped stops with a
+        RuntimeError, after saving."""
         o = self.opt
-        if _find_checkpoint(self.out / "checkpoint") is not None and not o.resume:
-            raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
-        if o.resume and not self.resume() and self.rank == 0:
-            print(f"no checkpoint in {self.out}; starting a new run", file=sys.stderr)
+        if o.resume:
+            self._say(f"resumed from step {self.step} of {o.steps}" if self.resume()
+                      else f"no checkpoint in {self.out}; starting a new run")
+        for line in self.summary_lines():
+            self._say(line)
+        if self.step >= o.steps:
+            self._say(f"the run is already at step {self.step} of --steps {o.steps}; raise --steps to continue")
+            return finite_json({"step": self.step, "updates": self.updates, "skipped": self.skipped,
+                                "stopped_by_signal": None})
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        stopped = False
+        stopped = None
         try:
             from huggingface_hub.utils import tqdm
             bar = tqdm(total=o.steps, initial=self.step, disable=self.rank != 0, desc="training", unit="step")
@@ -390,24 +361,39 @@ class Trainer:
                 if o.sample_every and self.step % o.sample_every == 0 and self.rank == 0:
                     self.write_samples()
                 stop = _any_across_ranks(self._stop_signal is not None, self.device)
-                if (o.save_every and self.step % o.save_every == 0) or stop or self.step == o.steps:
+                stalled = self.consecutive_skips >= o.stop_after_skips
+                if (o.save_every and self.step % o.save_every == 0) or stop or stalled or self.step == o.steps:
                     self.save()
                 if stop:
-                    stopped = True
+                    stopped = self._stop_signal or signal.SIGTERM
                     break
+                if stalled:
+                    raise TrainingStalled(self._stalled_message(record))
             bar.close()
+        except Exception:
+            if self.step > 0 and not isinstance(sys.exc_info()[1], TrainingStalled):
+                self.save()  # keep what was learned (e.g. files changed under the run); --resume continues
+            raise
         finally:
             self._loader = None  # stops the DataLoader's worker processes
             for s, handler in previous.items():
                 signal.signal(s, handler)
         summary = {"step": self.step, "updates": self.updates, "skipped": self.skipped, "stopped_by_signal": stopped}
         if not stopped:
+            if self.updates == 0:
+                raise TrainingStalled(self._stalled_message(record))
             summary["final_val_bpd"] = self.validate()
             summary["ranks_identical"] = self._ranks_identical()
             self._log(dict(summary, event="end"))
             if self.rank == 0:
                 self.plot_curves()
-        return summary
+        return finite_json(summary)
+
+    def _stalled_message(self, record: Dict) -> str:
+        return (f"training stopped learning: {self.consecutive_skips} updates in a row were skipped (last gradient "
+                f"norm {record['grad_norm']:.3g}, skip threshold {self.opt.skip_threshold:g}; "
+                f"{self.nan_count} NaN losses). The checkpoint in {self.out} was saved; resume with a higher "
+                "--skip-threshold or a lower --lr (and --allow-changed-options).")
 
     def _ranks_identical(self) -> bool:
         if self.world == 1:
@@ -419,9 +405,10 @@ class Trainer:
         return all(torch.equal(g, gathered[0]) for g in gathered)
 
     def plot_curves(self) -> Path:
-        """A PNG of the training loss and validation bpd against the step, drawn with Pillow."""
-        records = [json.loads(line) for line in (self.out / "log.jsonl").read_text().splitlines()]
-        series = {"train loss (nats/dim)": [(r["step"], r["loss"]) for r in records if "loss" in r],
+        """A PNG of the training loss and the validation bound against the step, both in bits per dim."""
+        records = self.run.records()
+        series = {"train loss (bits/dim)": [(r["step"], r["loss"] / math.log(2)) for r in records
+                                            if r.get("loss") is not None],
                   "val bpd": [(r["step"], r["val_bpd"]) for r in records if r.get("val_bpd") is not None]}
         path = self.out / "curves.png"
         line_chart(series, path)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import random
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, List
 
 import numpy as np
 import torch
 
-from .images import ImageReadError, center_crop_resize, read_image
+from .images import ImageReadError, center_crop_resize, image_size, read_image
 
 __all__ = ["ImageFolderData", "StepBatches", "readable_images"]
 
@@ -27,9 +28,20 @@ class ImageFolderData(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index) -> torch.Tensor:
-        """`index` is an int or an (int, epoch) pair; the epoch decides the flip (workers hold a copy of self)."""
+        """`index` is an int or an (int, epoch) pair; the epoch decides the flip (workers hold a copy of self).
+        A file that can no longer be read (deleted or replaced during the run) is replaced by the next readable
+        one, with a warning: the same substitute in every process, so the batch stays the same everywhere."""
         index, epoch = index if isinstance(index, tuple) else (index, 0)
-        img = center_crop_resize(read_image(self.files[index]), self.size)
+        for k in range(len(self.files)):
+            path = self.files[(index + k) % len(self.files)]
+            try:
+                img = center_crop_resize(read_image(path), self.size)
+                break
+            except ImageReadError as e:
+                warnings.warn(f"{path} can no longer be read ({e.reason}); using another image in its place",
+                              RuntimeWarning, stacklevel=2)
+        else:
+            raise ImageReadError(self.files[index], "no training image can be read any more")
         if self.hflip and random.Random(hash((self.seed, epoch, index))).random() < 0.5:
             img = img[:, ::-1]
         return torch.from_numpy(np.ascontiguousarray(img))
@@ -49,13 +61,20 @@ class StepBatches(torch.utils.data.Sampler):
             step += 1
 
 
-def readable_images(files: List[Path]) -> List[Path]:
-    """The files that read as images; the others are skipped with one warning line each."""
-    good = []
+def readable_images(files: List[Path], size: int, resize: bool, quiet: bool = False) -> List[Path]:
+    """The files whose header says they are images of `size` x `size` (any size with `resize`), read from headers
+    only (fast, whatever the folder's size). The others are skipped: counted in one warning, the first few named."""
+    good, skipped = [], []
     for f in files:
         try:
-            read_image(f)
+            w, h = image_size(f)
+            if not resize and (w, h) != (size, size):
+                skipped.append(f"{f}: is {w}x{h}, the model needs {size}x{size} (--resize center-crop)")
+                continue
             good.append(f)
         except ImageReadError as e:
-            print(f"warning: skipped {f}: {e.reason}", file=sys.stderr)
+            skipped.append(f"{f}: {e.reason}")
+    if skipped and not quiet:
+        print(f"warning: skipped {len(skipped)} of {len(files)} files: " + "; ".join(skipped[:3])
+              + ("; ..." if len(skipped) > 3 else ""), file=sys.stderr)
     return good

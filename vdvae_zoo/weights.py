@@ -8,6 +8,7 @@ other than tensors is refused, never unpickled. Everything we write is safetenso
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -24,6 +25,8 @@ __all__ = ["read_checkpoint", "strip_ddp_prefix", "LoadReport", "check_state", "
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+#: A training run folder keeps its exported EMA weights in this subfolder; loading the run folder loads it.
+RUN_MODEL_FOLDER = "model"
 _DDP_PREFIX = "module."
 Shape = Tuple[int, ...]
 
@@ -33,6 +36,20 @@ def strip_ddp_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     if state and all(k.startswith(_DDP_PREFIX) for k in state):
         return {k[len(_DDP_PREFIX):]: v for k, v in state.items()}
     return state
+
+
+def _refuse_inflating_archive(path: Path) -> None:
+    """torch.save writes an uncompressed zip, so its members together are no larger than the file. Anything else
+    (compressed members, or sizes that add up to more than the file) could inflate to any size: refuse it before
+    torch reads a byte. Files in torch's legacy (non-zip) format are left to torch.load."""
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+    declared = sum(m.file_size for m in members)
+    if any(m.compress_type != zipfile.ZIP_STORED for m in members) or declared > path.stat().st_size:
+        raise ValueError(f"refused to load {path}: its archive would inflate to {declared:,} bytes from "
+                         f"{path.stat().st_size:,} (compressed members); torch.save never writes that")
 
 
 def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
@@ -48,13 +65,15 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"cannot read {path} as safetensors: {e}") from None
     else:
+        _refuse_inflating_archive(path)
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure of the restricted unpickler means: refuse
+            why = type(e).__name__ if "weights_only" in str(e) else f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
             raise ValueError(
-                f"refused to load {path}: it is not a plain state dict of tensors that can be read safely "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). Only files holding "
-                "tensors are accepted (original .th checkpoints or .safetensors).") from None
+                f"refused to load {path}: it is not a plain state dict of tensors that can be read safely ({why}). "
+                "Only files holding tensors are accepted (original .th checkpoints, or .safetensors); nothing in "
+                "it was run.") from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

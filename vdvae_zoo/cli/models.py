@@ -63,9 +63,10 @@ def info(model, manifest):
         click.echo(f"encoder: {'verified' if entry.encoder_verified else 'UNVERIFIED'}" + (f" ({entry.notes})" if entry.notes else ""))
         click.echo(f"cache: {_cache_path(entry)} ({'cached' if hub.is_cached(entry) else 'not downloaded'})")
         config = _found_architecture(entry) or config
+    elif Path(model).exists():
+        config = VDVAE.config_of(model, manifest)
     else:
-        path = Path(model)
-        config = resolve_config(path / "config.json" if path.is_dir() else model)
+        config = resolve_config(model)  # a preset name
     per_res = {}
     for b in config.decoder_blocks:
         per_res[b.resolution] = per_res.get(b.resolution, 0) + 1

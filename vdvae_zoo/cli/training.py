@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 import click
 
-from ..train import TrainOptions, finetune
+from ..run_folder import RunFolderInUse
+from ..train import TrainingStalled, finetune
+from ..train_options import TrainOptions
 from .base import main, user_errors
 
 
@@ -37,15 +40,33 @@ def _train_options(fn):
 
 @main.command("finetune")
 @_train_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (on standard output).")
 @user_errors
-def finetune_command(**options):
+def finetune_command(as_json, **options):
     """Fine-tune a released model, or train from scratch, on a folder of images.
+
+    MODEL (--model) is a released name (vdvae-zoo list), a folder with config.json + model.safetensors, a
+    .safetensors or original .th file, or a Hub id owner/name.
 
     Example: vdvae-zoo finetune --model ffhq256 --data faces/ --out runs/faces --steps 20000
 
     Multi-GPU: torchrun --nproc_per_node 8 -m vdvae_zoo finetune --model ffhq256 --data faces/ --out runs/faces
     """
-    summary = finetune(**options)
-    click.echo(json.dumps(summary))
+    try:
+        summary = finetune(**options)
+    except (TrainingStalled, RunFolderInUse, PermissionError) as e:
+        raise click.ClickException(str(e)) from None
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # one process speaks
+    if as_json:
+        click.echo(json.dumps(summary))
+    out = options["out"]
     if summary.get("stopped_by_signal"):
-        sys.exit(130)
+        click.echo(f"stopped by signal {summary['stopped_by_signal']} at step {summary['step']}; the checkpoint is "
+                   "saved: run the same command with --resume to continue", err=True)
+        sys.exit(128 + summary["stopped_by_signal"])
+    if not as_json and "final_val_bpd" in summary:
+        val = summary.get("final_val_bpd")
+        click.echo(f"done: {summary['step']} steps ({summary['updates']} updates applied, {summary['skipped']} "
+                   f"skipped); validation bpd {'n/a' if val is None else f'{val:.4f}'}")
+        click.echo(f'the EMA weights are in {out}/model: vdvae_zoo.load("{out}") or vdvae-zoo sample {out}')

@@ -1,0 +1,142 @@
+"""What a training run owns on disk, and the rules that keep a user's files safe.
+
+    OUT/run.json              the options and config the run started with (marks the folder as a run of ours)
+    OUT/checkpoint/           model, EMA, optimizer, counters: written as a unit (files.atomic_folder)
+    OUT/model/                the EMA weights as config.json + model.safetensors, written as a unit;
+                              `vdvae_zoo.load(OUT)` loads it
+    OUT/log.jsonl             one JSON object per line (non-finite numbers are written as null)
+    OUT/samples/, OUT/curves.png
+
+A folder is ours when it holds run.json or checkpoint/. Anything else that is not empty is refused, as is the
+folder a fine-tuning run reads its weights from. One trainer at a time holds OUT (a lock file, released when
+the process ends, whatever way it ends).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from .files import atomic_folder, atomic_write, recover_folder, remove_stale_temporaries
+from .weights import RUN_MODEL_FOLDER
+
+__all__ = ["RunFolder", "RunFolderInUse", "finite_json"]
+
+
+class RunFolderInUse(RuntimeError):
+    """Another trainer process holds the run folder."""
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with NaN and infinities replaced by None, so that it is valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+class RunFolder:
+    """The run folder OUT of a trainer process (only rank 0 writes)."""
+
+    def __init__(self, path: os.PathLike, writer: bool = True):
+        self.path, self.writer = Path(path), writer
+        self._lock_file = None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint"
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / RUN_MODEL_FOLDER
+
+    def is_ours(self) -> bool:
+        recover_folder(self.checkpoint_path)  # a crash between atomic_folder's two renames leaves it aside
+        return (self.path / "run.json").is_file() or self.checkpoint_path.is_dir()
+
+    def has_checkpoint(self) -> bool:
+        recover_folder(self.checkpoint_path)
+        return (self.checkpoint_path / "meta.json").is_file() and (self.checkpoint_path / "state.safetensors").is_file()
+
+    def prepare(self, *, resume: bool, source: Optional[str], start: Dict[str, Any]) -> None:
+        """Check OUT before any training: not the fine-tuning source, ours or empty, writable; lock it; remove
+        temporaries of dead processes; write run.json (`start`: options and config) for a new run."""
+        if not self.writer:  # rank 0 checks and writes; the others follow it
+            return
+        out = self.path.resolve()
+        if source and Path(source).exists():
+            src = Path(source).resolve()
+            if out == src or src.is_relative_to(out) or out.is_relative_to(src if src.is_dir() else src.parent):
+                raise ValueError(f"--out {self.path} is where --model {source} is read from; training would overwrite "
+                                 "it. Choose another --out.")
+        if self.path.exists() and not self.path.is_dir():
+            raise FileExistsError(f"--out {self.path} is a file; choose a folder")
+        if self.path.is_dir() and not self.is_ours() and any(self.path.iterdir()):
+            raise FileExistsError(f"--out {self.path} is not empty and holds no run of ours (no run.json or "
+                                  "checkpoint/); choose a new or empty folder")
+        if self.is_ours() and not resume:
+            raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock()
+            remove_stale_temporaries(self.path)
+            if not (self.path / "run.json").is_file():
+                atomic_write(self.path / "run.json", json.dumps(finite_json(start), indent=2) + "\n")
+        except OSError as e:  # read-only, not a folder, disk full...
+            raise PermissionError(f"cannot write to --out {self.path} ({e.strerror or e}); choose a folder you can "
+                                  "write to") from None
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        self._lock_file = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise RunFolderInUse(f"another trainer is using {self.path}; wait for it to finish or choose another "
+                               "--out") from None
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
+        from safetensors.torch import save_file
+        with atomic_folder(self.checkpoint_path) as staging:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / "state.safetensors"))
+            (staging / "meta.json").write_text(json.dumps(finite_json(meta)))
+
+    def load_checkpoint(self) -> Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
+        from safetensors.torch import load_file
+        if not self.has_checkpoint():
+            return None
+        meta = json.loads((self.checkpoint_path / "meta.json").read_text())
+        return load_file(str(self.checkpoint_path / "state.safetensors")), meta
+
+    def export(self, model) -> Path:
+        """The EMA weights as a loadable folder, replaced as a unit."""
+        return model.save_pretrained(self.model_path)
+
+    # ------------------------------------------------------------------------------------------- log
+    def log(self, record: Dict[str, Any]) -> None:
+        if self.writer:
+            with open(self.path / "log.jsonl", "a") as f:
+                f.write(json.dumps(finite_json(record)) + "\n")
+
+    def records(self) -> List[Dict[str, Any]]:
+        path = self.path / "log.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
