@@ -11,11 +11,9 @@ import torch
 
 import vdvae_zoo
 import vdvae_zoo.images
+from vdvae_zoo.config import resolve_config
 from vdvae_zoo.images import find_images, load_images
 
-TINY_CONFIG = dict(image_size=32, width=32, zdim=8, num_mixtures=4,
-                   enc_blocks="32x2,32d2,16x2,16d2,8x2,8d2,4x2,4d4,1x2",
-                   dec_blocks="1x1,4m1,4x2,8m4,8x2,16m8,16x2,32m16,32x2")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +25,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     parser.add_argument("--dtype", default="float32", help="Compute precision: float32 or bfloat16.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="Replace output files that exist.")
 
 
 def get_model(args: argparse.Namespace) -> vdvae_zoo.VDVAE:
@@ -35,7 +34,7 @@ def get_model(args: argparse.Namespace) -> vdvae_zoo.VDVAE:
             args.images.insert(0, args.model)  # `--tiny FOLDER`: the first positional was an image path
             args.model = None
         torch.manual_seed(args.seed)
-        return vdvae_zoo.VDVAE(vdvae_zoo.VDVAEConfig.from_dict(TINY_CONFIG)).eval().optimize(dtype=args.dtype)
+        return vdvae_zoo.VDVAE(resolve_config("tiny32")).eval().optimize(dtype=args.dtype)
     if args.model is None:
         raise SystemExit("give a model (e.g. cifar10, or a folder) or --tiny")
     try:
@@ -64,7 +63,11 @@ def read_images(paths: List[str], size: int, n_default: int = 4, resize: bool = 
     return images
 
 
-def output_path(path: Optional[str], default: str) -> Path:
+def output_path(path: Optional[str], default: str, overwrite: bool, folder: bool = False) -> Path:
+    """Where to write; an existing file (or non-empty folder) is refused unless --overwrite."""
     out = Path(path or default)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    exists = out.exists() and (not folder or any(out.iterdir()))
+    if exists and not overwrite:
+        raise SystemExit(f"{out} exists; pass --overwrite to replace {'what is in it' if folder else 'it'}")
+    (out if folder else out.parent).mkdir(parents=True, exist_ok=True)
     return out

@@ -31,7 +31,7 @@ def main() -> None:
     for r, bits in vdvae_zoo.bits_per_resolution(result.kl, model.layer_resolutions).items():
         print(f"  layers at {r:4d}x{r:<4d} hold {bits:10.1f} bits per image")
     if args.chart:
-        out = output_path(args.chart, "layers.png")
+        out = output_path(args.chart, "layers.png", args.overwrite)
         vdvae_zoo.kl_chart(result.kl, model.layer_resolutions, out)
         print(f"wrote {out}")
 

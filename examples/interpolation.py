@@ -34,7 +34,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         rows.append(model.interpolate(images[0], images[1], args.steps, keep=keep, temperature=args.temperature,
                                       mode=args.mode).numpy())
-    out = output_path(args.output, "interpolation.png")
+    out = output_path(args.output, "interpolation.png", args.overwrite)
     save_png(make_grid(np.concatenate(rows), ncols=args.steps), out)
     print(f"wrote {out}: {args.steps} steps, rows keep {', '.join(args.keep)}")
 

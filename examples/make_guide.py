@@ -15,6 +15,7 @@ from PIL import Image
 
 import vdvae_zoo
 from vdvae_zoo.images import make_grid, save_png
+from vdvae_zoo.inputs import figure4_keeps
 
 from _common import add_model_arguments, get_model, output_path, read_images
 
@@ -36,7 +37,7 @@ def main() -> None:
         picture = grid.resize((grid.width * zoom, grid.height * zoom), Image.NEAREST) if zoom > 1 else grid
         save_png(picture, out / name)
 
-    out = output_path(args.out + "/x", "x").parent
+    out = output_path(args.out, "docs/images", args.overwrite, folder=True)
     size, L = model.config.image_size, model.num_layers
     images = read_images(args.images, size, n_default=6)
 
@@ -47,7 +48,7 @@ def main() -> None:
         rows.append(model.sample(8, temperature=t).numpy())
     save(make_grid(np.concatenate(rows), ncols=8), "samples_by_temperature.png")
 
-    keeps = sorted({1, min(4, L), min(16, L), L})
+    keeps = figure4_keeps(L)
     torch.manual_seed(args.seed)
     rows = model.reconstruct(images[:4], keep=keeps, temperature=0.1).numpy()
     grid = np.concatenate([images[:4, None], rows], axis=1).reshape(-1, size, size, 3)

@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="Side of the square crops, pixels.")
     parser.add_argument("-n", type=int, default=400, help="Number of crops.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="Write into a folder that is not empty.")
     parser.add_argument("--tiny-config", default=None, help="Also write the examples' tiny 32x32 config here (JSON).")
     args = parser.parse_args()
     try:
@@ -28,6 +29,8 @@ def main() -> None:
         raise SystemExit(str(e)) from None
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise SystemExit(f"{out} is not empty; pass --overwrite to write into it")
     out.mkdir(parents=True, exist_ok=True)
     for k in range(args.n):
         img = photos[k % len(photos)]
@@ -38,8 +41,8 @@ def main() -> None:
         crop.save(out / f"crop_{k:04d}.png")
     print(f"wrote {args.n} {args.size}x{args.size} crops to {out}")
     if args.tiny_config:
-        from _common import TINY_CONFIG
-        Path(args.tiny_config).write_text(json.dumps(TINY_CONFIG, indent=2) + "\n")
+        from vdvae_zoo.config import EXAMPLE_CONFIGS
+        Path(args.tiny_config).write_text(json.dumps(EXAMPLE_CONFIGS["tiny32"], indent=2) + "\n")
         print(f"wrote {args.tiny_config}")
 
 

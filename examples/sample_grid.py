@@ -26,7 +26,7 @@ def main() -> None:
     for t in args.temperature:
         torch.manual_seed(args.seed)  # the same noise at each temperature: rows differ by temperature only
         rows.append(model.sample(args.n, temperature=t).numpy())
-    out = output_path(args.output, "samples.png")
+    out = output_path(args.output, "samples.png", args.overwrite)
     save_png(make_grid(np.concatenate(rows), ncols=args.n), out)
     print(f"wrote {out}: rows at temperatures {', '.join(map(str, args.temperature))}")
 

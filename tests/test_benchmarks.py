@@ -5,9 +5,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO, tiny_config_dict
 
 
+@pytest.mark.slow  # subprocesses; about 10-30 s each (README: the quick run skips these)
 def test_bench_reports_every_variant_against_the_reference(tmp_path):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(tiny_config_dict()))

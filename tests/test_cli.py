@@ -189,7 +189,7 @@ def test_encode_and_reconstruct(tmp_path, image_dir, model_dir):
     result = run("reconstruct", model_dir, image_dir / "astronaut.png", image_dir / "rocket.bmp",
                  "--keep", "1,4,all", "-o", grid)
     assert result.exit_code == 0, result.output
-    assert Image.open(grid).size == (4 * 34 + 2, 2 * 34 + 2)
+    assert Image.open(grid).size == (4 * 130 + 2, 2 * 130 + 2)  # 32x32 cells shown 4x larger (128 + 2 padding)
 
 
 def test_list_info_inspect_convert(tmp_path):
@@ -266,7 +266,7 @@ def test_interpolate_command(tmp_path, image_dir, model_dir):
     a, b = image_dir / "astronaut.png", image_dir / "rocket.bmp"
     result = run("interpolate", model_dir, a, b, "--steps", 4, "--keep", 3, "-o", out, "--dtype", "bfloat16")
     assert result.exit_code == 0, result.output
-    assert Image.open(out).size == (4 * 32 + 5 * 2, 32 + 2 * 2)
+    assert Image.open(out).size == (4 * 128 + 5 * 2, 128 + 2 * 2)  # 4 steps of 32x32, shown 4x larger
     bad = run("interpolate", model_dir, a, image_dir, "-o", tmp_path / "x.png")
     assert bad.exit_code != 0 and "directory" in bad.output
 

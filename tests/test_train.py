@@ -125,6 +125,7 @@ def _cli(*args, env=None, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow  # subprocesses; about 10-30 s each (README: the quick run skips these)
 def test_sigterm_saves_and_resume_finishes_identically(tmp_path, photo_dir, config_file):
     common = ["--config", config_file, "--data", photo_dir, "--batch-size", 4, "--lr", 2e-3, "--warmup", 2,
               "--val-every", 0, "--save-every", 0, "--sample-every", 0, "--log-every", 1, "--device", "cpu"]
@@ -147,6 +148,7 @@ def test_sigterm_saves_and_resume_finishes_identically(tmp_path, photo_dir, conf
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # subprocesses; about 10-30 s each (README: the quick run skips these)
 def test_two_gloo_processes_match_one_process(tmp_path, photo_dir, config_file):
     common = ["--config", config_file, "--data", photo_dir, "--lr", 2e-3, "--warmup", 2, "--steps", 4,
               "--val-every", 0, "--save-every", 0, "--sample-every", 0, "--log-every", 1, "--device", "cpu"]

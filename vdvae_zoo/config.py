@@ -29,6 +29,7 @@ __all__ = [
     "list_models",
     "PRESETS",
     "TRAINING_PRESETS",
+    "EXAMPLE_CONFIGS",
     "resolve_config",
     "ConfigLike",
 ]
@@ -373,6 +374,15 @@ TRAINING_PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
+#: Small architectures to start from (not released models): `resolve_config("tiny32")`, `vdvae-zoo new tiny32`.
+#: tiny32 (32x32, 139k parameters) trains from scratch on a CPU in minutes (docs/guide.md).
+EXAMPLE_CONFIGS: Dict[str, Dict[str, Any]] = {
+    "tiny32": dict(image_size=32, width=32, zdim=8, num_mixtures=4,
+                   enc_blocks="32x2,32d2,16x2,16d2,8x2,8d2,4x2,4d4,1x2",
+                   dec_blocks="1x1,4m1,4x2,8m4,8x2,16m8,16x2,32m16,32x2"),
+}
+
+
 def list_models() -> List[str]:
     """Names of the architecture presets (the released models' hyper-parameters)."""
     return list(PRESETS)
@@ -393,6 +403,12 @@ def resolve_config(config: ConfigLike) -> VDVAEConfig:
             return VDVAEConfig.from_json(Path(text))
         if text.endswith(".json") or os.sep in text:
             raise FileNotFoundError(f"config file {text} does not exist")
-        return VDVAEConfig.from_preset(text)
+        if text in EXAMPLE_CONFIGS:
+            return VDVAEConfig.from_dict(EXAMPLE_CONFIGS[text])
+        try:
+            return VDVAEConfig.from_preset(text)
+        except ValueError:
+            raise ValueError(f"unknown config {text!r}: give a preset ({', '.join(PRESETS)}), an example config "
+                             f"({', '.join(EXAMPLE_CONFIGS)}) or the path of a config.json") from None
     raise ValueError("config must be a preset name (" + ", ".join(PRESETS) + "), a dict, a VDVAEConfig or the "
                      f"path of a config.json; got {type(config).__name__}")

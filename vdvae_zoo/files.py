@@ -25,6 +25,23 @@ Content = Union[bytes, str, Callable[[Path], None]]
 _TEMPORARY = re.compile(r"^\.(.+)\.(?:tmp|staging|old)-(\d+)$")
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would, for a moment, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: Path) -> None:
+    """Give a file the mode a plain open() would (some writers, safetensors among them, create files 0600)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _temporary(path: Path, kind: str) -> Path:
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
 
@@ -49,6 +66,7 @@ def atomic_write(path: PathLike, content: Content, *, overwrite: bool = True) ->
         else:
             with open(tmp, "wb") as f:
                 f.write(content.encode() if isinstance(content, str) else content)
+        _normal_mode(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -69,6 +87,9 @@ def atomic_folder(path: PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+        for file in staging.rglob("*"):
+            if file.is_file() and not file.is_symlink():
+                _normal_mode(file)
         if path.exists():
             os.replace(path, old)
         os.replace(staging, path)

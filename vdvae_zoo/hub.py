@@ -185,7 +185,8 @@ def fetch_url(url: str, destination: Path, expected_sha256: Optional[str] = None
     except TimeoutError as e:
         raise ConnectionError(str(e)) from None
     except (urllib.error.URLError, OSError) as e:
-        raise ConnectionError(f"could not download {url}: {e}") from e
+        reason = getattr(e, "reason", None) or e
+        raise ConnectionError(f"could not download {url} ({reason})") from None
     return digest.hexdigest()
 
 
@@ -203,5 +204,14 @@ def download_original(entry: ModelEntry, cache_dir: CacheDir = None) -> Path:
     folder = converted_folder(entry, cache_dir)
     original = folder.parent / "originals" / f"{entry.name}.th"
     if not original.is_file():
-        fetch_url(entry.source["url"], original, entry.source.get("sha256"))
+        try:
+            fetch_url(entry.source["url"], original, entry.source.get("sha256"))
+        except ConnectionError as e:
+            if original.parent.is_dir() and not any(original.parent.iterdir()):
+                original.parent.rmdir()  # leave no empty folder behind
+            size = f"about {entry.parameters * 4 / 1e6:,.0f} MB" if entry.parameters else "the file"
+            raise ConnectionError(
+                f"{e}; model {entry.name!r} needs {size} from there once. Ways out: run `vdvae-zoo download "
+                f"{entry.name}` on a machine with internet and the same HF_HOME (or --cache-dir), then use "
+                "HF_HUB_OFFLINE=1 here; or load a file you already have with load(FILE, config=...)") from None
     return original

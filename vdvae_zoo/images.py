@@ -155,10 +155,16 @@ def load_images(paths: Iterable[PathLike], size: Optional[int] = None, resize: O
     return stacked, kept, skipped
 
 
-def make_grid(images: np.ndarray, ncols: Optional[int] = None, padding: int = 2) -> Image.Image:
-    """Tile uint8 (N, H, W, 3) images into one RGB picture, `ncols` per row (default: about square)."""
+def make_grid(images: np.ndarray, ncols: Optional[int] = None, padding: int = 2, zoom: Optional[int] = 1) -> Image.Image:
+    """Tile uint8 (N, H, W, 3) images into one RGB picture, `ncols` per row (default: about square). `zoom`
+    enlarges each image that many times (nearest neighbour, pixels stay visible); None: enough for about 128
+    pixels per image, so that 32x32 samples can be looked at."""
     images = np.asarray(images)
     n, h, w, _ = images.shape
+    zoom = max(1, 128 // max(h, w)) if zoom is None else zoom
+    if zoom > 1:
+        images = images.repeat(zoom, axis=1).repeat(zoom, axis=2)
+        h, w = h * zoom, w * zoom
     ncols = ncols or int(np.ceil(np.sqrt(n)))
     nrows = int(np.ceil(n / ncols))
     grid = np.full((nrows * (h + padding) + padding, ncols * (w + padding) + padding, 3), 255, np.uint8)

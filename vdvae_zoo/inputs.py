@@ -11,7 +11,7 @@ import torch
 
 from .config import VDVAEConfig
 
-__all__ = ["ImageBatch", "Temperature", "preprocess", "check_images", "check_image_pair", "check_count", "check_keep", "check_latents",
+__all__ = ["ImageBatch", "Temperature", "preprocess", "figure4_keeps", "check_images", "check_image_pair", "check_count", "check_keep", "check_latents",
            "layer_temperatures"]
 
 ImageBatch = Union[torch.Tensor, np.ndarray]
@@ -59,6 +59,12 @@ def check_count(value: int, name: str, minimum: int = 1, what: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}{f' ({what})' if what else ''}, got {value!r}")
     return value
+
+
+def figure4_keeps(num_layers: int) -> List[int]:
+    """The paper's Figure 4 columns that fit a model of `num_layers` layers: 1, 4 and 16 layers kept where fewer
+    than all, then all of them (no column twice)."""
+    return [k for k in (1, 4, 16) if k < num_layers] + [num_layers]
 
 
 def check_keep(keep: Optional[int], num_layers: int) -> int:

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from .images import save_png
 
-__all__ = ["bits_per_layer", "bits_per_resolution", "kl_caption", "kl_chart", "line_chart"]
+__all__ = ["bits_per_layer", "bits_per_resolution", "kl_caption", "kl_chart", "line_chart", "resolution_labels"]
 
 # Alternating colours for the groups of layers that share a resolution.
 _GROUP_COLOURS = ("steelblue", "darkorange")
@@ -58,6 +58,25 @@ def kl_caption(kl: torch.Tensor, resolutions: Sequence[int]) -> str:
     return f"share of {total:.4g} bits per image: {shares}"
 
 
+def resolution_labels(layout: Sequence[Tuple[float, float]], resolutions: Sequence[int], y0: float,
+                      text_width) -> List[Tuple[Tuple[float, float], str]]:
+    """Where each resolution group's label goes under the bars: at the group's first bar, in the first of two rows
+    where it does not overlap the label before it; a label that fits in neither row is left out (the caption
+    gives every resolution's share)."""
+    rows_end = [float("-inf"), float("-inf")]
+    placed, previous = [], None
+    for (left, _), r in zip(layout, resolutions):
+        if r == previous:
+            continue
+        previous, text = r, f"{r}x{r}"
+        for row in (0, 1):
+            if left >= rows_end[row] + 4:
+                placed.append(((left, y0 + 6 + 13 * row), text))
+                rows_end[row] = left + text_width(text)
+                break
+    return placed
+
+
 def kl_chart(kl: torch.Tensor, resolutions: Sequence[int], path: Union[None, str, Path] = None, *,
              title: Optional[str] = None, width: int = 900, height: int = 420, overwrite: bool = True) -> Image.Image:
     """A bar chart of bits per image in each decoder layer (top layer on the left), grouped by resolution.
@@ -75,12 +94,13 @@ def kl_chart(kl: torch.Tensor, resolutions: Sequence[int], path: Union[None, str
     d.text((5, y1 - 5), f"{peak:.3g}", fill="black")
     d.text((5, y0 - 10), "0", fill="black")
     d.text((5, 5), title or "bits per layer (per image)", fill="black")
-    group, colour_index, previous = {}, -1, None
-    for i, ((left, right), b, r) in enumerate(zip(bar_layout(len(bits), width, margin), bits.tolist(), resolutions)):
+    colour_index, previous = -1, None
+    layout = bar_layout(len(bits), width, margin)
+    for (x, y), text in resolution_labels(layout, resolutions, y0, d.textlength):
+        d.text((x, y), text, fill="black")
+    for (left, right), b, r in zip(layout, bits.tolist(), resolutions):
         if r != previous:
             colour_index, previous = colour_index + 1, r
-            group[r] = left
-            d.text((left, y0 + 8), f"{r}x{r}", fill="black")
         h = max(0.0, b) / peak * (y0 - y1)
         if h >= 1:
             d.rectangle([left, y0 - h, right, y0 - 1], fill=_GROUP_COLOURS[colour_index % 2])

@@ -33,6 +33,7 @@ from .config import TRAINING_PRESETS, VDVAEConfig, resolve_config
 from .images import find_images, make_grid, save_png
 from .manifest import load_manifest
 from .model import VDVAE, load
+from .pretrained import pick_device
 from .plots import line_chart
 from .run_folder import RunFolder, finite_json
 from .train_data import ImageFolderData, StepBatches, readable_images
@@ -73,11 +74,7 @@ class Trainer:
         if self.world > 1 and not dist.is_initialized():
             use_cuda = torch.cuda.is_available() and o.device != "cpu"
             dist.init_process_group("nccl" if use_cuda else "gloo")
-        if o.device == "auto":
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-        else:
-            device = o.device
-        self.device = torch.device(device)
+        self.device = pick_device(f"cuda:{local_rank}" if o.device == "auto" and torch.cuda.is_available() else o.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if o.dtype not in ("float32", "bfloat16"):

@@ -11,6 +11,12 @@ import click
 from .. import __version__
 from ..model import EncoderMismatchError, load
 
+#: What MODEL means, for every command that takes one (shown at the end of their --help).
+MODEL_HELP = ("MODEL is a released name (see `vdvae-zoo list`), a folder with config.json + model.safetensors (what "
+              "save_pretrained, a finetune run and `vdvae-zoo new` write), a .safetensors or original .th file (its "
+              "architecture is recognised from its tensors, or give --config), or a Hub repository id owner/name. "
+              "To try things without downloading: `vdvae-zoo new tiny32 -o tiny/`, then use tiny/ as MODEL.")
+
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ConnectionError, EncoderMismatchError)
 
 

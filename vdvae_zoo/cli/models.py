@@ -14,7 +14,7 @@ from ..inspection import compare_with_config, inspect_checkpoint
 from ..manifest import load_manifest, manifest_data
 from ..model import VDVAE, load
 from ..weights import read_checkpoint
-from .base import main, user_errors
+from .base import MODEL_HELP, main, user_errors
 
 
 # ------------------------------------------------------------------------------------------------- list/info
@@ -42,7 +42,7 @@ def _cache_path(entry) -> Path:
     return hub.hub_repo_folder(entry.hub["repo_id"]) if entry.published else hub.converted_folder(entry)
 
 
-@main.command()
+@main.command(epilog=MODEL_HELP)
 @click.argument("model")
 @click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="Another weights manifest.")
 @user_errors
@@ -73,6 +73,28 @@ def info(model, manifest):
     click.echo("stochastic layers per resolution: " + ", ".join(f"{r}: {n}" for r, n in per_res.items())
                + f" (total {config.num_layers})")
     click.echo("config: " + json.dumps(config.to_dict()))
+
+
+@main.command()
+@click.argument("config")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output folder.")
+@user_errors
+def new(config, output, seed, overwrite):
+    """A model with the paper's random initialisation, saved as a folder that every command takes as MODEL.
+
+    CONFIG is a preset (cifar10, imagenet32, imagenet64, ffhq256, ffhq1024), an example config (tiny32: 32x32,
+    139k parameters, trains on a CPU in minutes) or a config.json (docs/config.md).
+
+    Example: vdvae-zoo new tiny32 -o tiny/ && vdvae-zoo sample tiny/ -n 16 -o noise.png
+    """
+    import torch
+    resolved = resolve_config(config)
+    torch.manual_seed(seed)
+    folder = VDVAE(resolved).save_pretrained(output, overwrite=overwrite)
+    click.echo(f"wrote {folder}: a random-init {config} model, {resolved.num_layers} stochastic "
+               f"layers, {resolved.image_size}x{resolved.image_size}")
 
 
 def _found_architecture(entry):

@@ -14,10 +14,11 @@ import click
 import numpy as np
 
 from ..files import atomic_write
+from ..inputs import figure4_keeps
 from ..images import ImageReadError, find_images, image_size, load_images, make_grid, save_png
 from ..manifest import load_manifest
 from ..plots import kl_chart as kl_chart_image
-from .base import _load_model, _refuse_existing, main, model_options, parse_temperature, picture_options, user_errors
+from .base import MODEL_HELP, _load_model, _refuse_existing, main, model_options, parse_temperature, picture_options, user_errors
 
 
 # ---------------------------------------------------------------------------------------------------- bpd
@@ -45,7 +46,7 @@ def _pick_auto_model(paths: List[Path], manifest: Optional[str]) -> tuple:
     return entry.name, unreadable
 
 
-@main.command()
+@main.command(epilog=MODEL_HELP)
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--model", "model_name", default="auto", show_default=True,
               help="auto (the manifest's first model of the images' size: 32 cifar10, 64 imagenet64, 256 ffhq256, "
@@ -89,56 +90,75 @@ def bpd(paths, model_name, config, device, dtype, manifest, batch_size, output, 
         files = [f for f in files if f not in {p for p, _ in skipped}]
     model = _load_model(model_name, config, device, manifest, dtype)
     size = model.config.image_size
-    rows, kl_sum = [], None
+    rows, kl_sum, interrupted = [], None, False
     torch.manual_seed(seed)
     with click.progressbar(length=len(files), label="scoring", file=sys.stderr) as bar:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            images, kept, bad = load_images(chunk, size=size, resize=None if resize == "none" else resize)
-            skipped += bad
-            if len(kept):
-                r = model.likelihood(images, n_samples=n_samples)
-                kl_sum = r.kl.sum(0) if kl_sum is None else kl_sum + r.kl.sum(0)
-                for i, p in enumerate(kept):
-                    rows.append({"path": str(p), "bpd": r.bpd[i].item(), "distortion_bpd": r.distortion_bpd[i].item(),
-                                 "rate_bpd": r.rate_bpd[i].item()})
-                    if r.bpd_iw is not None:
-                        rows[-1]["bpd_iw"] = r.bpd_iw[i].item()
-            bar.update(len(chunk))
+        try:
+            for start in range(0, len(files), batch_size):
+                chunk = files[start:start + batch_size]
+                images, kept, bad = load_images(chunk, size=size, resize=None if resize == "none" else resize)
+                skipped += bad
+                if len(kept):
+                    r = model.likelihood(images, n_samples=n_samples)
+                    kl_sum = r.kl.sum(0) if kl_sum is None else kl_sum + r.kl.sum(0)
+                    for i, p in enumerate(kept):
+                        rows.append({"path": str(p), "bpd": r.bpd[i].item(),
+                                     "distortion_bpd": r.distortion_bpd[i].item(), "rate_bpd": r.rate_bpd[i].item()})
+                        if r.bpd_iw is not None:
+                            rows[-1]["bpd_iw"] = r.bpd_iw[i].item()
+                        click.echo(f"{rows[-1]['bpd']:.4f}  {p}")  # per image, as scored (stdout)
+                bar.update(len(chunk))
+        except KeyboardInterrupt:  # keep what was scored: write it, summarise, exit 130
+            interrupted = True
     for p, why in skipped:
         click.echo(f"warning: skipped {p}: {why}", err=True)
+    summary = {"images": len(rows), "skipped": len(skipped), **_mean("bpd", rows),
+               **(_mean("bpd_iw", rows) if n_samples > 1 and rows else {}), "interrupted": interrupted}
     if rows and out_path:
         if out_path.suffix.lower() == ".json":
-            text = json.dumps({"model": model_name, "images": rows}, indent=2) + "\n"
+            options = {"model": model_name, "samples": n_samples, "seed": seed, "resize": resize, "dtype": dtype,
+                       "batch_size": batch_size}
+            text = json.dumps({"model": model_name, "options": options, "summary": summary,
+                               "skipped": [{"path": str(p), "reason": why} for p, why in skipped], "images": rows},
+                              indent=2) + "\n"
         else:
             buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
             text = buf.getvalue()
         atomic_write(out_path, text, overwrite=overwrite)
-    values = np.array([r["bpd"] for r in rows])
-    stderr = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    click.echo(f"images: {len(rows)} scored, {len(skipped)} skipped")
-    if rows:
-        click.echo(f"mean bpd: {values.mean():.4f} ± {stderr:.4f} (standard error)")
-        if n_samples > 1:
-            iw = np.array([r["bpd_iw"] for r in rows])
-            iw_err = iw.std(ddof=1) / math.sqrt(len(iw)) if len(iw) > 1 else float("nan")
-            click.echo(f"mean bpd_iw ({n_samples} samples): {iw.mean():.4f} ± {iw_err:.4f} (standard error)")
+    click.echo(f"images: {len(rows)} scored, {len(skipped)} skipped" + (" (interrupted)" if interrupted else ""))
+    for name in ("bpd", "bpd_iw"):
+        if f"mean_{name}" in summary:
+            what = name if name == "bpd" else f"{name} ({n_samples} samples)"
+            err = summary[f"stderr_{name}"]
+            click.echo(f"mean {what}: {summary[f'mean_{name}']:.4f} "
+                       + (f"± {err:.4f} (standard error)" if err is not None else "(one image: no standard error)"))
     if rows and kl_chart:
         kl_chart_image(kl_sum / len(rows), model.layer_resolutions, kl_chart, overwrite=True,
                        title=f"bits per layer, mean of {len(rows)} images ({model_name})")
         click.echo(f"wrote {kl_chart}")
     click.echo(f"model: {model_name}")
+    if interrupted:
+        sys.exit(130)
     if not rows:
         raise click.ClickException("no image could be scored")
     if strict and skipped:
         raise click.ClickException(f"{len(skipped)} file(s) skipped and --strict was given")
 
 
+def _mean(name: str, rows: List[dict]) -> dict:
+    """{mean_NAME, stderr_NAME} over the rows; the standard error is None for one image (JSON-safe)."""
+    if not rows:
+        return {}
+    values = np.array([r[name] for r in rows])
+    stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+    return {f"mean_{name}": float(values.mean()), f"stderr_{name}": stderr}
+
+
 # -------------------------------------------------------------------------------------------------- sample
-@main.command()
+@main.command(epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
 @click.option("-n", "--num", default=16, show_default=True, type=click.IntRange(min=1), help="Number of images.")
 @click.option("-t", "--temperature", default="1.0", show_default=True,
@@ -168,7 +188,7 @@ def sample(model_name, num, temperature, seed, output, outdir, overwrite, config
         torch.manual_seed(seed)
     images = model.sample(num, temperature=t).numpy()
     if output:
-        save_png(make_grid(images), output)
+        save_png(make_grid(images, zoom=None), output)
         click.echo(f"wrote {output} ({num} samples)")
     if outdir:
         for i, img in enumerate(images):
@@ -189,7 +209,7 @@ def _read_images_for(model, paths, resize: str):
 
 
 # --------------------------------------------------------------------------------------------------- encode
-@main.command()
+@main.command(epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="A .safetensors file.")
@@ -218,10 +238,12 @@ def encode(model_name, paths, output, resize, seed, overwrite, config, device, d
 
 
 # ----------------------------------------------------------------------------------------------- reconstruct
-@main.command()
+@main.command(epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--keep", default="1,4,16,all", show_default=True, help="Numbers of layers to keep, comma-separated.")
+@click.option("--keep", default="auto", show_default=True,
+              help="Numbers of layers to keep, comma-separated, 'all' for every layer; auto: the paper's 1,4,16,all "
+                   "where the model has that many layers.")
 @click.option("-t", "--temperature", default="0.1", show_default=True, help="Temperature of the layers not kept.")
 @picture_options("reconstructions.png")
 @model_options
@@ -236,19 +258,20 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
     _refuse_existing(output, overwrite=overwrite)
     model = _load_model(model_name, config, device, manifest, dtype)
     try:
-        ks = [model.num_layers if k.strip() == "all" else int(k) for k in keep.split(",")]
+        ks = figure4_keeps(model.num_layers) if keep.strip() == "auto" else \
+            [model.num_layers if k.strip() == "all" else int(k) for k in keep.split(",")]
     except ValueError:
         raise click.BadParameter(f"{keep!r} must be comma-separated integers or 'all'", param_hint="'--keep'") from None
     images, kept = _read_images_for(model, paths, resize)
     torch.manual_seed(seed)
     rows = model.reconstruct(images, keep=ks, temperature=t).numpy()      # (N, len(ks), H, W, 3)
     grid = np.concatenate([images[:, None], rows], axis=1).reshape(-1, *images.shape[1:])
-    save_png(make_grid(grid, ncols=len(ks) + 1), output)
+    save_png(make_grid(grid, ncols=len(ks) + 1, zoom=None), output)
     click.echo(f"wrote {output}: {len(kept)} rows, columns original + keep {', '.join(map(str, ks))}")
 
 
 # ----------------------------------------------------------------------------------------------- interpolate
-@main.command()
+@main.command(epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
@@ -278,5 +301,5 @@ def interpolate(model_name, image_a, image_b, steps, keep, temperature, mode, ou
         raise click.ClickException("both IMAGE_A and IMAGE_B must be readable images")
     torch.manual_seed(seed)
     path = model.interpolate(images[0], images[1], steps, keep=k, temperature=t, mode=mode).numpy()
-    save_png(make_grid(path, ncols=steps), output)
+    save_png(make_grid(path, ncols=steps, zoom=None), output)
     click.echo(f"wrote {output}: {steps} steps from {kept[0]} to {kept[1]}, {k} of {model.num_layers} layers kept")
