@@ -144,6 +144,8 @@ def test_sigterm_saves_and_resume_finishes_identically(tmp_path, photo_dir, conf
     assert 3 <= meta["step"] < 30
     p = _cli(*common, "--out", out, "--steps", 30, "--resume")
     assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert f"resumed from step {meta['step']} of 30" in p.stderr.read()
+    assert p.stdout.read().startswith("done: 30 steps")
     a, b = weights(reference), weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -167,6 +169,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, photo_dir, config_file):
                                               r"|RendezvousConnectionError|RendezvousTimeoutError", p.stderr):
             break
     assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("done: 4 steps") == 1 and p.stderr.count("training from scratch") == 1  # one speaks
     log = (multi / "log.jsonl").read_text()
     end = [json.loads(line) for line in log.splitlines() if '"event": "end"' in line]
     assert end and end[-1]["ranks_identical"] is True, log[-2000:]

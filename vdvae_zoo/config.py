@@ -126,7 +126,7 @@ def parse_custom_widths(spec: str) -> Dict[int, int]:
     return widths
 
 
-# Preprocessing of CIFAR-10, the default when a config does not say (SPEC §8).
+# Preprocessing of CIFAR-10, the default when a config does not say (docs/config.md).
 _CIFAR_SHIFT = -120.63838
 _CIFAR_SCALE = 1.0 / 64.16736
 
@@ -269,7 +269,7 @@ class VDVAEConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "VDVAEConfig":
-        """Build from a dict with the field names of SPEC.md (as the original `hps` or our config.json).
+        """Build from a dict with the field names of docs/config.md (as the original `hps` or our config.json).
 
         The original implementation's other `hps` fields (``dataset``, ``scale_encblock``, ``lr``, ...) are
         ignored; any other key is an error naming the closest field, so a misspelling (``zdims``) is never
@@ -358,7 +358,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         shift=-0.4387, scale=1.0 / 0.2743, shift_loss=-0.5, scale_loss=2.0, pixel_scale=1.0 / 255.0),
 }
 
-#: How each released model was trained (SPEC §1, §10), keyed by the trainer's option names (`train.TrainOptions`).
+#: How each released model was trained (the paper's released hyper-parameters), keyed by the trainer's option names (`train.TrainOptions`).
 #: `batch_size` is per GPU; the authors used AdamW with betas (0.9, 0.9) for all of them.
 TRAINING_PRESETS: Dict[str, Dict[str, Any]] = {
     "cifar10": dict(lr=2e-4, weight_decay=0.01, warmup=100, ema_rate=0.9999, grad_clip=200.0, skip_threshold=400.0,

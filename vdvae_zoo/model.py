@@ -195,7 +195,7 @@ class VDVAE(nn.Module, PretrainedMixin):
         return auto_batch_size(self.config, self.device)
 
     def preprocess(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 NHWC -> (encoder input, float NCHW; likelihood target, float NHWC in [-1, 1]) (SPEC §8)."""
+        """uint8 NHWC -> (encoder input, float NCHW; likelihood target, float NHWC in [-1, 1]) (docs/config.md: shift, scale, low_bit)."""
         return preprocess(images, self.config, self.device, self.decoder.memory_format, self.dtype)
 
     def layer_temperatures(self, temperature: Temperature) -> List[float]:

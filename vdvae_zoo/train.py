@@ -4,7 +4,7 @@ AdamW (betas 0.9, 0.9), linear warm-up, gradient clipping, skipping updates whos
 
 Multi-GPU runs are launched by `torchrun` (torch.distributed; NCCL on CUDA, gloo on CPU); rank 0 writes.
 
-Departures from the original loop, on purpose (SPEC §10): the first update uses lr/warmup, not 0;
+Departures from the original training loop, on purpose (README, "Fine-tuning"): the first update uses lr/warmup, not 0;
 `warmup=0` means no warm-up; the warm-up counts applied updates only and is saved with the checkpoint;
 weight decay spares biases, gains and `bias_xs`; a long run of skipped updates is reported.
 

@@ -21,7 +21,7 @@ def _option(default: Any = None, help: str = "", **cli: Any) -> Any:
 @dataclass
 class TrainOptions:
     """Everything a run needs: the one statement of the trainer's options (the CLI's `finetune` options are made
-    from these fields). Optimisation fields left as None take the preset's values (SPEC §1), else GENERIC_DEFAULTS."""
+    from these fields). Optimisation fields left as None take the preset's values (config.TRAINING_PRESETS), else GENERIC_DEFAULTS."""
 
     data: str = _option(None, "Folder of training images (recursive).", type="existing", required=True)
     out: str = _option(None, "Run folder; loadable with vdvae_zoo.load.", type="path", required=True)
