@@ -172,8 +172,8 @@ def test_sample_is_reproducible_and_writes_pngs(tmp_path, model_dir):
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     result = run("sample", model_dir, "-n", "3", "-t", "1:1.0,16:0.5", "--outdir", tmp_path / "many")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == [f"sample_000{i}.png" for i in range(3)]
-    assert np.asarray(Image.open(tmp_path / "many" / "sample_0000.png")).shape == (32, 32, 3)
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == [f"00000{i}.png" for i in range(3)] + ["samples.json"]
+    assert np.asarray(Image.open(tmp_path / "many" / "000000.png")).shape == (32, 32, 3)
 
 
 def test_encode_and_reconstruct(tmp_path, image_dir, model_dir):

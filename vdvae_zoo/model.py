@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .batching import MicroBatch, auto_batch_size, check_batch_size, micro_batches, standard_normal
+from .batching import (MicroBatch, auto_batch_size, check_batch_size, image_seed, micro_batches, seeded_draws,
+                       standard_normal)
 from .config import VDVAEConfig
 from .dmol import dmol_nll, dmol_sample
 from .inputs import (ImageBatch, Temperature, check_count, check_image_pair, check_images, check_keep,
@@ -105,8 +106,8 @@ def _mix(a: torch.Tensor, b: torch.Tensor, ts: torch.Tensor, mode: str) -> torch
 
 
 def _importance_weighted(model: "VDVAE", activations: Dict[int, torch.Tensor], target: torch.Tensor, k_total: int,
-                         draws_per_pass: int,
-                         generator: Optional[torch.Generator]) -> Dict[str, torch.Tensor]:
+                         draws_per_pass: int, generator: Optional[torch.Generator],
+                         seeds: Optional[Sequence[int]] = None) -> Dict[str, torch.Tensor]:
     """The terms averaged over `k_total` posterior draws, plus `bpd_iw` = -log (1/K) sum_k p(x, z_k)/q(z_k|x)
     in bits per dim, accumulated as a float64 log-sum-exp over passes of `draws_per_pass` draws."""
     b = target.shape[0]
@@ -114,8 +115,11 @@ def _importance_weighted(model: "VDVAE", activations: Dict[int, torch.Tensor], t
     log_sum = None
     for k0 in range(0, k_total, draws_per_pass):
         k = min(draws_per_pass, k_total - k0)
+        noise = None if seeds is None else seeded_draws(  # draw t of image j: its own generator
+            [image_seed(seed, t) for t in range(k0, k0 + k) for seed in seeds], model.config, model.device,
+            [True] * model.num_layers, pixels=False)[0]
         terms = model._terms({r: a.repeat(k, 1, 1, 1) for r, a in activations.items()},
-                            target.repeat(k, 1, 1, 1), b * k, generator, log_weight=True)
+                             target.repeat(k, 1, 1, 1), b * k, generator, noise, log_weight=True)
         lse = torch.logsumexp(terms.pop("log_weight").view(k, b), dim=0)
         log_sum = lse if log_sum is None else torch.logaddexp(log_sum, lse)
         for name, value in terms.items():
@@ -210,11 +214,14 @@ class VDVAE(nn.Module, PretrainedMixin):
                 "config whose enc_blocks matches the file (`vdvae-zoo inspect FILE` shows the file's structure).")
 
     def _in_batches(self, n: int, batch_size: Optional[int], dtype: DTypeLike, generator: Optional[torch.Generator],
-                    step: Callable[[MicroBatch], Any], sampling_layers: Sequence[bool], pixels: bool = False) -> list:
+                    step: Callable[[MicroBatch], Any], sampling_layers: Sequence[bool], pixels: bool = False,
+                    seeds: Optional[Sequence[int]] = None) -> list:
         """The one batch loop: `step` on each micro-batch (with its prepared draws), under the compute dtype."""
         per_pass = check_batch_size(batch_size, self.config, self.device)
+        if seeds is not None and len(seeds) != n:
+            raise ValueError(f"seeds must have one seed per image ({n}), got {len(seeds)}")
         parts = micro_batches(n, per_pass, config=self.config, device=self.device, generator=generator,
-                              sampling_layers=sampling_layers, pixels=pixels)
+                              sampling_layers=sampling_layers, pixels=pixels, seeds=seeds)
         with self.runtime.autocast(self.device, self.dtype, dtype):
             return [step(mb) for mb in parts]
 
@@ -249,7 +256,8 @@ class VDVAE(nn.Module, PretrainedMixin):
     # ------------------------------------------------------------------------------------------ inference
     @_inference
     def likelihood(self, images: ImageBatch, *, n_samples: int = 1, generator: Optional[torch.Generator] = None,
-                   batch_size: Optional[int] = None, dtype: DTypeLike = None) -> LikelihoodResult:
+                   batch_size: Optional[int] = None, dtype: DTypeLike = None,
+                   seeds: Optional[Sequence[int]] = None) -> LikelihoodResult:
         """Negative ELBO of uint8 NHWC images and its parts; with `n_samples` = K > 1 also the importance-weighted
         bound -log (1/K) sum_k p(x, z_k) / q(z_k | x) (Burda et al.), never worse than the ELBO in expectation.
 
@@ -257,7 +265,9 @@ class VDVAE(nn.Module, PretrainedMixin):
         (N,), `kl` (N, L) in nats (averaged over the K draws), and for K > 1 `bpd_iw` (N,) in bits per dim.
         `batch_size` bounds how many images x draws are evaluated at once (None: `auto_batch_size()`); the
         K draws are spread over passes, so memory does not grow with K. With K = 1 the split changes no random
-        number (the draws of the whole batch are made first, in the original's order).
+        number (the draws of the whole batch are made first, in the original's order). `seeds` (one int per image,
+        e.g. `batching.image_seed(seed, index)`): each image draws from its own generator instead, so its numbers
+        do not depend on the batch it is in.
         """
         self._require_encoder()
         images = check_images(images, self.config)
@@ -269,10 +279,11 @@ class VDVAE(nn.Module, PretrainedMixin):
             if n_samples == 1:
                 return self._terms(self.encoder(x_in), target, mb.size, generator, mb.noise)
             return _importance_weighted(self, self.encoder(x_in), target, n_samples, max(1, per_pass // mb.size),
-                                        generator)
+                                        generator, None if seeds is None else seeds[mb.part])
 
         parts = self._in_batches(images.shape[0], per_pass, dtype, generator, step,
-                                 sampling_layers=[n_samples == 1] * self.num_layers)
+                                 sampling_layers=[n_samples == 1] * self.num_layers,
+                                 seeds=seeds if n_samples == 1 else None)
         return LikelihoodResult(**{k: torch.cat([p[k] for p in parts]).float().cpu() for k in parts[0]})
 
     @_inference
@@ -296,11 +307,13 @@ class VDVAE(nn.Module, PretrainedMixin):
 
     @_inference
     def sample(self, n: int, temperature: Temperature = 1.0, *, generator: Optional[torch.Generator] = None,
-               batch_size: Optional[int] = None, dtype: DTypeLike = None) -> torch.Tensor:
+               batch_size: Optional[int] = None, dtype: DTypeLike = None,
+               seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Draw `n` images from the prior at `temperature` (see `layer_temperatures`); uint8 (n, H, W, 3) on the CPU.
-        Only the decoder's prior path runs. `batch_size`: images per pass (None: `auto_batch_size()`)."""
+        Only the decoder's prior path runs. `batch_size`: images per pass (None: `auto_batch_size()`). `seeds`: one
+        per image; image i is then the same whatever else is drawn with it (dataset-scale sample sets)."""
         check_count(n, "n", what="number of images")
-        return self._decode(n, [], self.layer_temperatures(temperature), generator, batch_size, dtype)
+        return self._decode(n, [], self.layer_temperatures(temperature), generator, batch_size, dtype, seeds)
 
     @_inference
     def decode(self, latents: Sequence[Optional[torch.Tensor]], temperature: Temperature = 1.0, *,
@@ -312,7 +325,8 @@ class VDVAE(nn.Module, PretrainedMixin):
         return self._decode(n, latents, self.layer_temperatures(temperature), generator, batch_size, dtype)
 
     def _decode(self, n: int, latents: List[Optional[torch.Tensor]], temperatures: List[float],
-                generator: Optional[torch.Generator], batch_size: Optional[int], dtype: DTypeLike) -> torch.Tensor:
+                generator: Optional[torch.Generator], batch_size: Optional[int], dtype: DTypeLike,
+                seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
         def step(mb: MicroBatch) -> torch.Tensor:
             chunk_latents = [None if z is None else z[mb.part].to(self.device, torch.float32) for z in latents]
             params, _ = self.decoder(mb.size, temperatures=temperatures, latents=chunk_latents, generator=generator,
@@ -320,7 +334,8 @@ class VDVAE(nn.Module, PretrainedMixin):
             return dmol_sample(params, self.config.num_mixtures, generator=generator, uniforms=mb.pixel_uniforms).cpu()
 
         sampling = [i >= len(latents) or latents[i] is None for i in range(self.num_layers)]
-        return torch.cat(self._in_batches(n, batch_size, dtype, generator, step, sampling_layers=sampling, pixels=True))
+        return torch.cat(self._in_batches(n, batch_size, dtype, generator, step, sampling_layers=sampling, pixels=True,
+                                          seeds=seeds))
 
     @_inference
     def reconstruct(self, images: ImageBatch, keep: Union[None, int, Sequence[Optional[int]]] = None,

@@ -57,6 +57,33 @@ def _refuse_existing(*paths, overwrite: bool) -> None:
             raise click.ClickException(f"{path} exists; pass --overwrite to replace it")
 
 
+def model_info(model: str, manifest: Optional[str]) -> dict:
+    """Which weights MODEL named (call after loading it): its name and the sha256 of its model.safetensors (and of
+    the original file it was converted from, when known), for reports and for checking a resume."""
+    import json
+    from .. import hub
+    from ..files import sha256_file
+    from ..manifest import load_manifest
+    from ..weights import RUN_MODEL_FOLDER, WEIGHTS_NAME
+    path = Path(model)
+    info = {"name": model}
+    if path.is_dir():
+        weights = path / WEIGHTS_NAME if (path / WEIGHTS_NAME).is_file() else path / RUN_MODEL_FOLDER / WEIGHTS_NAME
+    elif path.is_file():
+        weights = path
+    else:
+        man = load_manifest(manifest)
+        folder = hub.cached_folder(man.get(model)) if model in man else None
+        weights = folder / WEIGHTS_NAME if folder else None
+        if folder and (folder / "source.json").is_file():
+            info["source_sha256"] = json.loads((folder / "source.json").read_text()).get("sha256")
+        if model in man:
+            info["paper_bpd"] = man.get(model).reported_test_bpd
+    if weights is not None and weights.is_file():
+        info["sha256"] = sha256_file(weights)
+    return info
+
+
 def _load_model(model: str, config: Optional[str], device: str, manifest: Optional[str], dtype: str = "float32"):
     return load(model, config=config, device=None if device == "auto" else device, manifest=manifest, dtype=dtype)
 

@@ -18,7 +18,7 @@ from ..inputs import figure4_keeps
 from ..images import ImageReadError, find_images, image_size, load_images, make_grid, save_png
 from ..manifest import load_manifest
 from ..plots import kl_chart as kl_chart_image
-from .base import MODEL_HELP, _load_model, _refuse_existing, main, model_options, parse_temperature, picture_options, user_errors
+from .base import MODEL_HELP, _load_model, model_info, _refuse_existing, main, model_options, parse_temperature, picture_options, user_errors
 
 
 # ---------------------------------------------------------------------------------------------------- bpd
@@ -163,37 +163,72 @@ def _mean(name: str, rows: List[dict]) -> dict:
 @click.option("-n", "--num", default=16, show_default=True, type=click.IntRange(min=1), help="Number of images.")
 @click.option("-t", "--temperature", default="1.0", show_default=True,
               help="One number, one per layer (comma-separated), or resolution:t pairs such as 1:1.0,4:0.9,32:0.6.")
-@click.option("--seed", default=None, type=int, help="Makes the samples reproducible.")
+@click.option("--seed", default=None, type=int, help="Makes the samples reproducible (with --outdir: 0 when not given).")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="A PNG grid.")
-@click.option("--outdir", default=None, type=click.Path(file_okay=False), help="One PNG per sample.")
+@click.option("--outdir", default=None, type=click.Path(file_okay=False),
+              help="A sample set: 000000.png, 000001.png, ... and samples.json; image i depends only on (seed, i).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Images per pass.")
+@click.option("--resume", is_flag=True, help="With --outdir: keep the files there and draw only the missing ones.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 @model_options
 @user_errors
-def sample(model_name, num, temperature, seed, output, outdir, overwrite, config, device, dtype, manifest):
-    """Draw images from the prior.
+def sample(model_name, num, temperature, seed, output, outdir, batch_size, resume, overwrite, config, device, dtype,
+           manifest):
+    """Draw images from the prior: a grid (-o), or a sample set of any size (--outdir), e.g. for FID.
 
     Example: vdvae-zoo sample ffhq256 -n 4 -t 0.8 --seed 0 -o faces.png
+
+    Example: vdvae-zoo sample ffhq1024 --num 50000 -t 0.9 --outdir fid/ --batch-size 8   (Ctrl-C, then --resume)
     """
     import torch
     t = parse_temperature(temperature)
-    if not output and not outdir:
-        output = "samples.png"
-    targets = [Path(output)] if output else []
+    if output and outdir:
+        raise click.UsageError("give -o (a grid) or --outdir (one PNG per sample), not both")
     if outdir:
-        targets += [Path(outdir) / f"sample_{i:04d}.png" for i in range(num)]
-    _refuse_existing(*targets, overwrite=overwrite)
+        return _sample_set(model_name, num, t, 0 if seed is None else seed, Path(outdir), batch_size, resume,
+                           overwrite, config, device, dtype, manifest)
+    output = output or "samples.png"
+    _refuse_existing(output, overwrite=overwrite)
     model = _load_model(model_name, config, device, manifest, dtype)
     model.layer_temperatures(t)  # validate before the work
     if seed is not None:
         torch.manual_seed(seed)
-    images = model.sample(num, temperature=t).numpy()
-    if output:
-        save_png(make_grid(images, zoom=None), output)
-        click.echo(f"wrote {output} ({num} samples)")
-    if outdir:
-        for i, img in enumerate(images):
-            save_png(img, Path(outdir) / f"sample_{i:04d}.png")
-        click.echo(f"wrote {num} PNGs to {outdir}")
+    images = model.sample(num, temperature=t, batch_size=batch_size).numpy()
+    save_png(make_grid(images, zoom=None), output)
+    click.echo(f"wrote {output} ({num} samples)")
+
+
+def _sample_set(model_name, num, t, seed, outdir: Path, batch_size, resume, overwrite, config, device, dtype, manifest):
+    from huggingface_hub.utils import tqdm
+    from .. import __version__
+    from ..batching import image_seed
+    existing = outdir.is_dir() and any(outdir.iterdir())
+    if existing and not (resume or overwrite):
+        raise click.ClickException(f"{outdir} is not empty; --resume continues the sample set in it, --overwrite "
+                                   "replaces its files")
+    model = _load_model(model_name, config, device, manifest, dtype)
+    model.layer_temperatures(t)
+    meta = {"model": model_info(model_name, manifest), "temperature": t, "seed": seed, "num": num,
+            "image_size": model.config.image_size, "dtype": dtype, "vdvae_zoo": __version__,
+            "seeds": "image i: vdvae_zoo.batching.image_seed(seed, i)"}
+    meta_path = outdir / "samples.json"
+    if resume and meta_path.is_file():
+        before = json.loads(meta_path.read_text())
+        differing = [k for k in ("model", "temperature", "seed", "dtype") if before.get(k) != meta[k]]
+        if differing:
+            raise click.ClickException(f"--resume: {outdir} holds samples of another run (differing: "
+                                       f"{', '.join(differing)}); use another --outdir")
+    atomic_write(meta_path, json.dumps(meta, indent=2) + "\n")
+    names = [outdir / f"{i:06d}.png" for i in range(num)]
+    todo = [i for i in range(num) if overwrite or not names[i].is_file()]  # files are written whole or not at all
+    with tqdm(total=num, initial=num - len(todo), unit="img", desc="sampling") as bar:
+        for start in range(0, len(todo), batch_size):
+            part = todo[start:start + batch_size]
+            images = model.sample(len(part), temperature=t, seeds=[image_seed(seed, i) for i in part]).numpy()
+            for i, img in zip(part, images):
+                save_png(img, names[i])
+            bar.update(len(part))
+    click.echo(f"wrote {len(todo)} PNGs to {outdir} ({num - len(todo)} were there already); see samples.json")
 
 
 def _read_images_for(model, paths, resize: str):
