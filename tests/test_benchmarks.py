@@ -59,3 +59,16 @@ def test_ops_benchmark_times_every_operation_of_a_block_in_both_dtypes(tmp_path)
         assert (r["gflop_per_s"] is None) != (r["gb_per_s"] is None)
         assert (r["gflop_per_s"] is not None) == r["op"].startswith("conv")
     assert "conv 3x3" in proc.stdout and "fp32/this" in proc.stdout
+
+
+@pytest.mark.slow  # five short processes
+def test_eval_benchmark_reports_throughput_and_memory_per_row(tmp_path):
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "eval_bench.py"), "--preset", "tiny32",
+                           "--limit", "8", "--sizes", "50,120", "--tiny-limits", "10,20", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["dtype"], r["data_images"], r["limit"]) for r in rows] == [
+        ("float32", 120, 8), ("bfloat16", 120, 8), ("float32", 50, 8), ("float32", 120, 10), ("float32", 120, 20)]
+    assert all(r["images"] == r["limit"] and r["images_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
