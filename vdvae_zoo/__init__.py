@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 from .config import VDVAEConfig, list_models as list_presets, parse_block_string
 from .hub import IntegrityError
+from .compress import compress, decompress
 from .evaluate import EvalReport, evaluate
 from .inspection import inspect_checkpoint
 from .manifest import Manifest, UnknownModelError, load_manifest
@@ -33,6 +34,6 @@ def list_models() -> list:
 
 __all__ = ["VDVAE", "VDVAEConfig", "LikelihoodResult", "LoadReport", "EncoderMismatchError", "IntegrityError",
            "UnknownModelError", "Manifest", "load", "download", "load_manifest", "read_checkpoint",
-           "convert_original", "inspect_checkpoint", "evaluate", "EvalReport", "list_models", "list_presets", "parse_block_string", "Trainer",
+           "convert_original", "inspect_checkpoint", "evaluate", "EvalReport", "compress", "decompress", "list_models", "list_presets", "parse_block_string", "Trainer",
            "TrainOptions", "finetune", "bits_per_layer", "bits_per_resolution", "kl_chart", "keep_freed_memory",
            "__version__"]

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dmol_nll", "dmol_sample", "pixel_uniform_shapes", "uniform", "MIN_LOG_SCALE"]
+__all__ = ["dmol_nll", "dmol_sample", "dmol_level_probs", "pixel_uniform_shapes", "uniform", "MIN_LOG_SCALE"]
 
 MIN_LOG_SCALE = -7.0
 
@@ -114,3 +114,24 @@ def dmol_sample(params: torch.Tensor, num_mixtures: int, generator: Optional[tor
     blue = (x[..., 2] + coeff[..., 1] * red + coeff[..., 2] * green).clamp(-1.0, 1.0)
     rgb = torch.stack([red, green, blue], dim=3)
     return ((rgb + 1.0) * 127.5).clamp(0.0, 255.0).to(torch.uint8)
+
+
+def dmol_level_probs(params: torch.Tensor, num_mixtures: int, channel: int,
+                     earlier: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """P(x_c = level k | z, earlier channels) for the 256 levels of colour channel `channel` (0 R, 1 G, 2 B),
+    float64 (N, H, W, 256): the same mixture as `dmol_nll`, each level a bin of half-width 1/255 around
+    k / 127.5 - 1, the two end bins open. `earlier`: the values in [-1, 1] of the channels before it, (N, H, W, c).
+    What a lossless coder codes each sub-pixel with (compress.py)."""
+    logits, means, log_scales, coeffs = _unpack(params.double(), num_mixtures)
+    mean = means[..., channel, :]
+    if channel >= 1:
+        mean = mean + coeffs[..., channel - 1, :] * earlier[..., 0:1]
+    if channel == 2:
+        mean = mean + coeffs[..., 2, :] * earlier[..., 1:2]
+    inv_scale = torch.exp(-log_scales[..., channel, :])                              # (N, H, W, M)
+    upper = torch.arange(255, dtype=torch.float64, device=params.device) / 127.5 - 1.0 + 1.0 / 255.0
+    cdf = torch.sigmoid(inv_scale[..., None, :] * (upper[:, None] - mean[..., None, :]))  # (N, H, W, 255, M)
+    zeros, ones = torch.zeros_like(cdf[..., :1, :]), torch.ones_like(cdf[..., :1, :])
+    bins = torch.diff(torch.cat([zeros, cdf, ones], dim=-2), dim=-2)                 # (N, H, W, 256, M)
+    weights = torch.softmax(logits, dim=-1)[..., None, :]
+    return (bins * weights).sum(-1)

@@ -338,6 +338,21 @@ class VDVAE(nn.Module, PretrainedMixin):
                                           seeds=seeds))
 
     @_inference
+    def decode_with(self, choose: Callable[[int, LayerOutput], torch.Tensor], images: Optional[ImageBatch] = None,
+                    n: int = 1) -> torch.Tensor:
+        """One pass of the decoder in which `choose(i, layer)` picks layer i's latent (N, zdim, r, r) after seeing
+        its prior (`layer.p_mean`, `layer.p_logstd`) and, given uint8 NHWC `images`, its posterior (`q_mean`,
+        `q_logstd`). Returns the output distribution's parameters, float32 (N, H, W, 10M). Bits-back coding
+        (compress.py) is built on it; no random number is drawn."""
+        activations = None
+        if images is not None:
+            self._require_encoder()
+            x_in, _ = self.preprocess(check_images(images, self.config))
+            activations, n = self.encoder(x_in), x_in.shape[0]
+        latents = [functools.partial(choose, i) for i in range(self.num_layers)]
+        return self.decoder(n, activations, latents=latents, summarize=lambda o: None)[0]
+
+    @_inference
     def reconstruct(self, images: ImageBatch, keep: Union[None, int, Sequence[Optional[int]]] = None,
                     temperature: Temperature = 1.0, *, generator: Optional[torch.Generator] = None,
                     dtype: DTypeLike = None) -> torch.Tensor:

@@ -163,7 +163,8 @@ class DecoderLayer(nn.Module):
                 noise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> tuple[torch.Tensor, LayerOutput]:
         """x: the state at this resolution (mixin already added). With `activation` (the encoder's at this
         resolution) z comes from the posterior and the KL is computed; without, z comes from the prior at
-        `temperature`. A given `latent` replaces the draw (no random numbers are drawn then)."""
+        `temperature`. A given `latent` replaces the draw (no random numbers are drawn then); a callable `latent`
+        is given this layer's LayerOutput without z (its prior, and posterior with `activation`) and returns z."""
         # The distributions and the draws are computed in float32 even under bf16 autocast: they are small
         # (zdim channels), the KL needs the precision, and the random stream stays that of float32.
         if activation is not None:
@@ -177,6 +178,8 @@ class DecoderLayer(nn.Module):
         p_mean = features[:, :self.zdim].to(torch.float32, copy=True)
         p_logstd = features[:, self.zdim:2 * self.zdim].to(torch.float32, copy=True)
         x = x + features[:, 2 * self.zdim:]  # a new tensor: from here on this layer may update x in place
+        if callable(latent):  # the caller picks z after seeing the distributions (bits-back coding does)
+            latent = latent(LayerOutput(None, p_mean, p_logstd, *((q_mean, q_logstd) if activation is not None else ())))
 
         if activation is not None:
             if latent is not None:
