@@ -8,10 +8,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from vdvae_zoo.images import sample_photos
+from vdvae_zoo.images import photo_crops
 
 
 def main() -> None:
@@ -23,22 +22,16 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true", help="Write into a folder that is not empty.")
     parser.add_argument("--tiny-config", default=None, help="Also write the examples' tiny 32x32 config here (JSON).")
     args = parser.parse_args()
-    try:
-        photos = sample_photos()
-    except ImportError as e:
-        raise SystemExit(str(e)) from None
-    rng = np.random.default_rng(args.seed)
     out = Path(args.out)
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise SystemExit(f"{out} is not empty; pass --overwrite to write into it")
     out.mkdir(parents=True, exist_ok=True)
-    for k in range(args.n):
-        img = photos[k % len(photos)]
-        h, w = img.shape[:2]
-        side = int(rng.integers(args.size * 2, min(h, w) // 2 + 1))  # a crop of 2x..half the photo, downscaled
-        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        crop = Image.fromarray(img[y:y + side, x:x + side]).resize((args.size, args.size), Image.BICUBIC)
-        crop.save(out / f"crop_{k:04d}.png")
+    try:
+        crops = photo_crops(args.n, args.size, args.seed)  # each 2x the size up to half the photo, downscaled
+    except ImportError as e:
+        raise SystemExit(str(e)) from None
+    for k, crop in enumerate(crops):
+        Image.fromarray(crop).save(out / f"crop_{k:04d}.png")
     print(f"wrote {args.n} {args.size}x{args.size} crops to {out}")
     if args.tiny_config:
         from vdvae_zoo.config import EXAMPLE_CONFIGS

@@ -14,7 +14,7 @@ import vdvae_zoo
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.cli import main
 from vdvae_zoo.compress import ArchiveError, _pack, compress, decompress, read_header
-from vdvae_zoo.images import sample_photos
+from vdvae_zoo.images import photo_crops
 from vdvae_zoo.train import Trainer, TrainOptions
 
 from helpers import tiny_config_dict
@@ -23,15 +23,8 @@ pytest.importorskip("constriction")
 
 
 def crops(n, size=16, seed=0):
-    """Real photo crops, downscaled to size x size."""
-    rng = np.random.default_rng(seed)
-    photos = sample_photos(8)
-    out = []
-    for k in range(n):
-        p = photos[k % len(photos)]
-        y, x = int(rng.integers(0, p.shape[0] - 96)), int(rng.integers(0, p.shape[1] - 96))
-        out.append(np.asarray(Image.fromarray(p[y:y + 96, x:x + 96]).resize((size, size), Image.BICUBIC)))
-    return out
+    """Real photo crops (96 pixels, from the first 8 sample photos), downscaled to size x size."""
+    return photo_crops(n, size, seed, side=96, photos=8)
 
 
 @pytest.fixture()
@@ -121,14 +114,16 @@ def test_the_cli_round_trip_reports_sizes_and_refuses_hostile_names(tmp_path):
     out = runner.invoke(main, ["compress", str(tmp_path / "m"), str(tmp_path / "imgs"), "-o", str(tmp_path / "a.vdz")])
     assert out.exit_code == 0, out.output
     assert "bits per dim" in out.output and "lossless WebP" in out.output and "as PNG" in out.output
+    assert "the first 5 stored as lossless WebP" in out.output or "(the model's ELBO: " in out.output
     back = runner.invoke(main, ["decompress", str(tmp_path / "a.vdz"), "-o", str(tmp_path / "out"),
                                 "--model", str(tmp_path / "m")])
     assert back.exit_code == 0, back.output
     for i, im in enumerate(images):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"p{i}.png")), im)
     header, payload = read_header((tmp_path / "a.vdz").read_bytes())
-    header["images"][0]["name"] = "../../evil.png"
-    (tmp_path / "evil.vdz").write_bytes(_pack(header, payload))
+    header["names"][0] = "../../evil.png"
+    crcs = np.array(header.pop("crc32"), dtype="<u4").tobytes()
+    (tmp_path / "evil.vdz").write_bytes(_pack(header, crcs + payload))
     evil = runner.invoke(main, ["decompress", str(tmp_path / "evil.vdz"), "-o", str(tmp_path / "out2"),
                                 "--model", str(tmp_path / "m")])
     assert evil.exit_code == 1 and "not plain names" in evil.output and not (tmp_path / "evil.png").exists()

@@ -16,8 +16,9 @@ priors. The net cost is about the negative ELBO. Decompression runs the same ste
   dry run). The first images of an archive are stored as lossless WebP until their bytes cover that cost; those
   bytes are the bits the next image's latents are popped from, and they come back, unchanged, at the end of
   decoding. With too few images to pay for that, everything is stored as WebP.
-- Container: magic, format version, a JSON header (model, fingerprint, versions, names, shapes, CRC32 of each
-  image), the ANS words, and a CRC32 of the whole; a damaged or truncated archive is a clear error.
+- Container: magic, format version, a deflated JSON header (model, fingerprint, versions, image size, the
+  names unless they are the default numbering), each image's CRC32 (4 bytes), the ANS words, and a CRC32 of
+  the whole; a damaged or truncated archive is a clear error.
 
 Needs the optional `constriction` (`pip install "vdvae-zoo[compress]"`).
 """
@@ -211,7 +212,7 @@ def compress(model, images: Sequence[np.ndarray], names: Optional[Sequence[str]]
     archive and a report. `model_name` / `model_sha256` are recorded so that `decompress` can name and check the
     model it needs."""
     c = _constriction()
-    images = [np.ascontiguousarray(np.asarray(im, dtype=np.uint8)) for im in images]
+    images = [np.array(im, dtype=np.uint8, order="C") for im in images]  # own, writable copies
     size = model.config.image_size
     for i, im in enumerate(images):
         if im.shape != (size, size, 3):
@@ -221,7 +222,7 @@ def compress(model, images: Sequence[np.ndarray], names: Optional[Sequence[str]]
     if model.config.low_bit:
         raise ValueError("this model's likelihood is over 5-bit pixels (low_bit): it cannot code 8-bit images "
                          "losslessly")
-    names = list(names) if names is not None else [f"{i:06d}.png" for i in range(len(images))]
+    names = list(names) if names is not None else _default_names(len(images))
     start = time.perf_counter()
     dims = size * size * 3
     with _exact(model) as exact:
@@ -241,8 +242,9 @@ def compress(model, images: Sequence[np.ndarray], names: Optional[Sequence[str]]
     payload = ans.get_compressed().astype("<u4").tobytes()
     header = {"model": model_name, "model_sha256": model_sha256, "fingerprint": fingerprint, "versions": _versions(),
               "delta": DELTA, "span": SPAN, "grid": GRID, "webp_lengths": [len(w) for w in webps], "image_size": size,
-              "images": [{"name": n, "crc32": zlib.crc32(im.tobytes())} for n, im in zip(names, images)]}
-    archive = _pack(header, payload)
+              "count": len(images), "names": None if names == _default_names(len(images)) else names}
+    crcs = np.array([zlib.crc32(im.tobytes()) for im in images], dtype="<u4").tobytes()
+    archive = _pack(header, crcs + payload)
     report = CompressReport(images=len(images), archive_bytes=len(archive), bits_per_dim=8 * len(archive) /
                             (dims * len(images)), webp_images=len(webps), webp_bytes=len(prefix),
                             net_bits_per_dim=net, seconds_per_image=(time.perf_counter() - start) / len(images),
@@ -264,14 +266,20 @@ def _pop_cost(model, image: np.ndarray, c) -> float:
     return float(before - ans.num_bits())
 
 
+def _default_names(n: int) -> List[str]:
+    return [f"{i:06d}.png" for i in range(n)]
+
+
 def _pack(header: Dict[str, Any], payload: bytes) -> bytes:
-    head = json.dumps(header, sort_keys=True).encode()
+    """The archive: `payload` is the images' CRC32s (4 bytes each) followed by the ANS words."""
+    head = zlib.compress(json.dumps(header, sort_keys=True).encode(), 9)
     body = MAGIC + struct.pack("<HI", FORMAT_VERSION, len(head)) + head + struct.pack("<I", len(payload)) + payload
     return body + struct.pack("<I", zlib.crc32(body))
 
 
 def read_header(archive: bytes) -> Tuple[Dict[str, Any], bytes]:
-    """The header and the ANS words of an archive, after checking its magic, version, lengths and CRC32."""
+    """The header (with `names` filled in and `crc32`, one per image) and the ANS words of an archive, after
+    checking its magic, version, lengths and CRC32."""
     if archive[:4] != MAGIC:
         raise ArchiveError("not a vdvae-zoo archive (wrong magic bytes)")
     if len(archive) < 14 or zlib.crc32(archive[:-4]) != struct.unpack("<I", archive[-4:])[0]:
@@ -279,12 +287,15 @@ def read_header(archive: bytes) -> Tuple[Dict[str, Any], bytes]:
     version, head_len = struct.unpack("<HI", archive[4:10])
     if version != FORMAT_VERSION:
         raise ArchiveError(f"archive format {version}; this vdvae-zoo reads format {FORMAT_VERSION}")
-    header = json.loads(archive[10:10 + head_len])
+    header = json.loads(zlib.decompress(archive[10:10 + head_len]))
     (payload_len,) = struct.unpack("<I", archive[10 + head_len:14 + head_len])
     payload = archive[14 + head_len:14 + head_len + payload_len]
-    if len(payload) != payload_len or len(payload) % 4:
+    if len(payload) != payload_len or len(payload) % 4 or len(payload) < 4 * header["count"]:
         raise ArchiveError("the archive is truncated (payload shorter than its header says)")
-    return header, payload
+    n = header["count"]
+    header["names"] = header["names"] or _default_names(n)
+    header["crc32"] = np.frombuffer(payload[:4 * n], dtype="<u4").tolist()
+    return header, payload[4 * n:]
 
 
 def decompress(model, archive: bytes) -> Tuple[List[np.ndarray], List[str]]:
@@ -299,7 +310,7 @@ def decompress(model, archive: bytes) -> Tuple[List[np.ndarray], List[str]]:
         raise ArchiveError("the archive was written with other discretisation settings; use the vdvae-zoo version "
                            f"that wrote it ({header['versions'].get('vdvae_zoo')})")
     ans = c.stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
-    entries = header["images"]
+    names = header["names"]
     with _exact(model) as exact:
         if _probe_fingerprint(exact) != header["fingerprint"]:
             raise ArchiveError("this machine (or model) computes the model's probabilities differently from the one "
@@ -307,7 +318,7 @@ def decompress(model, archive: bytes) -> Tuple[List[np.ndarray], List[str]]:
                                f"{header['model_sha256'][:12] or '?'}, {header['versions']}); decoding would give "
                                "wrong pixels, so it is refused")
         lengths = header["webp_lengths"]
-        later = [_pop_image(ans, exact, c) for _ in entries[len(lengths):]][::-1]
+        later = [_pop_image(ans, exact, c) for _ in names[len(lengths):]][::-1]
     prefix = ans.get_compressed(unseal=True).astype("<u4").tobytes()
     images, offset = [], 0
     try:
@@ -317,7 +328,7 @@ def decompress(model, archive: bytes) -> Tuple[List[np.ndarray], List[str]]:
     except OSError:
         raise ArchiveError("the archive's first images do not decode (damaged data)") from None
     images += later
-    for entry, image in zip(entries, images):
-        if zlib.crc32(np.ascontiguousarray(image).tobytes()) != entry["crc32"]:
-            raise ArchiveError(f"{entry['name']} does not decode to the image that was stored (CRC32 mismatch)")
-    return images, [e["name"] for e in entries]
+    for name, crc, image in zip(names, header["crc32"], images):
+        if zlib.crc32(np.ascontiguousarray(image).tobytes()) != crc:
+            raise ArchiveError(f"{name} does not decode to the image that was stored (CRC32 mismatch)")
+    return images, names

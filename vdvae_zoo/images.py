@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from .files import atomic_write
 
-__all__ = ["IMAGE_EXTENSIONS", "SAMPLE_PHOTOS", "sample_photos", "ImageReadError", "find_images", "read_image", "center_crop_resize", "load_images",
+__all__ = ["IMAGE_EXTENSIONS", "SAMPLE_PHOTOS", "sample_photos", "photo_crops", "ImageReadError", "find_images", "read_image", "center_crop_resize", "load_images",
            "image_size", "make_grid", "save_png"]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -197,3 +197,22 @@ def sample_photos(n: Optional[int] = None, size: Optional[int] = None) -> List[n
         raise ImportError('sample_photos needs scikit-image: pip install "vdvae-zoo[photos]"') from None
     photos = [getattr(skimage.data, name)()[..., :3] for name in SAMPLE_PHOTOS[:n]]
     return [center_crop_resize(p, size) if size else p for p in photos]
+
+
+def photo_crops(n: int, size: int, seed: int = 0, side: Optional[int] = None, photos: Optional[int] = None
+                ) -> List[np.ndarray]:
+    """n square crops of the sample photos (the first `photos` of them, default all, in turn), each resized to
+    `size` x `size` (bicubic), uint8 (size, size, 3): real but small images to train and test on. Crops are `side`
+    pixels at random places, or (side=None) of a random side between 2 x size and half the photo."""
+    rng = np.random.default_rng(seed)
+    images, out = sample_photos(photos), []
+    for k in range(n):
+        p = images[k % len(images)]
+        h, w = p.shape[:2]
+        if side is None:
+            s = int(rng.integers(size * 2, min(h, w) // 2 + 1))
+            y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        else:
+            s, y, x = side, int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
+        out.append(np.asarray(Image.fromarray(p[y:y + s, x:x + s]).resize((size, size), Image.BICUBIC)))
+    return out

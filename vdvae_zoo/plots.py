@@ -132,8 +132,9 @@ def line_chart(series: Dict[str, Sequence[Tuple[float, float]]], path: Union[Non
             elif pts:
                 d.ellipse([pts[0][0] - 3, pts[0][1] - 3, pts[0][0] + 3, pts[0][1] + 3], fill=colour)
             d.text((pad + 5, 5 + 14 * row), name, fill=colour)
-        d.text((pad, height - pad + 5), f"{x_label} {x0:g}", fill="black")
-        d.text((width - pad - 60, height - pad + 5), f"{x_label} {x1:g}", fill="black")
+        d.text((pad, height - pad + 5), f"{x0:g}", fill="black")
+        d.text((width - pad - d.textlength(f"{x1:g}"), height - pad + 5), f"{x1:g}", fill="black")
+        d.text(((width - d.textlength(x_label)) / 2, height - pad + 20), x_label, fill="black")
         d.text((5, pad), f"{yh:.3g}", fill="black")
         d.text((5, height - pad - 10), f"{yl:.3g}", fill="black")
     if path is not None:

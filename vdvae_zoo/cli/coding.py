@@ -69,6 +69,8 @@ def compress_command(model_name, paths, output, resize, overwrite, config, devic
                f"per dim ({report.seconds_per_image:.2f} s per image)")
     click.echo(f"  the first {report.webp_images} stored as lossless WebP ({report.webp_bytes:,} bytes): the bits the "
                f"next images' latents are popped from")
+    for name, rate, bound in zip(names[report.webp_images:], net, elbo[report.webp_images:].tolist()):
+        click.echo(f"  {name}: {rate:.3f} bits per dim (the model's ELBO: {bound:.3f})")
     if net:
         later = elbo[report.webp_images:].double().mean().item()
         click.echo(f"  bits-back images: {np.mean(net):.3f} bits per dim each on average; the model's ELBO on them "
@@ -98,7 +100,7 @@ def decompress_command(archive, outdir, model_name, overwrite, config, manifest)
     model_name = model_name or header.get("model")
     if not model_name:
         raise click.ClickException(f"{archive} does not name its model; pass --model")
-    names = [e["name"] for e in header["images"]]
+    names = header["names"]
     bad = [n for n in names if Path(n).name != n or n.startswith(".") or not n]
     if bad:
         raise click.ClickException(f"{archive} holds file names that are not plain names ({bad[0]!r}); refused")
