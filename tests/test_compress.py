@@ -113,8 +113,7 @@ def test_the_cli_round_trip_reports_sizes_and_refuses_hostile_names(tmp_path):
         Image.fromarray(im).save(tmp_path / "imgs" / f"p{i}.png")
     out = runner.invoke(main, ["compress", str(tmp_path / "m"), str(tmp_path / "imgs"), "-o", str(tmp_path / "a.vdz")])
     assert out.exit_code == 0, out.output
-    assert "bits per dim" in out.output and "lossless WebP" in out.output and "as PNG" in out.output
-    assert "the first 5 stored as lossless WebP" in out.output or "(the model's ELBO: " in out.output
+    assert "the first 5 stored as lossless WebP" in out.output and "as PNG" in out.output  # all initial bits
     back = runner.invoke(main, ["decompress", str(tmp_path / "a.vdz"), "-o", str(tmp_path / "out"),
                                 "--model", str(tmp_path / "m")])
     assert back.exit_code == 0, back.output
@@ -133,3 +132,15 @@ def test_a_five_bit_model_is_refused(tiny):
     five_bit = VDVAE(VDVAEConfig.from_dict(tiny_config_dict(low_bit=True))).eval()
     with pytest.raises(ValueError, match="5-bit"):
         compress(five_bit, crops(2))
+
+
+def test_the_cli_reports_each_bits_back_image_next_to_its_elbo(tmp_path, tiny):
+    folder = tiny.save_pretrained(tmp_path / "m16")
+    (tmp_path / "imgs").mkdir()
+    for i, im in enumerate(crops(14)):
+        Image.fromarray(im).save(tmp_path / "imgs" / f"c{i:02d}.png")
+    out = CliRunner().invoke(main, ["compress", str(folder), str(tmp_path / "imgs"), "-o", str(tmp_path / "a.vdz")])
+    assert out.exit_code == 0, out.output
+    webp = int(out.output.split("the first ")[1].split()[0])
+    lines = [line for line in out.output.splitlines() if "(the model's ELBO: " in line]
+    assert 0 < webp < 14 and len(lines) == 14 - webp and lines[0].strip().startswith(f"c{webp:02d}.png: ")
