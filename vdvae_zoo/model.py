@@ -44,6 +44,11 @@ class EncoderMismatchError(RuntimeError):
     """The model was loaded without its encoder: only the decoder (sample, decode) can be used."""
 
 
+NO_ENCODER = ("this model was loaded without its encoder (the file's encoder tensors do not match its config), so "
+              "likelihood, encode and reconstruct are unavailable; sample() and decode() work. Load again with a "
+              "config whose enc_blocks matches the file (`vdvae-zoo inspect FILE` shows the file's structure).")
+
+
 @dataclass
 class LikelihoodResult:
     """Per-image likelihood terms (CPU float32 tensors). Units: nats per dim (divided by H * W * 3) unless
@@ -177,15 +182,10 @@ class VDVAE(nn.Module, PretrainedMixin):
 
     def optimize(self, *, dtype: DTypeLike = None, channels_last: Optional[bool] = None,
                  compile: Optional[bool] = None) -> "VDVAE":
-        """Choose how inference runs (weights and results' units are unchanged); returns self. None leaves a setting.
-
-        - `dtype`: compute precision of the convolutions, 'float32' (default, exact) or 'bfloat16' / 'float16'
-          (autocast; weights stay float32; the residual streams, the latent distributions, the KL and the
-          mixture-of-logistics likelihood stay float32). Methods also take `dtype=` for one call.
-        - `channels_last`: run the convolutions in NHWC memory layout (random draws are unaffected).
-        - `compile`: torch.compile each residual block; where that cannot compile (no C++ compiler or Triton)
-          it falls back to eager with one warning. The first calls are slow while it compiles.
-        """
+        """Choose how inference runs; returns self (None leaves a setting). `dtype`: precision of the convolutions,
+        'float32' (exact) or 'bfloat16'/'float16' (autocast; the latent distributions and the likelihood stay
+        float32); `channels_last`: NHWC convolutions; `compile`: torch.compile each block, falling back to eager
+        with one warning. See runtime.py and README, "Performance"."""
         if dtype is not None:
             self.runtime.dtype = compute_dtype(dtype)
         if channels_last is not None:
@@ -208,10 +208,7 @@ class VDVAE(nn.Module, PretrainedMixin):
 
     def _require_encoder(self) -> None:
         if self.encoder is None:
-            raise EncoderMismatchError(
-                "this model was loaded without its encoder (the file's encoder tensors do not match its config), so "
-                "likelihood, encode and reconstruct are unavailable; sample() and decode() work. Load again with a "
-                "config whose enc_blocks matches the file (`vdvae-zoo inspect FILE` shows the file's structure).")
+            raise EncoderMismatchError(NO_ENCODER)
 
     def _in_batches(self, n: int, batch_size: Optional[int], dtype: DTypeLike, generator: Optional[torch.Generator],
                     step: Callable[[MicroBatch], Any], sampling_layers: Sequence[bool], pixels: bool = False,
@@ -258,17 +255,11 @@ class VDVAE(nn.Module, PretrainedMixin):
     def likelihood(self, images: ImageBatch, *, n_samples: int = 1, generator: Optional[torch.Generator] = None,
                    batch_size: Optional[int] = None, dtype: DTypeLike = None,
                    seeds: Optional[Sequence[int]] = None) -> LikelihoodResult:
-        """Negative ELBO of uint8 NHWC images and its parts; with `n_samples` = K > 1 also the importance-weighted
-        bound -log (1/K) sum_k p(x, z_k) / q(z_k | x) (Burda et al.), never worse than the ELBO in expectation.
-
-        Returns a LikelihoodResult: `bpd` (bits per dim), `neg_elbo`, `distortion`, `rate` (nats per dim), each
-        (N,), `kl` (N, L) in nats (averaged over the K draws), and for K > 1 `bpd_iw` (N,) in bits per dim.
-        `batch_size` bounds how many images x draws are evaluated at once (None: `auto_batch_size()`); the
-        K draws are spread over passes, so memory does not grow with K. With K = 1 the split changes no random
-        number (the draws of the whole batch are made first, in the original's order). `seeds` (one int per image,
-        e.g. `batching.image_seed(seed, index)`): each image draws from its own generator instead, so its numbers
-        do not depend on the batch it is in.
-        """
+        """Negative ELBO of uint8 NHWC images and its parts, a LikelihoodResult: `bpd` (bits per dim), `neg_elbo`,
+        `distortion`, `rate` (nats per dim), `kl` (N, L, nats); with `n_samples` = K > 1 also `bpd_iw`, the
+        importance-weighted bound -log (1/K) sum_k p(x, z_k) / q(z_k | x) (Burda et al.), in bits per dim.
+        `batch_size`: images x draws per pass (None: automatic; splitting changes no random number, batching.py).
+        `seeds`: one per image, each image then draws from its own generator (`batching.image_seed`)."""
         self._require_encoder()
         images = check_images(images, self.config)
         check_count(n_samples, "n_samples", what="posterior draws per image")
@@ -373,14 +364,10 @@ class VDVAE(nn.Module, PretrainedMixin):
     def interpolate(self, a: ImageBatch, b: ImageBatch, steps: int = 8, *, keep: Optional[int] = None,
                     temperature: Temperature = 1.0, mode: str = "linear", generator: Optional[torch.Generator] = None,
                     dtype: DTypeLike = None) -> torch.Tensor:
-        """Decode `steps` images along the path from image a to image b in latent space.
-
-        a, b: uint8 (H, W, 3) or matching batches (N, H, W, 3). Both are encoded to their posterior means; the
-        first `keep` layers (all when None) are interpolated (`mode` 'linear' or 'slerp' per layer), the rest are
-        drawn from the prior at `temperature`, with the same noise at every step (pixels included), so the path is
-        smooth and changes only where the interpolated latents do. Returns
-        uint8 (steps, H, W, 3) for single images, (N, steps, H, W, 3) for batches, on the CPU; step 0 is a.
-        """
+        """`steps` images along the latent path from image a to image b (uint8 (H, W, 3), or batches (N, H, W, 3)).
+        Both are encoded to posterior means; the first `keep` layers (all when None) are interpolated ('linear' or
+        'slerp'), the rest drawn from the prior at `temperature` with the same noise at every step. Returns uint8
+        (steps, H, W, 3), or (N, steps, H, W, 3) for batches, on the CPU; step 0 is a."""
         a, b, single = check_image_pair(a, b, self.config)
         check_count(steps, "steps", minimum=2, what="images on the path, ends included")
         if mode not in ("linear", "slerp"):
