@@ -256,6 +256,15 @@ def test_out_may_not_be_the_folder_the_model_is_read_from(tmp_path, photo_dir, t
     assert (source / "model.safetensors").read_bytes() == before
 
 
+def test_out_may_sit_beside_a_model_file(tmp_path, photo_dir, tiny_model, monkeypatch):
+    tiny_model.save_pretrained(tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")  # fine-tuning model.safetensors of the current folder
+    trainer = Trainer(TrainOptions(data=str(photo_dir), out="runs/x", model="model.safetensors", device="cpu"))
+    assert str(trainer.run.path) == "runs/x"  # a folder beside the file is fine
+    with pytest.raises(ValueError, match="is where --model"):
+        Trainer(TrainOptions(data=str(photo_dir), out=".", model="model.safetensors", device="cpu"))
+
+
 def test_out_must_be_ours_or_empty_and_a_run_needs_resume(tmp_path, photo_dir, config_file):
     mine = tmp_path / "notes"
     mine.mkdir()

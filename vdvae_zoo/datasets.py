@@ -68,7 +68,7 @@ class _CifarUnpickler(pickle.Unpickler):
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"), ("copyreg", "_reconstructor")}
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
@@ -149,8 +149,7 @@ def _npy(path: Path) -> np.ndarray:
 
 
 def _permuted_split(path: Path, array: np.ndarray, split: str, seed: int, held_out: int, name: str) -> Dataset:
-    np.random.seed(seed)  # the authors' global seeding, kept so that the permutation is theirs
-    order = np.random.permutation(array.shape[0])
+    order = np.random.RandomState(seed).permutation(array.shape[0])  # = their np.random.seed + permutation
     indices = order[-held_out:] if split in ("valid", "test") else order[:-held_out]
     rule = (f"{path.name}: np.random.seed({seed}) permutation of {array.shape[0]}, "
             + (f"its last {held_out}" if split != "train" else f"all but its last {held_out}"))

@@ -74,7 +74,8 @@ class RunFolder:
         out = self.path.resolve()
         if source and Path(source).exists():
             src = Path(source).resolve()
-            if out == src or src.is_relative_to(out) or out.is_relative_to(src if src.is_dir() else src.parent):
+            # refused: OUT is the source folder, holds the source, or lies inside a source folder
+            if src.is_relative_to(out) or (src.is_dir() and out.is_relative_to(src)):
                 raise ValueError(f"--out {self.path} is where --model {source} is read from; training would overwrite "
                                  "it. Choose another --out.")
         if self.path.exists() and not self.path.is_dir():
