@@ -1,10 +1,10 @@
-"""The golden checks on CUDA: the original implementation's tiny32 outputs (../shared/golden) reproduced on a GPU.
+"""The golden checks on CUDA: the original implementation's tiny32 outputs (tests/golden) reproduced on a GPU.
 
 CUDA's random numbers differ from the CPU's, so the posterior draws are taken from the CPU generator (seeded as
 the golden files say) and moved to the GPU; everything else runs on the GPU in float32 with TF32 off. Also:
 bf16 autocast's bpd change, seeded CUDA sampling is reproducible, and torch.compile matches eager.
 
-    python benchmarks/cuda_golden.py [--golden ../shared/golden] [--json out.json]
+    python benchmarks/cuda_golden.py [--golden tests/golden] [--json out.json]
 Exit status 1 when a check fails.
 """
 
@@ -23,12 +23,12 @@ import vdvae_zoo
 def main() -> int:
     repo = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--golden", default=None, help="The golden folder (default: ../shared/golden or shared/golden).")
+    parser.add_argument("--golden", default=None, help="The golden folder (default: the repository's tests/golden).")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--compile", action="store_true", help="Also check torch.compile (slow the first time).")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    candidates = [Path(args.golden)] if args.golden else [repo.parent / "shared" / "golden", repo / "shared" / "golden"]
+    candidates = [Path(args.golden)] if args.golden else [repo / "tests" / "golden"]
     golden = next((c for c in candidates if (c / "tiny32").is_dir()), None)
     if golden is None:
         print(f"no golden folder at {', '.join(map(str, candidates))}", file=sys.stderr)

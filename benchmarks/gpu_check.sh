@@ -14,11 +14,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
 GOLDEN=""
-for g in ../shared/golden shared/golden; do [ -d "$g/tiny32" ] && GOLDEN="$g" && break; done
+for g in tests/golden; do [ -d "$g/tiny32" ] && GOLDEN="$g" && break; done
 if [ -n "$GOLDEN" ]; then
   timeout 150 python benchmarks/cuda_golden.py --golden "$GOLDEN" --compile --json "$OUT/cuda_golden.json" || echo "cuda_golden: FAILED ($?)"
 else
-  echo "cuda_golden: no golden folder beside the repository, skipped"
+  echo "cuda_golden: tests/golden is missing, skipped"
 fi
 
 timeout 120 python benchmarks/bench.py --preset ffhq1024 --device cuda --modes sample --batch-size 4 \

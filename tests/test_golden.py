@@ -1,4 +1,5 @@
-"""Our model against outputs of the original implementation (../shared/golden), within its README's tolerances."""
+"""Our model against outputs of the original implementation (tests/golden, a copy of the project's shared/golden),
+within its README's tolerances."""
 
 import json
 
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 import vdvae_zoo
 from vdvae_zoo.dmol import dmol_nll
 
-from helpers import GOLDEN, TINY
+from helpers import GOLDEN, SHARED_GOLDEN, TINY
 
 
 def assert_uint8_close(ours: np.ndarray, reference: np.ndarray):
@@ -104,3 +105,21 @@ def test_dmol_matches_original(kind):
     target = torch.from_numpy(np.load(GOLDEN / "dmol" / f"target_{kind}.npy"))
     nll = dmol_nll(params, target, expected["num_mixtures"], low_bit=expected[kind]["low_bit"])
     np.testing.assert_allclose(nll.numpy(), expected[kind]["nll_nats_per_dim"], rtol=1e-5)
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_repository_copy_is_complete_and_equals_the_shared_master_when_present():
+    """tests/golden is what every clone tests against; beside a developer's checkout, ../shared/golden is the
+    master it was copied from, and the two must not drift apart."""
+    ours = _files(GOLDEN)
+    assert {"README.md", "tiny32/expected.json", "tiny32/model-ema.th", "tiny32/images.npy",
+            "dmol/expected.json"} <= set(ours)
+    if not SHARED_GOLDEN.is_dir():
+        return  # a user's clone: the copy is all there is
+    shared = _files(SHARED_GOLDEN)
+    assert set(ours) == set(shared), f"files differ: {sorted(set(ours) ^ set(shared))}"
+    changed = [name for name in ours if ours[name] != shared[name]]
+    assert not changed, f"tests/golden differs from {SHARED_GOLDEN} in {changed}: copy it again"
