@@ -67,7 +67,7 @@ def test_huge_batches_fall_back_to_per_chunk_draws(tiny_model, monkeypatch):
     monkeypatch.setattr(batching, "CPU_BATCH_MEMORY", 4 * 16 * 16 * 3 * 3)  # < the draws of 3 images
     parts = list(batching.micro_batches(3, 2, config=tiny_model.config, device=tiny_model.device, generator=None,
                                    sampling_layers=[True] * tiny_model.num_layers, pixels=True))
-    assert [p.size for p in parts] == [2, 1] and all(p.noise is None and p.pixel_uniforms is None for p in parts)
+    assert [p.size for p in parts] == [2, 1] and all(p.normals is None and p.pixel_uniforms is None for p in parts)
     torch.manual_seed(4)
     chunked = tiny_model.sample(3, batch_size=2)
     torch.manual_seed(4)

@@ -17,7 +17,7 @@ def test_channels_last_matches_the_default_layout(golden_model, golden_images):
     plain_lik = seeded(lambda: golden_model.likelihood(golden_images))
     plain_samples = seeded(lambda: golden_model.sample(8, 0.8))
     golden_model.optimize(channels_last=True)
-    assert golden_model.decoder.memory_format == torch.channels_last
+    assert golden_model.runtime.memory_format == torch.channels_last
     fast_lik = seeded(lambda: golden_model.likelihood(golden_images))
     fast_samples = seeded(lambda: golden_model.sample(8, 0.8))
     torch.testing.assert_close(fast_lik.neg_elbo, plain_lik.neg_elbo, rtol=1e-5, atol=1e-5)
@@ -66,7 +66,7 @@ def test_dtype_names_are_checked(tiny_model):
 def test_load_passes_fast_path_options(golden_expected):
     model = vdvae_zoo.load(TINY / "model-ema.th", config=golden_expected["config"] | golden_expected["preprocess"],
                            device="cpu", dtype="bfloat16", channels_last=True)
-    assert model.compute_dtype == torch.bfloat16 and model.decoder.memory_format == torch.channels_last
+    assert model.compute_dtype == torch.bfloat16 and model.runtime.memory_format == torch.channels_last
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 

@@ -9,7 +9,7 @@ Layers (each module imports only those below it): cli -> train -> model -> (netw
 runtime, inputs) -> (hub, weights, manifest, inspection) -> (config, dmol, images, files). See README.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .config import VDVAEConfig, list_models as list_presets, parse_block_string
 from .hub import IntegrityError

@@ -6,9 +6,13 @@ decoder layer that samples, top to bottom, each (N, zdim, r, r); then, when pixe
 distribution's uniforms), and each micro-batch takes its slice. Only when those draws alone would exceed the
 budget (thousands of images) does each micro-batch draw its own, as consecutive calls would.
 
-With per-image `seeds` instead, image i draws its numbers (same shapes and order, batch size 1) from its own
-generator seeded by seeds[i]: results then depend on nothing but the seeds, not on batch sizes, on where a run
-was resumed, or on how images are shared out between processes. `image_seed(seed, index)` makes such seeds.
+With per-image `seeds` instead (what the CLI, `evaluate` and every score use), image i draws its numbers
+(same shapes and order, batch size 1) from its own generator seeded by seeds[i], and every pass has the same
+shape: `batch_size` images (default `seeded_pass_size`), the last pass padded with copies of its last image
+whose results are dropped. A result then depends on the image, its seed and the pass size only: not on how many
+images came with it, on chunking, on where a run was resumed, or on how images are shared out between processes
+(the arithmetic of a convolution can depend on the batch shape, so the shape is what is kept fixed).
+`image_seed(seed, index)` makes such seeds.
 
 The budget is fixed per device (`CPU_BATCH_MEMORY` bytes; `CUDA_BATCH_MEMORY_FRACTION` of the GPU's total
 memory), not the free memory, so a seeded call draws the same numbers every time on the same machine.
@@ -16,18 +20,21 @@ memory), not the free memory, so a seeded call draws the same numbers every time
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .config import VDVAEConfig
-from .dmol import pixel_uniform_shapes, uniform
+from .dmol import pixel_uniform_shapes
+from .draws import uniform
 
-__all__ = ["CPU_BATCH_MEMORY", "CUDA_BATCH_MEMORY_FRACTION", "memory_budget", "auto_batch_size", "MicroBatch",
-           "micro_batches", "standard_normal", "check_batch_size", "image_seed", "seeded_draws"]
+__all__ = ["CPU_BATCH_MEMORY", "CUDA_BATCH_MEMORY_FRACTION", "SEEDED_PASS_IMAGES", "memory_budget", "auto_batch_size",
+           "seeded_pass_size", "MicroBatch", "micro_batches", "check_batch_size", "image_seed", "seeded_draws",
+           "trim_rows", "draw_normals"]
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -37,27 +44,27 @@ def image_seed(seed: int, index: int) -> int:
 
 
 def seeded_draws(seeds: Sequence[int], config: VDVAEConfig, device: torch.device, sampling_layers: Sequence[bool],
-                 pixels: bool) -> Tuple[Optional[Callable[[torch.Tensor], torch.Tensor]], Optional[List[torch.Tensor]]]:
-    """The decoder's noise hook and the pixel uniforms for a batch whose image i draws from a generator seeded
-    by seeds[i]: per image, a standard normal per sampling layer (top to bottom), then the pixel uniforms."""
-    resolutions = [b.resolution for b in config.decoder_blocks]
+                 pixels: bool) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
+    """The draws of a batch whose image i draws from a generator seeded by seeds[i]: a standard normal per
+    sampling layer (top to bottom, each (N, zdim, r, r)), then the pixel uniforms when `pixels`."""
     per_image_normals, per_image_uniforms = [], []
     for seed in seeds:
         g = torch.Generator(device=device).manual_seed(int(seed))
         per_image_normals.append([torch.empty((1, config.zdim, r, r), device=device).normal_(generator=g)
-                                  for r, sampling in zip(resolutions, sampling_layers) if sampling])
+                                  for r, sampling in zip(config.layer_resolutions, sampling_layers) if sampling])
         if pixels:
             per_image_uniforms.append([uniform(shape, device, g) for shape in
                                        pixel_uniform_shapes(1, config.image_size, config.image_size, config.num_mixtures)])
     normals = [torch.cat(layer) for layer in zip(*per_image_normals)]
-    upcoming = iter(normals)
-    noise = (lambda like: next(upcoming)) if normals else None
-    return noise, [torch.cat(u) for u in zip(*per_image_uniforms)] if pixels else None
+    return normals, [torch.cat(u) for u in zip(*per_image_uniforms)] if pixels else None
 
 #: Memory budget of one automatic micro-batch on the CPU, in bytes.
 CPU_BATCH_MEMORY = 2 * 2 ** 30
 #: The same on CUDA, as a fraction of the device's total memory.
 CUDA_BATCH_MEMORY_FRACTION = 0.25
+#: Images per pass of a seeded call when no batch size is given, by device type (fewer when the memory budget
+#: says so): every seeded pass has this shape, padded, so a larger number wastes more on a few images.
+SEEDED_PASS_IMAGES = {"cpu": 8, "cuda": 64}
 
 
 def memory_budget(device: torch.device) -> float:
@@ -70,7 +77,7 @@ def memory_budget(device: torch.device) -> float:
 def auto_batch_size(config: VDVAEConfig, device: torch.device) -> int:
     """Images per micro-batch that fit `memory_budget(device)`, by an estimate of the activations alive at once
     (checked against measured peak RSS on the cifar10 and imagenet64 presets: benchmarks/README.md)."""
-    layer_resolutions = [b.resolution for b in config.decoder_blocks]
+    layer_resolutions = config.layer_resolutions
     per_resolution = [config.width_at(r) * r * r for r in sorted(set(layer_resolutions))]
     states = 2 * sum(per_resolution)                  # encoder activations and decoder states, one per resolution
     working = 8 * max(per_resolution)                 # one layer's intermediates at the top resolution
@@ -80,32 +87,69 @@ def auto_batch_size(config: VDVAEConfig, device: torch.device) -> int:
     return max(1, int(memory_budget(device) // bytes_per_image))
 
 
-def check_batch_size(batch_size: Optional[int], config: VDVAEConfig, device: torch.device) -> int:
-    """`batch_size` checked, or the automatic one when None."""
+def seeded_pass_size(config: VDVAEConfig, device: torch.device) -> int:
+    """Images per pass of a seeded call without a batch size: `SEEDED_PASS_IMAGES`, within the memory budget."""
+    return max(1, min(auto_batch_size(config, device), SEEDED_PASS_IMAGES.get(device.type, SEEDED_PASS_IMAGES["cpu"])))
+
+
+def check_batch_size(batch_size: Optional[int], config: VDVAEConfig, device: torch.device,
+                     seeded: bool = False) -> int:
+    """`batch_size` (images per pass) checked, or the default when None: `seeded_pass_size` for seeded calls,
+    else the automatic one."""
     if batch_size is None:
-        return auto_batch_size(config, device)
+        return seeded_pass_size(config, device) if seeded else auto_batch_size(config, device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer (images per pass), got {batch_size!r}")
     return batch_size
 
 
-def standard_normal(like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """Standard normals shaped like `like`, always made in contiguous NCHW whatever the memory format of
-    `like`: the same generator state then gives the same numbers at the same positions as the original."""
-    return torch.empty(like.shape, dtype=like.dtype, device=like.device).normal_(generator=generator)
-
-
 @dataclass
 class MicroBatch:
-    """One pass: the images `part` of the batch, and the draws prepared for them (None: draw as you go)."""
+    """One pass: the images `part` of the batch, `pad` copies of its last image after them (seeded passes keep one
+    shape), and the draws prepared for them (None: draw as you go). Every tensor of the pass has `size` rows."""
 
     part: slice
-    noise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # the decoder's per-layer draw hook
-    pixel_uniforms: Optional[List[torch.Tensor]] = None            # the output distribution's uniforms
+    pad: int = 0
+    normals: Optional[List[torch.Tensor]] = None          # one standard normal per sampling layer, top to bottom
+    pixel_uniforms: Optional[List[torch.Tensor]] = None   # the output distribution's uniforms
+    seeds: Optional[List[int]] = None                     # per-image seeds, padding included
+
+    @property
+    def count(self) -> int:
+        """Images of the batch in this pass (without the padding)."""
+        return self.part.stop - self.part.start
 
     @property
     def size(self) -> int:
-        return self.part.stop - self.part.start
+        """Rows of the pass: `count` + `pad`."""
+        return self.count + self.pad
+
+    def take(self, batch: torch.Tensor) -> torch.Tensor:
+        """This pass's rows of `batch` (N, ...): its part, then `pad` copies of the part's last row."""
+        rows = batch[self.part]
+        return torch.cat([rows, rows[-1:].expand(self.pad, *rows.shape[1:])]) if self.pad else rows
+
+    def noise(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """The decoder's draw hook over the prepared normals (a fresh one per call, so that several passes of the
+        decoder over these images use the same numbers), or None to draw as it goes."""
+        if self.normals is None:
+            return None
+        upcoming = iter(self.normals)
+        return lambda like: next(upcoming)
+
+
+def trim_rows(value: Any, n: int) -> Any:
+    """The first `n` rows of every tensor in `value` (a tensor, or lists / tuples / dicts / dataclasses of them)."""
+    if isinstance(value, torch.Tensor):
+        return value[:n]
+    if isinstance(value, dict):
+        return {k: trim_rows(v, n) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: trim_rows(getattr(value, f.name), n)
+                                             for f in dataclasses.fields(value)})
+    if isinstance(value, (list, tuple)):
+        return type(value)(trim_rows(v, n) for v in value)
+    return value
 
 
 def micro_batches(n: int, batch_size: int, *, config: VDVAEConfig, device: torch.device,
@@ -114,17 +158,20 @@ def micro_batches(n: int, batch_size: int, *, config: VDVAEConfig, device: torch
     """Split n images into passes of at most `batch_size`. When there are several and the whole batch's draws
     fit the budget, they are drawn now, in the original's order: a standard normal for each decoder layer i with
     `sampling_layers[i]` true (false: its latent is given, or nothing is random), then the pixel uniforms when
-    `pixels`. With per-image `seeds`, each pass draws its images' numbers from their own generators, as it comes."""
+    `pixels`. With per-image `seeds`, every pass has exactly `batch_size` rows (the last one padded) and draws
+    its images' numbers from their own generators, as it comes."""
     parts = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     if seeds is not None:
         for p in parts:
-            yield MicroBatch(p, *seeded_draws(seeds[p], config, device, sampling_layers, pixels))
+            pad = batch_size - (p.stop - p.start)
+            padded = list(seeds[p]) + [seeds[p][-1]] * pad
+            normals, uniforms = seeded_draws(padded, config, device, sampling_layers, pixels)
+            yield MicroBatch(p, pad, normals or None, uniforms, padded)
         return
     if len(parts) == 1:
         yield MicroBatch(parts[0])
         return
-    resolutions = [b.resolution for b in config.decoder_blocks]
-    normal_shapes = [(n, config.zdim, r, r) for r, sampling in zip(resolutions, sampling_layers) if sampling]
+    normal_shapes = [(n, config.zdim, r, r) for r, sampling in zip(config.layer_resolutions, sampling_layers) if sampling]
     uniform_shapes = pixel_uniform_shapes(n, config.image_size, config.image_size, config.num_mixtures) if pixels else []
     floats = sum(math.prod(shape) for shape in normal_shapes + uniform_shapes)
     if not floats or 4 * floats > memory_budget(device):
@@ -132,10 +179,13 @@ def micro_batches(n: int, batch_size: int, *, config: VDVAEConfig, device: torch
         return
     normals = [torch.empty(shape, device=device).normal_(generator=generator) for shape in normal_shapes]
     uniforms = [uniform(shape, device, generator) for shape in uniform_shapes]
-
-    def noise_for(part: slice) -> Callable[[torch.Tensor], torch.Tensor]:
-        upcoming = iter([z[part] for z in normals])
-        return lambda like: next(upcoming)
-
     for p in parts:
-        yield MicroBatch(p, noise_for(p) if normals else None, [u[p] for u in uniforms] if uniforms else None)
+        yield MicroBatch(p, 0, [z[p] for z in normals] or None, [u[p] for u in uniforms] or None)
+
+
+def draw_normals(config: VDVAEConfig, n: int, device: torch.device, generator: Optional[torch.Generator]
+                 ) -> List[torch.Tensor]:
+    """A standard normal for every decoder layer, top to bottom, (n, zdim, r, r) each: the numbers a decoder pass
+    drawing as it goes would take from `generator`, drawn ahead so that several passes can share them."""
+    return [torch.empty((n, config.zdim, r, r), device=device).normal_(generator=generator)
+            for r in config.layer_resolutions]

@@ -19,13 +19,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Union
+from typing import Any, ClassVar, Dict, List, NamedTuple, Optional, Union
 
 __all__ = [
     "VDVAEConfig",
     "BlockSpec",
     "parse_block_string",
     "parse_custom_widths",
+    "kernel_size",
     "list_models",
     "PRESETS",
     "TRAINING_PRESETS",
@@ -105,6 +106,11 @@ def parse_block_string(spec: str, kind: str = "decoder") -> List[BlockSpec]:
     return blocks
 
 
+def kernel_size(resolution: int) -> int:
+    """The middle convolutions of every block are 3x3 above resolution 2 and 1x1 at resolutions 1 and 2."""
+    return 3 if resolution > 2 else 1
+
+
 def parse_custom_widths(spec: str) -> Dict[int, int]:
     """Parse ``"R:W,R:W,..."`` into {resolution: width}. Empty string gives {}."""
     widths: Dict[int, int] = {}
@@ -158,6 +164,8 @@ class VDVAEConfig:
     scale_loss: float = 1.0 / 127.5
     low_bit: bool = False
     pixel_scale: float = 1.0
+    #: The family of models this config describes (registry.py), written into every config.json.
+    model_type: ClassVar[str] = "vdvae"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -179,6 +187,11 @@ class VDVAEConfig:
     def num_layers(self) -> int:
         """Number of stochastic (decoder) layers."""
         return len(self.decoder_blocks)
+
+    @property
+    def layer_resolutions(self) -> List[int]:
+        """Resolution of each stochastic (decoder) layer, top to bottom."""
+        return [b.resolution for b in self.decoder_blocks]
 
     @property
     def bias_resolutions(self) -> List[int]:
@@ -278,6 +291,9 @@ class VDVAEConfig:
         """
         if not isinstance(d, dict):
             raise ValueError(f"a config must be a dict of hyper-parameters, got {type(d).__name__}")
+        if d.get("model_type", cls.model_type) != cls.model_type:
+            raise ValueError(f"model_type is {d['model_type']!r}: this is not a {cls.model_type} config")
+        d = {k: v for k, v in d.items() if k != "model_type"}
         names = {f.name for f in dataclasses.fields(cls)}
         merged = dict(d.get("config", {})) if isinstance(d.get("config"), dict) else {}
         merged.update(d)
@@ -291,7 +307,8 @@ class VDVAEConfig:
         return cls(**{k: v for k, v in merged.items() if k in names})
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The hyper-parameters, with `model_type` first: what config.json holds."""
+        return {"model_type": self.model_type, **dataclasses.asdict(self)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

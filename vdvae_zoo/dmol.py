@@ -16,7 +16,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dmol_nll", "dmol_sample", "dmol_level_probs", "pixel_uniform_shapes", "uniform", "MIN_LOG_SCALE"]
+from .draws import uniform
+
+__all__ = ["dmol_nll", "dmol_sample", "dmol_level_probs", "pixel_uniform_shapes", "MIN_LOG_SCALE"]
 
 MIN_LOG_SCALE = -7.0
 
@@ -78,11 +80,6 @@ def _dmol_nll(params: torch.Tensor, target: torch.Tensor, num_mixtures: int, low
 def pixel_uniform_shapes(n: int, h: int, w: int, num_mixtures: int) -> List[Tuple[int, ...]]:
     """Shapes of the uniform draws of `dmol_sample`, in the order it draws them."""
     return [(n, h, w, num_mixtures), (n, h, w, 3)]
-
-
-def uniform(shape, device, generator: Optional[torch.Generator]) -> torch.Tensor:
-    # `uniform_` on a float32 tensor: the same floats as the original (rand * a + b is not).
-    return torch.empty(shape, dtype=torch.float32, device=device).uniform_(1e-5, 1.0 - 1e-5, generator=generator)
 
 
 def dmol_sample(params: torch.Tensor, num_mixtures: int, generator: Optional[torch.Generator] = None,

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Callable, Iterator, Union
 
 __all__ = ["atomic_write", "atomic_folder", "recover_folder", "sha256_file", "remove_stale_temporaries",
-           "refuse_existing"]
+           "refuse_existing", "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "MODEL_SUBFOLDER"]
+
+# The layout of a model folder (Hugging Face's): the one statement of these names.
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+#: A folder may keep its model in this subfolder instead (a training run keeps its exported EMA weights there);
+#: loading the folder loads the subfolder's model.
+MODEL_SUBFOLDER = "model"
 
 PathLike = Union[str, os.PathLike]
 Content = Union[bytes, str, Callable[[Path], None]]
@@ -55,7 +63,8 @@ def refuse_existing(path: PathLike, overwrite: bool, hint: str = "pass --overwri
 def atomic_write(path: PathLike, content: Content, *, overwrite: bool = True) -> Path:
     """Write `content` to `path` atomically: bytes, text (UTF-8, '\\n' line ends), or a function that writes
     the file at the path it is given (e.g. `lambda p: save_file(tensors, str(p))`). Parent folders are made.
-    With `overwrite=False` an existing file is refused (FileExistsError) before anything is written."""
+    With `overwrite=False` an existing file is refused (FileExistsError) before anything is written, and again at
+    the moment the finished file takes its name: one that another process wrote meanwhile is never replaced."""
     path = Path(path)
     refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,11 +76,28 @@ def atomic_write(path: PathLike, content: Content, *, overwrite: bool = True) ->
             with open(tmp, "wb") as f:
                 f.write(content.encode() if isinstance(content, str) else content)
         _normal_mode(tmp)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """Give `tmp` the name `path` only if no file has it, atomically: a hard link fails when the name is taken."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists: another process wrote it while this one worked; it was not "
+                              "replaced (pass --overwrite to replace it)") from None
+    except OSError:  # a file system without hard links: check, then rename
+        refuse_existing(path, False)
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 @contextlib.contextmanager

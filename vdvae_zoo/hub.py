@@ -22,15 +22,14 @@ import warnings
 from pathlib import Path
 from typing import Optional, Union
 
-from .files import atomic_write, sha256_file
+from .files import CONFIG_NAME, WEIGHTS_NAME, atomic_write, sha256_file
 from .manifest import ModelEntry, valid_name
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "IntegrityError", "NotCachedError", "default_cache_dir", "offline",
+           "file_sha256",
            "converted_folder", "hub_repo_folder", "cached_folder", "is_cached", "fetch_hub_folder", "fetch_url", "download_original",
            "entry_lock", "DOWNLOAD_DEADLINE_S"]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 #: Overall limit of one download, in seconds (a server that trickles bytes must not hold a process for ever).
 DOWNLOAD_DEADLINE_S = float(os.environ.get("VDVAE_ZOO_DOWNLOAD_DEADLINE_S", 4 * 3600))
 
@@ -60,6 +59,33 @@ def offline(local_files_only: bool = False) -> bool:
 
 def _root(cache_dir: CacheDir) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    """sha256 of a file, hashed once: the result is recorded (by the file's real path, size and modification
+    time) in the cache's `vdvae-zoo/sha256.json`, so loading the same weights again hashes nothing. A file that
+    changed (other size or time) is hashed again; an unwritable cache only means no record is kept."""
+    import json
+    real = Path(path).resolve()
+    stat = real.stat()
+    key, mark = str(real), [stat.st_size, stat.st_mtime_ns]
+    record_file = _root(None) / "vdvae-zoo" / "sha256.json"
+    try:
+        records = json.loads(record_file.read_text())
+        if not isinstance(records, dict):
+            records = {}
+    except (OSError, ValueError):
+        records = {}
+    known = records.get(key)
+    if isinstance(known, dict) and known.get("mark") == mark and isinstance(known.get("sha256"), str):
+        return known["sha256"]
+    digest = sha256_file(real)
+    records[key] = {"mark": mark, "sha256": digest}
+    try:
+        atomic_write(record_file, json.dumps(records, indent=1) + "\n")
+    except OSError:
+        pass
+    return digest
 
 
 def _inside(path: Path, root: Path) -> Path:
@@ -142,7 +168,7 @@ def fetch_hub_folder(repo_id: str, revision: Optional[str], *, pinned_revision: 
             raise
     weights = paths[WEIGHTS_NAME]
     if pinned_sha256:
-        sha = sha256_file(weights)
+        sha = file_sha256(weights)
         if sha != pinned_sha256.lower():
             _discard(weights, root)
             raise IntegrityError(f"{repo_id}@{rev}/{WEIGHTS_NAME} has sha256 {sha}, but the manifest pins "

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
-from .config import VDVAEConfig
+from .config import VDVAEConfig, kernel_size
 from .weights import read_checkpoint, strip_ddp_prefix
 
 __all__ = ["inspect_checkpoint", "CheckpointInfo", "BlockRun", "compare_with_config"]
@@ -133,8 +133,8 @@ def inspect_checkpoint(path_or_state: Union[str, os.PathLike, Dict[str, torch.Te
 
 
 def _expected(config: VDVAEConfig) -> tuple:
-    enc = [(config.width_at(b.resolution), 3 if b.resolution > 2 else 1) for b in config.encoder_blocks]
-    dec = [(config.width_at(b.resolution), 3 if b.resolution > 2 else 1) for b in config.decoder_blocks]
+    enc = [(config.width_at(b.resolution), kernel_size(b.resolution)) for b in config.encoder_blocks]
+    dec = [(config.width_at(b.resolution), kernel_size(b.resolution)) for b in config.decoder_blocks]
     return enc, dec
 
 

@@ -21,8 +21,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .config import PRESETS, VDVAEConfig
 
-__all__ = ["ModelEntry", "Candidate", "Manifest", "load_manifest", "manifest_data", "UnknownModelError", "valid_name",
-           "MANIFEST_FILE"]
+__all__ = ["ModelEntry", "Candidate", "Manifest", "load_manifest", "manifest_data", "pin_entries", "UnknownModelError",
+           "valid_name", "MANIFEST_FILE"]
 
 MANIFEST_FILE = "weights_manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -85,18 +85,27 @@ class ModelEntry:
     notes: str = ""
     config: Optional[Dict[str, Any]] = None  # an explicit architecture, for models that are not a preset
     candidates: Tuple[Candidate, ...] = ()   # other architectures the file may hold (see Candidate)
+    model_type: Optional[str] = None         # the family (registry.py); None: the default family
 
     def resolve_config(self) -> VDVAEConfig:
         """The architecture the entry's name promises (its `config`, else its preset)."""
         return VDVAEConfig.from_dict(self.config) if self.config else VDVAEConfig.from_preset(self.preset)
 
     def architectures(self) -> Dict[str, VDVAEConfig]:
-        """{label: config} of every architecture the entry's file may hold: 'published' first, then candidates."""
-        return {"published": self.resolve_config(), **{c.name: c.resolve_config() for c in self.candidates}}
+        """{label: config} of every architecture the entry's file may hold: 'published' first, then candidates
+        (built once per entry)."""
+        if "_architectures" not in self.__dict__:
+            object.__setattr__(self, "_architectures", {"published": self.resolve_config(),
+                                                        **{c.name: c.resolve_config() for c in self.candidates}})
+        return dict(self.__dict__["_architectures"])
 
     def candidate_for(self, config: VDVAEConfig) -> Optional[Candidate]:
         """The candidate whose architecture is `config` (None when it is the published one, or none of them)."""
         return next((c for c in self.candidates if c.resolve_config() == config), None)
+
+    def label_for(self, config: VDVAEConfig) -> str:
+        """"published", a candidate's name, or "not a listed candidate": which of the entry's architectures `config` is."""
+        return next((label for label, c in self.architectures().items() if c == config), "not a listed candidate")
 
     @property
     def published(self) -> bool:
@@ -106,7 +115,7 @@ class ModelEntry:
 
 _REQUIRED = {"name": str, "preset": str, "dataset": str, "resolution": int, "bits": int, "parameters": int,
              "license": str, "hub": dict, "source": dict}
-_OPTIONAL = {"reported_test_bpd", "aliases", "encoder_verified", "notes", "config", "candidates"}
+_OPTIONAL = {"reported_test_bpd", "aliases", "encoder_verified", "notes", "config", "candidates", "model_type"}
 
 
 def _entry(m: Any, where: str) -> ModelEntry:
@@ -146,6 +155,8 @@ def _entry(m: Any, where: str) -> ModelEntry:
         except ValueError as e:
             raise ValueError(f"{here} ({c['name']}): invalid config: {e}") from None
         candidates.append(candidate)
+    if "model_type" in m and (not isinstance(m["model_type"], str) or not valid_name(m["model_type"])):
+        raise ValueError(f"{where}: model_type must be a plain name such as 'vdvae', got {m['model_type']!r}")
     if m["bits"] not in (5, 8):
         raise ValueError(f"{where}: bits must be 5 or 8, got {m['bits']}")
     hub, source = m["hub"], m["source"]
@@ -166,7 +177,7 @@ def _entry(m: Any, where: str) -> ModelEntry:
         parameters=m["parameters"], reported_test_bpd=m.get("reported_test_bpd"), license=m["license"],
         hub=dict(hub), source=dict(source), aliases=tuple(m.get("aliases", ())),
         encoder_verified=bool(m.get("encoder_verified", True)), notes=m.get("notes", ""), config=m.get("config"),
-        candidates=tuple(candidates))
+        candidates=tuple(candidates), model_type=m.get("model_type"))
 
 
 @dataclass
@@ -234,9 +245,41 @@ def manifest_data(path: Union[None, str, os.PathLike] = None) -> Dict[str, Any]:
         raise ValueError(f"manifest {path} is not valid JSON: {e}") from None
 
 
+_PARSED: Dict[Any, Manifest] = {}
+
+
 def load_manifest(manifest: Union[None, str, os.PathLike, Manifest] = None) -> Manifest:
-    """The manifest shipped with the package, the one at a path, or `manifest` itself when it is one."""
+    """The manifest shipped with the package, the one at a path, or `manifest` itself when it is one. Each file
+    is read and validated once per process (again only when it changes: its size or modification time)."""
     if isinstance(manifest, Manifest):
         return manifest
-    where = f"vdvae_zoo/{MANIFEST_FILE}" if manifest is None else str(manifest)
-    return Manifest.from_json(manifest_data(manifest), where)
+    if manifest is None:
+        key: Any = None
+    else:
+        try:
+            stat = Path(manifest).stat()
+            key = (str(Path(manifest).resolve()), stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            key = ("unreadable", str(manifest))  # manifest_data says why
+    if key not in _PARSED:
+        where = f"vdvae_zoo/{MANIFEST_FILE}" if manifest is None else str(manifest)
+        _PARSED[key] = Manifest.from_json(manifest_data(manifest), where)
+    return _PARSED[key]
+
+
+def pin_entries(data: Dict[str, Any], pins: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """A copy of manifest JSON `data` whose entries named in `pins` carry their new pins: {name: {repo_id,
+    revision, sha256, source_sha256}} (what `vdvae-zoo publish` uploads). The result is validated."""
+    import copy
+    updated = copy.deepcopy(data)
+    unknown = set(pins) - {m.get("name") for m in updated.get("models", []) if isinstance(m, dict)}
+    if unknown:
+        raise ValueError(f"no manifest entry is named {', '.join(sorted(unknown))}")
+    for m in updated["models"]:
+        pin = pins.get(m.get("name"))
+        if pin is not None:
+            m["hub"].update(repo_id=pin["repo_id"], revision=pin["revision"], sha256=pin["sha256"])
+            if pin.get("source_sha256"):
+                m["source"]["sha256"] = pin["source_sha256"]
+    Manifest.from_json(updated, "the updated manifest")
+    return updated

@@ -17,23 +17,27 @@ from __future__ import annotations
 import functools
 import math
 import os
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from .batching import (MicroBatch, auto_batch_size, check_batch_size, image_seed, micro_batches, seeded_draws,
-                       standard_normal)
+from .batching import (MicroBatch, auto_batch_size, check_batch_size, draw_normals, image_seed, micro_batches,
+                       seeded_draws, trim_rows)
 from .config import VDVAEConfig
 from .dmol import dmol_nll, dmol_sample
 from .inputs import (ImageBatch, Temperature, check_count, check_image_pair, check_images, check_keep,
                      check_latents, layer_temperatures, preprocess)
+from .latents import LatentSlot, latent_layout
+from .draws import standard_normal
+from . import network, registry
 from .network import Block, Decoder, Encoder, LayerOutput
 from .pretrained import PretrainedMixin
 from .runtime import DTypeLike, Runtime, compute_dtype
 
-__all__ = ["VDVAE", "LikelihoodResult", "Temperature", "EncoderMismatchError", "load"]
+__all__ = ["VDVAE", "LikelihoodResult", "LayerLatents", "Temperature", "EncoderMismatchError", "load"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -52,17 +56,22 @@ NO_ENCODER = ("this model was loaded without its encoder (the file's encoder ten
 @dataclass
 class LikelihoodResult:
     """Per-image likelihood terms (CPU float32 tensors). Units: nats per dim (divided by H * W * 3) unless
-    the name says bits; `kl` is in nats, summed over each layer's latent, shape (N, L)."""
+    the name says bits; `kl` is in nats, summed over each layer's latent, shape (N, L).
+
+    `keep` says which bound this is: None, the ELBO; n, the bound whose decoder layers n..L-1 (the lowest, at the
+    highest resolutions) came from their conditional prior instead of the posterior, so that their KL is 0 here
+    (Havtorn et al.'s L^{>k} with k = L - n; see `VDVAE.likelihood`)."""
 
     neg_elbo: torch.Tensor     # (N,) negative ELBO = distortion + rate, nats per dim (the paper's reported number)
     distortion: torch.Tensor   # (N,) -log p(x | z), nats per dim
     rate: torch.Tensor         # (N,) sum of the layers' KL, nats per dim
     kl: torch.Tensor           # (N, L) KL of each decoder layer, nats
     bpd_iw: Optional[torch.Tensor] = None  # (N,) importance-weighted bound, bits per dim (n_samples > 1)
+    keep: Optional[int] = None
 
     @property
     def bpd(self) -> torch.Tensor:
-        """Negative ELBO in bits per dim, (N,)."""
+        """Negative ELBO (or the bound `keep` names) in bits per dim, (N,)."""
         return self.neg_elbo / math.log(2)
 
     @property
@@ -72,6 +81,16 @@ class LikelihoodResult:
     @property
     def rate_bpd(self) -> torch.Tensor:
         return self.rate / math.log(2)
+
+
+@dataclass
+class LayerLatents:
+    """One decoder layer's posterior for a batch of images: the sample `z` the decoder used, the posterior
+    `mean` and standard deviation `std` (given the samples of the layers above), each (N, zdim, r, r), float32."""
+
+    z: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
 
 
 def _inference(method: Callable) -> Callable:
@@ -120,9 +139,11 @@ def _importance_weighted(model: "VDVAE", activations: Dict[int, torch.Tensor], t
     log_sum = None
     for k0 in range(0, k_total, draws_per_pass):
         k = min(draws_per_pass, k_total - k0)
-        noise = None if seeds is None else seeded_draws(  # draw t of image j: its own generator
-            [image_seed(seed, t) for t in range(k0, k0 + k) for seed in seeds], model.config, model.device,
-            [True] * model.num_layers, pixels=False)[0]
+        noise = None
+        if seeds is not None:  # draw t of image j: its own generator
+            normals = seeded_draws([image_seed(seed, t) for t in range(k0, k0 + k) for seed in seeds], model.config,
+                                   model.device, [True] * model.num_layers, pixels=False)[0]
+            noise = MicroBatch(slice(0, b * k), normals=normals).noise()
         terms = model._terms({r: a.repeat(k, 1, 1, 1) for r, a in activations.items()},
                              target.repeat(k, 1, 1, 1), b * k, generator, noise, log_weight=True)
         lse = torch.logsumexp(terms.pop("log_weight").view(k, b), dim=0)
@@ -136,6 +157,15 @@ def _importance_weighted(model: "VDVAE", activations: Dict[int, torch.Tensor], t
     return out
 
 
+def _result(parts: List[Dict[str, torch.Tensor]], keep: Optional[int]) -> LikelihoodResult:
+    """One LikelihoodResult from the terms of each micro-batch (as `VDVAE._terms` names them)."""
+    def joined(name: str) -> Optional[torch.Tensor]:
+        return torch.cat([p[name] for p in parts]).float().cpu() if name in parts[0] else None
+    return LikelihoodResult(neg_elbo=joined("neg_elbo"), distortion=joined("distortion"), rate=joined("rate"),
+                            kl=joined("kl"), bpd_iw=joined("bpd_iw"), keep=keep)
+
+
+@registry.register
 class VDVAE(nn.Module, PretrainedMixin):
     """A Very Deep VAE. Build one with random weights from a config, or get a trained one with
     `vdvae_zoo.load(...)` (= `VDVAE.from_pretrained`).
@@ -144,6 +174,21 @@ class VDVAE(nn.Module, PretrainedMixin):
     >>> images = model.sample(4, temperature=0.8)   # uint8 (4, 32, 32, 3)
     >>> model.likelihood(images).bpd                 # bits per dim, (4,)
     """
+
+    # The loaders' hooks (pretrained.py): what is VDVAE's own about its files.
+    model_type = VDVAEConfig.model_type
+    optional_part, optional_part_off = network.ENCODER_PREFIX, {"with_encoder": False}
+    optional_part_note = ("The decoder was loaded: sample() and decode() work; likelihood(), encode() and "
+                          "reconstruct() raise until the model is loaded with the encoder's real enc_blocks (see "
+                          "`vdvae-zoo inspect FILE`).")
+    signature = staticmethod(network.state_signature)
+    config_signature = staticmethod(network.config_signature)
+
+    @staticmethod
+    def card_lines(config: VDVAEConfig) -> List[str]:
+        return ["A Very Deep VAE (Child, *Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them "
+                "on Images*, ICLR 2021), packaged for [vdvae-zoo](https://github.com/vdvae-zoo/vdvae-zoo): "
+                f"{config.image_size}x{config.image_size} images, {config.num_layers} stochastic layers."]
 
     def __init__(self, config: Union[VDVAEConfig, Dict[str, Any]], with_encoder: bool = True):
         super().__init__()
@@ -160,7 +205,7 @@ class VDVAE(nn.Module, PretrainedMixin):
     @property
     def layer_resolutions(self) -> List[int]:
         """Resolution of each decoder layer, top to bottom."""
-        return [layer.resolution for layer in self.decoder.dec_blocks]
+        return self.config.layer_resolutions
 
     @property
     def device(self) -> torch.device:
@@ -189,7 +234,7 @@ class VDVAE(nn.Module, PretrainedMixin):
         if dtype is not None:
             self.runtime.dtype = compute_dtype(dtype)
         if channels_last is not None:
-            self.decoder.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            self.runtime.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if compile is not None:
             self.runtime.set_compile((m for m in self.modules() if isinstance(m, Block)), compile)
         return self
@@ -200,7 +245,7 @@ class VDVAE(nn.Module, PretrainedMixin):
 
     def preprocess(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 NHWC -> (encoder input, float NCHW; likelihood target, float NHWC in [-1, 1]) (docs/config.md: shift, scale, low_bit)."""
-        return preprocess(images, self.config, self.device, self.decoder.memory_format, self.dtype)
+        return preprocess(images, self.config, self.device, self.runtime.memory_format, self.dtype)
 
     def layer_temperatures(self, temperature: Temperature) -> List[float]:
         """One temperature per decoder layer from a number, a list of L, or a {resolution: t} schedule."""
@@ -213,14 +258,19 @@ class VDVAE(nn.Module, PretrainedMixin):
     def _in_batches(self, n: int, batch_size: Optional[int], dtype: DTypeLike, generator: Optional[torch.Generator],
                     step: Callable[[MicroBatch], Any], sampling_layers: Sequence[bool], pixels: bool = False,
                     seeds: Optional[Sequence[int]] = None) -> list:
-        """The one batch loop: `step` on each micro-batch (with its prepared draws), under the compute dtype."""
-        per_pass = check_batch_size(batch_size, self.config, self.device)
+        """The one batch loop: `step` on each micro-batch (with its prepared draws), under the compute dtype; the
+        rows of a seeded pass's padding are dropped from what `step` returns."""
+        per_pass = check_batch_size(batch_size, self.config, self.device, seeded=seeds is not None)
         if seeds is not None and len(seeds) != n:
             raise ValueError(f"seeds must have one seed per image ({n}), got {len(seeds)}")
         parts = micro_batches(n, per_pass, config=self.config, device=self.device, generator=generator,
                               sampling_layers=sampling_layers, pixels=pixels, seeds=seeds)
         with self.runtime.autocast(self.device, self.dtype, dtype):
-            return [step(mb) for mb in parts]
+            return [trim_rows(step(mb), mb.count) if mb.pad else step(mb) for mb in parts]
+
+    def _decoder(self, n: int, **kwargs: Any) -> tuple[torch.Tensor, List[Any]]:
+        """The decoder with this model's runtime settings (see `Decoder.forward` for the arguments)."""
+        return self.decoder(n, memory_format=self.runtime.memory_format, **kwargs)
 
     # ------------------------------------------------------------------------------------------- training
     def forward(self, images: ImageBatch, generator: Optional[torch.Generator] = None,
@@ -234,13 +284,18 @@ class VDVAE(nn.Module, PretrainedMixin):
 
     def _terms(self, activations: Dict[int, torch.Tensor], target: torch.Tensor, n: int,
                generator: Optional[torch.Generator] = None, noise: Optional[Callable] = None,
-               log_weight: bool = False) -> Dict[str, torch.Tensor]:
-        """Run the decoder on the posterior and score `target`. With `log_weight`, also the importance weight
+               log_weight: bool = False, keep: Optional[int] = None,
+               prior_temperature: float = 0.0) -> Dict[str, torch.Tensor]:
+        """Run the decoder on the posterior (layers from `keep` on: on their conditional prior at
+        `prior_temperature`) and score `target`. With `log_weight`, also the importance weight
         log p(x, z) - log q(z | x) of the draw, in nats per image, float64 (N,)."""
-        def summarize(o: LayerOutput):  # per image: the layer's KL, and its log p(z) - log q(z | x) when needed
-            return o.kl.sum(dim=(1, 2, 3)), _log_prior_over_posterior(o) if log_weight else None
+        def summarize(o: LayerOutput):  # per image: the layer's KL (0 from the prior), its log p(z) - log q(z | x)
+            kl = o.kl.sum(dim=(1, 2, 3)) if o.kl is not None else torch.zeros(n, device=target.device)
+            return kl, _log_prior_over_posterior(o) if log_weight else None
 
-        params, per_layer = self.decoder(n, activations, generator=generator, noise=noise, summarize=summarize)
+        temperatures = None if keep is None else [prior_temperature] * self.num_layers
+        params, per_layer = self._decoder(n, activations=activations, generator=generator, noise=noise,
+                                          summarize=summarize, keep=keep, temperatures=temperatures)
         distortion = dmol_nll(params, target, self.config.num_mixtures, self.config.low_bit)
         kl = torch.stack([layer_kl for layer_kl, _ in per_layer], dim=1)
         rate = kl.sum(dim=1) / self.config.dims_per_image
@@ -253,48 +308,89 @@ class VDVAE(nn.Module, PretrainedMixin):
     # ------------------------------------------------------------------------------------------ inference
     @_inference
     def likelihood(self, images: ImageBatch, *, n_samples: int = 1, generator: Optional[torch.Generator] = None,
-                   batch_size: Optional[int] = None, dtype: DTypeLike = None,
-                   seeds: Optional[Sequence[int]] = None) -> LikelihoodResult:
+                   batch_size: Optional[int] = None, dtype: DTypeLike = None, seeds: Optional[Sequence[int]] = None,
+                   keep: Union[None, int, Sequence[Optional[int]]] = None,
+                   prior_temperature: float = 0.0) -> Union[LikelihoodResult, List[LikelihoodResult]]:
         """Negative ELBO of uint8 NHWC images and its parts, a LikelihoodResult: `bpd` (bits per dim), `neg_elbo`,
         `distortion`, `rate` (nats per dim), `kl` (N, L, nats); with `n_samples` = K > 1 also `bpd_iw`, the
         importance-weighted bound -log (1/K) sum_k p(x, z_k) / q(z_k | x) (Burda et al.), in bits per dim.
+
+        `keep` = n gives a looser bound instead: decoder layers 0..n-1 take z from the posterior, as
+        `reconstruct(keep=n)` keeps them, and layers n..L-1 (the lowest, nearest the pixels) from their conditional
+        prior at `prior_temperature` (0: the prior mean, as Havtorn et al. do for L^{>k}, k = L - n; 1: a prior
+        sample); only the kept layers' KL counts. keep=L (or None) is the ELBO. A list of keeps returns a list of
+        results: the images are encoded once and every bound uses the same draws for the layers it keeps.
+
         `batch_size`: images x draws per pass (None: automatic; splitting changes no random number, batching.py).
-        `seeds`: one per image, each image then draws from its own generator (`batching.image_seed`)."""
+        `seeds`: one per image, each image then draws from its own generator (`batching.image_seed`), in passes
+        of one fixed shape: the result depends only on the image, its seed and `batch_size`."""
         self._require_encoder()
         images = check_images(images, self.config)
         check_count(n_samples, "n_samples", what="posterior draws per image")
-        per_pass = check_batch_size(batch_size, self.config, self.device)
+        several = isinstance(keep, (list, tuple))
+        keeps = [check_keep(k, self.num_layers) for k in (keep if several else [keep])]
+        if not keeps:
+            raise ValueError("keep is an empty list; give None, a number of layers, or a list of them")
+        if n_samples > 1 and any(k != self.num_layers for k in keeps):
+            raise ValueError("n_samples > 1 (the importance-weighted bound) is computed for the ELBO only: use keep=None")
+        if isinstance(prior_temperature, bool) or not isinstance(prior_temperature, (int, float)) \
+                or not 0 <= prior_temperature < math.inf:
+            raise ValueError(f"prior_temperature must be a number >= 0, got {prior_temperature!r}")
+        seeded = seeds is not None
+        per_pass = check_batch_size(batch_size, self.config, self.device, seeded=seeded)
+        bounds = [None if k == self.num_layers else k for k in keeps]
 
-        def step(mb: MicroBatch) -> Dict[str, torch.Tensor]:
-            x_in, target = self.preprocess(images[mb.part])
-            if n_samples == 1:
-                return self._terms(self.encoder(x_in), target, mb.size, generator, mb.noise)
-            return _importance_weighted(self, self.encoder(x_in), target, n_samples, max(1, per_pass // mb.size),
-                                        generator, None if seeds is None else seeds[mb.part])
+        def step(mb: MicroBatch) -> List[Dict[str, torch.Tensor]]:
+            x_in, target = self.preprocess(mb.take(images))
+            activations = self.encoder(x_in)
+            if n_samples > 1:
+                return [_importance_weighted(self, activations, target, n_samples, max(1, per_pass // mb.size),
+                                             generator, mb.seeds)]
+            if mb.normals is None and len(bounds) > 1:  # several passes share one draw per layer
+                mb = dataclasses.replace(mb, normals=draw_normals(self.config, mb.size, self.device, generator))
+            return [self._terms(activations, target, mb.size, generator, mb.noise(), keep=k,
+                                prior_temperature=float(prior_temperature)) for k in bounds]
 
         parts = self._in_batches(images.shape[0], per_pass, dtype, generator, step,
-                                 sampling_layers=[n_samples == 1] * self.num_layers,
-                                 seeds=seeds if n_samples == 1 else None)
-        return LikelihoodResult(**{k: torch.cat([p[k] for p in parts]).float().cpu() for k in parts[0]})
+                                 sampling_layers=[n_samples == 1] * self.num_layers, seeds=seeds)
+        results = [_result([p[j] for p in parts], keep=b) for j, b in enumerate(bounds)]
+        return results if several else results[0]
 
     @_inference
-    def encode(self, images: ImageBatch, *, mean: bool = False, generator: Optional[torch.Generator] = None,
-               batch_size: Optional[int] = None, dtype: DTypeLike = None) -> List[torch.Tensor]:
+    def encode(self, images: ImageBatch, *, mean: bool = False, stats: bool = False,
+               generator: Optional[torch.Generator] = None, batch_size: Optional[int] = None, dtype: DTypeLike = None,
+               seeds: Optional[Sequence[int]] = None) -> Union[List[torch.Tensor], List[LayerLatents]]:
         """Latents of every decoder layer for uint8 NHWC images: a list of L CPU float tensors, layer i of shape
         (N, zdim, r_i, r_i), top (lowest resolution) first. Posterior samples, or with `mean=True` the posterior
-        means (each layer's mean given the means above it; no random numbers are drawn)."""
+        means (each layer's mean given the means above it; no random numbers are drawn). With `stats=True`, a list
+        of LayerLatents instead: each layer's sample `z` (the mean when `mean`), posterior `mean` and `std`.
+        `seeds`: one per image, as in `likelihood`. `vdvae_zoo.flatten_latents` makes (N, D) rows of them."""
         self._require_encoder()
         images = check_images(images, self.config)
 
-        def step(mb: MicroBatch) -> List[torch.Tensor]:
-            x_in, _ = self.preprocess(images[mb.part])
-            noise = (lambda like: torch.zeros_like(like)) if mean else mb.noise
-            return self.decoder(mb.size, self.encoder(x_in), generator=generator, noise=noise,
-                                summarize=lambda o: o.z.float().cpu())[1]
+        def keep(o: LayerOutput):
+            if not stats:
+                return o.z.float().cpu()
+            return LayerLatents(o.z.float().cpu(), o.q_mean.float().cpu(), torch.exp(o.q_logstd.float()).cpu())
+
+        def step(mb: MicroBatch) -> list:
+            x_in, _ = self.preprocess(mb.take(images))
+            noise = (lambda like: torch.zeros_like(like)) if mean else mb.noise()
+            return self._decoder(mb.size, activations=self.encoder(x_in), generator=generator, noise=noise,
+                                 summarize=keep)[1]
 
         pieces = self._in_batches(images.shape[0], batch_size, dtype, generator, step,
-                                  sampling_layers=[not mean] * self.num_layers)
+                                  sampling_layers=[not mean] * self.num_layers, seeds=seeds)
+        if stats:
+            return [LayerLatents(*(torch.cat([getattr(o, f) for o in layer]) for f in ("z", "mean", "std")))
+                    for layer in zip(*pieces)]
         return [torch.cat(layer) for layer in zip(*pieces)]
+
+    @property
+    def latent_layout(self) -> List[LatentSlot]:
+        """Where each decoder layer's latent sits in a flat vector of `flatten_latents`: index, resolution, shape
+        (zdim, r, r), offset and size, top (lowest resolution) first."""
+        return latent_layout(self.config)
 
     @_inference
     def sample(self, n: int, temperature: Temperature = 1.0, *, generator: Optional[torch.Generator] = None,
@@ -319,9 +415,9 @@ class VDVAE(nn.Module, PretrainedMixin):
                 generator: Optional[torch.Generator], batch_size: Optional[int], dtype: DTypeLike,
                 seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
         def step(mb: MicroBatch) -> torch.Tensor:
-            chunk_latents = [None if z is None else z[mb.part].to(self.device, torch.float32) for z in latents]
-            params, _ = self.decoder(mb.size, temperatures=temperatures, latents=chunk_latents, generator=generator,
-                                     noise=mb.noise, summarize=lambda o: None)
+            chunk_latents = [None if z is None else mb.take(z).to(self.device, torch.float32) for z in latents]
+            params, _ = self._decoder(mb.size, temperatures=temperatures, latents=chunk_latents, generator=generator,
+                                      noise=mb.noise(), summarize=lambda o: None)
             return dmol_sample(params, self.config.num_mixtures, generator=generator, uniforms=mb.pixel_uniforms).cpu()
 
         sampling = [i >= len(latents) or latents[i] is None for i in range(self.num_layers)]
@@ -341,7 +437,7 @@ class VDVAE(nn.Module, PretrainedMixin):
             x_in, _ = self.preprocess(check_images(images, self.config))
             activations, n = self.encoder(x_in), x_in.shape[0]
         latents = [functools.partial(choose, i) for i in range(self.num_layers)]
-        return self.decoder(n, activations, latents=latents, summarize=lambda o: None)[0]
+        return self._decoder(n, activations=activations, latents=latents, summarize=lambda o: None)[0]
 
     @_inference
     def reconstruct(self, images: ImageBatch, keep: Union[None, int, Sequence[Optional[int]]] = None,
@@ -385,8 +481,8 @@ class VDVAE(nn.Module, PretrainedMixin):
         with self.runtime.autocast(self.device, self.dtype, dtype):
             for i in range(a.shape[0]):
                 latents = [_mix(za_l[i], zb_l[i], ts, mode).to(self.device) for za_l, zb_l in zip(za, zb)]
-                params, _ = self.decoder(steps, temperatures=temperatures, latents=latents,
-                                         noise=same_noise_each_step, summarize=lambda o: None)
+                params, _ = self._decoder(steps, temperatures=temperatures, latents=latents,
+                                          noise=same_noise_each_step, summarize=lambda o: None)
                 paths.append(dmol_sample(params, self.config.num_mixtures, generator, same_noise=True).cpu())
         out = torch.stack(paths)
         return out[0] if single else out

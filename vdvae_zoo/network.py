@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import standard_normal
-from .config import VDVAEConfig
+from .draws import standard_normal
+from .config import VDVAEConfig, kernel_size
 from .runtime import conv_dtype
 
-__all__ = ["Block", "Encoder", "DecoderLayer", "Decoder", "LayerOutput", "gaussian_kl"]
+__all__ = ["Block", "Encoder", "DecoderLayer", "Decoder", "LayerOutput", "gaussian_kl",
+           "ENCODER_PREFIX", "DECODER_PREFIX", "state_signature", "config_signature"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -40,16 +41,15 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, zero_weights: b
 
 
 class Block(nn.Module):
-    """Bottleneck block: four convs (1x1, 3x3, 3x3, 1x1; the middle ones 1x1 at resolutions <= 2), each
+    """Bottleneck block: four convs (1x1, k x k, k x k, 1x1; k = `kernel_size(resolution)`), each
     preceded by an exact GELU. Optionally residual, optionally average-pooled by `down_rate` at its end."""
 
-    def __init__(self, in_width: int, middle_width: int, out_width: int, *, use_3x3: bool,
+    def __init__(self, in_width: int, middle_width: int, out_width: int, *, kernel: int,
                  residual: bool, down_rate: Optional[int] = None, zero_last: bool = False):
         super().__init__()
-        k = 3 if use_3x3 else 1
         self.c1 = _conv(in_width, middle_width, 1)
-        self.c2 = _conv(middle_width, middle_width, k)
-        self.c3 = _conv(middle_width, middle_width, k)
+        self.c2 = _conv(middle_width, middle_width, kernel)
+        self.c3 = _conv(middle_width, middle_width, kernel)
         self.c4 = _conv(middle_width, out_width, 1, zero_weights=zero_last)
         self.residual = residual
         self.down_rate = down_rate
@@ -96,7 +96,7 @@ class Encoder(nn.Module):
         blocks = []
         for spec in specs:
             w = config.width_at(spec.resolution)
-            blocks.append(Block(w, int(w * config.bottleneck_multiple), w, use_3x3=spec.resolution > 2,
+            blocks.append(Block(w, int(w * config.bottleneck_multiple), w, kernel=kernel_size(spec.resolution),
                                 residual=True, down_rate=spec.down_rate))
         with torch.no_grad():
             for block in blocks:  # residual scaling: the sum of N branches keeps its variance
@@ -149,11 +149,11 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.resolution, self.mixin, self.zdim = resolution, mixin, config.zdim
         self.width = w = config.width_at(resolution)
-        middle, use_3x3 = int(w * config.bottleneck_multiple), resolution > 2
-        self.enc = Block(2 * w, middle, 2 * config.zdim, use_3x3=use_3x3, residual=False)
-        self.prior = Block(w, middle, 2 * config.zdim + w, use_3x3=use_3x3, residual=False, zero_last=True)
+        middle, kernel = int(w * config.bottleneck_multiple), kernel_size(resolution)
+        self.enc = Block(2 * w, middle, 2 * config.zdim, kernel=kernel, residual=False)
+        self.prior = Block(w, middle, 2 * config.zdim + w, kernel=kernel, residual=False, zero_last=True)
         self.z_proj = _conv(config.zdim, w, 1)
-        self.resnet = Block(w, middle, w, use_3x3=use_3x3, residual=True)
+        self.resnet = Block(w, middle, w, kernel=kernel, residual=True)
         with torch.no_grad():
             self.z_proj.weight.mul_(math.sqrt(1.0 / num_layers))
             self.resnet.c4.weight.mul_(math.sqrt(1.0 / num_layers))
@@ -224,38 +224,64 @@ class Decoder(nn.Module):
         self.bias_xs = nn.ParameterList(
             nn.Parameter(torch.zeros(1, config.width_at(r), r, r)) for r in self.bias_resolutions)
         self.out_net = OutputHead(config)
-        self.memory_format = torch.contiguous_format  # runtime setting (VDVAE.optimize), not a weight
         self.gain = nn.Parameter(torch.ones(1, config.width, 1, 1))
         self.bias = nn.Parameter(torch.zeros(1, config.width, 1, 1))
 
     def forward(self, n: int, activations: Optional[Dict[int, torch.Tensor]] = None,
                 temperatures: Optional[Sequence[float]] = None, latents: Sequence[Optional[torch.Tensor]] = (),
                 generator: Optional[torch.Generator] = None, noise: Optional[Callable] = None,
-                summarize: Optional[Callable[[LayerOutput], Any]] = None) -> tuple[torch.Tensor, List[Any]]:
+                summarize: Optional[Callable[[LayerOutput], Any]] = None, keep: Optional[int] = None,
+                memory_format: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, List[Any]]:
         """Run the layers top to bottom for a batch of `n`. Returns the output-distribution parameters
         (N, H, W, 10M) and each layer's LayerOutput, or `summarize(output)` of it: keeping only what the caller
         needs frees the layer's latent tensors at once. `latents[i]`, when given and not None, fixes layer i.
-        `noise(like)`, when given, supplies each layer's standard-normal draw instead of the generator."""
+        `noise(like)`, when given, supplies each layer's standard-normal draw instead of the generator.
+        With `activations` (the encoder's), layers 0..keep-1 (all when `keep` is None) take z from the posterior
+        and the others from their conditional prior at `temperatures[i]`. `memory_format`: of the states."""
         ref = self.gain
-        fmt = self.memory_format
-        states: Dict[int, torch.Tensor] = {r: b.contiguous(memory_format=fmt)
+        states: Dict[int, torch.Tensor] = {r: b.contiguous(memory_format=memory_format)
                                            for r, b in zip(self.bias_resolutions, self.bias_xs)}
         outputs: List[LayerOutput] = []
         for i, layer in enumerate(self.dec_blocks):
             r = layer.resolution
             x = states.get(r)
             if x is None:
-                x = torch.zeros(n, layer.width, r, r, dtype=ref.dtype, device=ref.device).contiguous(memory_format=fmt)
+                x = torch.zeros(n, layer.width, r, r, dtype=ref.dtype, device=ref.device
+                                ).contiguous(memory_format=memory_format)
             elif x.shape[0] != n:
                 x = x.expand(n, -1, -1, -1)
             if layer.mixin is not None:
                 up = states[layer.mixin][:, :layer.width]
                 x = x + F.interpolate(up, scale_factor=r // layer.mixin, mode="nearest")
             latent = latents[i] if i < len(latents) else None
-            activation = activations[r] if activations is not None else None
+            posterior = activations is not None and (keep is None or i < keep)
+            activation = activations[r] if posterior else None
             t = 1.0 if temperatures is None else temperatures[i]
             x, out = layer(x, activation, t, latent, generator, noise)
             states[r] = x
             outputs.append(out if summarize is None else summarize(out))
         x = states[self.config.image_size] * self.gain + self.bias
         return self.out_net(x), outputs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoint keys: what the generic loaders learn of this network's tensor names (through VDVAE's hooks)
+# ----------------------------------------------------------------------------------------------------------------
+
+ENCODER_PREFIX, DECODER_PREFIX = "encoder.", "decoder."
+
+
+def state_signature(shapes: Dict[str, tuple]) -> Optional[tuple]:
+    """(encoder blocks, decoder layers, width) as a checkpoint's names and shapes give them; None when it holds no
+    encoder blocks (then nothing can be ruled out cheaply)."""
+    def count(prefix: str, suffix: str) -> int:
+        return len({k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix) and k.endswith(suffix)})
+    encoder = count(ENCODER_PREFIX + "enc_blocks.", ".c1.weight")
+    gain = shapes.get(DECODER_PREFIX + "gain")
+    width = int(gain[1]) if gain is not None and len(gain) == 4 else None
+    return (encoder, count(DECODER_PREFIX + "dec_blocks.", ".resnet.c1.weight"), width) if encoder else None
+
+
+def config_signature(config: VDVAEConfig) -> tuple:
+    """What `state_signature` gives for a model of `config`, without building it."""
+    return len(config.encoder_blocks), len(config.decoder_blocks), config.width

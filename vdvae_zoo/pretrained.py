@@ -1,10 +1,13 @@
-"""`from_pretrained` / `save_pretrained` / `push_to_hub` for VDVAE (as diffusers' ModelMixin): the model class
-inherits them, so this module never imports the model.
+"""`from_pretrained` / `save_pretrained` / `push_to_hub` (as diffusers' ModelMixin): the model class inherits
+them, so this module never imports a model, and it names none of a model family's tensors: what differs by
+family comes from the class's hooks (`model_type`, `optional_part`, `signature`, `card_lines`,
+`filter_checkpoint`), and `registry.py` maps a config's `model_type` to its class.
 
 Loading reads the weights and the config from wherever they are (a folder, a file, a manifest name, a Hub
 repository), builds `cls(config)` once on the `meta` device, checks the state dict against it once
 (missing / unexpected / mis-shaped keys, reported as a `LoadReport` value) and assigns the tensors. A file whose
-encoder alone differs from its config loads without its encoder (sampling and decoding work), with a warning.
+differences all lie in the class's `optional_part` (VDVAE: the encoder) loads without that part, with a warning.
+Where the weights came from is recorded once, as the model's `provenance`.
 """
 
 from __future__ import annotations
@@ -13,28 +16,64 @@ import json
 import os
 import tempfile
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import torch
 
-from . import hub
+from . import hub, registry
 from .config import ConfigLike, VDVAEConfig, resolve_config
-from .files import sha256_file
+from .files import CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME
 from .manifest import Manifest, ModelEntry, load_manifest
-from .weights import (CONFIG_NAME, RUN_MODEL_FOLDER, WEIGHTS_NAME, ArchitectureMatch, LoadReport, check_state, match_architectures,
-                      read_checkpoint, write_model_folder)
+from .weights import (ArchitectureMatch, LoadReport, check_state, match_architectures, read_checkpoint,
+                      tensor_sha256, write_model_folder)
 
-__all__ = ["PretrainedMixin", "ArchitectureWarning", "model_card", "pick_device"]
+__all__ = ["PretrainedMixin", "ArchitectureWarning", "Provenance", "model_card", "pick_device", "named_provenance"]
 
 
 class ArchitectureWarning(UserWarning):
     """A model loaded by name holds another architecture than the name's published hyper-parameters."""
 
+
 M = TypeVar("M", bound="PretrainedMixin")
 PathLike = Union[str, os.PathLike]
 ManifestLike = Union[None, PathLike, Manifest]
-Loaded = Tuple[Dict[str, torch.Tensor], VDVAEConfig, str]   # state dict, config, where they came from
+
+
+@dataclass
+class Provenance:
+    """Where a model's weights came from, recorded once by `from_pretrained` where it read them; reports,
+    resumable runs and archives read it instead of working it out again.
+
+    `kind`: "name" (a manifest entry), "hub" (a repository id), "folder", "file", or "memory" (built in Python);
+    `name`: what was asked for; `weights`: the file read; `sha256`: of that file (for "memory", of the tensors,
+    computed when asked); `architecture`: the label of the architecture found ("published", a candidate's name,
+    "preset cifar10", ...) when it was recognised from the tensors; `source_sha256`: of the authors' original file
+    it was converted from, when known; `paper_bpd`: the entry's reported test bits per dim."""
+
+    kind: str
+    name: str
+    weights: Optional[str] = None
+    sha256: Optional[str] = None
+    architecture: Optional[str] = None
+    source_sha256: Optional[str] = None
+    entry: Optional[str] = None
+    paper_bpd: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class _Loaded:
+    """A state dict read from somewhere, with its config and where it came from."""
+
+    state: Dict[str, torch.Tensor]
+    config: VDVAEConfig
+    source: str
+    provenance: Provenance
+    label: Optional[str] = None
 
 
 def pick_device(device: Union[None, str, torch.device]) -> torch.device:
@@ -51,24 +90,36 @@ def pick_device(device: Union[None, str, torch.device]) -> torch.device:
     return device
 
 
-def _read_folder(folder: Path, config: ConfigLike = None) -> Loaded:
-    if not (folder / WEIGHTS_NAME).is_file() and (folder / RUN_MODEL_FOLDER / WEIGHTS_NAME).is_file():
-        folder = folder / RUN_MODEL_FOLDER  # a training run's folder: its exported EMA weights
+def _model_files(folder: Path) -> Path:
+    """The folder that holds the model files: `folder`, or its MODEL_SUBFOLDER when only that has them."""
+    if not (folder / WEIGHTS_NAME).is_file() and (folder / MODEL_SUBFOLDER / WEIGHTS_NAME).is_file():
+        return folder / MODEL_SUBFOLDER
+    return folder
+
+
+def _read_folder(folder: Path, config: ConfigLike = None, name: Optional[str] = None, kind: str = "folder") -> _Loaded:
+    folder = _model_files(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}; a model folder holds {CONFIG_NAME} + {WEIGHTS_NAME}")
     if config is None and not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; pass config= (the config the weights were trained with)")
-    return read_checkpoint(weights), resolve_config(config if config is not None else folder / CONFIG_NAME), str(weights)
+    provenance = Provenance(kind, name or str(folder), str(weights), hub.file_sha256(weights))
+    return _Loaded(read_checkpoint(weights), resolve_config(config if config is not None else folder / CONFIG_NAME),
+                   str(weights), provenance)
 
 
-
-
-def model_card(config: VDVAEConfig, entry: Optional[ModelEntry] = None, repo_id: Optional[str] = None) -> str:
-    """A Hugging Face model card (README.md with YAML metadata) for a VDVAE."""
-    name = entry.name if entry else (repo_id or "vdvae")
+def model_card(config: VDVAEConfig, lines: List[str], entry: Optional[ModelEntry] = None,
+               repo_id: Optional[str] = None, run: Optional[Mapping[str, Any]] = None) -> str:
+    """A Hugging Face model card (README.md with YAML metadata): the family's description `lines`, what the
+    manifest `entry` or a training `run` knows (base_model, data, steps, val_bpd, ...), how to load it and the
+    architecture."""
+    run = dict(run or {})
+    name = entry.name if entry else (run.get("title") or repo_id or config.model_type)
     meta = ["---", "library_name: vdvae-zoo", f"license: {(entry.license if entry else 'mit').lower()}",
-            "tags:", "- vdvae", "- vae", "- image-generation", "- likelihood"]
+            "tags:", f"- {config.model_type}", "- vae", "- image-generation", "- likelihood"]
+    if run.get("base_model"):
+        meta.append(f"base_model: {run['base_model']}")
     if entry:
         meta += ["datasets:", f"- {entry.dataset}"]
         if entry.reported_test_bpd is not None:
@@ -77,33 +128,68 @@ def model_card(config: VDVAEConfig, entry: Optional[ModelEntry] = None, repo_id:
                      "    metrics:", "    - type: bpd", "      name: test bits per dim (reported)",
                      f"      value: {entry.reported_test_bpd}"]
     meta.append("---")
-    lines = [f"# {name}", "",
-             "A Very Deep VAE (Child, *Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them on "
-             "Images*, ICLR 2021), packaged for [vdvae-zoo](https://github.com/vdvae-zoo/vdvae-zoo).", ""]
+    body = [f"# {name}", "", *lines, ""]
     if entry:
-        lines += [f"- Dataset: {entry.dataset}, {entry.resolution}x{entry.resolution}, {entry.bits}-bit targets",
-                  f"- Parameters: {entry.parameters:,}",
-                  f"- Reported test bits per dim (ELBO): {entry.reported_test_bpd}",
-                  f"- Source: converted without change from the authors' EMA checkpoint {entry.source.get('url')}"
-                  + (f" (sha256 {entry.source['sha256']})" if entry.source.get("sha256") else ""),
-                  f"- Licence: {entry.license}"]
+        body += [f"- Dataset: {entry.dataset}, {entry.resolution}x{entry.resolution}, {entry.bits}-bit targets",
+                 f"- Parameters: {entry.parameters:,}",
+                 f"- Reported test bits per dim (ELBO): {entry.reported_test_bpd}",
+                 f"- Source: converted without change from the authors' checkpoint {entry.source.get('url')}"
+                 + (f" (sha256 {entry.source['sha256']})" if entry.source.get("sha256") else ""),
+                 f"- Licence: {entry.license}"]
         if not entry.encoder_verified:
-            lines.append("- Note: the encoder of this file has not been verified against the published "
-                         "hyper-parameters; sampling uses only the decoder.")
-        lines.append("")
+            body.append("- Note: the encoder of this file has not been verified against the published "
+                        "hyper-parameters; sampling uses only the decoder.")
+        body.append("")
+    if run:
+        body += ["## Training", ""] + [f"- {k.replace('_', ' ')}: {v}" for k, v in run.items() if k != "title"] + [""]
     load_name = entry.name if entry else (repo_id or "path/to/this/folder")
-    lines += ["## Use", "", "```python", "import vdvae_zoo", f'model = vdvae_zoo.load("{load_name}")',
-              "images = model.sample(4, temperature=0.8)     # uint8 (4, H, W, 3)",
-              "print(model.likelihood(images).bpd)           # bits per dim", "```", "",
-              "## Architecture", "", "```json", config.to_json(), "```", ""]
-    return "\n".join(meta + [""] + lines)
+    body += ["## Use", "", "```python", "import vdvae_zoo", f'model = vdvae_zoo.load("{load_name}")',
+             "images = model.sample(4, temperature=0.8)     # uint8 (4, H, W, 3)",
+             "print(model.likelihood(images).bpd)           # bits per dim", "```", "",
+             "## Architecture", "", "```json", config.to_json(), "```", ""]
+    return "\n".join(meta + [""] + body)
 
 
 class PretrainedMixin:
     """Loading and saving in the Hugging Face layout (`config.json` + `model.safetensors` + model card).
-    The class that inherits it is built as `cls(config)` or `cls(config, with_encoder=False)`."""
+    The class that inherits it is built as `cls(config)`, and says through these hooks what is its own:"""
 
     config: VDVAEConfig
+    #: The `model_type` of its config.json (registry.py).
+    model_type: str = ""
+    #: A key prefix naming a part the model can run without (VDVAE: "encoder."); a file whose differences from the
+    #: config all lie under it loads without that part, built as `cls(config, **optional_part_off)`.
+    optional_part: str = ""
+    optional_part_off: Dict[str, Any] = {}
+    #: What is lost without the optional part, for the warning.
+    optional_part_note: str = ""
+
+    @staticmethod
+    def signature(shapes: Mapping[str, tuple]) -> Optional[tuple]:
+        """A cheap summary of a state dict's names and shapes that equal ones share (None: no quick check)."""
+        return None
+
+    @staticmethod
+    def config_signature(config: VDVAEConfig) -> Optional[tuple]:
+        """What `signature` gives for a model of `config`, without building it."""
+        return None
+
+    @staticmethod
+    def card_lines(config: VDVAEConfig) -> List[str]:
+        """The model card's description of the family."""
+        return []
+
+    @staticmethod
+    def filter_checkpoint(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The tensors of a read checkpoint that belong to the model (the family drops what it never holds)."""
+        return state
+
+    @property
+    def provenance(self) -> Provenance:
+        """Where the weights came from (set by `from_pretrained`); for a model built in Python, the sha256 of its
+        tensors as they are now."""
+        recorded = self.__dict__.get("_provenance")
+        return recorded if recorded is not None else Provenance("memory", "in memory", sha256=tensor_sha256(self))
 
     # ------------------------------------------------------------------------------- architectures
     @classmethod
@@ -124,22 +210,29 @@ class PretrainedMixin:
         return {k: tuple(v.shape) for k, v in cls._skeleton(config, built).state_dict().items()}
 
     @classmethod
+    def _match(cls, state: Mapping[str, torch.Tensor], architectures: Dict[str, VDVAEConfig],
+               shapes: Callable[[VDVAEConfig], Mapping[str, tuple]]) -> ArchitectureMatch:
+        quick = (cls.signature, cls.config_signature) if cls.config_signature(next(iter(architectures.values()))) \
+            is not None else None
+        return match_architectures(state, architectures, shapes, quick)
+
+    @classmethod
     def identify(cls, state: Dict[str, torch.Tensor], manifest: ManifestLike = None) -> ArchitectureMatch:
         """Which known architectures (presets, manifest entries and their candidates) `state` matches exactly."""
-        return match_architectures(state, load_manifest(manifest).architectures(), cls.expected_shapes)
+        return cls._match(state, load_manifest(manifest).architectures(), cls.expected_shapes)
 
     @classmethod
     def _choose_architecture(cls, state: Dict[str, torch.Tensor], architectures: Dict[str, VDVAEConfig],
                              source: str) -> Tuple[str, VDVAEConfig, Any, Optional[LoadReport]]:
         """The one architecture `state` matches exactly: (label, config, the meta skeleton its shapes were compared
-        with, the check's report). When only encoder tensors differ from the closest one: that one, with no skeleton
-        or report (it loads without its encoder). Otherwise a ValueError that says what to do."""
+        with, the check's report). When only the optional part differs from the closest one: that one, with no
+        skeleton or report (it loads without that part). Otherwise a ValueError that says what to do."""
         built: Dict[str, Any] = {}
-        match = match_architectures(state, architectures, lambda config: cls.expected_shapes(config, built))
+        match = cls._match(state, architectures, lambda config: cls.expected_shapes(config, built))
         if match.unique:
             labels, config = match.unique
             return labels[0], config, built[config.to_json()], LoadReport(source)
-        if not match.exact and match.closest is not None and match.closest[1].encoder_only:
+        if not match.exact and match.closest is not None and match.closest[1].only_under(cls.optional_part):
             return match.closest[0], architectures[match.closest[0]], None, None
         raise ValueError(match.describe(source))
 
@@ -149,21 +242,20 @@ class PretrainedMixin:
                         device: Union[None, str, torch.device] = None, skeleton: Optional[M] = None,
                         report: Optional[LoadReport] = None) -> Tuple[M, LoadReport]:
         """Build `cls(config)` holding `state`, checked strictly; returns (model in eval mode, LoadReport).
-        Raises ValueError listing the differences unless only encoder tensors differ. A `skeleton` (the model on
-        meta) and its `report`, when the caller already built and checked them, are used instead of doing it again."""
+        Raises ValueError listing the differences unless they all lie in the optional part. A `skeleton` (the
+        model on meta) and its `report`, when the caller already built and checked them, are used instead."""
         config = resolve_config(config)
         target = pick_device(device)
+        state = cls.filter_checkpoint(state)
         model = skeleton if skeleton is not None else cls._skeleton(config)
         if report is None:
             report = check_state({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, source)
-        if report.encoder_only:
-            warnings.warn(f"{source}: the encoder tensors do not match the config ({report.summary()}). The decoder "
-                          "was loaded: sample() and decode() work; likelihood(), encode() and reconstruct() raise until "
-                          "the model is loaded with the encoder's real enc_blocks (see `vdvae-zoo inspect FILE`).",
-                          stacklevel=3)
+        if report.only_under(cls.optional_part):
+            warnings.warn(f"{source}: the {cls.optional_part.rstrip('.')} tensors do not match the config "
+                          f"({report.summary()}). {cls.optional_part_note}", stacklevel=3)
             with torch.device("meta"):
-                model = cls(config, with_encoder=False)
-            state = {k: v for k, v in state.items() if k.startswith("decoder.")}
+                model = cls(config, **cls.optional_part_off)
+            state = {k: v for k, v in state.items() if not k.startswith(cls.optional_part)}
         elif not report.ok:
             shown = "\n  ".join(report.lines()[:10])
             more = f"\n  ... and {len(report.lines()) - 10} more" if len(report.lines()) > 10 else ""
@@ -190,13 +282,16 @@ class PretrainedMixin:
           names and shapes the file matches exactly is used, and several or none is an error that says why;
         - a Hub repository id `owner/name` holding config.json + model.safetensors.
         `local_files_only=True` (or HF_HUB_OFFLINE=1) never touches the network. With `output_loading_info`
-        returns (model, LoadReport).
+        returns (model, LoadReport). The model's `provenance` records where its weights came from.
         """
         text = os.fspath(name_or_path)
         path = Path(text).expanduser()
         built = None
+        if path.is_dir() and config is None and cls._other_family(path) is not None:
+            return cls._other_family(path).from_pretrained(name_or_path, device=device, manifest=manifest,
+                                                           output_loading_info=output_loading_info)
         if path.is_dir():
-            loaded = _read_folder(path, config)
+            loaded = _read_folder(path, config, text)
         elif path.is_file():
             loaded = cls._read_file(path, config, manifest)
         else:
@@ -204,31 +299,46 @@ class PretrainedMixin:
             if text in man:
                 entry = man.get(text)
                 folder, built = cls._cached_folder(entry, revision, cache_dir, local_files_only, device)
-                loaded = None if built else _read_folder(folder)
-                _warn_if_not_published(entry, built[0].config if built else loaded[1])
+                loaded = _named(entry, folder, built[0].config if built else None, revision)
+                _warn_if_not_published(entry, loaded.config)
             else:
-                loaded = _read_folder(_hub_id_folder(text, man, revision, cache_dir, local_files_only), config)
-        model, report = built or cls.from_state_dict(loaded[0], loaded[1], source=loaded[2], device=device)
+                folder = _hub_id_folder(text, man, revision, cache_dir, local_files_only)
+                loaded = _read_folder(folder, config, text, kind="hub")
+        model, report = built or cls.from_state_dict(loaded.state, loaded.config, source=loaded.source, device=device)
+        model.__dict__["_provenance"] = loaded.provenance
         return (model, report) if output_loading_info else model
 
     @classmethod
-    def _read_file(cls, path: Path, config: ConfigLike, manifest: ManifestLike) -> Loaded:
+    def _other_family(cls, folder: Path) -> Optional[type]:
+        """The registered class of the folder's config.json `model_type`, when that is another family than this
+        class (None: this class, or no model_type stated, which old folders are)."""
+        model_type = registry.model_type_of(_model_files(folder) / CONFIG_NAME)
+        family = registry.family(model_type) if model_type is not None else None
+        return family if family is not None and not issubclass(cls, family) else None
+
+    @classmethod
+    def _read_file(cls, path: Path, config: ConfigLike, manifest: ManifestLike) -> _Loaded:
         state = read_checkpoint(path)
         if config is None and path.suffix == ".safetensors" and path.with_name(CONFIG_NAME).is_file():
             config = path.with_name(CONFIG_NAME)
+        label = None
         if config is None:
-            config = cls._choose_architecture(state, load_manifest(manifest).architectures(), str(path))[1]
-        return state, resolve_config(config), str(path)
+            label, config = cls._choose_architecture(state, load_manifest(manifest).architectures(), str(path))[:2]
+        provenance = Provenance("file", str(path), str(path), hub.file_sha256(path), architecture=label)
+        return _Loaded(state, resolve_config(config), str(path), provenance, label)
 
     @classmethod
     def config_of(cls, path: PathLike, manifest: ManifestLike = None) -> VDVAEConfig:
         """The config a local folder or weights file would load with (config.json, or recognised from the tensors)."""
         path = Path(path)
         if path.is_dir():
-            return _read_folder(path)[1]
+            folder = _model_files(path)
+            if not (folder / CONFIG_NAME).is_file():
+                raise FileNotFoundError(f"{path} has no {CONFIG_NAME}")
+            return resolve_config(folder / CONFIG_NAME)
         if path.suffix in (".json", ""):
             return resolve_config(path)
-        return cls._read_file(path, None, manifest)[1]
+        return cls._read_file(path, None, manifest).config
 
     @classmethod
     def download(cls, name: str, *, revision: Optional[str] = None, cache_dir: Union[None, PathLike] = None,
@@ -258,17 +368,20 @@ class PretrainedMixin:
             state, url = read_checkpoint(original), entry.source["url"]
             label, config, skeleton, report = cls._choose_architecture(state, entry.architectures(), url)
             built = cls.from_state_dict(state, config, source=url, device=device, skeleton=skeleton, report=report)
-            source = json.dumps({"url": url, "sha256": sha256_file(original), "architecture": label}, indent=2) + "\n"
-            write_model_folder(folder, state, config, card=model_card(config, entry), extra={"source.json": source})
+            source = json.dumps({"url": url, "sha256": hub.file_sha256(original), "architecture": label},
+                                indent=2) + "\n"
+            write_model_folder(folder, state, config, card=model_card(config, cls.card_lines(config), entry),
+                               extra={"source.json": source})
             original.unlink()  # the converted copy is all we need; its sha256 is kept in source.json
         return folder, built
 
     # -------------------------------------------------------------------------------------------- saving
     def save_pretrained(self, folder: PathLike, *, entry: Optional[ModelEntry] = None, card: bool = True,
-                        overwrite: bool = True) -> Path:
-        """Write config.json, model.safetensors and a model card README.md into `folder` (as a unit)."""
-        return write_model_folder(folder, self.state_dict(), self.config,
-                                  card=model_card(self.config, entry) if card else None, overwrite=overwrite)
+                        overwrite: bool = True, run: Optional[Mapping[str, Any]] = None) -> Path:
+        """Write config.json, model.safetensors and a model card README.md (with what `entry` or a training
+        `run` knows) into `folder`, as a unit."""
+        text = model_card(self.config, self.card_lines(self.config), entry, run=run) if card else None
+        return write_model_folder(folder, self.state_dict(), self.config, card=text, overwrite=overwrite)
 
     def push_to_hub(self, repo_id: str, *, entry: Optional[ModelEntry] = None, private: bool = False,
                     token: Optional[str] = None, commit_message: str = "Upload VDVAE weights") -> Dict[str, str]:
@@ -279,7 +392,7 @@ class PretrainedMixin:
         api.create_repo(repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(Path(tmp) / "model", entry=entry)
-            sha = sha256_file(folder / WEIGHTS_NAME)
+            sha = hub.file_sha256(folder / WEIGHTS_NAME)
             info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
         return {"repo_id": repo_id, "revision": info.oid, "sha256": sha}
 
@@ -288,16 +401,41 @@ class PretrainedMixin:
                          entry: Optional[ModelEntry] = None, overwrite: bool = False,
                          manifest: ManifestLike = None) -> Path:
         """Convert an original `.th` state dict into a `config.json` + `model.safetensors` folder, tensors
-        unchanged. The keys and shapes are checked against `config` first (encoder-only differences warn); with
-        `config=None` the file's architecture is recognised: among `entry`'s architectures when given (the published
-        one and its candidates), else among all known ones, as `from_pretrained` does."""
+        unchanged. The keys and shapes are checked against `config` first (differences in the optional part
+        warn); with `config=None` the file's architecture is recognised: among `entry`'s architectures when given
+        (the published one and its candidates), else among all known ones, as `from_pretrained` does."""
         if config is None and entry is not None:
             state = read_checkpoint(path)
             config = cls._choose_architecture(state, entry.architectures(), str(path))[1]
         else:
-            state, config = cls._read_file(Path(path), config, manifest)[:2]
+            loaded = cls._read_file(Path(path), config, manifest)
+            state, config = loaded.state, loaded.config
         cls.from_state_dict(state, config, source=str(path), device="cpu")  # the check; raises on a mismatch
-        return write_model_folder(folder, state, config, card=model_card(config, entry), overwrite=overwrite)
+        return write_model_folder(folder, state, config, card=model_card(config, cls.card_lines(config), entry),
+                                  overwrite=overwrite)
+
+
+def named_provenance(entry: ModelEntry, folder: Path, config: Optional[VDVAEConfig] = None,
+                     revision: Optional[str] = None) -> Provenance:
+    """The provenance of manifest entry `entry` whose files are in `folder` (the cache), from the manifest and
+    source.json; nothing is hashed that was checked before (a pinned, published file was checked against its
+    sha256 when it was fetched)."""
+    source = folder / "source.json"
+    recorded = json.loads(source.read_text()) if source.is_file() else {}
+    pinned = entry.hub.get("sha256") if entry.published and revision in (None, entry.hub.get("revision")) else None
+    weights = folder / WEIGHTS_NAME
+    label = recorded.get("architecture") or entry.label_for(config or resolve_config(folder / CONFIG_NAME))
+    return Provenance("name", entry.name, str(weights), pinned or hub.file_sha256(weights), label,
+                      recorded.get("sha256") or entry.source.get("sha256"), entry.name, entry.reported_test_bpd)
+
+
+def _named(entry: ModelEntry, folder: Path, config: Optional[VDVAEConfig], revision: Optional[str]) -> _Loaded:
+    """What a manifest name loads: its cached folder's state dict (none when `config` is given: the model
+    converted just now is already built), its config and provenance."""
+    loaded_config = config or resolve_config(folder / CONFIG_NAME)
+    provenance = named_provenance(entry, folder, loaded_config, revision)
+    state = {} if config is not None else read_checkpoint(folder / WEIGHTS_NAME)
+    return _Loaded(state, loaded_config, str(folder / WEIGHTS_NAME), provenance, provenance.architecture)
 
 
 def _warn_if_not_published(entry: ModelEntry, config: VDVAEConfig) -> None:

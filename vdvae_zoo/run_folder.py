@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from .files import atomic_folder, atomic_write, recover_folder, remove_stale_temporaries
-from .weights import RUN_MODEL_FOLDER
+from .files import MODEL_SUBFOLDER
 
 __all__ = ["RunFolder", "RunFolderInUse", "finite_json"]
 
@@ -56,7 +56,7 @@ class RunFolder:
 
     @property
     def model_path(self) -> Path:
-        return self.path / RUN_MODEL_FOLDER
+        return self.path / MODEL_SUBFOLDER
 
     def is_ours(self) -> bool:
         recover_folder(self.checkpoint_path)  # a crash between atomic_folder's two renames leaves it aside

@@ -57,11 +57,13 @@ class _CompiledForward:
 
 
 class Runtime:
-    """The inference settings of one model that are not in its modules: `dtype` (compute precision) and whether
-    its blocks are compiled. (The memory layout is the decoder's `memory_format`, which its forward reads.)"""
+    """The inference settings of one model that are not in its modules: `dtype` (compute precision), the memory
+    layout of the activations (`memory_format`: NCHW, or NHWC for channels_last) and whether its blocks are
+    compiled."""
 
     def __init__(self) -> None:
         self.dtype: torch.dtype = torch.float32
+        self.memory_format: torch.memory_format = torch.contiguous_format
         self._compile_state: Optional[dict] = None
 
     @property

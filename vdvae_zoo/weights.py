@@ -1,5 +1,6 @@
 """State dicts on disk: reading original `.th` and `.safetensors` files, checking them against the shapes a
-config expects, and writing the `config.json` + `model.safetensors` folder layout.
+config expects, and writing the `config.json` + `model.safetensors` folder layout. Nothing here knows a model
+family's tensor names: what differs by family comes in as arguments (the model classes' hooks, pretrained.py).
 
 Safety: `.th` files are read with `torch.load(..., weights_only=True)` only; a file holding pickled objects
 other than tensors is refused, never unpickled. Everything we write is safetensors + JSON.
@@ -16,17 +17,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from .config import VDVAEConfig
-from .files import atomic_folder, atomic_write, refuse_existing, remove_stale_temporaries
+from .files import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, atomic_folder, atomic_write, refuse_existing,
+                    remove_stale_temporaries)
 
 __all__ = ["read_checkpoint", "strip_ddp_prefix", "LoadReport", "check_state", "write_model_folder",
-           "ArchitectureMatch", "match_architectures",
-           "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME"]
+           "ArchitectureMatch", "match_architectures", "tensor_sha256"]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
-#: A training run folder keeps its exported EMA weights in this subfolder; loading the run folder loads it.
-RUN_MODEL_FOLDER = "model"
 _DDP_PREFIX = "module."
 Shape = Tuple[int, ...]
 
@@ -36,6 +32,17 @@ def strip_ddp_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     if state and all(k.startswith(_DDP_PREFIX) for k in state):
         return {k[len(_DDP_PREFIX):]: v for k, v in state.items()}
     return state
+
+
+def tensor_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a module's tensors (names, shapes, float32 bytes): the identity of weights that were never a
+    file (a model built or trained in Python)."""
+    import hashlib
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _refuse_inflating_archive(path: Path) -> None:
@@ -98,10 +105,10 @@ class LoadReport:
     def keys(self) -> List[str]:
         return [k for k, *_ in self.missing + self.unexpected + self.mismatched]
 
-    @property
-    def encoder_only(self) -> bool:
-        """True when something differs and every difference is in the encoder (the decoder loads)."""
-        return not self.ok and all(k.startswith("encoder.") for k in self.keys())
+    def only_under(self, prefix: str) -> bool:
+        """True when something differs and every difference is a key starting with `prefix` (a part of the model
+        that a family may load without, see `PretrainedMixin.optional_part`)."""
+        return bool(prefix) and not self.ok and all(k.startswith(prefix) for k in self.keys())
 
     def lines(self) -> List[str]:
         return ([f"missing {k} {s}" for k, s in self.missing]
@@ -186,27 +193,23 @@ class ArchitectureMatch:
                 "the structure its tensors determine, and pass the config it was trained with (config=, --config)")
 
 
-def _block_counts(state: Mapping[str, torch.Tensor]) -> Tuple[int, int, Optional[int]]:
-    """(encoder blocks, decoder layers, width) as the file's keys and shapes give them."""
-    def count(prefix: str, suffix: str) -> int:
-        return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix) and k.endswith(suffix)})
-    gain = state.get("decoder.gain")
-    return (count("encoder.enc_blocks.", ".c1.weight"), count("decoder.dec_blocks.", ".resnet.c1.weight"),
-            int(gain.shape[1]) if gain is not None and gain.ndim == 4 else None)
-
-
 def match_architectures(state: Mapping[str, torch.Tensor], candidates: Mapping[str, VDVAEConfig],
-                        expected_shapes: Callable[[VDVAEConfig], Mapping[str, Shape]]) -> ArchitectureMatch:
+                        expected_shapes: Callable[[VDVAEConfig], Mapping[str, Shape]],
+                        signature: Optional[Tuple[Callable[[Mapping[str, Shape]], tuple],
+                                                  Callable[[VDVAEConfig], tuple]]] = None) -> ArchitectureMatch:
     """Match a state dict against labelled configs by names and shapes (`expected_shapes(config)` gives what a
-    model of that config holds). Configs are compared once each, after a cheap check of block counts and width."""
+    model of that config holds). Configs are compared once each. `signature`, when given, is a pair of functions
+    that summarise cheaply (block counts and width, say) the names and shapes of a state dict and of a config's
+    model alike: a config whose summary differs from the file's cannot match and is not built at all."""
     groups: Dict[str, Tuple[List[str], VDVAEConfig]] = {}
     for label, config in candidates.items():
         groups.setdefault(config.to_json(), ([], config))[0].append(label)
-    found = _block_counts(state)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    found = signature[0](shapes) if signature is not None else None
     exact, reports = [], []
     for labels, config in groups.values():
-        if (len(config.encoder_blocks), len(config.decoder_blocks), config.width) != found and found[0]:
-            continue  # cannot match: skip building it
+        if found is not None and signature[1](config) != found:
+            continue  # cannot match
         report = check_state(expected_shapes(config), state, labels[0])
         if report.ok:
             exact.append((labels, config))
