@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import vdvae_zoo
+from vdvae_zoo.batching import image_seed
 from vdvae_zoo.cli import main
 from vdvae_zoo.files import sha256_file
 from vdvae_zoo.images import read_image, sample_photos
@@ -59,8 +60,7 @@ def test_bpd_matches_the_python_api(tmp_path, image_dir, model_dir):
     assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["astronaut.png", "coffee.webp", "rocket.bmp", "cat.jpg"]
     images = np.stack([read_image(r["path"]) for r in rows])
     model = vdvae_zoo.load(model_dir, device="cpu")
-    torch.manual_seed(0)
-    expected = model.likelihood(images)
+    expected = model.likelihood(images, seeds=[image_seed(0, int(r["index"])) for r in rows])  # the seed rule
     np.testing.assert_allclose([float(r["bpd"]) for r in rows], expected.bpd.numpy(), rtol=1e-6)
     np.testing.assert_allclose([float(r["rate_bpd"]) for r in rows], expected.rate_bpd.numpy(), rtol=1e-6)
     mean = float(result.output.split("mean bpd: ")[1].split()[0])
@@ -252,8 +252,8 @@ def test_bpd_importance_weighted_and_kl_chart(tmp_path, image_dir, model_dir):
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["images"]
     images = np.stack([read_image(r["path"]) for r in rows])
-    torch.manual_seed(0)
-    expected = vdvae_zoo.load(model_dir, device="cpu").likelihood(images, n_samples=8)
+    expected = vdvae_zoo.load(model_dir, device="cpu").likelihood(
+        images, n_samples=8, seeds=[image_seed(0, r["index"]) for r in rows])  # the seed rule, as eval
     np.testing.assert_allclose([r["bpd_iw"] for r in rows], expected.bpd_iw.numpy(), rtol=1e-6)
     assert f"mean bpd_iw (8 samples): {expected.bpd_iw.mean().item():.4f}" in result.output
     assert Image.open(chart).size[0] > 0 and f"wrote {chart}" in result.output

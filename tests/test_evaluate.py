@@ -84,8 +84,8 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(tmp_path, data, t
     state.write_text(json.dumps({"model": "x", "data": {}, "split": "all", "limit": None, "samples": 1, "seed": 0,
                                  "chunk": 4, "dtype": "float32"}) + "\n")
     refused = run("eval", tiny, "--data", path, "--chunk", 4, "-o", out, "--overwrite", "--resume")
-    assert "--resume" in refused.output and "written for another evaluation" in refused.output
-    assert "differing: " in refused.output
+    assert "holds the progress of another run" in refused.output and "--overwrite" in refused.output
+    assert "differing: model, data, positions, options" in refused.output
 
 
 def test_the_report_names_the_paper_number_and_the_model(tmp_path, data, tiny, monkeypatch):

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._version import __version__
 from .dmol import dmol_level_probs
 
 __all__ = ["compress", "decompress", "ArchiveError", "CompressReport", "MAGIC", "DELTA"]
@@ -201,7 +202,6 @@ def _webp(image: np.ndarray) -> bytes:
 
 
 def _versions() -> Dict[str, str]:
-    from . import __version__
     return {"vdvae_zoo": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "constriction": getattr(_constriction(), "__version__", "?")}
 

@@ -25,13 +25,13 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .images import find_images, read_image
+from .images import find_images, load_images, read_image
 
-__all__ = ["Dataset", "open_dataset", "DatasetError", "SPLITS", "CIFAR_VALID_SEED", "IMAGENET_SPLIT_SEED",
+__all__ = ["Dataset", "open_dataset", "files_dataset", "DatasetError", "SPLITS", "CIFAR_VALID_SEED", "IMAGENET_SPLIT_SEED",
            "FFHQ256_SPLIT_SEED", "FFHQ1024_TEST"]
 
 #: The authors' split constants (their data.py and setup scripts).
@@ -57,9 +57,27 @@ class Dataset:
     read: Callable[[Sequence[int]], np.ndarray]
     fingerprint: Dict[str, object]   # what identifies the data (for resuming): paths, sizes, times, count
     rule: str            # the split rule, in words
+    files: Optional[List[Path]] = None   # data sets of image files: image i is files[i], read on demand
 
     def __len__(self) -> int:
         return self.count
+
+    def read_checked(self, idx: Sequence[int], size: int, resize: Optional[str] = None
+                     ) -> Tuple[np.ndarray, List[int], List[Tuple[int, str]]]:
+        """Images `idx` for a model of `size` x `size`: uint8 (m, size, size, 3) of those that could be read, their
+        positions, and (position, reason) for each one skipped. Files that are not readable images, or of another
+        size (unless `resize="center-crop"`), are skipped; arrays were checked as a whole when opened."""
+        if self.files is None:
+            return self.read(idx), list(idx), []
+        images, kept, skipped = [], [], []
+        for i in idx:
+            read, ok, bad = load_images([self.files[i]], size=size, resize=resize)
+            if ok:
+                images.append(read[0])
+                kept.append(i)
+            else:
+                skipped.append((i, bad[0][1]))
+        return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), kept, skipped
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR-10
@@ -175,7 +193,19 @@ def _imagenet(folder: Path, res: int, split: str) -> Dataset:
 def _folder(name: str, files: List[Path], split: str, rule: str, size: Optional[int] = None) -> Dataset:
     def read(idx: Sequence[int]) -> np.ndarray:
         return np.stack([read_image(files[i]) for i in idx])
-    return Dataset(name, split, len(files), size, read, _fingerprint(files[:1] + files[-1:], count=len(files)), rule)
+    return Dataset(name, split, len(files), size, read, _fingerprint(files[:1] + files[-1:], count=len(files)), rule,
+                   files)
+
+
+def files_dataset(paths: Sequence[Union[str, os.PathLike]], recursive: bool = True) -> Dataset:
+    """The image files in `paths` (files and folders, searched as `images.find_images` does), in that order:
+    what `vdvae-zoo bpd` scores. A single folder gives the same images, in the same order, as `open_dataset` on
+    it, so the two score them alike."""
+    files = find_images(paths, recursive=recursive)
+    if not files:
+        raise DatasetError(f"no image files found in {', '.join(map(str, paths))}")
+    name = Path(paths[0]).name if len(paths) == 1 else "files"
+    return _folder(name, files, "all", f"{len(files)} image files", None)
 
 
 def _ffhq1024(files: List[Path], split: str) -> Dataset:

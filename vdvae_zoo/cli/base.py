@@ -8,7 +8,7 @@ from typing import Optional
 
 import click
 
-from .. import __version__
+from .._version import __version__
 from ..model import EncoderMismatchError, load
 
 #: What MODEL means, for every command that takes one (shown at the end of their --help).
@@ -17,7 +17,8 @@ MODEL_HELP = ("MODEL is a released name (see `vdvae-zoo list`), a folder with co
               "architecture is recognised from its tensors, or give --config), or a Hub repository id owner/name. "
               "To try things without downloading: `vdvae-zoo new tiny32 -o tiny/`, then use tiny/ as MODEL.")
 
-_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ConnectionError, EncoderMismatchError)
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ConnectionError, EncoderMismatchError,
+                ImportError)
 
 
 def _one_line(e: BaseException) -> str:
@@ -50,65 +51,52 @@ def parse_temperature(text: str):
     return values[0] if len(values) == 1 else values
 
 
-def _refuse_existing(*paths, overwrite: bool) -> None:
-    """Stop before any work when an output file exists and --overwrite was not given."""
-    for path in paths:
-        if path and Path(path).exists() and not overwrite:
-            raise click.ClickException(f"{path} exists; pass --overwrite to replace it")
-
-
-def model_info(model: str, manifest: Optional[str]) -> dict:
-    """Which weights MODEL named (call after loading it): its name and the sha256 of its model.safetensors (and of
-    the original file it was converted from, when known), for reports and for checking a resume."""
-    import json
-    from .. import hub
-    from ..files import sha256_file
-    from ..manifest import load_manifest
-    from ..weights import RUN_MODEL_FOLDER, WEIGHTS_NAME
-    path = Path(model)
-    info = {"name": model}
-    if path.is_dir():
-        weights = path / WEIGHTS_NAME if (path / WEIGHTS_NAME).is_file() else path / RUN_MODEL_FOLDER / WEIGHTS_NAME
-    elif path.is_file():
-        weights = path
-    else:
-        man = load_manifest(manifest)
-        folder = hub.cached_folder(man.get(model)) if model in man else None
-        weights = folder / WEIGHTS_NAME if folder else None
-        if folder and (folder / "source.json").is_file():
-            info["source_sha256"] = json.loads((folder / "source.json").read_text()).get("sha256")
-        if model in man:
-            info["paper_bpd"] = man.get(model).reported_test_bpd
-    if weights is not None and weights.is_file():
-        info["sha256"] = sha256_file(weights)
-    return info
-
-
-def _load_model(model: str, config: Optional[str], device: str, manifest: Optional[str], dtype: str = "float32"):
+def load_model(model: str, config: Optional[str], device: str, manifest: Optional[str], dtype: str = "float32"):
+    """MODEL as the commands' options name it (see MODEL_HELP)."""
     return load(model, config=config, device=None if device == "auto" else device, manifest=manifest, dtype=dtype)
 
 
+# Options that several commands share: each is stated once here.
+manifest_option = click.option("--manifest", default=None, type=click.Path(dir_okay=False),
+                               help="Another weights manifest (a private zoo) instead of the shipped one.")
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+batch_size_option = click.option("--batch-size", default=None, type=click.IntRange(min=1),
+                                 help="Images per pass through the network (default: automatic for the device). "
+                                      "Memory only: per-image results do not depend on it beyond float rounding.")
+resize_option = click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True,
+                             help="center-crop: resize images of another size (short side, then the centre) instead "
+                                  "of skipping them; the default never changes pixels.")
+
+
 def model_options(fn):
+    """MODEL's options: --device, --dtype, --config, --manifest."""
     fn = click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1")(fn)
     fn = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
                       show_default=True, help="Compute precision of the convolutions (bfloat16: faster on GPUs and "
                       "CPUs with bf16 units; the likelihood head stays float32).")(fn)
     fn = click.option("--config", default=None, help="Architecture of an original .th file: preset name or config.json.")(fn)
-    fn = click.option("--manifest", default=None, type=click.Path(dir_okay=False),
-                      help="Another weights manifest (private zoos).")(fn)
-    return fn
+    return manifest_option(fn)
 
 
 def picture_options(default_output: str):
     """The options of the commands that turn input images into one picture: --output, --resize, --seed, --overwrite."""
     def decorate(fn):
-        fn = click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")(fn)
-        fn = click.option("--seed", default=0, show_default=True)(fn)
-        fn = click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True,
-                          help="center-crop: resize images of another size instead of skipping them.")(fn)
+        fn = overwrite_option(fn)
+        fn = click.option("--seed", default=0, show_default=True, help="Seed of the random draws.")(fn)
+        fn = resize_option(fn)
         return click.option("-o", "--output", default=default_output, show_default=True,
                             type=click.Path(dir_okay=False))(fn)
     return decorate
+
+
+def resume_hint(argv: Optional[list] = None) -> str:
+    """The command line that was run, with --resume added: what continues an interrupted run."""
+    import shlex
+    import sys
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return "vdvae-zoo " + " ".join(shlex.quote(a) for a in args)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,7 +12,7 @@ import numpy as np
 from ..compress import ArchiveError, compress, decompress, read_header
 from ..files import atomic_write, refuse_existing
 from ..images import find_images, load_images, save_png
-from .base import MODEL_HELP, _load_model, main, model_info, model_options, user_errors
+from .base import MODEL_HELP, load_model, main, manifest_option, model_options, overwrite_option, user_errors
 
 
 def _sizes(images) -> tuple:
@@ -37,7 +37,7 @@ def _sizes(images) -> tuple:
 @click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True,
               help="center-crop: resize images of another size (then the archive holds the resized images: not "
                    "lossless for the originals).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
+@overwrite_option
 @model_options
 @user_errors
 def compress_command(model_name, paths, output, resize, overwrite, config, device, dtype, manifest):
@@ -46,7 +46,7 @@ def compress_command(model_name, paths, output, resize, overwrite, config, devic
     Example: vdvae-zoo compress cifar10 photos/ -o photos.vdz && vdvae-zoo decompress photos.vdz -o restored/
     """
     refuse_existing(output, overwrite)
-    model = _load_model(model_name, config, "cpu", manifest, "float32")
+    model = load_model(model_name, config, "cpu", manifest, "float32")
     files = find_images(paths)
     images, kept, skipped = load_images(files, size=model.config.image_size, resize=None if resize == "none" else resize)
     for p, why in skipped:
@@ -58,7 +58,7 @@ def compress_command(model_name, paths, output, resize, overwrite, config, devic
     names = [p.name for p in kept]
     if len(set(names)) != len(names):
         raise click.ClickException("two images have the same file name; an archive stores names without folders")
-    info = model_info(model_name, manifest)
+    info = model.provenance.to_dict()
     archive, report = compress(model, list(images), names, model_name=model_name, model_sha256=info.get("sha256", ""))
     atomic_write(output, archive, overwrite=True)
     dims = images.shape[0] * images[0].size
@@ -83,9 +83,9 @@ def compress_command(model_name, paths, output, resize, overwrite, config, devic
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False), help="Folder for the images.")
 @click.option("--model", "model_name", default=None, help="The model the archive was made with (default: the name "
                                                           "recorded in it).")
-@click.option("--overwrite", is_flag=True, help="Replace existing files in --outdir.")
+@overwrite_option
 @click.option("--config", default=None, help="Architecture of an original .th file.")
-@click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="Another weights manifest.")
+@manifest_option
 @user_errors
 def decompress_command(archive, outdir, model_name, overwrite, config, manifest):
     """Restore the images of an archive, bit-exact (the PNG files hold exactly the pixels that were compressed).
@@ -107,9 +107,9 @@ def decompress_command(archive, outdir, model_name, overwrite, config, manifest)
     targets = [Path(outdir) / Path(n).with_suffix(".png").name for n in names]
     for t in targets:
         refuse_existing(t, overwrite)
-    model = _load_model(model_name, config, "cpu", manifest, "float32")
+    model = load_model(model_name, config, "cpu", manifest, "float32")
     expected = header.get("model_sha256")
-    actual = model_info(model_name, manifest).get("sha256")
+    actual = model.provenance.sha256
     if expected and actual and expected != actual:
         raise click.ClickException(f"{archive} was made with weights of sha256 {expected[:12]}..., but {model_name} "
                                    f"has {actual[:12]}...; pass --model with the right weights")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -9,7 +10,8 @@ import click
 from ..datasets import SPLITS
 from ..evaluate import evaluate
 from ..files import atomic_write, refuse_existing
-from .base import MODEL_HELP, _load_model, main, model_info, model_options, user_errors
+from ..scoring import refuse_existing_state
+from .base import MODEL_HELP, batch_size_option, load_model, main, model_options, overwrite_option, resume_hint, user_errors
 
 
 @main.command("eval", epilog=MODEL_HELP)
@@ -23,17 +25,20 @@ from .base import MODEL_HELP, _load_model, main, model_info, model_options, user
 @click.option("--samples", default=1, show_default=True, type=click.IntRange(min=1),
               help="Posterior draws per image; K > 1 adds the importance-weighted bound (tighter than the paper's).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the posterior draws and of --limit's subset.")
-@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per pass (default: automatic).")
+@batch_size_option
 @click.option("--chunk", default=256, show_default=True, type=click.IntRange(min=1),
               help="Images per saved chunk (the unit of --resume and of sharing among processes).")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted evaluation from its state file.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
+@overwrite_option
 @model_options
 @user_errors
 def eval_command(model_name, data, split, limit, samples, seed, batch_size, chunk, output, resume, overwrite, config,
                  device, dtype, manifest):
     """Bits per dim of a data set's test split, next to the paper's number.
+
+    Progress is kept in OUTPUT.state.jsonl (vdvae-zoo-eval.state.jsonl without -o): after Ctrl-C, the same
+    command with --resume continues.
 
     Example: vdvae-zoo eval cifar10 --data cifar-10-batches-py/ -o cifar10-test.json
 
@@ -42,10 +47,15 @@ def eval_command(model_name, data, split, limit, samples, seed, batch_size, chun
     if output:
         refuse_existing(output, overwrite)
     state = Path(f"{output or 'vdvae-zoo-eval'}.state.jsonl")
-    model = _load_model(model_name, config, device, manifest, dtype)
-    info = model_info(model_name, manifest)
-    report = evaluate(model, data, split=split, limit=limit, samples=samples, seed=seed, batch_size=batch_size,
-                      chunk=chunk, state=state, resume=resume, paper_bpd=info.pop("paper_bpd", None), model_info=info)
+    refuse_existing_state(state, resume, overwrite)
+    model = load_model(model_name, config, device, manifest, dtype)
+    try:
+        report = evaluate(model, data, split=split, limit=limit, samples=samples, seed=seed, batch_size=batch_size,
+                          chunk=chunk, state=state, resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: the finished chunks are kept in {state}; continue with:\n  {resume_hint()}",
+                   err=True)
+        sys.exit(130)
     if report is None:  # not rank 0
         return
     for line in report.lines():

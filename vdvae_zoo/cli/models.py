@@ -7,19 +7,21 @@ from pathlib import Path
 
 import click
 
-from .. import __version__, hub
+from .. import hub
+from .._version import __version__
 from ..config import resolve_config
-from ..files import atomic_write, sha256_file
+from ..files import CONFIG_NAME, WEIGHTS_NAME, atomic_write, refuse_existing
 from ..inspection import compare_with_config, inspect_checkpoint
-from ..manifest import load_manifest, manifest_data
+from ..manifest import load_manifest, manifest_data, pin_entries
 from ..model import VDVAE, load
+from ..pretrained import named_provenance
 from ..weights import read_checkpoint
-from .base import MODEL_HELP, main, user_errors
+from .base import MODEL_HELP, main, manifest_option, overwrite_option, user_errors
 
 
 # ------------------------------------------------------------------------------------------------- list/info
 @main.command("list")
-@click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="Another weights manifest.")
+@manifest_option
 @user_errors
 def list_cmd(manifest):
     """The released models: resolution, bits, parameters, reported bpd, cached or not.
@@ -44,7 +46,7 @@ def _cache_path(entry) -> Path:
 
 @main.command(epilog=MODEL_HELP)
 @click.argument("model")
-@click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="Another weights manifest.")
+@manifest_option
 @user_errors
 def info(model, manifest):
     """A model's config, stochastic layers per resolution, and cache path.
@@ -79,7 +81,7 @@ def info(model, manifest):
 @click.argument("config")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output folder.")
+@overwrite_option
 @user_errors
 def new(config, output, seed, overwrite):
     """A model with the paper's random initialisation, saved as a folder that every command takes as MODEL.
@@ -100,18 +102,16 @@ def new(config, output, seed, overwrite):
 def _found_architecture(entry):
     """Print which architecture the entry's file holds (read off the cached copy) and return its config; before
     a download, say that it is not yet known and which ones it may be."""
-    labels = list(entry.architectures())
     folder = hub.cached_folder(entry)
     if folder is None:
+        labels = list(entry.architectures())
         maybe = f"; the file may hold: {', '.join(labels)}" if len(labels) > 1 else ""
         click.echo(f"architecture: not yet known (not downloaded){maybe}")
         return None
-    config = resolve_config(folder / "config.json")
-    label = next((name for name, c in entry.architectures().items() if c == config), "not a listed candidate")
-    source = folder / "source.json"
-    sha = json.loads(source.read_text()).get("sha256") if source.is_file() else None
-    click.echo(f"architecture: {label} (read off the downloaded file)" + (f"; source sha256 {sha}" if sha else ""))
-    return config
+    provenance = named_provenance(entry, folder)
+    click.echo(f"architecture: {provenance.architecture} (read off the downloaded file)"
+               + (f"; source sha256 {provenance.source_sha256}" if provenance.source_sha256 else ""))
+    return resolve_config(folder / CONFIG_NAME)
 
 
 # ----------------------------------------------------------------------------------------- weights tooling
@@ -119,7 +119,7 @@ def _found_architecture(entry):
 @click.argument("checkpoint", metavar="FILE_OR_NAME")
 @click.option("--config", default=None, help="Compare with this preset or config.json.")
 @click.option("--download", is_flag=True, help="FILE_OR_NAME is a model name: fetch its file, then report on it.")
-@click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="Another weights manifest.")
+@manifest_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @user_errors
 def inspect(checkpoint, config, download, manifest, as_json):
@@ -131,18 +131,14 @@ def inspect(checkpoint, config, download, manifest, as_json):
     With internet: vdvae-zoo inspect ffhq1024 --download   (prints the line to send us, see README)
     """
     if download:
-        man = load_manifest(manifest)
-        entry = man.get(checkpoint)
-        VDVAE.download(entry.name, manifest=man)
-        folder = hub.cached_folder(entry)
-        found = resolve_config(folder / "config.json")
-        label = next((n for n, c in entry.architectures().items() if c == found), "not a listed candidate")
-        source = json.loads((folder / "source.json").read_text()) if (folder / "source.json").is_file() else {}
-        sha = source.get("sha256") or sha256_file(folder / "model.safetensors")
-        click.echo(f"{entry.name}: architecture {label}; {'source' if source else 'model.safetensors'} sha256 {sha}; "
+        model = load(checkpoint, device="cpu", manifest=manifest)
+        found, provenance = model.config, model.provenance
+        sha = provenance.source_sha256 or provenance.sha256
+        click.echo(f"{provenance.entry}: architecture {provenance.architecture}; "
+                   f"{'source' if provenance.source_sha256 else WEIGHTS_NAME} sha256 {sha}; "
                    f"{found.image_size}x{found.image_size}, {found.num_layers} stochastic layers, "
                    f"{len(found.encoder_blocks)} encoder blocks, vdvae-zoo {__version__}")
-        checkpoint = str(folder / "model.safetensors")
+        checkpoint = provenance.weights
     elif not Path(checkpoint).is_file():
         raise click.BadParameter(f"{checkpoint} is not a file (for a model name, add --download)",
                                  param_hint="FILE_OR_NAME")
@@ -173,9 +169,8 @@ def inspect(checkpoint, config, download, manifest, as_json):
 @click.option("--config", default=None,
               help="Preset name or config.json the file was trained with (default: recognised from its tensors).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output folder.")
-@click.option("--manifest", default=None, type=click.Path(dir_okay=False),
-              help="Another weights manifest whose architectures the file may match.")
+@overwrite_option
+@manifest_option
 @user_errors
 def convert(checkpoint, config, output, overwrite, manifest):
     """Convert an original .th into config.json + model.safetensors (+ model card).
@@ -183,14 +178,14 @@ def convert(checkpoint, config, output, overwrite, manifest):
     Example: vdvae-zoo convert ffhq256-iter-1700000-model-ema.th --config ffhq256 -o ffhq256/
     """
     folder = VDVAE.convert_original(checkpoint, config, output, overwrite=overwrite, manifest=manifest)
-    click.echo(f"wrote {folder} (sha256 of model.safetensors: {sha256_file(Path(folder) / 'model.safetensors')})")
+    click.echo(f"wrote {folder} (sha256 of {WEIGHTS_NAME}: {hub.file_sha256(Path(folder) / WEIGHTS_NAME)})")
 
 
 @main.command("download")
 @click.argument("names", nargs=-1, required=True)
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Instead of HF_HOME's cache.")
 @click.option("--revision", default=None)
-@click.option("--manifest", default=None, type=click.Path(dir_okay=False))
+@manifest_option
 @user_errors
 def download_cmd(names, cache_dir, revision, manifest):
     """Fetch models into the cache for offline use (HF_HUB_OFFLINE=1 later).
@@ -208,15 +203,18 @@ def download_cmd(names, cache_dir, revision, manifest):
 @click.option("--manifest-out", default=None, type=click.Path(dir_okay=False),
               help="Write an updated manifest here (default: print the fields to pin).")
 @click.option("--dry-run", is_flag=True, help="Convert and hash, but upload nothing.")
-@click.option("--manifest", default=None, type=click.Path(dir_okay=False), help="The manifest to update.")
+@manifest_option
+@overwrite_option
 @user_errors
-def publish(pairs, org, manifest_out, dry_run, manifest):
+def publish(pairs, org, manifest_out, dry_run, manifest, overwrite):
     """Maintainers: convert original files, upload them to the Hub, print the manifest fields to pin.
 
     Example: vdvae-zoo publish ffhq256=ffhq256-iter-1700000-model-ema.th --org vdvae-zoo
     """
     import tempfile
     man = load_manifest(manifest)
+    if manifest_out:
+        refuse_existing(manifest_out, overwrite)
     pins = {}
     for pair in pairs:
         if "=" not in pair:
@@ -225,22 +223,14 @@ def publish(pairs, org, manifest_out, dry_run, manifest):
         entry = man.get(name)
         with tempfile.TemporaryDirectory() as tmp:
             folder = VDVAE.convert_original(path, None, Path(tmp) / "model", entry=entry)
-            sha = sha256_file(folder / "model.safetensors")
-            source_sha = sha256_file(path)
             if dry_run:
-                pins[entry.name] = {"repo_id": f"{org}/{entry.name}", "revision": None, "sha256": sha,
-                                    "source_sha256": source_sha}
+                pin = {"repo_id": f"{org}/{entry.name}", "revision": None,
+                       "sha256": hub.file_sha256(folder / WEIGHTS_NAME)}
             else:
-                model = load(folder, device="cpu")
-                pin = model.push_to_hub(f"{org}/{entry.name}", entry=entry)
-                pins[entry.name] = dict(pin, source_sha256=source_sha)
+                pin = load(folder, device="cpu").push_to_hub(f"{org}/{entry.name}", entry=entry)
+            pins[entry.name] = dict(pin, source_sha256=hub.file_sha256(path))
     if manifest_out:
-        base = manifest_data(manifest)
-        for m in base["models"]:
-            if m["name"] in pins:
-                pin = pins[m["name"]]
-                m["hub"].update(repo_id=pin["repo_id"], revision=pin["revision"], sha256=pin["sha256"])
-                m["source"]["sha256"] = pin["source_sha256"]
-        atomic_write(manifest_out, json.dumps(base, indent=2) + "\n")
+        atomic_write(manifest_out, json.dumps(pin_entries(manifest_data(manifest), pins), indent=2) + "\n",
+                     overwrite=overwrite)
         click.echo(f"wrote {manifest_out}")
     click.echo(json.dumps(pins, indent=2))
