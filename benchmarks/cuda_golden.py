@@ -2,7 +2,8 @@
 
 CUDA's random numbers differ from the CPU's, so the posterior draws are taken from the CPU generator (seeded as
 the golden files say) and moved to the GPU; everything else runs on the GPU in float32 with TF32 off. Also:
-bf16 autocast's bpd change, seeded CUDA sampling is reproducible, and torch.compile matches eager.
+bf16 autocast's bpd change, seeded CUDA sampling is reproducible, a seeded score does not depend on the images
+scored with it, and torch.compile matches eager.
 
     python benchmarks/cuda_golden.py [--golden tests/golden] [--json out.json]
 Exit status 1 when a check fails.
@@ -66,8 +67,17 @@ def main() -> int:
     torch.manual_seed(0)
     fp32 = model.likelihood(images, generator=torch.Generator(dev).manual_seed(0))
     bf16 = model.likelihood(images, generator=torch.Generator(dev).manual_seed(0), dtype="bfloat16")
-    change = float((bf16.bpd - fp32.bpd).abs().max())
-    checks["bf16_bpd_max_abs_change"] = {"value": change, "ok": change < 0.01}
+    change = float(((bf16.bpd - fp32.bpd).abs() / fp32.bpd).max())
+    # bf16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2% per operation): half a percent of the bound is
+    # the budget. Measured: 0.09% on the CPU, 0.3% on an H200 (README, "Performance").
+    checks["bf16_bpd_max_rel_change"] = {"value": change, "ok": change < 0.005}
+
+    seeds = [11, 12, 13, 14]
+    together = model.likelihood(images, seeds=seeds, batch_size=4).neg_elbo
+    alone = torch.cat([model.likelihood(images[i:i + 1], seeds=seeds[i:i + 1], batch_size=4).neg_elbo
+                       for i in range(len(seeds))])
+    same = bool(torch.equal(alone, together))
+    checks["seeded_scores_independent_of_companions"] = {"value": same, "ok": same}
 
     a = model.sample(4, 0.8, generator=torch.Generator(dev).manual_seed(1))
     b = model.sample(4, 0.8, generator=torch.Generator(dev).manual_seed(1))

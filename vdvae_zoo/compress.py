@@ -3,22 +3,32 @@
 A likelihood in bits per dim is the promise of a file size; this keeps it. For each image, top-down through the
 decoder's layers: compute the layer's prior and posterior, *pop* the latent z_i from the ANS stack under the
 discretised posterior, and give the decoder that value; then *push* the pixels under p(x | z) (R, then G given R,
-then B given R and G: exactly the model's mixture of logistics), and push z_L .. z_1 under their discretised
-priors. The net cost is about the negative ELBO. Decompression runs the same steps backwards.
+then B given R and G: exactly the model's mixture of logistics, `dmol.dmol_level_probs`), and push z_L .. z_1
+under their discretised priors. The net cost is the negative ELBO of the draw. Decompression runs the same steps
+backwards. docs/compress.md has the measurements behind every choice here.
 
 - Discretisation: layer i's latent takes values mu_p + sigma_p * DELTA * k, k in -K..K (a grid in units of the
   prior's standard deviation), so prior and posterior are quantised Gaussians over the same buckets.
+- Clean bits: the bits an image pops must look random. Before image j pops, the top `whiten_words` words of the
+  stack are XORed with a keystream seeded by (KEY, j); the decoder undoes it once it has pushed image j's
+  posterior bits back. Without it, image j would pop the latents image j-1 pushed under its prior (not uniform
+  where the posterior is close to the prior) or the structured bytes of stored images, and drift into the tails.
+- Initial bits: an image is coded with bits-back only when its pops stay inside the whitened words (at most
+  `whiten_words`, about 1.5 times what the first images pop in a dry run; fewer while the stack is smaller);
+  otherwise it is stored as lossless WebP, pushed onto the stack as 16-bit symbols. The first images of an
+  archive are stored so until the stack holds what an image pops: they are the initial bits.
+- Never a crash, never a wrong file: an image whose distribution parameters are not finite, or that the coder
+  refuses, is stored as WebP instead (flagged in the header); the decoder makes the same decision from the flags.
 - Determinism: both sides must compute bit-identical probabilities. The model runs in float64 on the CPU, one
   thread, one image at a time, and every distribution parameter is rounded to a grid of 2^-24 before it becomes
   a probability. A fingerprint of the model's rounded outputs on fixed probes is stored in the archive; a machine
-  that computes differently refuses to decode (it never returns wrong pixels).
-- Initial bits: popping an image's latents needs bits to pop (measured: the pop cost of the first image, by a
-  dry run). The first images of an archive are stored as lossless WebP until their bytes cover that cost; those
-  bytes are the bits the next image's latents are popped from, and they come back, unchanged, at the end of
-  decoding. With too few images to pay for that, everything is stored as WebP.
+  that computes differently refuses to decode, and a difference the probes miss is caught by the image's CRC32,
+  which names the image.
+- Scale: the ANS coder holds only the top of the stack (a few times `whiten_words`); the rest is kept aside, so
+  the time per image does not grow with the archive, and images are read and written one at a time.
 - Container: magic, format version, a deflated JSON header (model, fingerprint, versions, image size, the
-  names unless they are the default numbering), each image's CRC32 (4 bytes), the ANS words, and a CRC32 of
-  the whole; a damaged or truncated archive is a clear error.
+  names unless they are the default numbering, the stored images), each image's CRC32, the ANS words, and a
+  CRC32 of the whole; a damaged, truncated or edited archive is a clear error.
 
 Needs the optional `constriction` (`pip install "vdvae-zoo[compress]"`).
 """
@@ -34,26 +44,55 @@ import math
 import struct
 import time
 import zlib
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ._version import __version__
-from .dmol import dmol_level_probs
+from .config import MAX_RESOLUTION
+from .dmol import dmol_level_probs, dmol_nll
 
-__all__ = ["compress", "decompress", "ArchiveError", "CompressReport", "MAGIC", "DELTA"]
+__all__ = ["compress", "decompress", "decompress_iter", "read_header", "ArchiveError", "CompressReport",
+           "ImageRecord", "require_coder", "MAGIC", "DELTA"]
 
-MAGIC, FORMAT_VERSION = b"VDZ\x01", 1
+MAGIC, FORMAT_VERSION = b"VDZ\x01", 2
 DELTA = 2.0 ** -9      # bucket width, in prior standard deviations (chosen by measurement: docs/compress.md)
 SPAN = 24.0           # buckets cover mu_p +- SPAN prior standard deviations
+WINDOW = 8.0          # a latent is popped from its posterior within mu_q +- WINDOW posterior standard deviations
 GRID = 2.0 ** -24     # distribution parameters are rounded to this before they become probabilities
+KEY = 0x56445A31      # the whitening keystream's key ("VDZ1")
+MAX_HEADER_BYTES = 64 * 2 ** 20   # an inflated header larger than this is refused (a 1.5 MB deflate bomb is not read)
+MAX_NAME_CHARS = 255
 
 
 class ArchiveError(ValueError):
     """A damaged archive, or one this machine cannot decode exactly."""
+
+
+class _Reject(Exception):
+    """This image cannot be coded with bits-back here (why: the message); it is stored as WebP instead."""
+
+
+@dataclass
+class ImageRecord:
+    """How one image was coded, in bits (divide by H x W x 3 for bits per dim). For bits-back images: `popped`
+    bits taken from the stack for the latents, `pixels` pushed for the pixels, `pushed` for the latents under their
+    priors; `net` = pixels + pushed - popped is what the image added to the archive. `kl` and `distortion` are the
+    analytic KL of the coded draw's layers and -log2 p(x | z) at it: net is close to their sum (the ELBO of that
+    draw). For stored images: `net` = the WebP bits, and `reason`."""
+
+    name: str
+    mode: str                 # "bits-back" or "webp"
+    net: float
+    popped: float = 0.0
+    pixels: float = 0.0
+    pushed: float = 0.0
+    kl: float = 0.0
+    distortion: float = 0.0
+    reason: str = ""
 
 
 @dataclass
@@ -63,11 +102,16 @@ class CompressReport:
     images: int
     archive_bytes: int
     bits_per_dim: float                 # the whole archive
-    webp_images: int                    # the first images, stored as lossless WebP (the initial bits)
+    webp_images: int                    # images stored as lossless WebP (the first ones pay the initial bits)
     webp_bytes: int
-    net_bits_per_dim: List[float]       # each later image: what it added to the stack
+    net_bits_per_dim: List[float]       # each bits-back image: what it added to the archive
     seconds_per_image: float
+    whiten_words: int = 0
+    records: List[ImageRecord] = field(default_factory=list)   # every image, in order
     extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
 
 
 def _constriction():
@@ -76,6 +120,22 @@ def _constriction():
     except ImportError:
         raise ImportError('compress needs the optional coder: pip install "vdvae-zoo[compress]" (constriction)') from None
     return constriction
+
+
+def require_coder() -> None:
+    """Raise ImportError with the install command when the optional coder is missing (call before any work)."""
+    _constriction()
+
+
+def _coder_call(fn: Callable, *args):
+    """Call the coder; its Rust panics (BaseException, not Exception) become _Reject, never reach the caller."""
+    try:
+        return fn(*args)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - pyo3's PanicException derives from BaseException
+        raise _Reject(f"the coder refused it ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+                      ) from None
 
 
 @contextlib.contextmanager
@@ -95,21 +155,60 @@ def _grid(t: torch.Tensor) -> np.ndarray:
     return np.round(t.detach().to(torch.float64).cpu().numpy().ravel() / GRID) * GRID
 
 
+def _finite(*arrays: np.ndarray) -> bool:
+    return all(bool(np.isfinite(a).all()) for a in arrays)
+
+
 class _Latents:
     """The bucket grid of one layer: from the layer's (rounded) prior, the value of bucket k and the quantised
-    Gaussians of prior and posterior in bucket units."""
+    Gaussians of prior and posterior in bucket units. Raises _Reject when a parameter is not finite."""
 
     def __init__(self, layer):
         self.shape = tuple(layer.p_mean.shape)
         self.mu = _grid(layer.p_mean)
         self.sigma = np.exp(_grid(layer.p_logstd))
+        if not (_finite(self.mu, self.sigma) and (self.sigma > 0).all()):
+            raise _Reject("its prior is not finite")
         self.posterior = None
         if layer.q_mean is not None:
             step = self.sigma * DELTA
-            self.posterior = ((_grid(layer.q_mean) - self.mu) / step, np.exp(_grid(layer.q_logstd)) / step)
+            q_mean, q_std = _grid(layer.q_mean), np.exp(_grid(layer.q_logstd))
+            self.posterior = ((q_mean - self.mu) / step, q_std / step)
+            if not (_finite(*self.posterior) and (self.posterior[1] > 0).all()):
+                raise _Reject("its posterior is not finite")
+            self.kl_bits = float(np.sum(np.log(self.sigma / q_std) + (q_std ** 2 + (q_mean - self.mu) ** 2)
+                                        / (2 * self.sigma ** 2) - 0.5) / math.log(2))
 
     def value(self, k: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.mu + self.sigma * DELTA * k).view(self.shape)
+
+    def posterior_window(self, c) -> Tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+        """How the posterior is coded: (a quantised Gaussian on -S..S, means and stds relative to each latent's
+        window centre, the centres). The coder gives every symbol of its support a little mass (it must code
+        any of them); a window of +-WINDOW posterior stds keeps that mass next to the posterior instead of
+        spread over the whole grid, where a popped latent would land far in the tails."""
+        mean, std = self.posterior
+        k_max = _span()
+        width = int(min(math.ceil(WINDOW * float(std.max())) + 1, k_max))
+        centres = np.clip(np.round(mean), -k_max + width, k_max - width)
+        return c.stream.model.QuantizedGaussian(-width, width), mean - centres, std, centres.astype(np.int64)
+
+
+def _span() -> int:
+    return int(math.ceil(SPAN / DELTA))
+
+
+def _models(c):
+    return (c.stream.model.QuantizedGaussian(-_span(), _span()), c.stream.model.Categorical(perfect=False),
+            c.stream.model.Uniform(2 ** 16))
+
+
+def _pixel_probs(params: torch.Tensor, num_mixtures: int, channel: int, levels: np.ndarray) -> np.ndarray:
+    earlier = torch.from_numpy(levels[..., :channel].astype(np.float64) / 127.5 - 1.0)
+    probs = np.round(dmol_level_probs(params, num_mixtures, channel, earlier).reshape(-1, 256).numpy() / GRID) * GRID
+    if not _finite(probs) or (probs.sum(axis=1) <= 0).any():
+        raise _Reject("its pixel probabilities are not finite")
+    return probs
 
 
 def _probe_fingerprint(model) -> str:
@@ -126,52 +225,146 @@ def _probe_fingerprint(model) -> str:
     def posterior_mean(i, layer):
         grid = _Latents(layer)
         digest.update(grid.posterior[0].tobytes() + grid.posterior[1].tobytes())
-        return grid.value(np.clip(np.round(grid.posterior[0]), -_span(), _span()))
+        return grid.value(grid.posterior_window(_constriction())[3])
 
-    for params in (model.decode_with(prior_mean), model.decode_with(posterior_mean, images=grey)):
-        digest.update(_grid(params).tobytes())
+    try:
+        for params in (model.decode_with(prior_mean), model.decode_with(posterior_mean, images=grey)):
+            digest.update(_grid(params).tobytes())
+    except _Reject as e:
+        digest.update(f"not finite: {e}".encode())
     return digest.hexdigest()
 
 
-def _span() -> int:
-    return int(math.ceil(SPAN / DELTA))
+# ------------------------------------------------------------------------------------------------ the stack
+def _keystream(j: int, n: int) -> np.ndarray:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([KEY, j]))).integers(
+        0, 2 ** 32, n, dtype=np.uint32)
 
 
-def _targets(levels: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(levels.astype(np.float64) / 127.5 - 1.0)
+class _Stack:
+    """The ANS stack, of which only the top (the live coder, a few times `reserve` words) is in the coder; the
+    words below it never change again and are kept aside (`frozen`), so no operation costs more as it grows."""
+
+    def __init__(self, c, reserve: int, words: Optional[np.ndarray] = None):
+        self.c, self.reserve = c, max(int(reserve), 64)
+        words = np.zeros(0, np.uint32) if words is None else words
+        cut = max(0, len(words) - 4 * self.reserve)
+        self.frozen: List[np.ndarray] = [words[:cut]] if cut else []
+        self.frozen_words = cut
+        self.coder = c.stream.stack.AnsCoder(words[cut:].copy()) if len(words) else c.stream.stack.AnsCoder()
+
+    def words(self) -> np.ndarray:
+        """The live coder's words (a copy)."""
+        return self.coder.get_compressed().astype(np.uint32)
+
+    def restore(self, words: np.ndarray) -> None:
+        self.coder = self.c.stream.stack.AnsCoder(words.copy()) if len(words) else self.c.stream.stack.AnsCoder()
+
+    def total_words(self) -> int:
+        return self.frozen_words + len(self.words())
+
+    def whiten(self, j: int, w: int) -> int:
+        """XOR the `w` words below the top two (all of them, on a smaller stack) with image j's keystream (its own
+        inverse); returns how many words that was."""
+        n = max(0, min(w, self.total_words() - 2))
+        self.refill(n + 2)
+        words = self.words()
+        if n:
+            words[-(n + 2):-2] ^= _keystream(j, n)
+            self.restore(words)
+        return n
+
+    def spill(self) -> None:
+        """Keep at most 4 x reserve words in the coder (the encoder's stack only grows below the top)."""
+        words = self.words()
+        if len(words) > 4 * self.reserve:
+            cut = len(words) - 2 * self.reserve
+            self.frozen.append(words[:cut])
+            self.frozen_words += cut
+            self.restore(words[cut:])
+
+    def refill(self, need: int) -> None:
+        """Make sure the coder holds at least `need` words (or everything), taking them back from `frozen`."""
+        words = self.words()
+        if len(words) >= need or not self.frozen_words:
+            return
+        below = np.concatenate(self.frozen) if len(self.frozen) > 1 else self.frozen[0]
+        take = min(len(below), max(need - len(words), 2 * self.reserve))
+        self.frozen = [below[:len(below) - take]] if len(below) > take else []
+        self.frozen_words = len(below) - take
+        self.restore(np.concatenate([below[len(below) - take:], words]))
+
+    def payload(self) -> np.ndarray:
+        return np.concatenate(self.frozen + [self.words()]) if self.frozen else self.words()
 
 
-def _push_image(ans, model, image: np.ndarray, c) -> None:
-    """Pop the latents of `image` (uint8 H x W x 3) under their posteriors, push the pixels, push the latents
-    under their priors."""
-    gauss = c.stream.model.QuantizedGaussian(-_span(), _span())
-    categorical = c.stream.model.Categorical(perfect=False)
-    popped: List[np.ndarray] = []
+# ------------------------------------------------------------------------------------------- one image each
+def _encode_bits_back(stack: _Stack, model, image: np.ndarray, j: int, whiten_words: int, c, name: str) -> ImageRecord:
+    """Code `image` with bits-back onto `stack` (image number j); raises _Reject (the stack then unchanged)."""
+    gauss, categorical, _ = _models(c)
+    snapshot = stack.words()
+    try:
+        whitened = stack.whiten(j, whiten_words)
+        start = stack.coder.num_bits()
+        popped, grids = [], []
 
-    def choose(i, layer):
-        grid = _Latents(layer)
-        k = ans.decode(gauss, *grid.posterior)
-        popped.append(k)
-        return grid.value(k)
+        def choose(i, layer):
+            grid = _Latents(layer)
+            window, means, stds, centres = grid.posterior_window(c)
+            k = (_coder_call(stack.coder.decode, window, means, stds) + centres).astype(np.int32)
+            popped.append(k)
+            grids.append(grid)
+            return grid.value(k)
 
-    params = model.decode_with(choose, images=torch.from_numpy(image[None]))
-    targets = _targets(image[None])
-    for channel in (2, 1, 0):  # the decoder pops R first
-        probs = dmol_level_probs(params, model.config.num_mixtures, channel, targets[..., :channel])
-        ans.encode_reverse(image[..., channel].ravel().astype(np.int32), categorical,
-                           np.round(probs.reshape(-1, 256).numpy() / GRID) * GRID)
-    for k in reversed(popped):  # the decoder pops z_1 first
-        ans.encode_reverse(k, gauss, np.zeros(k.size), np.full(k.size, 1.0 / DELTA))
+        params = model.decode_with(choose, images=torch.from_numpy(image[None]))
+        popped_bits = start - stack.coder.num_bits()
+        if popped_bits > 32 * whitened:
+            raise _Reject(f"its latents pop {popped_bits:,} bits; the stack held {32 * whitened:,} to pop from")
+        if not _finite(_grid(params)):
+            raise _Reject("its output distribution is not finite")
+        levels = image[None]
+        after_pops = stack.coder.num_bits()
+        for channel in (2, 1, 0):  # the decoder pops R first
+            _coder_call(stack.coder.encode_reverse, image[..., channel].ravel().astype(np.int32), categorical,
+                        _pixel_probs(params, model.config.num_mixtures, channel, levels))
+        after_pixels = stack.coder.num_bits()
+        for k in reversed(popped):  # the decoder pops z_1 first
+            _coder_call(stack.coder.encode_reverse, k, gauss, np.zeros(k.size), np.full(k.size, 1.0 / DELTA))
+    except _Reject:
+        stack.restore(snapshot)
+        raise
+    target = torch.from_numpy(image[None].astype(np.float64) / 127.5 - 1.0)
+    distortion = float(dmol_nll(params, target, model.config.num_mixtures)) * image.size / math.log(2)
+    pixels, pushed = after_pixels - after_pops, stack.coder.num_bits() - after_pixels
+    return ImageRecord(name, "bits-back", pixels + pushed - popped_bits, popped_bits, pixels, pushed,
+                       sum(g.kl_bits for g in grids), distortion)
 
 
-def _pop_image(ans, model, c) -> np.ndarray:
-    gauss = c.stream.model.QuantizedGaussian(-_span(), _span())
-    categorical = c.stream.model.Categorical(perfect=False)
+def _encode_webp(stack: _Stack, webp: bytes, c) -> None:
+    symbols = np.frombuffer(webp + b"\0" * (len(webp) % 2), dtype="<u2").astype(np.int32)
+    stack.coder.encode_reverse(symbols, _models(c)[2])
+
+
+def _decode_webp(stack: _Stack, nbytes: int, c, name: str) -> np.ndarray:
+    count = (nbytes + 1) // 2
+    stack.refill(count // 2 + 2 * stack.reserve)
+    symbols = _coder_call(stack.coder.decode, _models(c)[2], count)
+    try:
+        data = symbols.astype("<u2").tobytes()[:nbytes]
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError):
+        raise ArchiveError(f"{name}: its stored WebP does not decode (damaged data)") from None
+
+
+def _decode_bits_back(stack: _Stack, model, j: int, whiten_words: int, push_words: int, c) -> np.ndarray:
+    gauss, categorical, _ = _models(c)
+    stack.refill(push_words + whiten_words + 64)
     ks: List[np.ndarray] = []
 
     def from_prior(i, layer):
         grid = _Latents(layer)
-        k = ans.decode(gauss, np.zeros(grid.mu.size), np.full(grid.mu.size, 1.0 / DELTA))
+        k = _coder_call(stack.coder.decode, gauss, np.zeros(grid.mu.size), np.full(grid.mu.size, 1.0 / DELTA))
         ks.append(k)
         return grid.value(k)
 
@@ -179,19 +372,19 @@ def _pop_image(ans, model, c) -> np.ndarray:
     size = model.config.image_size
     levels = np.zeros((1, size, size, 3), dtype=np.uint8)
     for channel in range(3):
-        probs = dmol_level_probs(params, model.config.num_mixtures, channel, _targets(levels)[..., :channel])
-        levels[..., channel] = ans.decode(categorical, np.round(probs.reshape(-1, 256).numpy() / GRID) * GRID
-                                          ).reshape(1, size, size)
-    posteriors: List[Tuple[np.ndarray, np.ndarray]] = []
+        probs = _pixel_probs(params, model.config.num_mixtures, channel, levels)
+        levels[..., channel] = _coder_call(stack.coder.decode, categorical, probs).reshape(1, size, size)
+    windows: List[Tuple[Any, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def known(i, layer):
         grid = _Latents(layer)
-        posteriors.append(grid.posterior)
+        windows.append(grid.posterior_window(c))
         return grid.value(ks[i])
 
     model.decode_with(known, images=torch.from_numpy(levels))
-    for k, posterior in reversed(list(zip(ks, posteriors))):  # give back the bits the encoder popped
-        ans.encode_reverse(k, gauss, *posterior)
+    for k, (window, means, stds, centres) in reversed(list(zip(ks, windows))):  # the bits the encoder popped
+        _coder_call(stack.coder.encode_reverse, (k - centres).astype(np.int32), window, means, stds)
+    stack.whiten(j, whiten_words)
     return levels[0]
 
 
@@ -202,72 +395,137 @@ def _webp(image: np.ndarray) -> bytes:
 
 
 def _versions() -> Dict[str, str]:
-    return {"vdvae_zoo": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "constriction": getattr(_constriction(), "__version__", "?")}
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        coder = version("constriction")
+    except PackageNotFoundError:
+        coder = "?"
+    return {"vdvae_zoo": __version__, "torch": torch.__version__, "numpy": np.__version__, "constriction": coder}
 
 
-def compress(model, images: Sequence[np.ndarray], names: Optional[Sequence[str]] = None, *,
-             model_name: str = "", model_sha256: str = "") -> Tuple[bytes, CompressReport]:
-    """Losslessly compress uint8 (H, W, 3) images of the model's size into one archive (bytes). Returns the
-    archive and a report. `model_name` / `model_sha256` are recorded so that `decompress` can name and check the
-    model it needs."""
-    c = _constriction()
-    images = [np.array(im, dtype=np.uint8, order="C") for im in images]  # own, writable copies
-    size = model.config.image_size
-    for i, im in enumerate(images):
-        if im.shape != (size, size, 3):
-            raise ValueError(f"image {i} ({names[i] if names else i}) is {im.shape}; this model codes {size}x{size}x3")
-    if not images:
-        raise ValueError("no images to compress")
-    if model.config.low_bit:
-        raise ValueError("this model's likelihood is over 5-bit pixels (low_bit): it cannot code 8-bit images "
-                         "losslessly")
-    names = list(names) if names is not None else _default_names(len(images))
-    start = time.perf_counter()
-    dims = size * size * 3
-    with _exact(model) as exact:
-        fingerprint = _probe_fingerprint(exact)
-        need = _pop_cost(exact, images[0], c)
-        webps: List[bytes] = []
-        while len(webps) < len(images) and 8 * sum(map(len, webps)) < need:
-            webps.append(_webp(images[len(webps)]))
-        prefix = b"".join(webps)
-        ans = c.stream.stack.AnsCoder(np.frombuffer(prefix + b"\0" * (-len(prefix) % 4), dtype="<u4").astype(np.uint32),
-                                      seal=True)
-        net = []
-        for image in images[len(webps):]:
-            before = ans.num_bits()
-            _push_image(ans, exact, image, c)
-            net.append((ans.num_bits() - before) / dims)
-    payload = ans.get_compressed().astype("<u4").tobytes()
-    header = {"model": model_name, "model_sha256": model_sha256, "fingerprint": fingerprint, "versions": _versions(),
-              "delta": DELTA, "span": SPAN, "grid": GRID, "webp_lengths": [len(w) for w in webps], "image_size": size,
-              "count": len(images), "names": None if names == _default_names(len(images)) else names}
-    crcs = np.array([zlib.crc32(im.tobytes()) for im in images], dtype="<u4").tobytes()
-    archive = _pack(header, crcs + payload)
-    report = CompressReport(images=len(images), archive_bytes=len(archive), bits_per_dim=8 * len(archive) /
-                            (dims * len(images)), webp_images=len(webps), webp_bytes=len(prefix),
-                            net_bits_per_dim=net, seconds_per_image=(time.perf_counter() - start) / len(images),
-                            extra={"pop_bits_first_image": need})
-    return archive, report
-
-
-def _pop_cost(model, image: np.ndarray, c) -> float:
-    """Bits that popping `image`'s latents takes from the stack (a dry run on a coder full of random bits)."""
-    ans = c.stream.stack.AnsCoder(np.random.default_rng(0).integers(0, 2 ** 32, 1 << 20, dtype=np.uint32), seal=True)
+def _pop_bits(model, image: np.ndarray, c) -> float:
+    """Bits that popping `image`'s latents takes from a stack of random bits (a dry run)."""
+    ans = c.stream.stack.AnsCoder(np.random.default_rng(0).integers(0, 2 ** 32, 1 << 22, dtype=np.uint32), seal=True)
     before = ans.num_bits()
-    gauss = c.stream.model.QuantizedGaussian(-_span(), _span())
 
     def choose(i, layer):
         grid = _Latents(layer)
-        return grid.value(ans.decode(gauss, *grid.posterior))
+        window, means, stds, centres = grid.posterior_window(c)
+        return grid.value(_coder_call(ans.decode, window, means, stds) + centres)
 
     model.decode_with(choose, images=torch.from_numpy(image[None]))
     return float(before - ans.num_bits())
 
 
+def _whiten_words(model, images: Sequence[np.ndarray], c) -> Tuple[int, float]:
+    """Words to whiten before each image: 1.5 x the most bits the first images pop (a dry run on up to 3 of
+    them), and never fewer than log2(1 / DELTA) + 3 bits per latent; and the most bits they popped (no image is
+    tried with bits-back before the stack holds that many)."""
+    latents = sum(model.config.zdim * r * r for r in model.layer_resolutions)
+    pops = []
+    for image in images[:3]:
+        try:
+            pops.append(_pop_bits(model, image, c))
+        except _Reject:
+            continue
+    most = max(pops, default=(math.log2(1 / DELTA) + 3) * latents)
+    return int(math.ceil(max(1.5 * most, (math.log2(1 / DELTA) + 3) * latents) / 32)), most
+
+
 def _default_names(n: int) -> List[str]:
     return [f"{i:06d}.png" for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------- the API
+def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]] = None, *,
+             model_name: str = "", model_sha256: str = "",
+             progress: Optional[Callable[[ImageRecord], None]] = None) -> Tuple[bytes, CompressReport]:
+    """Losslessly compress uint8 (H, W, 3) images of the model's size into one archive (bytes). `images` may be
+    any iterable, read one at a time: of arrays (named by `names`, default 000000.png, ...) or of (name, array)
+    pairs. Returns the archive and a report, one ImageRecord per image. `model_name` / `model_sha256` are recorded
+    so that `decompress` can name and check the model it needs; `progress(record)` is called after each image."""
+    c = _constriction()
+    size = model.config.image_size
+    if model.config.low_bit:
+        raise ValueError("this model's likelihood is over 5-bit pixels (low_bit): it cannot code 8-bit images "
+                         "losslessly")
+    given = list(names) if names is not None else None
+    names = given if given is not None else []
+    iterator = iter(_named_items(images, names, given is not None))
+    head: List[np.ndarray] = []
+    start = time.perf_counter()
+    with _exact(model) as exact:
+        fingerprint = _probe_fingerprint(exact)
+        for image in iterator:  # the first images, for the dry run that sizes the whitening
+            head.append(_checked(image, len(head), names, size))
+            if len(head) == 3:
+                break
+        if not head:
+            raise ValueError("no images to compress")
+        whiten, expected_pop = _whiten_words(exact, head, c)
+        stack = _Stack(c, whiten)
+        records, stored, crcs, push_words = [], {}, [], 0
+        for j, image in enumerate(_chain(head, iterator, names, size)):
+            name = names[j] if j < len(names) else f"{j:06d}.png"
+            crcs.append(zlib.crc32(image.tobytes()))
+            record, reason = None, "the stack does not yet hold the bits its latents pop (the first images)"
+            if 32 * (stack.total_words() - 2) >= expected_pop:
+                try:
+                    record = _encode_bits_back(stack, exact, image, j, whiten, c, name)
+                    push_words = max(push_words, int(math.ceil((record.pixels + record.pushed) / 32)) + 2)
+                except _Reject as e:
+                    reason = str(e)
+            if record is None:
+                webp = _webp(image)
+                _encode_webp(stack, webp, c)
+                stored[j] = len(webp)
+                record = ImageRecord(name, "webp", 8.0 * len(webp), reason=reason)
+            records.append(record)
+            stack.spill()
+            if progress is not None:
+                progress(record)
+    count = len(records)
+    if given is not None and len(given) != count:
+        raise ValueError(f"{len(given)} names for {count} images")
+    payload = stack.payload().astype("<u4").tobytes()
+    all_names = names if len(names) == count else _default_names(count)
+    if len(set(all_names)) != count:
+        raise ValueError("two images have the same name; an archive stores names without folders")
+    header = {"model": model_name, "model_sha256": model_sha256, "fingerprint": fingerprint, "versions": _versions(),
+              "delta": DELTA, "span": SPAN, "grid": GRID, "whiten_words": whiten, "push_words": push_words,
+              "image_size": size, "count": count, "stored": [[j, n] for j, n in sorted(stored.items())],
+              "names": None if all_names == _default_names(count) else all_names}
+    archive = _pack(header, np.array(crcs, dtype="<u4").tobytes() + payload)
+    dims = size * size * 3
+    net = [r.net / dims for r in records if r.mode == "bits-back"]
+    report = CompressReport(images=count, archive_bytes=len(archive), bits_per_dim=8 * len(archive) / (dims * count),
+                            webp_images=len(stored), webp_bytes=sum(stored.values()), net_bits_per_dim=net,
+                            seconds_per_image=(time.perf_counter() - start) / count, whiten_words=whiten,
+                            records=records, extra={"container_bytes": len(archive) - len(payload)})
+    return archive, report
+
+
+def _named_items(images: Iterable, names: List[str], named: bool) -> Iterator[np.ndarray]:
+    """The arrays of `images`; (name, array) pairs have their names appended to `names` as they come."""
+    for item in images:
+        if not named and isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            names.append(item[0])
+            item = item[1]
+        yield item
+
+
+def _checked(image, j: int, names, size: int) -> np.ndarray:
+    image = np.array(image, dtype=np.uint8, order="C")  # an own, writable copy
+    if image.shape != (size, size, 3):
+        raise ValueError(f"image {j} ({names[j] if j < len(names) else j}) is {image.shape}; "
+                         f"this model codes {size}x{size}x3")
+    return image
+
+
+def _chain(head: List[np.ndarray], rest: Iterator, names, size: int) -> Iterator[np.ndarray]:
+    yield from head
+    for j, image in enumerate(rest, start=len(head)):
+        yield _checked(image, j, names, size)
 
 
 def _pack(header: Dict[str, Any], payload: bytes) -> bytes:
@@ -277,30 +535,94 @@ def _pack(header: Dict[str, Any], payload: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
+def _inflate(data: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, MAX_HEADER_BYTES)
+    except zlib.error as e:
+        raise ArchiveError(f"the archive's header is not deflated data ({e})") from None
+    if inflater.unconsumed_tail:
+        raise ArchiveError(f"the archive's header inflates to more than {MAX_HEADER_BYTES // 2 ** 20} MiB; refused")
+    if not inflater.eof:
+        raise ArchiveError("the archive's header is cut short")
+    return out
+
+
+def _int(header: Dict[str, Any], key: str, low: int, high: int) -> int:
+    value = header.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ArchiveError(f"the archive's header field {key!r} must be an integer in {low}..{high}, got {value!r:.60}")
+    return value
+
+
 def read_header(archive: bytes) -> Tuple[Dict[str, Any], bytes]:
     """The header (with `names` filled in and `crc32`, one per image) and the ANS words of an archive, after
-    checking its magic, version, lengths and CRC32."""
+    checking its magic, version, lengths, CRC32 and every header field's type and range."""
     if archive[:4] != MAGIC:
         raise ArchiveError("not a vdvae-zoo archive (wrong magic bytes)")
-    if len(archive) < 14 or zlib.crc32(archive[:-4]) != struct.unpack("<I", archive[-4:])[0]:
+    if len(archive) < 18 or zlib.crc32(archive[:-4]) != struct.unpack("<I", archive[-4:])[0]:
         raise ArchiveError("the archive is damaged or truncated (its CRC32 does not match)")
     version, head_len = struct.unpack("<HI", archive[4:10])
     if version != FORMAT_VERSION:
         raise ArchiveError(f"archive format {version}; this vdvae-zoo reads format {FORMAT_VERSION}")
-    header = json.loads(zlib.decompress(archive[10:10 + head_len]))
+    if 10 + head_len + 4 > len(archive) - 4:
+        raise ArchiveError("the archive is truncated (its header is longer than the file)")
+    try:
+        header = json.loads(_inflate(archive[10:10 + head_len]))
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        if isinstance(e, ArchiveError):
+            raise
+        raise ArchiveError(f"the archive's header is not JSON ({type(e).__name__})") from None
+    if not isinstance(header, dict):
+        raise ArchiveError("the archive's header is not a JSON object")
     (payload_len,) = struct.unpack("<I", archive[10 + head_len:14 + head_len])
-    payload = archive[14 + head_len:14 + head_len + payload_len]
-    if len(payload) != payload_len or len(payload) % 4 or len(payload) < 4 * header["count"]:
+    payload = archive[14 + head_len:len(archive) - 4]
+    if len(payload) != payload_len:
         raise ArchiveError("the archive is truncated (payload shorter than its header says)")
-    n = header["count"]
-    header["names"] = header["names"] or _default_names(n)
+    n = _int(header, "count", 1, 10 ** 9)
+    _int(header, "image_size", 1, MAX_RESOLUTION)
+    _int(header, "whiten_words", 0, 2 ** 28)
+    _int(header, "push_words", 0, 2 ** 31)
+    if len(payload) % 4 or len(payload) < 4 * n:
+        raise ArchiveError("the archive is truncated (fewer bytes than one CRC32 per image)")
+    for key in ("model", "model_sha256", "fingerprint"):
+        if not isinstance(header.get(key), str) or len(header[key]) > 1000:
+            raise ArchiveError(f"the archive's header field {key!r} must be text")
+    if not isinstance(header.get("versions"), dict) or not all(isinstance(v, str) for v in header["versions"].values()):
+        raise ArchiveError("the archive's header field 'versions' must map names to text")
+    for key in ("delta", "span", "grid"):
+        if not isinstance(header.get(key), (int, float)) or isinstance(header.get(key), bool):
+            raise ArchiveError(f"the archive's header field {key!r} must be a number")
+    stored = header.get("stored")
+    if not isinstance(stored, list) or not all(
+            isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in s)
+            and 0 <= s[0] < n and 1 <= s[1] <= len(payload) for s in stored) \
+            or len({s[0] for s in stored}) != len(stored):
+        raise ArchiveError("the archive's header field 'stored' must list [image, bytes] pairs of its images")
+    names = header.get("names")
+    if names is None:
+        names = _default_names(n)
+    elif not isinstance(names, list) or len(names) != n:
+        raise ArchiveError(f"the archive's header must name its {n} images (got {len(names) if isinstance(names, list) else type(names).__name__})")
+    for name in names:
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS or "/" in name or "\\" in name \
+                or name.startswith(".") or "\0" in name:
+            raise ArchiveError(f"the archive holds a file name that is not a plain name of at most {MAX_NAME_CHARS} "
+                               f"characters ({str(name)[:60]!r}); refused")
+    stems = [name.rsplit(".", 1)[0] if "." in name else name for name in names]
+    if len(set(stems)) != len(stems):
+        raise ArchiveError("the archive names two images alike; refused (nothing was written)")
+    header["names"] = names
+    header["stored"] = {s[0]: s[1] for s in stored}
     header["crc32"] = np.frombuffer(payload[:4 * n], dtype="<u4").tolist()
     return header, payload[4 * n:]
 
 
-def decompress(model, archive: bytes) -> Tuple[List[np.ndarray], List[str]]:
-    """The images and names stored in `archive`, bit-exact. Raises ArchiveError when the archive is damaged or
-    when this machine computes the model differently from the one that wrote it."""
+def decompress_iter(model, archive: bytes) -> Iterator[Tuple[int, str, np.ndarray]]:
+    """The images of `archive` as (index, name, uint8 image), bit-exact, one at a time and last first (the ANS
+    stack gives them back in reverse). Raises ArchiveError when the archive is damaged, when this machine computes
+    the model differently from the one that wrote it (the probes), or when an image does not decode to what was
+    stored (its CRC32; the error names it)."""
     c = _constriction()
     header, payload = read_header(archive)
     if header["image_size"] != model.config.image_size:
@@ -309,26 +631,37 @@ def decompress(model, archive: bytes) -> Tuple[List[np.ndarray], List[str]]:
     if (header["delta"], header["span"], header["grid"]) != (DELTA, SPAN, GRID):
         raise ArchiveError("the archive was written with other discretisation settings; use the vdvae-zoo version "
                            f"that wrote it ({header['versions'].get('vdvae_zoo')})")
-    ans = c.stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
-    names = header["names"]
+    names, stored, whiten = header["names"], header["stored"], header["whiten_words"]
+    stack = _Stack(c, whiten, np.frombuffer(payload, dtype="<u4").astype(np.uint32))
     with _exact(model) as exact:
-        if _probe_fingerprint(exact) != header["fingerprint"]:
+        if len(stored) < header["count"] and _probe_fingerprint(exact) != header["fingerprint"]:
             raise ArchiveError("this machine (or model) computes the model's probabilities differently from the one "
                                f"that wrote the archive ({header['model'] or 'model'} sha256 "
                                f"{header['model_sha256'][:12] or '?'}, {header['versions']}); decoding would give "
                                "wrong pixels, so it is refused")
-        lengths = header["webp_lengths"]
-        later = [_pop_image(ans, exact, c) for _ in names[len(lengths):]][::-1]
-    prefix = ans.get_compressed(unseal=True).astype("<u4").tobytes()
-    images, offset = [], 0
-    try:
-        for length in lengths:
-            images.append(np.asarray(Image.open(io.BytesIO(prefix[offset:offset + length])).convert("RGB")))
-            offset += length
-    except OSError:
-        raise ArchiveError("the archive's first images do not decode (damaged data)") from None
-    images += later
-    for name, crc, image in zip(names, header["crc32"], images):
-        if zlib.crc32(np.ascontiguousarray(image).tobytes()) != crc:
-            raise ArchiveError(f"{name} does not decode to the image that was stored (CRC32 mismatch)")
-    return images, names
+        for j in reversed(range(header["count"])):
+            try:
+                if j in stored:
+                    image = _decode_webp(stack, stored[j], c, names[j])
+                else:
+                    image = _decode_bits_back(stack, exact, j, whiten, header["push_words"], c)
+            except _Reject as e:
+                raise ArchiveError(f"{names[j]} (image {j}) could not be decoded: {e}") from None
+            if image.shape != (header["image_size"],) * 2 + (3,) or zlib.crc32(np.ascontiguousarray(image).tobytes()) \
+                    != header["crc32"][j]:
+                raise ArchiveError(f"{names[j]} (image {j}) does not decode to the image that was stored (CRC32 "
+                                   "mismatch): the archive is damaged, or this machine rounds the model's arithmetic "
+                                   "differently where the probes did not look (docs/compress.md, cross-machine)")
+            yield j, names[j], image
+    if stack.total_words() != 0:
+        raise ArchiveError("the archive holds more data than its images (damaged)")
+
+
+def decompress(model, archive: bytes) -> Tuple[List[np.ndarray], List[str]]:
+    """The images and names stored in `archive`, bit-exact, in their order (all held in memory; the CLI and large
+    archives use `decompress_iter`)."""
+    header, _ = read_header(archive)
+    images: List[Optional[np.ndarray]] = [None] * header["count"]
+    for j, _name, image in decompress_iter(model, archive):
+        images[j] = image
+    return images, header["names"]

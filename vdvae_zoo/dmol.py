@@ -113,22 +113,48 @@ def dmol_sample(params: torch.Tensor, num_mixtures: int, generator: Optional[tor
     return ((rgb + 1.0) * 127.5).clamp(0.0, 255.0).to(torch.uint8)
 
 
+def _log_bin_probs(value: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(level = value) of each component, float64: the logistic mass of the bin of half-width 1/255 around
+    `value` in [-1, 1] (open at the two end levels), computed in log space so that far tails stay finite (and
+    floored at e^-700, so that no component's weight becomes 0 / 0)."""
+    inv_scale = torch.exp(-log_scale)
+    upper = inv_scale * (value + 1.0 / 255.0 - mean)
+    lower = inv_scale * (value - 1.0 / 255.0 - mean)
+    # log(sigmoid(u) - sigmoid(l)), in whichever tail keeps the terms away from 1
+    left = F.logsigmoid(upper) + torch.log1p(-torch.exp(F.logsigmoid(lower) - F.logsigmoid(upper)))
+    right = F.logsigmoid(-lower) + torch.log1p(-torch.exp(F.logsigmoid(-upper) - F.logsigmoid(-lower)))
+    middle = torch.where(upper + lower < 0, left, right)
+    edges = torch.where(value < -0.999, F.logsigmoid(upper), torch.where(value > 0.999, F.logsigmoid(-lower), middle))
+    return edges.clamp(min=-700.0)
+
+
 def dmol_level_probs(params: torch.Tensor, num_mixtures: int, channel: int,
                      earlier: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """P(x_c = level k | z, earlier channels) for the 256 levels of colour channel `channel` (0 R, 1 G, 2 B),
+    """P(x_c = level k | z, the earlier channels) for the 256 levels of colour channel `channel` (0 R, 1 G, 2 B),
     float64 (N, H, W, 256): the same mixture as `dmol_nll`, each level a bin of half-width 1/255 around
     k / 127.5 - 1, the two end bins open. `earlier`: the values in [-1, 1] of the channels before it, (N, H, W, c).
-    What a lossless coder codes each sub-pixel with (compress.py)."""
+
+    The product over the three channels is exactly the mixture p(x | z): a component's weight for channel c is
+    its prior weight times the probability it gave the earlier channels, renormalised (what a lossless coder must
+    code each sub-pixel with; compress.py)."""
     logits, means, log_scales, coeffs = _unpack(params.double(), num_mixtures)
-    mean = means[..., channel, :]
-    if channel >= 1:
-        mean = mean + coeffs[..., channel - 1, :] * earlier[..., 0:1]
-    if channel == 2:
-        mean = mean + coeffs[..., 2, :] * earlier[..., 1:2]
+
+    def channel_mean(c: int) -> torch.Tensor:
+        mean = means[..., c, :]
+        if c >= 1:
+            mean = mean + coeffs[..., c - 1, :] * earlier[..., 0:1]
+        if c == 2:
+            mean = mean + coeffs[..., 2, :] * earlier[..., 1:2]
+        return mean
+
+    log_weights = torch.log_softmax(logits, dim=-1)                                   # (N, H, W, M)
+    for c in range(channel):  # the components that explained the earlier channels weigh more
+        log_weights = log_weights + _log_bin_probs(earlier[..., c:c + 1], channel_mean(c), log_scales[..., c, :])
+    weights = torch.softmax(log_weights, dim=-1)[..., None, :]                          # (N, H, W, 1, M)
+    mean = channel_mean(channel)
     inv_scale = torch.exp(-log_scales[..., channel, :])                              # (N, H, W, M)
     upper = torch.arange(255, dtype=torch.float64, device=params.device) / 127.5 - 1.0 + 1.0 / 255.0
     cdf = torch.sigmoid(inv_scale[..., None, :] * (upper[:, None] - mean[..., None, :]))  # (N, H, W, 255, M)
     zeros, ones = torch.zeros_like(cdf[..., :1, :]), torch.ones_like(cdf[..., :1, :])
     bins = torch.diff(torch.cat([zeros, cdf, ones], dim=-2), dim=-2)                 # (N, H, W, 256, M)
-    weights = torch.softmax(logits, dim=-1)[..., None, :]
     return (bins * weights).sum(-1)

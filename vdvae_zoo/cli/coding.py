@@ -7,75 +7,109 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
-from ..compress import ArchiveError, compress, decompress, read_header
+from ..compress import ArchiveError, compress, decompress_iter, read_header, require_coder
 from ..files import atomic_write, refuse_existing
 from ..images import find_images, load_images, save_png
-from .base import MODEL_HELP, load_model, main, manifest_option, model_options, overwrite_option, user_errors
+from ..scoring import printable_path
+from .base import MODEL_HELP, load_model, main, manifest_option, overwrite_option, resize_option, user_errors
+
+_CPU_NOTE = ("The coder runs the model on the CPU in float64, one thread (both sides must compute bit-identical "
+             "probabilities), whatever GPU or precision other commands use.")
 
 
-def _sizes(images) -> tuple:
-    """Bytes of the same images as lossless WebP and as PNG (Pillow's best settings)."""
+def _webp_and_png_bytes(image) -> tuple:
+    """Bytes of one image as lossless WebP and as PNG (Pillow's best settings), for the comparison line."""
     from PIL import Image
-    webp = png = 0
-    for image in images:
-        for fmt, kwargs in (("WEBP", dict(lossless=True, quality=100, method=6)), ("PNG", dict(optimize=True))):
-            buf = io.BytesIO()
-            Image.fromarray(image).save(buf, format=fmt, **kwargs)
-            if fmt == "WEBP":
-                webp += len(buf.getvalue())
-            else:
-                png += len(buf.getvalue())
-    return webp, png
+    sizes = []
+    for fmt, kwargs in (("WEBP", dict(lossless=True, quality=100, method=6)), ("PNG", dict(optimize=True))):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format=fmt, **kwargs)
+        sizes.append(len(buf.getvalue()))
+    return tuple(sizes)
 
 
 @main.command("compress", epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The archive to write (.vdz).")
-@click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True,
-              help="center-crop: resize images of another size (then the archive holds the resized images: not "
-                   "lossless for the originals).")
+@resize_option
 @overwrite_option
-@model_options
+@click.option("--config", default=None, help="Architecture of an original .th file: preset name or config.json.")
+@manifest_option
 @user_errors
-def compress_command(model_name, paths, output, resize, overwrite, config, device, dtype, manifest):
+def compress_command(model_name, paths, output, resize, overwrite, config, manifest):
     """Losslessly compress images with bits-back coding (needs: pip install "vdvae-zoo[compress]").
+
+    Each image is listed as it is coded: the bits its latents popped, its pixels and latents pushed, and the
+    KL + distortion of the coded draw (what its cost should be close to). The first images are stored as
+    lossless WebP: they are the bits the later images' latents are popped from (docs/compress.md).
 
     Example: vdvae-zoo compress cifar10 photos/ -o photos.vdz && vdvae-zoo decompress photos.vdz -o restored/
     """
+    require_coder()  # before anything is loaded
     refuse_existing(output, overwrite)
-    model = load_model(model_name, config, "cpu", manifest, "float32")
     files = find_images(paths)
-    images, kept, skipped = load_images(files, size=model.config.image_size, resize=None if resize == "none" else resize)
-    for p, why in skipped:
-        click.echo(f"warning: skipped {p}: {why}", err=True)
-    if not len(kept):
-        raise click.ClickException("no image of the model's size to compress (--resize center-crop resizes others)")
+    names = [p.name for p in files]
+    doubles = sorted({n for n in names if names.count(n) > 1})
+    if doubles:
+        raise click.ClickException(f"two images are named {doubles[0]!r}; an archive stores names without folders, "
+                                   "so rename one of them")
+    if not files:
+        raise click.ClickException(f"no image files in {', '.join(paths)}")
+    model = load_model(model_name, config, "cpu", manifest, "float32")
+    size, dims = model.config.image_size, model.config.dims_per_image
     if resize != "none":
         click.echo("note: --resize: the archive holds the resized images, not your originals", err=True)
-    names = [p.name for p in kept]
-    if len(set(names)) != len(names):
-        raise click.ClickException("two images have the same file name; an archive stores names without folders")
-    info = model.provenance.to_dict()
-    archive, report = compress(model, list(images), names, model_name=model_name, model_sha256=info.get("sha256", ""))
-    atomic_write(output, archive, overwrite=True)
-    dims = images.shape[0] * images[0].size
-    elbo = model.likelihood(images).bpd
-    webp, png = _sizes(images)
-    net = report.net_bits_per_dim
-    click.echo(f"wrote {output}: {len(kept)} images, {report.archive_bytes:,} bytes = {report.bits_per_dim:.3f} bits "
-               f"per dim ({report.seconds_per_image:.2f} s per image)")
-    click.echo(f"  the first {report.webp_images} stored as lossless WebP ({report.webp_bytes:,} bytes): the bits the "
-               f"next images' latents are popped from")
-    for name, rate, bound in zip(names[report.webp_images:], net, elbo[report.webp_images:].tolist()):
-        click.echo(f"  {name}: {rate:.3f} bits per dim (the model's ELBO: {bound:.3f})")
-    if net:
-        later = elbo[report.webp_images:].double().mean().item()
-        click.echo(f"  bits-back images: {np.mean(net):.3f} bits per dim each on average; the model's ELBO on them "
-                   f"{later:.3f}")
-    click.echo(f"  the same images as lossless WebP: {8 * webp / dims:.3f}, as PNG: {8 * png / dims:.3f} bits per dim")
+    totals = {"webp": 0, "png": 0, "n": 0}
+
+    def read():  # one image at a time: memory does not grow with the folder
+        for p in files:
+            images, kept, skipped = load_images([p], size=size, resize=None if resize == "none" else resize)
+            if skipped:
+                click.echo(f"warning: skipped {printable_path(p)}: {skipped[0][1]}", err=True)
+                continue
+            webp, png = _webp_and_png_bytes(images[0])
+            totals["webp"] += webp
+            totals["png"] += png
+            totals["n"] += 1
+            yield p.name, images[0]
+
+    from huggingface_hub.utils import tqdm
+    with tqdm(total=len(files), unit="img", desc="compressing") as bar:
+        def show(r):
+            with tqdm.external_write_mode():
+                if r.mode == "bits-back":
+                    click.echo(f"  {r.name}: {r.net / dims:.3f} bits per dim (popped {r.popped / dims:.3f}, pixels "
+                               f"{r.pixels / dims:.3f}, latents {r.pushed / dims:.3f}; KL + distortion of the draw "
+                               f"{(r.kl + r.distortion) / dims:.3f})")
+                else:
+                    click.echo(f"  {r.name}: stored as lossless WebP, {r.net / dims:.3f} bits per dim ({r.reason})")
+            bar.update(1)
+
+        try:
+            archive, report = compress(model, read(), model_name=model_name,
+                                       model_sha256=model.provenance.sha256 or "", progress=show)
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted: nothing was written ({output} is written only when every image is coded)",
+                       err=True)
+            sys.exit(130)
+    if totals["n"] == 0:
+        raise click.ClickException(f"no image of {size}x{size} to compress (--resize center-crop resizes others)")
+    atomic_write(output, archive, overwrite=overwrite)
+    all_dims = dims * report.images
+    click.echo(f"wrote {output}: {report.images} images, {report.archive_bytes:,} bytes = {report.bits_per_dim:.3f} "
+               f"bits per dim ({report.seconds_per_image:.2f} s per image)")
+    click.echo(f"  {report.webp_images} stored as lossless WebP ({report.webp_bytes:,} bytes), "
+               f"{len(report.net_bits_per_dim)} with bits-back")
+    coded = [r for r in report.records if r.mode == "bits-back"]
+    if coded:
+        net = sum(r.net for r in coded) / (dims * len(coded))
+        draw = sum(r.kl + r.distortion for r in coded) / (dims * len(coded))
+        click.echo(f"  bits-back images: {net:.3f} bits per dim each on average; KL + distortion of their draws "
+                   f"{draw:.3f}")
+    click.echo(f"  the same images as lossless WebP: {8 * totals['webp'] / all_dims:.3f}, as PNG: "
+               f"{8 * totals['png'] / all_dims:.3f} bits per dim")
 
 
 @main.command("decompress")
@@ -90,6 +124,8 @@ def compress_command(model_name, paths, output, resize, overwrite, config, devic
 def decompress_command(archive, outdir, model_name, overwrite, config, manifest):
     """Restore the images of an archive, bit-exact (the PNG files hold exactly the pixels that were compressed).
 
+    Images come back last first (the coder is a stack), each written as soon as it is decoded and checked.
+
     Example: vdvae-zoo decompress photos.vdz -o restored/
     """
     data = Path(archive).read_bytes()
@@ -100,23 +136,27 @@ def decompress_command(archive, outdir, model_name, overwrite, config, manifest)
     model_name = model_name or header.get("model")
     if not model_name:
         raise click.ClickException(f"{archive} does not name its model; pass --model")
-    names = header["names"]
-    bad = [n for n in names if Path(n).name != n or n.startswith(".") or not n]
-    if bad:
-        raise click.ClickException(f"{archive} holds file names that are not plain names ({bad[0]!r}); refused")
-    targets = [Path(outdir) / Path(n).with_suffix(".png").name for n in names]
+    targets = [Path(outdir) / Path(n).with_suffix(".png").name for n in header["names"]]
     for t in targets:
         refuse_existing(t, overwrite)
+    if len(header["stored"]) < header["count"]:
+        require_coder()
     model = load_model(model_name, config, "cpu", manifest, "float32")
-    expected = header.get("model_sha256")
-    actual = model.provenance.sha256
+    expected, actual = header.get("model_sha256"), model.provenance.sha256
     if expected and actual and expected != actual:
         raise click.ClickException(f"{archive} was made with weights of sha256 {expected[:12]}..., but {model_name} "
                                    f"has {actual[:12]}...; pass --model with the right weights")
+    from huggingface_hub.utils import tqdm
+    written = 0
     try:
-        images, _ = decompress(model, data)
+        with tqdm(total=header["count"], unit="img", desc="decompressing") as bar:
+            for j, _name, image in decompress_iter(model, data):
+                save_png(image, targets[j], overwrite=overwrite)
+                written += 1
+                bar.update(1)
     except ArchiveError as e:
-        raise click.ClickException(f"{archive}: {e}") from None
-    for target, image in zip(targets, images):
-        save_png(image, target, overwrite=overwrite)
-    click.echo(f"wrote {len(images)} images to {outdir}", file=sys.stdout)
+        raise click.ClickException(f"{archive}: {e} ({written} images were written before it)") from None
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {written} of {header['count']} images were written to {outdir}", err=True)
+        sys.exit(130)
+    click.echo(f"wrote {written} images to {outdir}")
