@@ -11,13 +11,18 @@ runtime, inputs) -> (hub, weights, manifest, inspection) -> (config, dmol, image
 
 from ._version import __version__
 
-from .config import VDVAEConfig, list_models as list_presets, parse_block_string
+from .config import VDVAEConfig, list_presets, parse_block_string
 from .hub import IntegrityError
 from .compress import compress, decompress
 from .evaluate import EvalReport, evaluate
 from .inspection import inspect_checkpoint
 from .manifest import Manifest, UnknownModelError, load_manifest
-from .model import VDVAE, EncoderMismatchError, LikelihoodResult, load
+from .latents import flatten_latents, latent_layout, unflatten_latents
+from .model import VDVAE, EncoderMismatchError, LayerLatents, LikelihoodResult, load
+from .ood import detection_metrics, evaluate_ood, ood_scores
+from .pretrained import Provenance
+from .sample_sets import write_sample_set
+from .scoring import ScoreOptions, score_dataset
 from .plots import bits_per_layer, bits_per_resolution, kl_chart
 from .runtime import keep_freed_memory
 from .train import TrainOptions, Trainer, finetune
@@ -32,7 +37,9 @@ def list_models() -> list:
     return load_manifest().names
 
 
-__all__ = ["VDVAE", "VDVAEConfig", "LikelihoodResult", "LoadReport", "EncoderMismatchError", "IntegrityError",
+__all__ = ["VDVAE", "VDVAEConfig", "LikelihoodResult", "LayerLatents", "LoadReport", "Provenance",
+           "flatten_latents", "unflatten_latents", "latent_layout", "ood_scores", "evaluate_ood", "detection_metrics",
+           "write_sample_set", "ScoreOptions", "score_dataset", "EncoderMismatchError", "IntegrityError",
            "UnknownModelError", "Manifest", "load", "download", "load_manifest", "read_checkpoint",
            "convert_original", "inspect_checkpoint", "evaluate", "EvalReport", "compress", "decompress", "list_models", "list_presets", "parse_block_string", "Trainer",
            "TrainOptions", "finetune", "bits_per_layer", "bits_per_resolution", "kl_chart", "keep_freed_memory",

@@ -59,7 +59,7 @@ __all__ = ["compress", "decompress", "decompress_iter", "read_header", "ArchiveE
            "ImageRecord", "require_coder", "MAGIC", "DELTA"]
 
 MAGIC, FORMAT_VERSION = b"VDZ\x01", 2
-DELTA = 2.0 ** -9      # bucket width, in prior standard deviations (chosen by measurement: docs/compress.md)
+DELTA = 2.0 ** -7      # bucket width, in prior standard deviations (chosen by measurement: docs/compress.md)
 SPAN = 24.0           # buckets cover mu_p +- SPAN prior standard deviations
 WINDOW = 8.0          # a latent is popped from its posterior within mu_q +- WINDOW posterior standard deviations
 GRID = 2.0 ** -24     # distribution parameters are rounded to this before they become probabilities
@@ -316,7 +316,7 @@ def _encode_bits_back(stack: _Stack, model, image: np.ndarray, j: int, whiten_wo
             grids.append(grid)
             return grid.value(k)
 
-        params = model.decode_with(choose, images=torch.from_numpy(image[None]))
+        params = model.decode_with(choose, images=torch.from_numpy(image[None].copy()))
         popped_bits = start - stack.coder.num_bits()
         if popped_bits > 32 * whitened:
             raise _Reject(f"its latents pop {popped_bits:,} bits; the stack held {32 * whitened:,} to pop from")
@@ -413,7 +413,7 @@ def _pop_bits(model, image: np.ndarray, c) -> float:
         window, means, stds, centres = grid.posterior_window(c)
         return grid.value(_coder_call(ans.decode, window, means, stds) + centres)
 
-    model.decode_with(choose, images=torch.from_numpy(image[None]))
+    model.decode_with(choose, images=torch.from_numpy(image[None].copy()))
     return float(before - ans.num_bits())
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -27,9 +28,8 @@ __all__ = [
     "parse_block_string",
     "parse_custom_widths",
     "kernel_size",
-    "list_models",
+    "list_presets",
     "PRESETS",
-    "TRAINING_PRESETS",
     "EXAMPLE_CONFIGS",
     "resolve_config",
     "ConfigLike",
@@ -64,7 +64,10 @@ def parse_block_string(spec: str, kind: str = "decoder") -> List[BlockSpec]:
         raise ValueError(f"kind must be 'encoder' or 'decoder', got {kind!r}")
     name = "enc_blocks" if kind == "encoder" else "dec_blocks"
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"{name} must be a non-empty block string such as '32x2,32d2,16x2', got {spec!r}")
+        raise ValueError(f"{name} must be a non-empty block string such as '32x2,32d2,16x2', got {spec!r:.80}")
+    if spec.count(",") >= MAX_BLOCKS:
+        raise ValueError(f"{name} lists {spec.count(',') + 1:,} items, more than the {MAX_BLOCKS} blocks any VDVAE "
+                         "has (the released ones have at most 78); write runs as RxN")
     blocks: List[BlockSpec] = []
     for item in spec.split(","):
         text = item.strip()
@@ -77,6 +80,8 @@ def parse_block_string(spec: str, kind: str = "decoder") -> List[BlockSpec]:
         if not 0 < res <= MAX_RESOLUTION:
             raise ValueError(f"{name}: item {item!r} has resolution {res}; resolutions must be in 1..{MAX_RESOLUTION}")
         if op is None:
+            if len(blocks) + 1 > MAX_BLOCKS:
+                raise ValueError(f"{name}: more than {MAX_BLOCKS} blocks; no VDVAE has that many")
             blocks.append(BlockSpec(res))
             continue
         value = int(arg)
@@ -114,8 +119,12 @@ def kernel_size(resolution: int) -> int:
 def parse_custom_widths(spec: str) -> Dict[int, int]:
     """Parse ``"R:W,R:W,..."`` into {resolution: width}. Empty string gives {}."""
     widths: Dict[int, int] = {}
+    if not isinstance(spec, str):
+        raise ValueError(f"custom_width_str must be text such as '32:512,16:512' (or empty), got {spec!r:.80}")
     if not spec:
         return widths
+    if spec.count(",") > 64:
+        raise ValueError("custom_width_str names more than 64 resolutions; no VDVAE has that many")
     for item in spec.split(","):
         parts = item.strip().split(":")
         try:
@@ -206,6 +215,14 @@ class VDVAEConfig:
     # ------------------------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise ValueError naming the bad field or block-string item if the config cannot be built."""
+        for f in dataclasses.fields(self):  # types first: a config.json can hold anything
+            value, kind = getattr(self, f.name), {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+            numeric_ok = kind is float and isinstance(value, int) and not isinstance(value, bool)
+            if (not isinstance(value, kind) and not numeric_ok) or (kind is not bool and isinstance(value, bool)):
+                what = {int: "an integer", float: "a number", str: "text", bool: "true or false"}[kind]
+                raise ValueError(f"{f.name} must be {what}, got {value!r:.60} ({type(value).__name__})")
+            if kind is float and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
         for name in ("image_size", "width", "zdim", "num_mixtures", "image_channels", "no_bias_above"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -317,8 +334,9 @@ class VDVAEConfig:
     def from_json(cls, text_or_path: Union[str, Path]) -> "VDVAEConfig":
         """Parse a JSON string, or read a `config.json` file (errors name the file)."""
         text, where = str(text_or_path), "config"
-        if not text.lstrip().startswith("{"):
-            where = f"config file {text_or_path}"
+        if not text.lstrip().startswith(("{", "[")):
+            shown = text if len(text) <= 200 else text[:200] + "..."
+            where = f"config file {shown}"
             try:
                 text = Path(text_or_path).read_text()
             except (OSError, UnicodeDecodeError) as e:
@@ -327,6 +345,8 @@ class VDVAEConfig:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise ValueError(f"{where} is not valid JSON ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{where} is nested too deeply to be a config") from None
         except ValueError as e:
             if where == "config":
                 raise
@@ -375,22 +395,6 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         shift=-0.4387, scale=1.0 / 0.2743, shift_loss=-0.5, scale_loss=2.0, pixel_scale=1.0 / 255.0),
 }
 
-#: How each released model was trained (the paper's released hyper-parameters), keyed by the trainer's option names (`train.TrainOptions`).
-#: `batch_size` is per GPU; the authors used AdamW with betas (0.9, 0.9) for all of them.
-TRAINING_PRESETS: Dict[str, Dict[str, Any]] = {
-    "cifar10": dict(lr=2e-4, weight_decay=0.01, warmup=100, ema_rate=0.9999, grad_clip=200.0, skip_threshold=400.0,
-                    batch_size=16),
-    "imagenet32": dict(lr=1.5e-4, weight_decay=0.01, warmup=100, ema_rate=0.999, grad_clip=200.0,
-                       skip_threshold=300.0, batch_size=8),
-    "imagenet64": dict(lr=1.5e-4, weight_decay=0.01, warmup=100, ema_rate=0.999, grad_clip=220.0,
-                       skip_threshold=380.0, batch_size=4),
-    "ffhq256": dict(lr=1.5e-4, weight_decay=0.01, warmup=100, ema_rate=0.999, grad_clip=130.0, skip_threshold=180.0,
-                    batch_size=1),
-    "ffhq1024": dict(lr=7e-5, weight_decay=0.01, warmup=100, ema_rate=0.999, grad_clip=360.0, skip_threshold=500.0,
-                     batch_size=1),
-}
-
-
 #: Small architectures to start from (not released models): `resolve_config("tiny32")`, `vdvae-zoo new tiny32`.
 #: tiny32 (32x32, 139k parameters) trains from scratch on a CPU in minutes (docs/guide.md).
 EXAMPLE_CONFIGS: Dict[str, Dict[str, Any]] = {
@@ -400,7 +404,7 @@ EXAMPLE_CONFIGS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def list_models() -> List[str]:
+def list_presets() -> List[str]:
     """Names of the architecture presets (the released models' hyper-parameters)."""
     return list(PRESETS)
 

@@ -159,10 +159,13 @@ def _cifar(folder: Path, split: str, binary: bool) -> Dataset:
 def _npy(path: Path) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise DatasetError(f"cannot read {path} as a plain array ({e}); pickled .npy files are refused") from None
+    except Exception as e:  # noqa: BLE001 - a damaged header fails inside numpy's parser in many ways
+        why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise DatasetError(f"cannot read {path} as a plain .npy array ({why}); pickled .npy files are refused") from None
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3 or array.shape[1] != array.shape[2]:
         raise DatasetError(f"{path}: expected uint8 N x S x S x 3 images, got {array.dtype} {array.shape}")
+    if array.shape[0] == 0:
+        raise DatasetError(f"{path} holds no images (0 x {array.shape[1]} x {array.shape[2]} x 3)")
     return array
 
 

@@ -9,6 +9,7 @@ umask gives (others can read a shared model), never the 0600 of `tempfile`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Union
 
 __all__ = ["atomic_write", "atomic_folder", "recover_folder", "sha256_file", "remove_stale_temporaries",
-           "refuse_existing", "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "MODEL_SUBFOLDER"]
+           "refuse_existing", "disk_full_as_oserror", "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "MODEL_SUBFOLDER"]
 
 # The layout of a model folder (Hugging Face's): the one statement of these names.
 CONFIG_NAME = "config.json"
@@ -71,7 +72,8 @@ def atomic_write(path: PathLike, content: Content, *, overwrite: bool = True) ->
     tmp = _temporary(path, "tmp")
     try:
         if callable(content):
-            content(tmp)
+            with disk_full_as_oserror(path):
+                content(tmp)
         else:
             with open(tmp, "wb") as f:
                 f.write(content.encode() if isinstance(content, str) else content)
@@ -84,6 +86,20 @@ def atomic_write(path: PathLike, content: Content, *, overwrite: bool = True) ->
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+@contextlib.contextmanager
+def disk_full_as_oserror(path: PathLike) -> Iterator[None]:
+    """Writers report a full disk in their own ways (safetensors: an error holding "code: 28"); inside this block
+    it becomes OSError(ENOSPC) naming `path`, which callers can say in one sentence."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        if "code: 28" in str(e) or "No space left" in str(e):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+        raise
 
 
 def _place_new(tmp: Path, path: Path) -> None:

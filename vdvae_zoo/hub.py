@@ -13,7 +13,9 @@ is itself inside the cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import os
 import time
 import urllib.error
@@ -142,13 +144,45 @@ def _discard(path: Path, root: Path) -> None:
         target.unlink()
 
 
+def hub_endpoint() -> str:
+    """The Hub's address: HF_ENDPOINT (read at call time), else huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def unreachable(url: str, timeout: float = 3.0) -> Optional[str]:
+    """None when a connection to `url`'s host opens within `timeout` seconds, else why not (one phrase). Asked
+    before the first download, so that an offline machine or a mistyped name fails at once instead of after a
+    downloader's retries."""
+    import socket
+    import threading
+    import urllib.parse
+    parsed = urllib.parse.urlparse(url)
+    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    if not host:
+        return f"{url!r} is not an address"
+    outcome: list = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(e.strerror or str(e) or type(e).__name__)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)  # name resolution has no timeout of its own
+    if not outcome:
+        return f"no answer from {host} within {timeout:.0f} s"
+    return None if outcome[0] is None else f"{host}: {outcome[0]}"
+
+
 def fetch_hub_folder(repo_id: str, revision: Optional[str], *, pinned_revision: Optional[str] = None,
                      pinned_sha256: Optional[str] = None, cache_dir: CacheDir = None, local_files_only: bool = False,
                      name: Optional[str] = None) -> Path:
     """Download (or find in the cache) `config.json` + `model.safetensors` of a Hub repository; returns their
     folder. With a pin, the weights' sha256 must match (a mismatching file is removed from the cache). A
     `revision` other than the pinned one gives a warning: the pin no longer applies."""
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
     root = _root(cache_dir)
     if revision is not None and pinned_revision and revision != pinned_revision:
@@ -156,15 +190,24 @@ def fetch_hub_folder(repo_id: str, revision: Optional[str], *, pinned_revision: 
                       "the sha256 pin no longer applies, so the weights are not checked.", stacklevel=3)
         pinned_sha256 = None
     rev = revision or pinned_revision or "main"
+    local_only = offline(local_files_only)
+    if not local_only:
+        why = unreachable(hub_endpoint())
+        if why is not None:
+            if not _cached(repo_id, rev, root):
+                raise ConnectionError(f"the Hub cannot be reached from here ({why}); work offline with "
+                                      "HF_HUB_OFFLINE=1 and a cached model, or use a local folder or file")
+            local_only = True  # in the cache already: no need to ask the Hub
     paths = {}
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         try:
-            paths[filename] = Path(hf_hub_download(repo_id, filename, revision=rev, cache_dir=str(root),
-                                                   local_files_only=offline(local_files_only),
-                                                   endpoint=os.environ.get("HF_ENDPOINT") or None))
+            paths[filename] = _hub_download(repo_id, filename, rev, root, local_only)
         except LocalEntryNotFoundError:
-            if offline(local_files_only):
+            if local_only:
                 raise not_cached_error(name or repo_id, f"{repo_id}@{rev}/{filename}") from None
+            raise
+        except BaseException:
+            remove_free_locks(root / ".locks" / hub_repo_folder(repo_id, root).name)
             raise
     weights = paths[WEIGHTS_NAME]
     if pinned_sha256:
@@ -175,6 +218,35 @@ def fetch_hub_folder(repo_id: str, revision: Optional[str], *, pinned_revision: 
                                  f"{pinned_sha256}; the file was deleted from the cache. Try again; if it persists the "
                                  "repository no longer matches the manifest.")
     return weights.parent
+
+
+def _hub_download(repo_id: str, filename: str, revision: str, root: Path, local_only: bool) -> Path:
+    """One file through huggingface_hub; a transfer that breaks off (a connection closed mid-body, a reset) is
+    tried once more, then reported in one sentence. Answers of the Hub (no such repository, file or revision)
+    are passed on as they are."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+    for attempt in (1, 2):
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(root),
+                                        local_files_only=local_only, endpoint=os.environ.get("HF_ENDPOINT") or None))
+        except (LocalEntryNotFoundError, EntryNotFoundError, GatedRepoError, RepositoryNotFoundError,
+                RevisionNotFoundError):
+            raise
+        except Exception as e:  # noqa: BLE001 - transport failures of any HTTP stack
+            if attempt == 2:
+                text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                raise ConnectionError(f"the download of {repo_id}/{filename} broke off twice ({type(e).__name__}"
+                                      f"{': ' + text if text else ''}); try again later") from None
+    raise AssertionError("unreachable")
+
+
+def _cached(repo_id: str, revision: str, root: Path) -> bool:
+    """True when both files of the repository's `revision` are in the cache (no connection is then needed)."""
+    from huggingface_hub import try_to_load_from_cache
+    return all(isinstance(try_to_load_from_cache(repo_id, name, cache_dir=str(root), revision=revision), str)
+               for name in (CONFIG_NAME, WEIGHTS_NAME))
 
 
 def fetch_url(url: str, destination: Path, expected_sha256: Optional[str] = None, *, timeout: float = 60.0,
@@ -210,18 +282,42 @@ def fetch_url(url: str, destination: Path, expected_sha256: Optional[str] = None
         atomic_write(destination, stream)  # the file appears only when complete and checked
     except TimeoutError as e:
         raise ConnectionError(str(e)) from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", None) or e
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # incl. a body cut short
+        reason = getattr(e, "reason", None) or e or type(e).__name__
         raise ConnectionError(f"could not download {url} ({reason})") from None
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
 def entry_lock(entry: ModelEntry, cache_dir: CacheDir = None):
-    """A file lock held while an unpublished entry is downloaded and converted (concurrent loads wait)."""
+    """A file lock held while an unpublished entry is downloaded and converted (concurrent loads wait); the lock
+    file is removed afterwards when no other process holds it."""
     from huggingface_hub.utils import WeakFileLock
     folder = converted_folder(entry, cache_dir)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    return WeakFileLock(str(folder.with_name(f"{entry.name}.lock")))
+    path = folder.with_name(f"{entry.name}.lock")
+    try:
+        with WeakFileLock(str(path)):
+            yield
+    finally:
+        remove_free_locks(path.parent, [path])
+
+
+def remove_free_locks(folder: Path, paths: Optional[list] = None) -> int:
+    """Delete the empty `*.lock` files in `folder` (or `paths`) that no process holds (a free lock can be taken
+    at once); a failed download leaves them behind. Returns how many went."""
+    from filelock import FileLock, Timeout
+    removed = 0
+    for lock_file in paths if paths is not None else (sorted(folder.glob("*.lock")) if folder.is_dir() else []):
+        try:
+            if not lock_file.is_file() or lock_file.stat().st_size:
+                continue
+            with FileLock(str(lock_file), timeout=0):
+                lock_file.unlink(missing_ok=True)
+                removed += 1
+        except (Timeout, OSError):
+            continue  # held by another process, or not ours to remove
+    return removed
 
 
 def download_original(entry: ModelEntry, cache_dir: CacheDir = None) -> Path:

@@ -89,32 +89,38 @@ def _runs(blocks: List[tuple]) -> List[BlockRun]:
     return runs
 
 
-def _indexed(state: Dict[str, torch.Tensor], prefix: str, suffix: str) -> Dict[int, torch.Tensor]:
+def _indexed(state: Dict[str, torch.Tensor], prefix: str, suffix: str) -> List[str]:
+    """The keys PREFIX{i}.SUFFIX of `state`, in the order of i."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\." + re.escape(suffix) + "$")
-    out = {}
-    for k, v in state.items():
-        m = pattern.match(k)
-        if m:
-            out[int(m.group(1))] = v
-    return dict(sorted(out.items()))
+    found = {int(m.group(1)): k for k in state for m in [pattern.match(k)] if m}
+    return [found[i] for i in sorted(found)]
 
 
 def inspect_checkpoint(path_or_state: Union[str, os.PathLike, Dict[str, torch.Tensor]]) -> CheckpointInfo:
     """The structure a checkpoint's tensor shapes determine (`.th`, `.safetensors`, or a state dict)."""
     state = strip_ddp_prefix(path_or_state) if isinstance(path_or_state, dict) else read_checkpoint(path_or_state)
-    shape = lambda k: tuple(state[k].shape) if k in state else None  # noqa: E731
-    enc = [(c1.shape[1], c2.shape[-1]) for c1, c2 in zip(
-        _indexed(state, "encoder.enc_blocks.", "c1.weight").values(),
-        _indexed(state, "encoder.enc_blocks.", "c2.weight").values())]
-    dec = [(c1.shape[1], c2.shape[-1]) for c1, c2 in zip(
-        _indexed(state, "decoder.dec_blocks.", "resnet.c1.weight").values(),
-        _indexed(state, "decoder.dec_blocks.", "resnet.c2.weight").values())]
-    z_proj = _indexed(state, "decoder.dec_blocks.", "z_proj.weight")
-    biases = [state[k] for k in sorted((k for k in state if re.match(r"decoder\.bias_xs\.\d+$", k)),
-                                       key=lambda k: int(k.rsplit(".", 1)[1]))]
-    out_conv = shape("decoder.out_net.out_conv.weight")
-    gain = shape("decoder.gain")
     notes = []
+
+    def conv(k) -> Optional[tuple]:  # a 4-d (out, in, kh, kw) weight, or None (noted) for anything else
+        value = state.get(k)
+        if value is None:
+            return None
+        if value.ndim != 4:
+            notes.append(f"{k} has shape {tuple(value.shape)}, not a 4-d convolution or state: ignored")
+            return None
+        return tuple(value.shape)
+
+    enc = [(c1[1], c2[-1]) for c1, c2 in zip(
+        (conv(k) for k in _indexed(state, "encoder.enc_blocks.", "c1.weight")),
+        (conv(k) for k in _indexed(state, "encoder.enc_blocks.", "c2.weight"))) if c1 and c2]
+    dec = [(c1[1], c2[-1]) for c1, c2 in zip(
+        (conv(k) for k in _indexed(state, "decoder.dec_blocks.", "resnet.c1.weight")),
+        (conv(k) for k in _indexed(state, "decoder.dec_blocks.", "resnet.c2.weight"))) if c1 and c2]
+    z_proj = [s for s in (conv(k) for k in _indexed(state, "decoder.dec_blocks.", "z_proj.weight")) if s]
+    biases = [s for s in (conv(k) for k in sorted((k for k in state if re.match(r"decoder\.bias_xs\.\d+$", k)),
+                                                  key=lambda k: int(k.rsplit(".", 1)[1]))) if s]
+    out_conv = conv("decoder.out_net.out_conv.weight")
+    gain = conv("decoder.gain")
     if not enc:
         notes.append("no encoder tensors found")
     if not dec:
@@ -126,9 +132,9 @@ def inspect_checkpoint(path_or_state: Union[str, os.PathLike, Dict[str, torch.Te
     return CheckpointInfo(
         parameters=sum(v.numel() for v in state.values()), tensors=len(state),
         width=gain[1] if gain else None,
-        zdim=next(iter(z_proj.values())).shape[1] if z_proj else None,
+        zdim=z_proj[0][1] if z_proj else None,
         num_mixtures=out_conv[0] // 10 if out_conv else None,
-        bias_resolutions=[b.shape[2] for b in biases], bias_widths=[b.shape[1] for b in biases],
+        bias_resolutions=[b[2] for b in biases], bias_widths=[b[1] for b in biases],
         encoder_blocks=enc, decoder_layers=dec, notes=notes)
 
 

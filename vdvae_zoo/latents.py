@@ -11,13 +11,14 @@ Example (docs/latents.md): the first 31 layers of the imagenet64 architecture ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from .config import VDVAEConfig
 
-__all__ = ["LatentSlot", "latent_layout", "flatten_latents", "unflatten_latents"]
+__all__ = ["LatentSlot", "latent_layout", "flatten_latents", "unflatten_latents", "encode_dataset"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +81,90 @@ def unflatten_latents(flat: torch.Tensor, model_or_config) -> List[torch.Tensor]
                          f"layers end at {near or boundaries[:6]}")
     count = boundaries.index(d) + 1
     return [flat[:, s.offset:s.offset + s.size].reshape(-1, *s.shape).float() for s in layout[:count]]
+
+
+# ----------------------------------------------------------------------------------------- data-set scale
+def encode_dataset(model, dataset, output, *, flat: Optional[int] = None, stats: bool = False, mean: bool = False,
+                   seed: int = 0, batch_size: Optional[int] = None, chunk: int = 256, resize: Optional[str] = None,
+                   overwrite: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Encode every image of `dataset` (datasets.py) in chunks, image i with `image_seed(seed, i)` as every
+    score is computed, and write them to `output`:
+
+    - `.safetensors`: `z.i` per decoder layer (N, zdim, r, r), with `stats` also `mean.i` and `std.i`; the image
+      paths (or positions) and the model's provenance in the metadata; with `flat` also `flat`, (N, D);
+    - `.npy` (needs `flat`): the first `flat` layers as one float32 (N, D) array, written chunk by chunk (memory
+      does not grow with the data set), and `OUTPUT.json` beside it with the images, layout and provenance.
+
+    `mean`: posterior means instead of samples. Unreadable images are skipped (listed). Returns a summary."""
+    import json
+    from pathlib import Path
+    from .batching import image_seed
+    from .files import atomic_write, refuse_existing
+    output = Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in (".safetensors", ".npy"):
+        raise ValueError(f"{output}: latents are written as .safetensors (every layer) or .npy (with --flat)")
+    if suffix == ".npy" and flat is None:
+        raise ValueError(f"{output}: an .npy holds the flat rows of the first layers; give flat= (--flat N)")
+    if flat is not None and not 1 <= flat <= model.num_layers:
+        raise ValueError(f"flat must be a number of layers in 1..{model.num_layers}, got {flat}")
+    refuse_existing(output, overwrite)
+    layout = latent_layout(model.config)
+    width = layout[flat - 1].offset + layout[flat - 1].size if flat else 0
+    size = model.config.image_size
+    names, skipped, per_layer, rows = [], [], None, []
+    memmap = None
+    from huggingface_hub.utils import tqdm
+    with tqdm(total=len(dataset), unit="img", desc="encoding", disable=not progress) as bar:
+        for start in range(0, len(dataset), chunk):
+            idx = list(range(start, min(start + chunk, len(dataset))))
+            images, kept, bad = dataset.read_checked(idx, size, resize)
+            skipped += bad
+            bar.update(len(idx))
+            if not kept:
+                continue
+            layers = model.encode(images, stats=True, mean=mean, batch_size=batch_size,
+                                  seeds=[image_seed(seed, i) for i in kept])
+            names += [str(dataset.files[i]) if dataset.files is not None else str(i) for i in kept]
+            if suffix == ".npy":
+                block = flatten_latents(layers[:flat]).numpy()
+                if memmap is None:
+                    tmp = output.with_name(f".{output.name}.partial")
+                    memmap = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(dataset), width))
+                memmap[len(names) - len(kept):len(names)] = block
+            else:
+                fields = ("z", "mean", "std") if stats else ("z",)
+                if per_layer is None:
+                    per_layer = {f"{f}.{i}": [] for i in range(len(layers)) for f in fields}
+                for i, layer in enumerate(layers):
+                    for f in fields:
+                        per_layer[f"{f}.{i}"].append(getattr(layer, f))
+                if flat:
+                    rows.append(flatten_latents(layers[:flat]))
+    if not names:
+        raise ValueError(f"none of the {len(dataset)} images of {dataset.name} could be read at {size}x{size}")
+    meta = {"images": names, "skipped": [[str(dataset.files[i]) if dataset.files is not None else i, why]
+                                         for i, why in skipped],
+            "model": model.provenance.to_dict(), "seed": seed, "mean": mean,
+            "seeds": "image i of the data set: vdvae_zoo.batching.image_seed(seed, i)",
+            "layout": [vars(s) for s in layout[:flat or len(layout)]]}
+    if suffix == ".npy":
+        del memmap
+        tmp = output.with_name(f".{output.name}.partial")
+        array = np.load(tmp, mmap_mode="r")
+        if len(names) < len(dataset):  # skipped images: keep only the rows written
+            np.save(tmp.with_suffix(".trim.npy"), np.asarray(array[:len(names)]))
+            tmp.unlink()
+            tmp = tmp.with_suffix(".trim.npy")
+        tmp.replace(output)
+        atomic_write(output.with_name(output.name + ".json"), json.dumps(meta, indent=1) + "\n", overwrite=True)
+    else:
+        from safetensors.torch import save_file
+        tensors = {k: torch.cat(v).contiguous() for k, v in per_layer.items()}
+        if flat:
+            tensors["flat"] = torch.cat(rows).contiguous()
+        metadata = {"vdvae_zoo": json.dumps({k: v for k, v in meta.items() if k != "layout"}),
+                    "paths": json.dumps(names)}
+        atomic_write(output, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), overwrite=overwrite)
+    return {"output": str(output), "images": len(names), "skipped": len(skipped), "flat_width": width or None,
+            "layers": flat or model.num_layers}

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from .config import PRESETS, VDVAEConfig
+from .config import EXAMPLE_CONFIGS, PRESETS, VDVAEConfig
 
 __all__ = ["ModelEntry", "Candidate", "Manifest", "load_manifest", "manifest_data", "pin_entries", "UnknownModelError",
            "valid_name", "MANIFEST_FILE"]
@@ -215,14 +215,17 @@ class Manifest:
     def get(self, name: str) -> ModelEntry:
         if name in self._by_name:
             return self._by_name[name]
-        close = difflib.get_close_matches(name, self.names, n=1)
+        close = difflib.get_close_matches(name, self.names, n=1) if len(name) <= 200 else []
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UnknownModelError(f"unknown model {name!r}.{hint} Known models: {', '.join(self.names)}.")
+        shown = name if len(name) <= 200 else name[:60] + f"... ({len(name):,} characters)"
+        raise UnknownModelError(f"unknown model {shown!r}.{hint} Known models: {', '.join(self.names)}.")
 
     def architectures(self) -> Dict[str, VDVAEConfig]:
-        """Every architecture known by name: the presets ('preset cifar10'), then each entry's published one and
-        its candidates ('ffhq1024', 'ffhq1024: A'). What a file without a config is matched against."""
+        """Every architecture known by name: the presets ('preset cifar10'), the example configs ('example
+        tiny32', what `vdvae-zoo new` writes), then each entry's published one and its candidates ('ffhq1024',
+        'ffhq1024: A'). What a file without a config is matched against."""
         known = {f"preset {name}": VDVAEConfig.from_preset(name) for name in PRESETS}
+        known.update({f"example {name}": VDVAEConfig.from_dict(d) for name, d in EXAMPLE_CONFIGS.items()})
         for e in self.entries:
             for label, config in e.architectures().items():
                 known[e.name if label == "published" else f"{e.name}: {label}"] = config

@@ -137,7 +137,9 @@ class LayerOutput:
 
 
 class DecoderLayer(nn.Module):
-    """A stochastic layer at resolution `resolution` (the original's DecBlock).
+    """A stochastic layer at resolution `resolution` (the original's DecBlock). The attribute names are the
+    checkpoints' (`decoder.dec_blocks.{i}.enc...`), so they stay; `posterior_net` and `prior_net` are the
+    readable names of `enc` (which is not the encoder: it is this layer's posterior network) and `prior`.
 
     enc:    posterior q(z | x_state, encoder activation): 2W -> 2 * zdim
     prior:  prior p(z | x_state) and a residual for the state:  W -> 2 * zdim + W (last conv zero at init)
@@ -157,6 +159,15 @@ class DecoderLayer(nn.Module):
         with torch.no_grad():
             self.z_proj.weight.mul_(math.sqrt(1.0 / num_layers))
             self.resnet.c4.weight.mul_(math.sqrt(1.0 / num_layers))
+
+    @property
+    def posterior_net(self) -> Block:
+        """The block that computes q(z | x): the checkpoints call it `enc`."""
+        return self.enc
+
+    @property
+    def prior_net(self) -> Block:
+        return self.prior
 
     def forward(self, x: torch.Tensor, activation: Optional[torch.Tensor] = None, temperature: float = 1.0,
                 latent: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
@@ -215,6 +226,9 @@ class OutputHead(nn.Module):
 
 
 class Decoder(nn.Module):
+    """The top-down decoder: `dec_blocks` (the checkpoints' name; `layers` reads better) holds one DecoderLayer per
+    stochastic layer, top (lowest resolution) first."""
+
     def __init__(self, config: VDVAEConfig):
         super().__init__()
         self.config = config
@@ -226,6 +240,11 @@ class Decoder(nn.Module):
         self.out_net = OutputHead(config)
         self.gain = nn.Parameter(torch.ones(1, config.width, 1, 1))
         self.bias = nn.Parameter(torch.zeros(1, config.width, 1, 1))
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The stochastic layers (the checkpoints call them `dec_blocks`)."""
+        return self.dec_blocks
 
     def forward(self, n: int, activations: Optional[Dict[int, torch.Tensor]] = None,
                 temperatures: Optional[Sequence[float]] = None, latents: Sequence[Optional[torch.Tensor]] = (),

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from .images import save_png
 
-__all__ = ["bits_per_layer", "bits_per_resolution", "kl_caption", "kl_chart", "line_chart", "resolution_labels"]
+__all__ = ["bits_per_layer", "bits_per_resolution", "kl_caption", "kl_chart", "line_chart", "roc_chart", "resolution_labels"]
 
 # Alternating colours for the groups of layers that share a resolution.
 _GROUP_COLOURS = ("steelblue", "darkorange")
@@ -111,19 +111,25 @@ def kl_chart(kl: torch.Tensor, resolutions: Sequence[int], path: Union[None, str
 
 
 def line_chart(series: Dict[str, Sequence[Tuple[float, float]]], path: Union[None, str, Path] = None, *,
-               x_label: str = "step", width: int = 640, height: int = 360, overwrite: bool = True) -> Image.Image:
-    """Lines of (x, y) points, one colour per named series, on shared linear axes (non-finite points skipped)."""
+               x_label: str = "step", width: int = 640, height: int = 360, overwrite: bool = True,
+               x_range: Optional[Tuple[float, float]] = None, y_range: Optional[Tuple[float, float]] = None,
+               diagonal: bool = False) -> Image.Image:
+    """Lines of (x, y) points, one colour per named series, on shared linear axes (non-finite points skipped);
+    `x_range` / `y_range` fix the axes, `diagonal` draws the line y = x (a ROC chart's chance level)."""
     pad = 50
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
     points = [p for s in series.values() for p in s if math.isfinite(p[1])]
     if points:
         xs, ys = [p[0] for p in points], [p[1] for p in points]
-        x0, x1, yl, yh = min(xs), max(max(xs), min(xs) + 1), min(ys), max(max(ys), min(ys) + 1e-6)
+        x0, x1 = x_range or (min(xs), max(max(xs), min(xs) + 1))
+        yl, yh = y_range or (min(ys), max(max(ys), min(ys) + 1e-6))
         sx = lambda x: pad + (x - x0) / (x1 - x0) * (width - 2 * pad)  # noqa: E731
         sy = lambda y: height - pad - (y - yl) / (yh - yl) * (height - 2 * pad)  # noqa: E731
         d.rectangle([pad, pad, width - pad, height - pad], outline="black")
-        colours = ("steelblue", "darkorange", "seagreen", "crimson")
+        if diagonal:
+            d.line([(sx(x0), sy(x0)), (sx(x1), sy(x1))], fill="lightgray", width=1)
+        colours = ("steelblue", "darkorange", "seagreen", "crimson", "purple", "saddlebrown", "teal", "olive")
         for row, (name, s) in enumerate(series.items()):
             colour = colours[row % len(colours)]
             pts = [(sx(x), sy(y)) for x, y in s if math.isfinite(y)]
@@ -140,3 +146,10 @@ def line_chart(series: Dict[str, Sequence[Tuple[float, float]]], path: Union[Non
     if path is not None:
         save_png(img, path, overwrite=overwrite)
     return img
+
+
+def roc_chart(series: Dict[str, Sequence[Tuple[float, float]]], path: Union[None, str, Path] = None, *,
+              overwrite: bool = True) -> Image.Image:
+    """ROC curves: true positive rate against false positive rate, both 0..1, one named series each."""
+    return line_chart(series, path, x_label="false positive rate (x) against true positive rate (y)", width=640,
+                      height=480, overwrite=overwrite, x_range=(0.0, 1.0), y_range=(0.0, 1.0), diagonal=True)

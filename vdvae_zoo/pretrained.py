@@ -24,7 +24,7 @@ import torch
 
 from . import hub, registry
 from .config import ConfigLike, VDVAEConfig, resolve_config
-from .files import CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME
+from .files import CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, recover_folder
 from .manifest import Manifest, ModelEntry, load_manifest
 from .weights import (ArchitectureMatch, LoadReport, check_state, match_architectures, read_checkpoint,
                       tensor_sha256, write_model_folder)
@@ -90,8 +90,19 @@ def pick_device(device: Union[None, str, torch.device]) -> torch.device:
     return device
 
 
+def _local_kind(path: Path) -> Optional[str]:
+    """"dir", "file", or None when `path` is neither (a name too long to be a path is none either)."""
+    try:
+        return "dir" if path.is_dir() else "file" if path.is_file() else None
+    except OSError:
+        return None
+
+
 def _model_files(folder: Path) -> Path:
-    """The folder that holds the model files: `folder`, or its MODEL_SUBFOLDER when only that has them."""
+    """The folder that holds the model files: `folder`, or its MODEL_SUBFOLDER when only that has them (one that a
+    crash left set aside between the two renames of its replacement is put back first)."""
+    if not (folder / WEIGHTS_NAME).is_file():
+        recover_folder(folder / MODEL_SUBFOLDER)
     if not (folder / WEIGHTS_NAME).is_file() and (folder / MODEL_SUBFOLDER / WEIGHTS_NAME).is_file():
         return folder / MODEL_SUBFOLDER
     return folder
@@ -286,13 +297,14 @@ class PretrainedMixin:
         """
         text = os.fspath(name_or_path)
         path = Path(text).expanduser()
+        kind = _local_kind(path)
         built = None
-        if path.is_dir() and config is None and cls._other_family(path) is not None:
+        if kind == "dir" and config is None and cls._other_family(path) is not None:
             return cls._other_family(path).from_pretrained(name_or_path, device=device, manifest=manifest,
                                                            output_loading_info=output_loading_info)
-        if path.is_dir():
+        if kind == "dir":
             loaded = _read_folder(path, config, text)
-        elif path.is_file():
+        elif kind == "file":
             loaded = cls._read_file(path, config, manifest)
         else:
             man = load_manifest(manifest)
@@ -455,7 +467,10 @@ def _warn_if_not_published(entry: ModelEntry, config: VDVAEConfig) -> None:
 def _hub_id_folder(text: str, man: Manifest, revision, cache_dir, local_files_only) -> Path:
     """`text` is no local path and no manifest name: fetch it as a Hub repository id `owner/name`, or say why not."""
     looks_like_path = text.endswith((".th", ".pt", ".pth", ".safetensors", ".json")) or text.startswith((".", "/", "~"))
-    first_part_is_local = "/" in text and Path(text.split("/")[0]).expanduser().is_dir()
+    first_part_is_local = "/" in text and _local_kind(Path(text.split("/")[0]).expanduser()) == "dir"
+    if len(text) > 200:
+        raise FileNotFoundError(f"{text[:60]}... ({len(text):,} characters) is neither a local path nor a model name "
+                                "nor a Hub repository id")
     if looks_like_path or text.count("/") > 1 or first_part_is_local:
         raise FileNotFoundError(f"{text} does not exist: it is neither a local folder or file, nor a known model "
                                 "name, nor a Hub repository id 'owner/name'")

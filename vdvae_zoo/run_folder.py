@@ -60,6 +60,7 @@ class RunFolder:
 
     def is_ours(self) -> bool:
         recover_folder(self.checkpoint_path)  # a crash between atomic_folder's two renames leaves it aside
+        recover_folder(self.model_path)
         return (self.path / "run.json").is_file() or self.checkpoint_path.is_dir()
 
     def has_checkpoint(self) -> bool:
@@ -122,20 +123,39 @@ class RunFolder:
             (staging / "meta.json").write_text(json.dumps(finite_json(meta)))
 
     def load_checkpoint(self) -> Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
+        """The checkpoint's tensors and counters, or None when there is none; a damaged one is a ValueError that
+        names the file."""
         from safetensors.torch import load_file
         if not self.has_checkpoint():
             return None
-        meta = json.loads((self.checkpoint_path / "meta.json").read_text())
-        return load_file(str(self.checkpoint_path / "state.safetensors")), meta
+        state = self.checkpoint_path / "state.safetensors"
+        try:
+            meta = json.loads((self.checkpoint_path / "meta.json").read_text())
+            if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+                raise ValueError("no step counter")
+            return load_file(str(state)), meta
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a cut-short file
+            raise ValueError(f"the checkpoint in {self.checkpoint_path} cannot be read ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:120] if str(e) else ''}); it is damaged. Start a new run in "
+                             "another --out (the EMA weights in model/ are still loadable)") from None
 
-    def export(self, model) -> Path:
-        """The EMA weights as a loadable folder, replaced as a unit."""
-        return model.save_pretrained(self.model_path)
+    def export(self, model, run: Optional[Dict[str, Any]] = None) -> Path:
+        """The EMA weights as a loadable folder, replaced as a unit; `run`: what the model card says of the run."""
+        return model.save_pretrained(self.model_path, run=run)
 
     # ------------------------------------------------------------------------------------------- log
     def log(self, record: Dict[str, Any]) -> None:
+        """Append one JSON line to OUT/log.jsonl (a symbolic link there is refused, never followed)."""
         if self.writer:
-            with open(self.path / "log.jsonl", "a") as f:
+            path = self.path / "log.jsonl"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            except OSError as e:
+                if path.is_symlink():
+                    raise FileExistsError(f"{path} is a symbolic link; the run writes its log only into its own "
+                                          "folder. Remove the link and resume") from None
+                raise
+            with os.fdopen(fd, "a") as f:
                 f.write(json.dumps(finite_json(record)) + "\n")
 
     def records(self) -> List[Dict[str, Any]]:

@@ -369,8 +369,8 @@ def write_scores(path: Union[str, os.PathLike], rows: List[Dict[str, Any]], abou
         text = json.dumps({**about, "images": rows}, indent=2) + "\n"
     elif path.suffix.lower() == ".csv":
         buffer = io.StringIO()
-        fields = list(rows[0]) if rows else ["index"]
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        fields = list(dict.fromkeys(key for row in rows for key in row)) or ["index"]  # every row's columns
+        writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         text = buffer.getvalue()

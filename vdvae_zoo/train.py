@@ -9,8 +9,12 @@ Departures from the original training loop, on purpose (README, "Fine-tuning"): 
 weight decay spares biases, gains and `bias_xs`; a long run of skipped updates is reported.
 
 Reproducibility: the posterior noise and flips of each image are drawn from generators seeded by
-(seed, step, index in the global batch), so a run gives the same weights whether it is split across
-processes or resumed from a checkpoint (on the CPU; GPU kernels are not bitwise deterministic).
+`batching.image_seed(image_seed(seed, step), index in the global batch)`, so a run gives the same weights whether
+it is split across processes or resumed from a checkpoint (on the CPU; GPU kernels are not bitwise
+deterministic). Validation is scored by the one scoring engine (scoring.py), image i of the validation set with
+`image_seed(seed, i)`, as `vdvae-zoo eval` would score it.
+
+Units: every loss a user reads (progress bar, log.jsonl, summary, chart) is in bits per dim.
 """
 
 from __future__ import annotations
@@ -29,35 +33,30 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import TRAINING_PRESETS, VDVAEConfig, resolve_config
+from . import distributed
+from .batching import image_seed
+from .config import VDVAEConfig, resolve_config
 from .images import find_images, make_grid, save_png
 from .manifest import load_manifest
 from .model import VDVAE, load
 from .pretrained import pick_device
 from .plots import line_chart
 from .run_folder import RunFolder, finite_json
+from .scoring import ScoreOptions, score_images
 from .train_data import ImageFolderData, StepBatches, readable_images
-from .train_options import GENERIC_DEFAULTS, RESUME_FIXED, TrainOptions
+from .train_options import GENERIC_DEFAULTS, RESUME_FIXED, TRAINING_PRESETS, TrainOptions
 
-__all__ = ["TrainOptions", "Trainer", "finetune", "TrainingStalled"]
+__all__ = ["TrainOptions", "Trainer", "finetune", "TrainingStalled", "TrainingDiverged"]
+
+BITS = 1.0 / math.log(2)  # nats -> bits
 
 
 class TrainingStalled(RuntimeError):
     """Every recent update was skipped: the run stopped learning (its checkpoint is saved)."""
 
 
-# ------------------------------------------------------------------------------------------- distributed
-def _dist_info():
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _any_across_ranks(flag: bool, device) -> bool:
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+class TrainingDiverged(RuntimeError):
+    """An update made the weights non-finite; the run stops without saving them."""
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -70,37 +69,41 @@ class Trainer:
             raise ValueError("give exactly one of model= (a name or path to fine-tune) and config= (to train from scratch)")
         if o.steps < 1:
             raise ValueError(f"steps must be >= 1, got {o.steps}")
-        self.world, self.rank, local_rank = _dist_info()
-        if self.world > 1 and not dist.is_initialized():
-            use_cuda = torch.cuda.is_available() and o.device != "cpu"
-            dist.init_process_group("nccl" if use_cuda else "gloo")
+        if o.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {o.dtype!r}")
+        self.world, self.rank, local_rank = distributed.launched_world()
+        use_cuda = torch.cuda.is_available() and o.device != "cpu"
+        distributed.join(use_cuda)
         self.device = pick_device(f"cuda:{local_rank}" if o.device == "auto" and torch.cuda.is_available() else o.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        if o.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, got {o.dtype!r}")
-        self.out = Path(o.out)
-        self.run = RunFolder(self.out, writer=self.rank == 0)
-        self.run.prepare(resume=o.resume, source=o.model, start={"options": asdict(o)})  # before any heavy work
 
-        # Model: warm start from EMA weights, or the paper's initialisation.
-        preset = None
+        # Everything that can refuse the run is checked before the run folder is written.
+        manifest = load_manifest(o.manifest)
         if o.model is not None:
-            manifest = load_manifest(o.manifest)
             preset = manifest.get(o.model).preset if o.model in manifest else None
-            self.model = load(o.model, device="cpu", manifest=manifest).train()
+            config = manifest.get(o.model).resolve_config() if o.model in manifest else VDVAE.config_of(o.model, manifest)
         else:
-            cfg = resolve_config(o.config)
+            config = resolve_config(o.config)
             preset = o.config if isinstance(o.config, str) and o.config in TRAINING_PRESETS else None
-            torch.manual_seed(o.seed)
-            self.model = VDVAE(cfg).train()
-        self.config: VDVAEConfig = self.model.config
         defaults = dict(GENERIC_DEFAULTS)
         defaults.update(TRAINING_PRESETS.get(preset, {}))
         for k, v in defaults.items():
             if getattr(o, k) is None:
                 setattr(o, k, v)
         o.check_ranges()
+        self.out = Path(o.out)
+        self._setup_data(config.image_size)
+        self.run = RunFolder(self.out, writer=self.rank == 0)
+        self.run.prepare(resume=o.resume, source=o.model, start={"options": asdict(o)})
+
+        # Model: warm start from EMA weights, or the paper's initialisation.
+        if o.model is not None:
+            self.model = load(o.model, device="cpu", manifest=manifest).train()
+        else:
+            torch.manual_seed(o.seed)
+            self.model = VDVAE(config).train()
+        self.config: VDVAEConfig = self.model.config
         self.model.to(self.device)
         self.ema = VDVAE(self.config).to(self.device).eval()
         self.ema.load_state_dict(self.model.state_dict())
@@ -116,18 +119,18 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-        self._setup_data()
         self.step = 0            # iterations done (applied + skipped)
         self.updates = 0         # applied updates (drives the warm-up)
         self.skipped = 0
         self.nan_count = 0
         self.consecutive_skips = 0
+        self._saved_step = 0     # the step of the checkpoint in OUT (0: none yet)
         self._stop_signal: Optional[int] = None
         self._loader, self._loader_step = None, -1
 
     # ---------------------------------------------------------------------------------------- data setup
-    def _setup_data(self) -> None:
-        o, size = self.opt, self.config.image_size
+    def _setup_data(self, size: int) -> None:
+        o = self.opt
         resize = o.resize == "center-crop"
         files = readable_images(find_images([o.data]), size, resize, quiet=self.rank != 0)
         if o.val_data:
@@ -169,14 +172,21 @@ class Trainer:
                                                  num_workers=self.opt.workers, pin_memory=self.device.type == "cuda")
             self._loader, self._loader_step = iter(loader), step
         self._loader_step += 1
-        return next(self._loader)
+        try:
+            return next(self._loader)
+        except Exception as e:  # a worker's error arrives wrapped, with its traceback in the message: keep its last line
+            self._loader = None
+            last = [line for line in str(e).strip().splitlines() if line.strip()][-1:] or [type(e).__name__]
+            raise type(e)(f"a DataLoader worker could not read a training image ({last[0].strip()}); check "
+                          f"{self.opt.data}, then continue with --resume") from None
 
     def _noise(self, step: int):
         """Posterior noise per image from a generator seeded by (seed, step, position in the global batch)."""
         b = self.opt.batch_size
         # Generators live on the training device, so on CUDA the draws never cross the bus (their numbers then
         # differ from the CPU's, but not between runs, ranks or resumes on the same kind of device).
-        gens = [torch.Generator(device=self.device).manual_seed(hash((self.opt.seed, step, j)) & 0x7FFFFFFFFFFF)
+        step_seed = image_seed(self.opt.seed, step)
+        gens = [torch.Generator(device=self.device).manual_seed(image_seed(step_seed, j))
                 for j in range(self.rank, b * self.world, self.world)]
 
         def draw(like: torch.Tensor) -> torch.Tensor:
@@ -208,13 +218,19 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip).item()
         nan_loss = math.isnan(distortion) or math.isnan(rate)
         too_big = not math.isfinite(grad_norm) or (o.skip_threshold > 0 and grad_norm >= o.skip_threshold)
-        skip = _any_across_ranks(nan_loss or too_big, self.device)
+        skip = distributed.any_across_ranks(nan_loss or too_big, self.device)
         if skip:
             self.skipped += 1
             self.consecutive_skips += 1
             self.nan_count += int(nan_loss)
         else:
             self.optimizer.step()
+            if not self._weights_finite():
+                raise TrainingDiverged(
+                    f"the weights became non-finite (inf or NaN) at step {self.step + 1}: the update was too large "
+                    f"(--lr {o.lr:g}). Nothing of it was saved"
+                    + (f"; the checkpoint of step {self._saved_step} in {self.out} is kept: resume with a lower --lr "
+                       "and --allow-changed-options" if self._saved_step else "; run again with a lower --lr"))
             self.updates += 1
             self.consecutive_skips = 0
             with torch.no_grad():
@@ -222,7 +238,8 @@ class Trainer:
                     p_ema.mul_(o.ema_rate).add_(p.detach(), alpha=1.0 - o.ema_rate)
         self.step += 1
         elapsed = time.perf_counter() - t0
-        record = {"step": self.step, "loss": loss.item(), "distortion": distortion, "rate": rate,
+        record = {"step": self.step, "loss_bpd": loss.item() * BITS, "distortion_bpd": distortion * BITS,
+                  "rate_bpd": rate * BITS,
                   "grad_norm": grad_norm, "skipped": skip, "skipped_total": self.skipped, "nan_total": self.nan_count,
                   "lr": lr, "images_per_s": len(images) * self.world / max(elapsed, 1e-9), "time_s": elapsed}
         if self.consecutive_skips and self.consecutive_skips % o.skip_alarm == 0:
@@ -233,19 +250,23 @@ class Trainer:
                 print("warning: " + record["warning"], file=sys.stderr)
         return record
 
+    def _weights_finite(self) -> bool:
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        return bool(torch.isfinite(torch.stack(norms)).all())
+
     # ------------------------------------------------------------------------------------ eval, samples
     def validate(self) -> Optional[float]:
+        """Mean bits per dim of the EMA model on the validation images, by the one scoring engine's seed rule."""
         if self.val_set is None or len(self.val_set) == 0:
             return None
         images = torch.stack([self.val_set[i] for i in range(len(self.val_set))])
-        gen = torch.Generator(device=self.device).manual_seed(self.opt.seed)
-        r = self.ema.likelihood(images, generator=gen, batch_size=self.opt.batch_size)
-        return r.bpd.mean().item()
+        values, _ = score_images(self.ema, images, range(len(images)), ScoreOptions(seed=self.opt.seed))
+        return float(values["bpd"].mean())
 
     def write_samples(self) -> Path:
         gen = torch.Generator(device=self.device).manual_seed(self.opt.seed)
         images = self.ema.sample(16, temperature=1.0, generator=gen)
-        return save_png(make_grid(images.numpy()), self.out / "samples" / f"step_{self.step:07d}.png")
+        return save_png(make_grid(images.numpy(), zoom=None), self.out / "samples" / f"step_{self.step:07d}.png")
 
     # -------------------------------------------------------------------------------------- checkpoints
     def _state(self):
@@ -255,19 +276,33 @@ class Trainer:
         for pid, st in opt_state["state"].items():
             for name, value in st.items():
                 tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
-        tensors["rng.torch"] = torch.get_rng_state()
         meta = {"step": self.step, "updates": self.updates, "skipped": self.skipped, "nan_count": self.nan_count,
                 "consecutive_skips": self.consecutive_skips, "param_groups": opt_state["param_groups"],
-                "config": self.config.to_dict(), "options": asdict(self.opt),
-                "rng_numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist()] + list(np.random.get_state()[2:])}
+                "config": self.config.to_dict(), "options": asdict(self.opt)}
         return tensors, meta
 
     def save(self) -> None:
+        self._saved_step = self.step
         if self.rank != 0:
             return
         tensors, meta = self._state()
         self.run.save_checkpoint(tensors, meta)
-        self.run.export(self.ema)  # OUT/model: vdvae_zoo.load(OUT) loads these EMA weights
+        self.run.export(self.ema, self.card())  # OUT/model: vdvae_zoo.load(OUT) loads these EMA weights
+
+    def card(self) -> Dict:
+        """What the run knows, for the model card of OUT/model."""
+        o = self.opt
+        records = self.run.records() if self.rank == 0 else []
+        val = next((r["val_bpd"] for r in reversed(records) if r.get("val_bpd") is not None), None)
+        card = {"title": f"{self.out.name}: " + (f"fine-tuned from {o.model}" if o.model else f"trained from scratch "
+                                                 f"({o.config})"),
+                "base_model": o.model, "training_data": f"{len(self.train_set)} images from {o.data}",
+                "steps": f"{self.step} iterations ({self.updates} applied updates, {self.skipped} skipped)",
+                "optimisation": f"AdamW lr {o.lr:g}, batch {o.batch_size} x {self.world}, EMA rate {o.ema_rate}",
+                "validation_bits_per_dim": f"{val:.4f} (the EMA weights, on {len(self.val_set)} held-out images)"
+                if val is not None and self.val_set is not None else "not measured",
+                "trained_with": "vdvae-zoo finetune"}
+        return {k: v for k, v in card.items() if v is not None}
 
     def resume(self) -> bool:
         found = self.run.load_checkpoint()
@@ -283,11 +318,9 @@ class Trainer:
                 _, pid, name = k.split(".", 2)
                 state.setdefault(int(pid), {})[name] = v
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        torch.set_rng_state(tensors["rng.torch"])
-        np.random.set_state((meta["rng_numpy"][0], np.array(meta["rng_numpy"][1], dtype=np.uint32),
-                             *meta["rng_numpy"][2:]))
         for key in ("step", "updates", "skipped", "nan_count", "consecutive_skips"):
             setattr(self, key, meta[key])
+        self._saved_step = self.step
         return True
 
     def _check_resumable(self, meta: Dict) -> None:
@@ -352,12 +385,12 @@ class Trainer:
                 bar.update(1)
                 if self.step % o.log_every == 0 or record.get("warning") or self.step == o.steps:
                     self._log(record)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", skipped=self.skipped)
+                    bar.set_postfix(bpd=f"{record['loss_bpd']:.3f}", skipped=self.skipped)
                 if o.val_every and self.step % o.val_every == 0:
                     self._log({"step": self.step, "val_bpd": self.validate()})
                 if o.sample_every and self.step % o.sample_every == 0 and self.rank == 0:
                     self.write_samples()
-                stop = _any_across_ranks(self._stop_signal is not None, self.device)
+                stop = distributed.any_across_ranks(self._stop_signal is not None, self.device)
                 stalled = self.consecutive_skips >= o.stop_after_skips
                 if (o.save_every and self.step % o.save_every == 0) or stop or stalled or self.step == o.steps:
                     self.save()
@@ -368,7 +401,7 @@ class Trainer:
                     raise TrainingStalled(self._stalled_message(record))
             bar.close()
         except Exception:
-            if self.step > 0 and not isinstance(sys.exc_info()[1], TrainingStalled):
+            if self.step > 0 and not isinstance(sys.exc_info()[1], (TrainingStalled, TrainingDiverged)):
                 self.save()  # keep what was learned (e.g. files changed under the run); --resume continues
             raise
         finally:
@@ -404,8 +437,8 @@ class Trainer:
     def plot_curves(self) -> Path:
         """A PNG of the training loss and the validation bound against the step, both in bits per dim."""
         records = self.run.records()
-        series = {"train loss (bits/dim)": [(r["step"], r["loss"] / math.log(2)) for r in records
-                                            if r.get("loss") is not None],
+        series = {"train loss (bits/dim)": [(r["step"], r["loss_bpd"]) for r in records
+                                            if r.get("loss_bpd") is not None],
                   "val bpd": [(r["step"], r["val_bpd"]) for r in records if r.get("val_bpd") is not None]}
         path = self.out / "curves.png"
         line_chart(series, path)
@@ -418,5 +451,4 @@ def finetune(**kwargs) -> Dict:
     try:
         return trainer.train()
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        distributed.leave()

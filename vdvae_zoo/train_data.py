@@ -3,7 +3,6 @@ they do not depend on DataLoader workers or on how many processes share the batc
 
 from __future__ import annotations
 
-import random
 import sys
 import warnings
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Callable, List
 import numpy as np
 import torch
 
+from .batching import image_seed
 from .images import ImageReadError, center_crop_resize, image_size, read_image
 
 __all__ = ["ImageFolderData", "StepBatches", "readable_images"]
@@ -42,7 +42,7 @@ class ImageFolderData(torch.utils.data.Dataset):
                               RuntimeWarning, stacklevel=2)
         else:
             raise ImageReadError(self.files[index], "no training image can be read any more")
-        if self.hflip and random.Random(hash((self.seed, epoch, index))).random() < 0.5:
+        if self.hflip and image_seed(image_seed(self.seed, epoch), index) % 2:
             img = img[:, ::-1]
         return torch.from_numpy(np.ascontiguousarray(img))
 

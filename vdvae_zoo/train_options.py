@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
-__all__ = ["TrainOptions", "GENERIC_DEFAULTS", "RESUME_FIXED"]
+__all__ = ["TrainOptions", "TRAINING_PRESETS", "GENERIC_DEFAULTS", "RESUME_FIXED"]
 
 
 def _option(default: Any = None, help: str = "", **cli: Any) -> Any:
@@ -21,7 +21,7 @@ def _option(default: Any = None, help: str = "", **cli: Any) -> Any:
 @dataclass
 class TrainOptions:
     """Everything a run needs: the one statement of the trainer's options (the CLI's `finetune` options are made
-    from these fields). Optimisation fields left as None take the preset's values (config.TRAINING_PRESETS), else GENERIC_DEFAULTS."""
+    from these fields). Optimisation fields left as None take the preset's values (TRAINING_PRESETS), else GENERIC_DEFAULTS."""
 
     data: str = _option(None, "Folder of training images (recursive).", type="existing", required=True)
     out: str = _option(None, "Run folder; loadable with vdvae_zoo.load.", type="path", required=True)
@@ -94,3 +94,19 @@ RESUME_FIXED = ("model", "config", "data", "val_data", "val_fraction", "batch_si
 #: initialisation and lr 2e-4 would barely move them (measured: README, "Fine-tuning").
 GENERIC_DEFAULTS = dict(lr=1e-3, weight_decay=0.01, warmup=20, grad_clip=200.0, skip_threshold=400.0,
                         ema_rate=0.99, batch_size=16)
+
+
+#: How each released model was trained (the paper's released hyper-parameters), keyed by the trainer's option names (`train.TrainOptions`).
+#: `batch_size` is per GPU; the authors used AdamW with betas (0.9, 0.9) for all of them.
+TRAINING_PRESETS: Dict[str, Dict[str, Any]] = {
+    "cifar10": dict(lr=2e-4, weight_decay=0.01, warmup=100, ema_rate=0.9999, grad_clip=200.0, skip_threshold=400.0,
+                    batch_size=16),
+    "imagenet32": dict(lr=1.5e-4, weight_decay=0.01, warmup=100, ema_rate=0.999, grad_clip=200.0,
+                       skip_threshold=300.0, batch_size=8),
+    "imagenet64": dict(lr=1.5e-4, weight_decay=0.01, warmup=100, ema_rate=0.999, grad_clip=220.0,
+                       skip_threshold=380.0, batch_size=4),
+    "ffhq256": dict(lr=1.5e-4, weight_decay=0.01, warmup=100, ema_rate=0.999, grad_clip=130.0, skip_threshold=180.0,
+                    batch_size=1),
+    "ffhq1024": dict(lr=7e-5, weight_decay=0.01, warmup=100, ema_rate=0.999, grad_clip=360.0, skip_threshold=500.0,
+                     batch_size=1),
+}

@@ -17,8 +17,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from .config import VDVAEConfig
-from .files import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, atomic_folder, atomic_write, refuse_existing,
-                    remove_stale_temporaries)
+from .files import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, atomic_folder, atomic_write, disk_full_as_oserror,
+                    refuse_existing, remove_stale_temporaries)
 
 __all__ = ["read_checkpoint", "strip_ddp_prefix", "LoadReport", "check_state", "write_model_folder",
            "ArchitectureMatch", "match_architectures", "tensor_sha256"]
@@ -29,7 +29,7 @@ Shape = Tuple[int, ...]
 
 def strip_ddp_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Drop the `module.` prefix that DistributedDataParallel puts on every key (the original `-model.th` files)."""
-    if state and all(k.startswith(_DDP_PREFIX) for k in state):
+    if state and all(isinstance(k, str) and k.startswith(_DDP_PREFIX) for k in state):
         return {k[len(_DDP_PREFIX):]: v for k, v in state.items()}
     return state
 
@@ -59,24 +59,35 @@ def _refuse_inflating_archive(path: Path) -> None:
                          f"{path.stat().st_size:,} (compressed members); torch.save never writes that")
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
+
+
+_WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
     """A state dict (name -> CPU tensor) from an original `.th`/`.pt` file or a `.safetensors` file, with the
-    `module.` prefix stripped. Raises FileNotFoundError or ValueError naming the file and what is wrong."""
+    `module.` prefix stripped. Raises FileNotFoundError or ValueError naming the file and what is wrong: not a
+    file of tensors, keys that are not text, tensors that are not floating point."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not a checkpoint; download or copy it again")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         try:
             state = load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise ValueError(f"cannot read {path} as safetensors: {e}") from None
+            raise ValueError(f"cannot read {path} as safetensors: {_first_line(e)}") from None
     else:
         _refuse_inflating_archive(path)
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure of the restricted unpickler means: refuse
-            why = type(e).__name__ if "weights_only" in str(e) else f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            why = type(e).__name__ if "weights_only" in str(e) else _first_line(e)
             raise ValueError(
                 f"refused to load {path}: it is not a plain state dict of tensors that can be read safely ({why}). "
                 "Only files holding tensors are accepted (original .th checkpoints, or .safetensors); nothing in "
@@ -86,6 +97,13 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"{path} does not hold a state dict (a dict of name -> tensor); found "
                              f"{type(state).__name__}")
+    bad_key = next((k for k in state if not isinstance(k, str)), None)
+    if bad_key is not None:
+        raise ValueError(f"{path} is not a state dict: its key {bad_key!r:.60} is not a tensor name (text)")
+    bad = next(((k, v.dtype) for k, v in state.items() if v.dtype not in _WEIGHT_DTYPES), None)
+    if bad is not None:
+        raise ValueError(f"{path}: tensor {bad[0]} is {str(bad[1]).replace('torch.', '')}; model weights are "
+                         "floating point (float32, float16, bfloat16 or float64)")
     return strip_ddp_prefix(state)
 
 
@@ -146,7 +164,8 @@ def write_model_folder(folder: Union[str, os.PathLike], state: Mapping[str, torc
     texts = {CONFIG_NAME: config.to_json() + "\n", **({CARD_NAME: card} if card is not None else {}), **(extra or {})}
 
     def write_into(target: Path) -> None:
-        save_file(tensors, str(target / WEIGHTS_NAME), metadata={"format": "pt", "library": "vdvae-zoo"})
+        with disk_full_as_oserror(folder / WEIGHTS_NAME):
+            save_file(tensors, str(target / WEIGHTS_NAME), metadata={"format": "pt", "library": "vdvae-zoo"})
         for name, text in texts.items():
             (target / name).write_text(text)
 

@@ -23,7 +23,23 @@ _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, Connec
 
 def _one_line(e: BaseException) -> str:
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    return text.strip() or type(e).__name__
+    text = text.strip() or type(e).__name__
+    return text if len(text) <= 2000 else text[:2000] + "..."
+
+
+def _system_error(e: OSError) -> str:
+    """A file-system failure (read-only or unwritable folder, full disk) in one sentence that says what to do."""
+    import errno
+    where = e.filename or "a file"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"cannot write {where}: {e.strerror or 'not writable'}. Choose a writable place: another output, "
+                "or another cache with --cache-dir or HF_HOME=/a/writable/folder")
+    if e.errno == errno.ENOSPC:
+        return (f"no space left on the device of {where}; nothing partial was kept. Free some space (the message "
+                f"above says what was being written) or choose another folder, then run again")
+    if e.errno == errno.ENAMETOOLONG:
+        return f"a name is too long for the file system: {str(where)[:120]}..."
+    return f"{e.strerror or type(e).__name__}: {str(where)[:200]}"
 
 
 def user_errors(fn):
@@ -35,6 +51,8 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except _USER_ERRORS as e:
             raise click.ClickException(_one_line(e)) from None
+        except OSError as e:  # after the subclasses above (FileNotFoundError, ConnectionError, ...)
+            raise click.ClickException(_system_error(e)) from None
 
     return wrapper
 

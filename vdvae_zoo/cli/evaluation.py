@@ -63,3 +63,67 @@ def eval_command(model_name, data, split, limit, samples, seed, batch_size, chun
     if output:
         atomic_write(output, report.to_json(), overwrite=True)
         click.echo(f"wrote {output}")
+
+
+@main.command("ood", epilog=MODEL_HELP)
+@click.argument("model_name", metavar="MODEL")
+@click.option("--in", "in_data", required=True, type=click.Path(exists=True),
+              help="The in-distribution data: anything --data of `eval` reads (a CIFAR-10 folder, an .npy, images).")
+@click.option("--ood", "ood_data", required=True, multiple=True, type=click.Path(exists=True),
+              help="An out-of-distribution data set, read alike; repeat for several.")
+@click.option("-k", "ks", multiple=True, type=click.IntRange(min=0), default=(1, 2), show_default=True,
+              help="LLR>k: the k lowest decoder layers (the highest resolutions) come from their prior; repeat.")
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
+              help="Where the data defines one: the authors' split (docs/evaluate.md).")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="A random subset of each set (--seed).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the posterior draws and of --limit's subsets.")
+@click.option("--prior-temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="The replaced layers: 0 takes their conditional prior's mean (as Havtorn et al.), 1 a sample.")
+@batch_size_option
+@click.option("--chunk", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Images per saved chunk (the unit of --resume and of sharing among processes).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The report, JSON.")
+@click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False), help="Per-image scores, CSV.")
+@click.option("--roc", default=None, type=click.Path(dir_okay=False), help="ROC curves, PNG.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its state files.")
+@overwrite_option
+@model_options
+@user_errors
+def ood_command(model_name, in_data, ood_data, ks, split, limit, seed, prior_temperature, batch_size, chunk, output,
+                csv_path, roc, resume, overwrite, config, device, dtype, manifest):
+    """Out-of-distribution scores: the ELBO and Havtorn et al.'s likelihood ratios LLR>k (docs/ood.md), with
+    AUROC, AUPRC and the FPR at 95% TPR for each OOD set (OOD is the positive class).
+
+    Example: vdvae-zoo ood cifar10 --in cifar-10-batches-py/ --ood svhn-test.npy -k 1 -k 2 -o ood.json --roc roc.png
+    """
+    from ..ood import evaluate_ood, roc_points
+    from ..plots import roc_chart
+    from ..scoring import write_scores
+    for path in (output, csv_path, roc):
+        if path:
+            refuse_existing(path, overwrite)
+    state = Path(f"{output}.state")
+    for j in range(1 + len(ood_data)):
+        refuse_existing_state(f"{state}.{j}", resume, overwrite)
+    model = load_model(model_name, config, device, manifest, dtype)
+    try:
+        report, tables = evaluate_ood(model, in_data, list(ood_data), tuple(dict.fromkeys(ks)), split=split,
+                                      limit=limit, seed=seed, prior_temperature=prior_temperature,
+                                      batch_size=batch_size, dtype=dtype, chunk=chunk, state=state, resume=resume,
+                                      overwrite=overwrite)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: the finished chunks are kept beside {output}; continue with:\n  {resume_hint()}",
+                   err=True)
+        sys.exit(130)
+    if report is None:  # not rank 0
+        return
+    for line in report.lines():
+        click.echo(line)
+    atomic_write(output, report.to_json(), overwrite=overwrite)
+    click.echo(f"wrote {output}")
+    if csv_path:
+        write_scores(csv_path, report.per_image, {}, overwrite=overwrite)
+        click.echo(f"wrote {csv_path}")
+    if roc:
+        roc_chart(roc_points(report, tables), roc, overwrite=overwrite)
+        click.echo(f"wrote {roc}")

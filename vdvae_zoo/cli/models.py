@@ -10,7 +10,7 @@ import click
 from .. import hub
 from .._version import __version__
 from ..config import resolve_config
-from ..files import CONFIG_NAME, WEIGHTS_NAME, atomic_write, refuse_existing
+from ..files import CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, atomic_write, refuse_existing
 from ..inspection import compare_with_config, inspect_checkpoint
 from ..manifest import load_manifest, manifest_data, pin_entries
 from ..model import VDVAE, load
@@ -117,14 +117,14 @@ def _found_architecture(entry):
 # ----------------------------------------------------------------------------------------- weights tooling
 @main.command()
 @click.argument("checkpoint", metavar="FILE_OR_NAME")
-@click.option("--config", default=None, help="Compare with this preset or config.json.")
+@click.option("--config", default=None, help="Compare with this preset or config.json (a folder's own by default).")
 @click.option("--download", is_flag=True, help="FILE_OR_NAME is a model name: fetch its file, then report on it.")
 @manifest_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @user_errors
 def inspect(checkpoint, config, download, manifest, as_json):
-    """The architecture a checkpoint's tensor shapes determine (.th or .safetensors), and which known
-    architectures (presets, manifest entries and their candidates) it matches exactly.
+    """The architecture a checkpoint's tensor shapes determine (.th, .safetensors, or a model folder), and which
+    known architectures (presets, example configs, manifest entries and their candidates) it matches exactly.
 
     Example: vdvae-zoo inspect ffhq1024-iter-1700000-model-ema.th --config ffhq1024
 
@@ -139,8 +139,16 @@ def inspect(checkpoint, config, download, manifest, as_json):
                    f"{found.image_size}x{found.image_size}, {found.num_layers} stochastic layers, "
                    f"{len(found.encoder_blocks)} encoder blocks, vdvae-zoo {__version__}")
         checkpoint = provenance.weights
+    elif Path(checkpoint).is_dir():  # a model folder (or a training run's): its weights, and its config to compare
+        folder = Path(checkpoint)
+        if not (folder / WEIGHTS_NAME).is_file() and (folder / MODEL_SUBFOLDER / WEIGHTS_NAME).is_file():
+            folder = folder / MODEL_SUBFOLDER
+        if not (folder / WEIGHTS_NAME).is_file():
+            raise click.BadParameter(f"{checkpoint} is a folder without {WEIGHTS_NAME}", param_hint="FILE_OR_NAME")
+        config = config or (str(folder / CONFIG_NAME) if (folder / CONFIG_NAME).is_file() else None)
+        checkpoint = str(folder / WEIGHTS_NAME)
     elif not Path(checkpoint).is_file():
-        raise click.BadParameter(f"{checkpoint} is not a file (for a model name, add --download)",
+        raise click.BadParameter(f"{checkpoint} is not a file or a model folder (for a model name, add --download)",
                                  param_hint="FILE_OR_NAME")
     state = read_checkpoint(checkpoint)
     info_ = inspect_checkpoint(state)

@@ -169,29 +169,36 @@ def _read_images_for(model, paths, resize: str):
 @main.command(epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="A .safetensors file.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help=".safetensors (every layer: z.0 ... z.{L-1}) or .npy (with --flat: one row per image).")
+@click.option("--flat", default=None, type=click.IntRange(min=1),
+              help="Also the first N layers flattened, one row per image (docs/latents.md; imagenet64 and 31: "
+                   "91,168 numbers).")
+@click.option("--stats", is_flag=True, help="Also each layer's posterior mean.i and std.i (.safetensors).")
+@click.option("--mean", "use_mean", is_flag=True, help="Posterior means instead of samples.")
 @resize_option
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Image i draws with image_seed(seed, i), as in bpd.")
+@batch_size_option
 @overwrite_option
 @model_options
 @user_errors
-def encode(model_name, paths, output, resize, seed, overwrite, config, device, dtype, manifest):
-    """Posterior latents of images, saved as z.0 ... z.{L-1} with the image paths in the metadata.
+def encode(model_name, paths, output, flat, stats, use_mean, resize, seed, batch_size, overwrite, config, device, dtype,
+           manifest):
+    """Posterior latents of images (files and folders), at any scale: read and encoded in chunks.
 
-    Example: vdvae-zoo encode ffhq256 faces/ -o latents.safetensors
+    Example: vdvae-zoo encode ffhq256 faces/ -o latents.safetensors --stats
+
+    Example: vdvae-zoo encode imagenet64 stimuli/ -o features.npy --flat 31
     """
-    import torch
-    from safetensors.torch import save_file
-    out = Path(output)
-    refuse_existing(out, overwrite)
+    from ..latents import encode_dataset
+    refuse_existing(output, overwrite)
+    dataset = files_dataset(paths)
     model = load_model(model_name, config, device, manifest, dtype)
-    images, kept = _read_images_for(model, paths, resize)
-    torch.manual_seed(seed)
-    zs = model.encode(images)
-    tensors = {f"z.{i}": z.contiguous() for i, z in enumerate(zs)}
-    metadata = {"paths": json.dumps([str(p) for p in kept]), "model": str(model_name)}
-    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), overwrite=overwrite)
-    click.echo(f"wrote {out}: {len(zs)} layers x {len(kept)} images")
+    summary = encode_dataset(model, dataset, output, flat=flat, stats=stats, mean=use_mean, seed=seed,
+                             batch_size=batch_size, resize=None if resize == "none" else resize, overwrite=overwrite)
+    width = f", {summary['flat_width']:,} numbers per image in the flat rows" if summary["flat_width"] else ""
+    click.echo(f"wrote {output}: {summary['layers']} layers x {summary['images']} images{width}"
+               + (f" ({summary['skipped']} files skipped)" if summary["skipped"] else ""))
 
 
 # ----------------------------------------------------------------------------------------------- reconstruct

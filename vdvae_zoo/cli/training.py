@@ -10,7 +10,7 @@ import sys
 import click
 
 from ..run_folder import RunFolderInUse
-from ..train import TrainingStalled, finetune
+from ..train import TrainingDiverged, TrainingStalled, finetune
 from ..train_options import TrainOptions
 from .base import main, user_errors
 
@@ -54,7 +54,7 @@ def finetune_command(as_json, **options):
     """
     try:
         summary = finetune(**options)
-    except (TrainingStalled, RunFolderInUse, PermissionError) as e:
+    except (TrainingStalled, TrainingDiverged, RunFolderInUse, PermissionError) as e:
         raise click.ClickException(str(e)) from None
     if int(os.environ.get("RANK", "0")) != 0:
         return  # one process speaks
