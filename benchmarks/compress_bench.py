@@ -42,6 +42,7 @@ from vdvae_zoo.plots import line_chart  # noqa: E402
 from vdvae_zoo.train import Trainer, TrainOptions  # noqa: E402
 
 C = importlib.import_module("vdvae_zoo.compress")
+B = importlib.import_module("vdvae_zoo.bitsback")  # the coder's mechanics
 REPO = Path(__file__).resolve().parents[1]
 TINY16 = dict(image_size=16, width=16, zdim=4, num_mixtures=2, enc_blocks="16x1,16d2,8x1,8d2,4x1,4d4,1x1",
               dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x1")
@@ -158,20 +159,20 @@ def cifar10(images_n: int) -> dict:
     model = random_model("cifar10")
     images = crops(images_n, 32, seed=5)
     dims = 32 * 32 * 3
-    with C._exact(model) as exact:
+    with B._exact(model) as exact:
         start = time.perf_counter()
-        pops = [C._pop_bits(exact, im, c) for im in images[:2]]
+        pops = [B._pop_bits(exact, im, c) for im in images[:2]]
         dry_run_s = (time.perf_counter() - start) / 2
         words = np.random.default_rng(0).integers(0, 2 ** 32, int(2 * max(pops) / 32), dtype=np.uint32)
-        stack = C._Stack(c, int(1.5 * max(pops) / 32), words)
+        stack = B._Stack(c, int(1.5 * max(pops) / 32), words)
         records, t0 = [], time.perf_counter()
         for j, im in enumerate(images):
-            records.append(C._encode_bits_back(stack, exact, im, j, stack.reserve, c, f"{j}"))
+            records.append(B._encode_bits_back(stack, exact, im, j, stack.reserve, c, f"{j}"))
             stack.spill()
         compress_s = (time.perf_counter() - t0) / images_n
         push_words = max(int(math.ceil((r.pixels + r.pushed) / 32)) + 2 for r in records)
         t0 = time.perf_counter()
-        decoded = [C._decode_bits_back(stack, exact, j, stack.reserve, push_words, c) for j in reversed(range(images_n))]
+        decoded = [B._decode_bits_back(stack, exact, j, stack.reserve, push_words, c) for j in reversed(range(images_n))]
         decompress_s = (time.perf_counter() - t0) / images_n
         exact_round_trip = all(np.array_equal(a, b) for a, b in zip(decoded[::-1], images))
     elbo = elbo_of_8_draws(model, images)
@@ -200,14 +201,14 @@ def _rounded_params(model, image, z_path=None):
     values, path = [], []
 
     def choose(i, layer):
-        grid = C._Latents(layer)
+        grid = B._Latents(layer)
         values.extend([grid.mu, grid.sigma, *grid.posterior])
         z = z_path[i] if z_path is not None else grid.value(np.round(grid.posterior[0]))
         path.append(z)
         return z
 
     params = model.decode_with(choose, images=torch.from_numpy(image[None]))
-    return np.concatenate(values + [C._grid(params)]), path
+    return np.concatenate(values + [B._grid(params)]), path
 
 
 def flips(images_n: int) -> dict:
@@ -216,7 +217,7 @@ def flips(images_n: int) -> dict:
                             config=expected["config"] | expected["preprocess"], device="cpu")
     out = {}
     for name, model in (("golden tiny32", golden), ("cifar10", random_model("cifar10"))):
-        exact = C.copy.deepcopy(model).to(dtype=torch.float64).eval()
+        exact = B.copy.deepcopy(model).to(dtype=torch.float64).eval()
         differing = total = 0
         for im in crops(images_n, 32, seed=11):
             torch.set_num_threads(1)

@@ -68,6 +68,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--ks", default="1,3,6")
+    parser.add_argument("--prior-temperature", type=float, default=0.0,
+                        help="The replaced layers: 0 their prior's mean (Havtorn et al.), 1 a prior sample.")
     parser.add_argument("--json", default=None)
     parser.add_argument("--roc", default=None, help="ROC curves of the 'flat' set.")
     args = parser.parse_args()
@@ -80,11 +82,12 @@ def main() -> int:
         np.save(tmp / f"{name}.npy", images)
     start = time.perf_counter()
     report, tables = evaluate_ood(model, tmp / "in.npy", [tmp / f"{n}.npy" for n in data if n != "in"], ks,
-                                  progress=False)
+                                  prior_temperature=args.prior_temperature, progress=False)
     seconds = time.perf_counter() - start
     for line in report.lines():
         print(line)
     result = {"model": str(model_path), "steps": args.steps, "images_per_set": args.images, "ks": list(ks),
+              "prior_temperature": args.prior_temperature,
               "seconds": seconds, "in": report.in_set, "sets": report.sets,
               "mean_scores": {name: {c: float(np.mean(v)) for c, v in t.columns.items() if c != "index"}
                               for name, t in tables.items()}}

@@ -23,6 +23,7 @@ from helpers import TINY, tiny_config_dict
 
 pytest.importorskip("constriction")
 C = importlib.import_module("vdvae_zoo.compress")  # the module (vdvae_zoo.compress is also the function)
+B = importlib.import_module("vdvae_zoo.bitsback")  # the coder's mechanics
 ArchiveError, compress, decompress, read_header, _pack = C.ArchiveError, C.compress, C.decompress, C.read_header, C._pack
 
 
@@ -94,7 +95,7 @@ def test_the_golden_chain_keeps_the_elbo_promise_and_whitening_is_what_cleans_it
     assert len(report.net_bits_per_dim) >= 45
     assert net <= 1.02 * elbo, (net, elbo)
     # the same chain without the keystream: image j pops what image j-1 pushed under its prior
-    monkeypatch.setattr(C, "_keystream", lambda j, n: np.zeros(n, np.uint32))
+    monkeypatch.setattr(B, "_keystream", lambda j, n: np.zeros(n, np.uint32))
     dirty, _, _ = chained_rate(model, images)
     assert dirty > 1.03 * elbo and dirty > net + 0.3, (dirty, net, elbo)
 
@@ -161,8 +162,8 @@ def test_non_finite_images_are_stored_and_nothing_escapes(tiny, monkeypatch):
             raise Panic("Invalid model parameter: std must be positive")
         return fn(*args)
 
-    original = C._coder_call
-    monkeypatch.setattr(C, "_coder_call", lambda fn, *args: original(lambda *a: panicking(fn, *a), *args))
+    original = B._coder_call
+    monkeypatch.setattr(B, "_coder_call", lambda fn, *args: original(lambda *a: panicking(fn, *a), *args))
     archive, report = compress(VDVAE(tiny.config).eval(), crops(12))
     assert {r.mode for r in report.records} == {"webp"}
 
@@ -236,13 +237,13 @@ def test_an_image_that_decodes_wrongly_is_named(tiny, monkeypatch):
     archive, report = compress(tiny, images, [f"c{i:02d}.png" for i in range(20)])
     last = report.images - 1
     assert report.records[last].mode == "bits-back"
-    original = C._pixel_probs
+    original = B._pixel_probs
 
     def off_by_one(params, m, channel, levels):
         probs = original(params, m, channel, levels)
         return np.roll(probs, 1, axis=1) if channel == 2 else probs
 
-    monkeypatch.setattr(C, "_pixel_probs", off_by_one)
+    monkeypatch.setattr(B, "_pixel_probs", off_by_one)
     with pytest.raises(ArchiveError, match=rf"c{last:02d}\.png \(image {last}\) (does not decode|could not be decoded)"):
         decompress(tiny, archive)
 

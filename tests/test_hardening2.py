@@ -266,3 +266,15 @@ def test_a_truncated_checkpoint_is_one_sentence(tmp_path, photos):
 def test_torch_hub_loads_a_model_from_a_local_clone(model_dir):
     model = torch.hub.load(str(REPO), "vdvae", source="local", name=str(model_dir), device="cpu")
     assert isinstance(model, vdvae_zoo.VDVAE) and model.provenance.kind == "folder"
+
+
+def test_running_out_of_gpu_memory_is_one_sentence_with_the_way_out(tmp_path, model_dir, monkeypatch):
+    model = vdvae_zoo.load(model_dir, device="cpu")
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB")
+
+    monkeypatch.setattr(model, "_terms", out_of_memory)
+    with pytest.raises(MemoryError, match=r"ran out of memory with 8 images per pass \(the automatic choice\); pass "
+                                          r"batch_size= \(--batch-size\) smaller, e.g. 2"):
+        model.likelihood(np.zeros((3, 16, 16, 3), np.uint8), seeds=[1, 2, 3])

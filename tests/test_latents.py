@@ -1,6 +1,8 @@
 """The latent API for downstream work (#22): per-layer posterior statistics, the layout of a flat latent vector, and
 flatten / unflatten as exact inverses (the Brain-Diffuser recipe: imagenet64's first 31 layers, 91,168 numbers)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -70,3 +72,36 @@ def test_flatten_refuses_what_is_not_latents():
         flatten_latents([torch.zeros(2, 4, 1, 1), torch.zeros(3, 4, 4, 4)])
     with pytest.raises(ValueError, match=r"\(N, zdim, r, r\)"):
         flatten_latents([torch.zeros(2, 4)])
+
+
+def test_encode_writes_every_layer_or_flat_rows_at_data_set_scale(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+    from safetensors.torch import load_file
+    from vdvae_zoo.cli import main
+    runner = CliRunner()
+    assert runner.invoke(main, ["new", "tiny32", "-o", str(tmp_path / "m")]).exit_code == 0
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(random_images(5, size=32, seed=2).numpy()):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"no")
+    result = runner.invoke(main, ["encode", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "z.safetensors"),
+                                  "--stats", "--flat", "4"])
+    assert result.exit_code == 0 and "5 images" in result.output and "1 files skipped" in result.output, result.output
+    tensors = load_file(str(tmp_path / "z.safetensors"))
+    model = vdvae_zoo.load(tmp_path / "m", device="cpu")
+    assert {f"z.{i}" for i in range(model.num_layers)} | {f"std.{i}" for i in range(model.num_layers)} <= set(tensors)
+    assert tensors["flat"].shape == (5, model.latent_layout[3].offset + model.latent_layout[3].size)
+    # the seed rule: image i of the folder with image_seed(0, i), whatever the chunking
+    from vdvae_zoo.batching import image_seed
+    images = np.stack([np.asarray(Image.open(folder / f"{i}.png")) for i in range(5)])
+    direct = model.encode(images, seeds=[image_seed(0, i) for i in range(5)])
+    assert torch.allclose(tensors["z.5"], direct[5], atol=1e-6)
+    result = runner.invoke(main, ["encode", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "f.npy"),
+                                  "--flat", "4"])
+    assert result.exit_code == 0, result.output
+    rows = np.load(tmp_path / "f.npy")
+    assert rows.shape == tensors["flat"].shape and np.allclose(rows, tensors["flat"].numpy(), atol=1e-6)
+    side = json.loads((tmp_path / "f.npy.json").read_text())
+    assert len(side["images"]) == 5 and side["skipped"][0][0].endswith("broken.png") and len(side["layout"]) == 4

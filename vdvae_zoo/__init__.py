@@ -20,7 +20,7 @@ from .manifest import Manifest, UnknownModelError, load_manifest
 from .latents import flatten_latents, latent_layout, unflatten_latents
 from .model import VDVAE, EncoderMismatchError, LayerLatents, LikelihoodResult, load
 from .ood import detection_metrics, evaluate_ood, ood_scores
-from .pretrained import Provenance
+from .provenance import Provenance
 from .sample_sets import write_sample_set
 from .scoring import ScoreOptions, score_dataset
 from .plots import bits_per_layer, bits_per_resolution, kl_chart

@@ -18,14 +18,13 @@ import functools
 import math
 import os
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from .batching import (MicroBatch, auto_batch_size, check_batch_size, draw_normals, image_seed, micro_batches,
-                       seeded_draws, trim_rows)
+from .batching import MicroBatch, auto_batch_size, check_batch_size, draw_normals, micro_batches, trim_rows
+from .bounds import LayerLatents, LikelihoodResult, importance_weighted, joined_result, log_prior_over_posterior
 from .config import VDVAEConfig
 from .dmol import dmol_nll, dmol_sample
 from .inputs import (ImageBatch, Temperature, check_count, check_image_pair, check_images, check_keep,
@@ -53,46 +52,6 @@ NO_ENCODER = ("this model was loaded without its encoder (the file's encoder ten
               "config whose enc_blocks matches the file (`vdvae-zoo inspect FILE` shows the file's structure).")
 
 
-@dataclass
-class LikelihoodResult:
-    """Per-image likelihood terms (CPU float32 tensors). Units: nats per dim (divided by H * W * 3) unless
-    the name says bits; `kl` is in nats, summed over each layer's latent, shape (N, L).
-
-    `keep` says which bound this is: None, the ELBO; n, the bound whose decoder layers n..L-1 (the lowest, at the
-    highest resolutions) came from their conditional prior instead of the posterior, so that their KL is 0 here
-    (Havtorn et al.'s L^{>k} with k = L - n; see `VDVAE.likelihood`)."""
-
-    neg_elbo: torch.Tensor     # (N,) negative ELBO = distortion + rate, nats per dim (the paper's reported number)
-    distortion: torch.Tensor   # (N,) -log p(x | z), nats per dim
-    rate: torch.Tensor         # (N,) sum of the layers' KL, nats per dim
-    kl: torch.Tensor           # (N, L) KL of each decoder layer, nats
-    bpd_iw: Optional[torch.Tensor] = None  # (N,) importance-weighted bound, bits per dim (n_samples > 1)
-    keep: Optional[int] = None
-
-    @property
-    def bpd(self) -> torch.Tensor:
-        """Negative ELBO (or the bound `keep` names) in bits per dim, (N,)."""
-        return self.neg_elbo / math.log(2)
-
-    @property
-    def distortion_bpd(self) -> torch.Tensor:
-        return self.distortion / math.log(2)
-
-    @property
-    def rate_bpd(self) -> torch.Tensor:
-        return self.rate / math.log(2)
-
-
-@dataclass
-class LayerLatents:
-    """One decoder layer's posterior for a batch of images: the sample `z` the decoder used, the posterior
-    `mean` and standard deviation `std` (given the samples of the layers above), each (N, zdim, r, r), float32."""
-
-    z: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-
-
 def _inference(method: Callable) -> Callable:
     """Run a public method in eval mode under torch.inference_mode, restoring the train/eval mode after."""
 
@@ -109,14 +68,6 @@ def _inference(method: Callable) -> Callable:
     return wrapper
 
 
-def _log_prior_over_posterior(out: LayerOutput) -> torch.Tensor:
-    """log p(z) - log q(z | x) of one layer's posterior draw, summed per image in float64, (N,)."""
-    z = out.z.float()
-    log_p = -0.5 * ((z - out.p_mean) * torch.exp(-out.p_logstd)) ** 2 - out.p_logstd
-    log_q = -0.5 * ((z - out.q_mean) * torch.exp(-out.q_logstd)) ** 2 - out.q_logstd
-    return (log_p - log_q).double().sum(dim=(1, 2, 3))
-
-
 def _mix(a: torch.Tensor, b: torch.Tensor, ts: torch.Tensor, mode: str) -> torch.Tensor:
     """Points on the path from latent a to latent b (same shape) at fractions ts: (len(ts), *a.shape)."""
     shape = (-1,) + (1,) * a.ndim
@@ -127,42 +78,6 @@ def _mix(a: torch.Tensor, b: torch.Tensor, ts: torch.Tensor, mode: str) -> torch
         if omega > 1e-4:
             return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
     return (1 - t) * a + t * b
-
-
-def _importance_weighted(model: "VDVAE", activations: Dict[int, torch.Tensor], target: torch.Tensor, k_total: int,
-                         draws_per_pass: int, generator: Optional[torch.Generator],
-                         seeds: Optional[Sequence[int]] = None) -> Dict[str, torch.Tensor]:
-    """The terms averaged over `k_total` posterior draws, plus `bpd_iw` = -log (1/K) sum_k p(x, z_k)/q(z_k|x)
-    in bits per dim, accumulated as a float64 log-sum-exp over passes of `draws_per_pass` draws."""
-    b = target.shape[0]
-    total: Dict[str, torch.Tensor] = {}
-    log_sum = None
-    for k0 in range(0, k_total, draws_per_pass):
-        k = min(draws_per_pass, k_total - k0)
-        noise = None
-        if seeds is not None:  # draw t of image j: its own generator
-            normals = seeded_draws([image_seed(seed, t) for t in range(k0, k0 + k) for seed in seeds], model.config,
-                                   model.device, [True] * model.num_layers, pixels=False)[0]
-            noise = MicroBatch(slice(0, b * k), normals=normals).noise()
-        terms = model._terms({r: a.repeat(k, 1, 1, 1) for r, a in activations.items()},
-                             target.repeat(k, 1, 1, 1), b * k, generator, noise, log_weight=True)
-        lse = torch.logsumexp(terms.pop("log_weight").view(k, b), dim=0)
-        log_sum = lse if log_sum is None else torch.logaddexp(log_sum, lse)
-        for name, value in terms.items():
-            value = value.view(k, b, *value.shape[1:]).double().sum(dim=0)
-            total[name] = total[name] + value if name in total else value
-    out = {name: (value / k_total).float() for name, value in total.items()}
-    log_mean_weight = log_sum - math.log(k_total)  # nats per image
-    out["bpd_iw"] = (-log_mean_weight / (model.config.dims_per_image * math.log(2))).float()
-    return out
-
-
-def _result(parts: List[Dict[str, torch.Tensor]], keep: Optional[int]) -> LikelihoodResult:
-    """One LikelihoodResult from the terms of each micro-batch (as `VDVAE._terms` names them)."""
-    def joined(name: str) -> Optional[torch.Tensor]:
-        return torch.cat([p[name] for p in parts]).float().cpu() if name in parts[0] else None
-    return LikelihoodResult(neg_elbo=joined("neg_elbo"), distortion=joined("distortion"), rate=joined("rate"),
-                            kl=joined("kl"), bpd_iw=joined("bpd_iw"), keep=keep)
 
 
 @registry.register
@@ -265,8 +180,13 @@ class VDVAE(nn.Module, PretrainedMixin):
             raise ValueError(f"seeds must have one seed per image ({n}), got {len(seeds)}")
         parts = micro_batches(n, per_pass, config=self.config, device=self.device, generator=generator,
                               sampling_layers=sampling_layers, pixels=pixels, seeds=seeds)
-        with self.runtime.autocast(self.device, self.dtype, dtype):
-            return [trim_rows(step(mb), mb.count) if mb.pad else step(mb) for mb in parts]
+        try:
+            with self.runtime.autocast(self.device, self.dtype, dtype):
+                return [trim_rows(step(mb), mb.count) if mb.pad else step(mb) for mb in parts]
+        except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError in newer releases is the same class)
+            raise MemoryError(f"the {self.device} ran out of memory with {per_pass} images per pass"
+                              + (" (the automatic choice)" if batch_size is None else "") +
+                              f"; pass batch_size= (--batch-size) smaller, e.g. {max(1, per_pass // 4)}") from None
 
     def _decoder(self, n: int, **kwargs: Any) -> tuple[torch.Tensor, List[Any]]:
         """The decoder with this model's runtime settings (see `Decoder.forward` for the arguments)."""
@@ -291,7 +211,7 @@ class VDVAE(nn.Module, PretrainedMixin):
         log p(x, z) - log q(z | x) of the draw, in nats per image, float64 (N,)."""
         def summarize(o: LayerOutput):  # per image: the layer's KL (0 from the prior), its log p(z) - log q(z | x)
             kl = o.kl.sum(dim=(1, 2, 3)) if o.kl is not None else torch.zeros(n, device=target.device)
-            return kl, _log_prior_over_posterior(o) if log_weight else None
+            return kl, log_prior_over_posterior(o) if log_weight else None
 
         temperatures = None if keep is None else [prior_temperature] * self.num_layers
         params, per_layer = self._decoder(n, activations=activations, generator=generator, noise=noise,
@@ -344,16 +264,16 @@ class VDVAE(nn.Module, PretrainedMixin):
             x_in, target = self.preprocess(mb.take(images))
             activations = self.encoder(x_in)
             if n_samples > 1:
-                return [_importance_weighted(self, activations, target, n_samples, max(1, per_pass // mb.size),
+                return [importance_weighted(self, activations, target, n_samples, max(1, per_pass // mb.size),
                                              generator, mb.seeds)]
             if mb.normals is None and len(bounds) > 1:  # several passes share one draw per layer
                 mb = dataclasses.replace(mb, normals=draw_normals(self.config, mb.size, self.device, generator))
             return [self._terms(activations, target, mb.size, generator, mb.noise(), keep=k,
                                 prior_temperature=float(prior_temperature)) for k in bounds]
 
-        parts = self._in_batches(images.shape[0], per_pass, dtype, generator, step,
+        parts = self._in_batches(images.shape[0], batch_size, dtype, generator, step,
                                  sampling_layers=[n_samples == 1] * self.num_layers, seeds=seeds)
-        results = [_result([p[j] for p in parts], keep=b) for j, b in enumerate(bounds)]
+        results = [joined_result([p[j] for p in parts], keep=b) for j, b in enumerate(bounds)]
         return results if several else results[0]
 
     @_inference

@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
 
@@ -26,10 +26,12 @@ from . import hub, registry
 from .config import ConfigLike, VDVAEConfig, resolve_config
 from .files import CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, recover_folder
 from .manifest import Manifest, ModelEntry, load_manifest
+from .provenance import Provenance, model_card, named_provenance
 from .weights import (ArchitectureMatch, LoadReport, check_state, match_architectures, read_checkpoint,
                       tensor_sha256, write_model_folder)
 
 __all__ = ["PretrainedMixin", "ArchitectureWarning", "Provenance", "model_card", "pick_device", "named_provenance"]
+# Provenance, named_provenance and model_card live in provenance.py; they are re-exported here, where loading uses them.
 
 
 class ArchitectureWarning(UserWarning):
@@ -39,30 +41,6 @@ class ArchitectureWarning(UserWarning):
 M = TypeVar("M", bound="PretrainedMixin")
 PathLike = Union[str, os.PathLike]
 ManifestLike = Union[None, PathLike, Manifest]
-
-
-@dataclass
-class Provenance:
-    """Where a model's weights came from, recorded once by `from_pretrained` where it read them; reports,
-    resumable runs and archives read it instead of working it out again.
-
-    `kind`: "name" (a manifest entry), "hub" (a repository id), "folder", "file", or "memory" (built in Python);
-    `name`: what was asked for; `weights`: the file read; `sha256`: of that file (for "memory", of the tensors,
-    computed when asked); `architecture`: the label of the architecture found ("published", a candidate's name,
-    "preset cifar10", ...) when it was recognised from the tensors; `source_sha256`: of the authors' original file
-    it was converted from, when known; `paper_bpd`: the entry's reported test bits per dim."""
-
-    kind: str
-    name: str
-    weights: Optional[str] = None
-    sha256: Optional[str] = None
-    architecture: Optional[str] = None
-    source_sha256: Optional[str] = None
-    entry: Optional[str] = None
-    paper_bpd: Optional[float] = None
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -118,47 +96,6 @@ def _read_folder(folder: Path, config: ConfigLike = None, name: Optional[str] = 
     provenance = Provenance(kind, name or str(folder), str(weights), hub.file_sha256(weights))
     return _Loaded(read_checkpoint(weights), resolve_config(config if config is not None else folder / CONFIG_NAME),
                    str(weights), provenance)
-
-
-def model_card(config: VDVAEConfig, lines: List[str], entry: Optional[ModelEntry] = None,
-               repo_id: Optional[str] = None, run: Optional[Mapping[str, Any]] = None) -> str:
-    """A Hugging Face model card (README.md with YAML metadata): the family's description `lines`, what the
-    manifest `entry` or a training `run` knows (base_model, data, steps, val_bpd, ...), how to load it and the
-    architecture."""
-    run = dict(run or {})
-    name = entry.name if entry else (run.get("title") or repo_id or config.model_type)
-    meta = ["---", "library_name: vdvae-zoo", f"license: {(entry.license if entry else 'mit').lower()}",
-            "tags:", f"- {config.model_type}", "- vae", "- image-generation", "- likelihood"]
-    if run.get("base_model"):
-        meta.append(f"base_model: {run['base_model']}")
-    if entry:
-        meta += ["datasets:", f"- {entry.dataset}"]
-        if entry.reported_test_bpd is not None:
-            meta += ["model-index:", f"- name: {entry.name}", "  results:", "  - task:", "      type: density-estimation",
-                     "    dataset:", f"      name: {entry.dataset}", f"      type: {entry.dataset}",
-                     "    metrics:", "    - type: bpd", "      name: test bits per dim (reported)",
-                     f"      value: {entry.reported_test_bpd}"]
-    meta.append("---")
-    body = [f"# {name}", "", *lines, ""]
-    if entry:
-        body += [f"- Dataset: {entry.dataset}, {entry.resolution}x{entry.resolution}, {entry.bits}-bit targets",
-                 f"- Parameters: {entry.parameters:,}",
-                 f"- Reported test bits per dim (ELBO): {entry.reported_test_bpd}",
-                 f"- Source: converted without change from the authors' checkpoint {entry.source.get('url')}"
-                 + (f" (sha256 {entry.source['sha256']})" if entry.source.get("sha256") else ""),
-                 f"- Licence: {entry.license}"]
-        if not entry.encoder_verified:
-            body.append("- Note: the encoder of this file has not been verified against the published "
-                        "hyper-parameters; sampling uses only the decoder.")
-        body.append("")
-    if run:
-        body += ["## Training", ""] + [f"- {k.replace('_', ' ')}: {v}" for k, v in run.items() if k != "title"] + [""]
-    load_name = entry.name if entry else (repo_id or "path/to/this/folder")
-    body += ["## Use", "", "```python", "import vdvae_zoo", f'model = vdvae_zoo.load("{load_name}")',
-             "images = model.sample(4, temperature=0.8)     # uint8 (4, H, W, 3)",
-             "print(model.likelihood(images).bpd)           # bits per dim", "```", "",
-             "## Architecture", "", "```json", config.to_json(), "```", ""]
-    return "\n".join(meta + [""] + body)
 
 
 class PretrainedMixin:
@@ -425,20 +362,6 @@ class PretrainedMixin:
         cls.from_state_dict(state, config, source=str(path), device="cpu")  # the check; raises on a mismatch
         return write_model_folder(folder, state, config, card=model_card(config, cls.card_lines(config), entry),
                                   overwrite=overwrite)
-
-
-def named_provenance(entry: ModelEntry, folder: Path, config: Optional[VDVAEConfig] = None,
-                     revision: Optional[str] = None) -> Provenance:
-    """The provenance of manifest entry `entry` whose files are in `folder` (the cache), from the manifest and
-    source.json; nothing is hashed that was checked before (a pinned, published file was checked against its
-    sha256 when it was fetched)."""
-    source = folder / "source.json"
-    recorded = json.loads(source.read_text()) if source.is_file() else {}
-    pinned = entry.hub.get("sha256") if entry.published and revision in (None, entry.hub.get("revision")) else None
-    weights = folder / WEIGHTS_NAME
-    label = recorded.get("architecture") or entry.label_for(config or resolve_config(folder / CONFIG_NAME))
-    return Provenance("name", entry.name, str(weights), pinned or hub.file_sha256(weights), label,
-                      recorded.get("sha256") or entry.source.get("sha256"), entry.name, entry.reported_test_bpd)
 
 
 def _named(entry: ModelEntry, folder: Path, config: Optional[VDVAEConfig], revision: Optional[str]) -> _Loaded:

@@ -150,13 +150,22 @@ class RunFolder:
             path = self.path / "log.jsonl"
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-            except OSError as e:
+            except OSError:
                 if path.is_symlink():
                     raise FileExistsError(f"{path} is a symbolic link; the run writes its log only into its own "
                                           "folder. Remove the link and resume") from None
                 raise
             with os.fdopen(fd, "a") as f:
                 f.write(json.dumps(finite_json(record)) + "\n")
+
+    def plot_curves(self) -> Path:
+        """OUT/curves.png: the training loss and the validation bound against the step, both in bits per dim."""
+        from .plots import line_chart
+        records = self.records()
+        series = {"train loss (bits/dim)": [(r["step"], r["loss_bpd"]) for r in records if r.get("loss_bpd") is not None],
+                  "val bpd": [(r["step"], r["val_bpd"]) for r in records if r.get("val_bpd") is not None]}
+        line_chart(series, self.path / "curves.png")
+        return self.path / "curves.png"
 
     def records(self) -> List[Dict[str, Any]]:
         path = self.path / "log.jsonl"

@@ -20,7 +20,6 @@ Units: every loss a user reads (progress bar, log.jsonl, summary, chart) is in b
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import time
@@ -40,7 +39,6 @@ from .images import find_images, make_grid, save_png
 from .manifest import load_manifest
 from .model import VDVAE, load
 from .pretrained import pick_device
-from .plots import line_chart
 from .run_folder import RunFolder, finite_json
 from .scoring import ScoreOptions, score_images
 from .train_data import ImageFolderData, StepBatches, readable_images
@@ -344,9 +342,6 @@ class Trainer:
         if self.rank == 0:
             print(line, file=sys.stderr)
 
-    def _log(self, record: Dict) -> None:
-        self.run.log(record)
-
     def summary_lines(self) -> List[str]:
         """What the run will do, in a few lines (printed at the start)."""
         o, n = self.opt, sum(p.numel() for p in self.model.parameters())
@@ -384,10 +379,10 @@ class Trainer:
                 record = self.train_step()
                 bar.update(1)
                 if self.step % o.log_every == 0 or record.get("warning") or self.step == o.steps:
-                    self._log(record)
+                    self.run.log(record)
                     bar.set_postfix(bpd=f"{record['loss_bpd']:.3f}", skipped=self.skipped)
                 if o.val_every and self.step % o.val_every == 0:
-                    self._log({"step": self.step, "val_bpd": self.validate()})
+                    self.run.log({"step": self.step, "val_bpd": self.validate()})
                 if o.sample_every and self.step % o.sample_every == 0 and self.rank == 0:
                     self.write_samples()
                 stop = distributed.any_across_ranks(self._stop_signal is not None, self.device)
@@ -414,9 +409,9 @@ class Trainer:
                 raise TrainingStalled(self._stalled_message(record))
             summary["final_val_bpd"] = self.validate()
             summary["ranks_identical"] = self._ranks_identical()
-            self._log(dict(summary, event="end"))
+            self.run.log(dict(summary, event="end"))
             if self.rank == 0:
-                self.plot_curves()
+                self.run.plot_curves()
         return finite_json(summary)
 
     def _stalled_message(self, record: Dict) -> str:
@@ -433,16 +428,6 @@ class Trainer:
         gathered = [torch.zeros_like(checks) for _ in range(self.world)]
         dist.all_gather(gathered, checks)
         return all(torch.equal(g, gathered[0]) for g in gathered)
-
-    def plot_curves(self) -> Path:
-        """A PNG of the training loss and the validation bound against the step, both in bits per dim."""
-        records = self.run.records()
-        series = {"train loss (bits/dim)": [(r["step"], r["loss_bpd"]) for r in records
-                                            if r.get("loss_bpd") is not None],
-                  "val bpd": [(r["step"], r["val_bpd"]) for r in records if r.get("val_bpd") is not None]}
-        path = self.out / "curves.png"
-        line_chart(series, path)
-        return path
 
 
 def finetune(**kwargs) -> Dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Optional
 
 import click
@@ -18,7 +17,7 @@ MODEL_HELP = ("MODEL is a released name (see `vdvae-zoo list`), a folder with co
               "To try things without downloading: `vdvae-zoo new tiny32 -o tiny/`, then use tiny/ as MODEL.")
 
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ConnectionError, EncoderMismatchError,
-                ImportError)
+                ImportError, MemoryError)
 
 
 def _one_line(e: BaseException) -> str:

@@ -14,7 +14,7 @@ from ..files import CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, atomic_write, re
 from ..inspection import compare_with_config, inspect_checkpoint
 from ..manifest import load_manifest, manifest_data, pin_entries
 from ..model import VDVAE, load
-from ..pretrained import named_provenance
+from ..provenance import named_provenance
 from ..weights import read_checkpoint
 from .base import MODEL_HELP, main, manifest_option, overwrite_option, user_errors
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import click
 import numpy as np
 
 from ..datasets import files_dataset
-from ..files import atomic_write, refuse_existing
+from ..files import refuse_existing
 from ..images import find_images, load_images, make_grid, save_png
 from ..inputs import figure4_keeps
 from ..plots import kl_chart as kl_chart_image
