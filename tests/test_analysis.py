@@ -24,6 +24,7 @@ def iw_bounds(model, images, k, seeds=range(3)):
     return torch.stack(values).mean().item()
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_iw_bound_beats_the_elbo_and_tightens_with_k(golden_model, golden_images):
     # The golden model has non-trivial random weights: its posterior is far from its prior, so the bounds differ.
     elbo = iw_bounds(golden_model, golden_images, 1, seeds=range(8))

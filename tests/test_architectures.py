@@ -155,6 +155,7 @@ def _meta_state(config: VDVAEConfig):
         return VDVAE(config).state_dict()
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_full_size_ffhq1024_hypotheses_are_recognised_on_meta():
     entry = load_manifest().get("ffhq1024")
     a = _meta_state(VDVAEConfig.from_preset("ffhq256"))          # hypothesis A: the ffhq256 architecture

@@ -33,6 +33,7 @@ def test_bench_reports_every_variant_against_the_reference(tmp_path):
     assert rows[("likelihood", "bf16_cl")]["bpd_max_abs_change"] < 0.05
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_cuda_golden_script_passes_on_the_cpu(tmp_path):
     # The GPU check's logic, run where CI can: on the CPU it must reproduce the golden numbers too.
     out = tmp_path / "golden.json"
@@ -45,6 +46,7 @@ def test_cuda_golden_script_passes_on_the_cpu(tmp_path):
     assert all(c["ok"] for c in checks.values())
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_ops_benchmark_times_every_operation_of_a_block_in_both_dtypes(tmp_path):
     out = tmp_path / "ops.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ops.py"), "--width", "32", "--resolution", "8",

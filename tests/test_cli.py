@@ -207,6 +207,7 @@ def test_list_info_inspect_convert(tmp_path):
     assert (out / "model.safetensors").is_file() and vdvae_zoo.load(out).num_layers == 13
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_installed_console_script(tmp_path, image_dir, model_dir):
     exe = shutil.which("vdvae-zoo")
     assert exe, "the console script is installed with the package"

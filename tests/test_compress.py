@@ -89,6 +89,7 @@ def test_round_trips_are_bit_exact(tiny, n):
         assert report.webp_images == 1  # a single image is all initial bits: lossless WebP
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_the_golden_chain_keeps_the_elbo_promise_and_whitening_is_what_cleans_it(golden_noisy, monkeypatch):
     model, images = golden_noisy
     net, elbo, report = chained_rate(model, images)

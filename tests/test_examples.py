@@ -21,11 +21,13 @@ def run(script, *args, cwd):
     return proc.stdout
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_sample_grid(tmp_path):
     out = run("sample_grid.py", "--tiny", "-n", 4, "-t", 1.0, 0.5, "-o", tmp_path / "g.png", cwd=tmp_path)
     assert "wrote" in out and Image.open(tmp_path / "g.png").size == (4 * 34 + 2, 2 * 34 + 2)
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_bpd_folder(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -37,6 +39,7 @@ def test_bpd_folder(tmp_path):
     assert Image.open(tmp_path / "c.png").size == (900, 420)
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_reconstruction_and_interpolation(tmp_path):
     out = run("reconstruction.py", "--tiny", "--keep", 1, 4, "all", "-o", tmp_path / "r.png", cwd=tmp_path)
     assert "keep 1, 4, 13 of 13 layers" in out
@@ -45,6 +48,7 @@ def test_reconstruction_and_interpolation(tmp_path):
     assert Image.open(tmp_path / "i.png").size == (5 * 34 + 2, 2 * 34 + 2)
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_make_guide(tmp_path):
     run("make_guide.py", "--tiny", "--out", tmp_path / "guide", "--samples", 2, cwd=tmp_path)
     names = {p.name for p in (tmp_path / "guide").iterdir()}
@@ -60,6 +64,7 @@ def test_make_guide(tmp_path):
 
 @pytest.mark.parametrize("script", ["sample_grid.py", "bpd_folder.py", "reconstruction.py", "interpolation.py",
                                     "make_guide.py"])
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_by_released_name_fails_cleanly_offline(tmp_path, script, monkeypatch):
     # By name the scripts load through the manifest; offline that is one clear message, not a traceback.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -78,6 +78,7 @@ def test_convert_refuses_an_existing_folder_without_overwrite(tmp_path):
     assert (out / "mine.txt").read_text() == "keep"
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_examples_never_replace_files_without_overwrite(tmp_path):
     (tmp_path / "samples.png").write_bytes(b"mine")
     p = subprocess.run([sys.executable, str(REPO / "examples" / "sample_grid.py"), "--tiny", "-n", "2"], cwd=tmp_path,

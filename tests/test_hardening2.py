@@ -146,6 +146,7 @@ def test_a_sample_set_resumed_with_another_batch_size_matches_an_uninterrupted_o
 
 
 # ---------------------------------------------------------------------------------------------------- faults
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_a_download_cut_short_is_retried_then_one_sentence(hf_home, hub, golden_files, tmp_path):
     hub.add("test-org/cut", golden_files)
     hub.server.truncate_to = 100
@@ -236,6 +237,7 @@ def test_a_refused_option_writes_nothing(tmp_path, photos):
     assert train(tmp_path, photos, "--steps", 2).exit_code == 0
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_the_run_folder_is_safe_and_its_card_knows_the_run(tmp_path, photos):
     assert train(tmp_path, photos, "--steps", 4, "--val-every", 2, "--val-fraction", 0.25).exit_code == 0
     card = (tmp_path / "run" / "model" / "README.md").read_text()

@@ -123,6 +123,7 @@ def test_wrong_source_sha_is_refused(tmp_path, hf_home, source, golden_config):
     assert not [p for p in (hf_home / "hub").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_two_processes_loading_the_same_name_share_one_download(tmp_path, hf_home, source, golden_config):
     manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, url=source.url + "/tiny32-model-ema.th")])
     script = textwrap.dedent(f"""

@@ -56,6 +56,7 @@ def weights(path):
     return load_file(str(path / "model" / "model.safetensors"))  # the run exports its EMA weights to OUT/model
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_loss_drops_and_output_loads(tmp_path, photo_dir, config_file):
     out = tmp_path / "run"
     summary = Trainer(options(photo_dir, config_file, out, steps=40, val_every=20, sample_every=40)).train()
@@ -191,6 +192,7 @@ def test_workers_read_the_same_batches_ahead(tmp_path, photo_dir, config_file):
         ahead._loader = None
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_bf16_autocast_training_runs_and_learns(tmp_path, photo_dir, config_file):
     out = tmp_path / "bf16"
     summary = Trainer(options(photo_dir, config_file, out, steps=30, dtype="bfloat16")).train()
@@ -362,6 +364,7 @@ def test_images_of_another_size_follow_the_same_rule_as_bpd(tmp_path, photo_dir,
     assert len(trainer.train_set) + len(trainer.val_set) == 25
 
 
+@pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_a_short_from_scratch_run_visibly_learns_with_the_default_options(tmp_path, photo_dir, config_file):
     # Defaults for custom configs (GENERIC_DEFAULTS); measured in README: 8.95 -> 8.35 bpd in 100 steps.
     trainer = Trainer(TrainOptions(data=str(photo_dir), out=str(tmp_path / "run"), config=config_file, steps=40,
