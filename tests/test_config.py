@@ -135,14 +135,15 @@ def test_misspelled_config_keys_are_refused_with_the_closest_name():
     with pytest.raises(ValueError, match="did you mean 'num_mixtures'"):
         VDVAEConfig.from_dict({"num_mixture": 3})
     # The original implementation's other hps fields are accepted and ignored.
-    assert VDVAEConfig.from_dict({"dataset": "cifar10", "lr": 2e-4, "scale_encblock": False}).zdim == 16
+    original_hps = dict(PRESETS["cifar10"], dataset="cifar10", lr=2e-4, scale_encblock=False)
+    assert VDVAEConfig.from_dict(original_hps).zdim == 16
 
 
 def test_huge_block_strings_and_widths_are_refused_at_once():
     import time
     start = time.perf_counter()
     with pytest.raises(ValueError, match="more than 2048 blocks"):
-        VDVAEConfig.from_dict({"image_size": 16, "enc_blocks": "16x100000000", "dec_blocks": "16x1"})
+        VDVAEConfig.from_dict({"image_size": 16, "width": 8, "enc_blocks": "16x100000000", "dec_blocks": "16x1"})
     with pytest.raises(ValueError, match="width is 100000000; at most"):
-        VDVAEConfig.from_dict({"width": 100_000_000})
+        VDVAEConfig.from_dict(dict(PRESETS["cifar10"], width=100_000_000))
     assert time.perf_counter() - start < 1.0  # refused by the bound, not by running out of memory

@@ -280,3 +280,45 @@ def test_running_out_of_gpu_memory_is_one_sentence_with_the_way_out(tmp_path, mo
     with pytest.raises(MemoryError, match=r"ran out of memory with 8 images per pass \(the automatic choice\); pass "
                                           r"batch_size= \(--batch-size\) smaller, e.g. 2"):
         model.likelihood(np.zeros((3, 16, 16, 3), np.uint8), seeds=[1, 2, 3])
+
+
+def test_ctrl_c_in_a_sample_set_says_what_was_kept_and_how_to_continue(tmp_path, tiny32, monkeypatch):
+    original, calls = vdvae_zoo.VDVAE.sample, {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(vdvae_zoo.VDVAE, "sample", interrupted)
+    result = run("sample", tiny32, "-n", 6, "--outdir", tmp_path / "set", "--batch-size", 3)
+    assert result.exit_code == 130 and "Aborted!" not in result.output and "--resume" in result.output
+    assert sorted(p.name for p in (tmp_path / "set").glob("*.png")) == ["000000.png", "000001.png", "000002.png"]
+
+
+@pytest.mark.slow  # a trainer run with DataLoader workers
+def test_training_data_deleted_under_the_workers_is_one_sentence(tmp_path, photos, monkeypatch):
+    from vdvae_zoo.train import Trainer
+    original = Trainer.train_step
+
+    def deleting(self):
+        if self.step == 2:
+            for f in photos.glob("*.png"):
+                f.unlink()
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", deleting)
+    result = train(tmp_path, photos, "--steps", 40, "--workers", 1, "--batch-size", 4, "--val-fraction", 0)
+    one_sentence(result, "DataLoader worker", "no training image can be read", "--resume")
+
+
+def test_the_trainer_writes_enlarged_sample_grids(tmp_path, photos):
+    assert train(tmp_path, photos, "--steps", 2, "--sample-every", 2).exit_code == 0
+    grid = Image.open(tmp_path / "run" / "samples" / "step_0000002.png")
+    assert grid.size[0] > 4 * 18  # 16x16 samples shown larger than life, as the CLI's grids
+
+
+def test_a_config_without_its_architecture_names_what_is_missing():
+    with pytest.raises(ValueError, match="a config needs image_size, width, enc_blocks, dec_blocks"):
+        vdvae_zoo.VDVAEConfig.from_dict({"zdim": 8})

@@ -181,3 +181,39 @@ def test_cache_paths_never_leave_the_cache(tmp_path):
                       reported_test_bpd=None, license="", hub={"repo_id": "a/b"}, source={})  # built past validation
     with pytest.raises(ValueError, match="not a plain name"):
         converted_folder(evil, tmp_path)
+
+
+def test_a_cached_name_reads_the_manifest_once_and_hashes_nothing_it_verified(tmp_path, hf_home, hub, source,
+                                                                             golden_files, golden_config, monkeypatch):
+    """How it is measured: count the calls that read a manifest file and that hash a file, over loads by name
+    of a published entry (fake Hub, pinned sha256) and of a converted one (fake source server)."""
+    from vdvae_zoo import files, hub as hub_module, manifest as manifest_module
+    commit = hub.add("test-org/tiny32", golden_files)
+    sha = hashlib.sha256(golden_files["model.safetensors"]).hexdigest()
+    path = write_manifest(tmp_path / "m.json", [
+        entry("published", golden_config, revision=commit, sha256=sha),
+        entry("converted", golden_config, repo_id="test-org/other", url=f"{source.url}/tiny32-model-ema.th",
+              source_sha=sha256_file(TINY / "model-ema.th"))])
+    calls = {"hash": 0, "read": 0}
+    real_hash, real_read = files.sha256_file, manifest_module.manifest_data
+
+    def counting_hash(p):
+        calls["hash"] += 1
+        return real_hash(p)
+
+    def counting_read(p=None):
+        calls["read"] += 1
+        return real_read(p)
+
+    monkeypatch.setattr(hub_module, "sha256_file", counting_hash)
+    monkeypatch.setattr(manifest_module, "manifest_data", counting_read)
+    first = {name: vdvae_zoo.load(name, manifest=path, device="cpu") for name in ("published", "converted")}
+    assert calls["read"] == 1 and calls["hash"] >= 2   # the first loads verify what they downloaded
+    calls.update(hash=0, read=0)
+    again = {name: vdvae_zoo.load(name, manifest=path, device="cpu") for name in ("published", "converted")}
+    assert calls == {"hash": 0, "read": 0}
+    for name in first:
+        assert again[name].provenance.sha256 == first[name].provenance.sha256 and again[name].provenance.kind == "name"
+    assert again["published"].provenance.sha256 == sha
+    assert again["converted"].provenance.source_sha256 == sha256_file(TINY / "model-ema.th")
+    assert again["converted"].provenance.architecture == "published"

@@ -1,5 +1,6 @@
 """Loading from files, folders and Hub ids, saving, converting: the from_pretrained mixin."""
 
+import json
 import os
 import pickle
 
@@ -130,3 +131,16 @@ def test_a_cuda_device_without_cuda_is_one_clear_error(golden_config):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="sees no CUDA GPU; use device='cpu'"):
         vdvae_zoo.load(TINY / "model-ema.th", config=golden_config, device="cuda")
+
+
+def test_config_json_states_its_model_type_and_old_folders_still_load(tmp_path, golden_model):
+    folder = golden_model.save_pretrained(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    assert next(iter(config)) == "model_type" and config["model_type"] == "vdvae"
+    del config["model_type"]  # as written before the field existed
+    (folder / "config.json").write_text(json.dumps(config))
+    assert vdvae_zoo.load(folder, device="cpu").config == golden_model.config
+    config["model_type"] = "transformer"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="model_type 'transformer' is not a model family this vdvae-zoo knows"):
+        vdvae_zoo.load(folder, device="cpu")

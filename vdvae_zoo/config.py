@@ -157,10 +157,10 @@ class VDVAEConfig:
     constants the original applies to pixels in [0, 1]; 1 for every other model.
     """
 
-    image_size: int = 32
-    width: int = 384
-    enc_blocks: str = "32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3"
-    dec_blocks: str = "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21"
+    image_size: int      # the architecture: no default (a preset or config.json states it)
+    width: int
+    enc_blocks: str
+    dec_blocks: str
     zdim: int = 16
     bottleneck_multiple: float = 0.25
     num_mixtures: int = 10
@@ -321,6 +321,10 @@ class VDVAEConfig:
             close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"unknown config field {unknown[0]!r}{hint}; the fields are {', '.join(sorted(names))}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in merged]
+        if missing:
+            raise ValueError(f"a config needs {', '.join(missing)} (the architecture); give them, or start from a "
+                             "preset (VDVAEConfig.from_preset)")
         return cls(**{k: v for k, v in merged.items() if k in names})
 
     def to_dict(self) -> Dict[str, Any]:
@@ -368,7 +372,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         image_size=32, width=384,
         enc_blocks="32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3",
         dec_blocks="1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21",
-        shift=-120.63838, scale=1.0 / 64.16736, **_8BIT_LOSS),
+        shift=_CIFAR_SHIFT, scale=_CIFAR_SCALE, **_8BIT_LOSS),
     "imagenet32": dict(
         image_size=32, width=512,
         enc_blocks="32x15,32d2,16x9,16d2,8x8,8d2,4x6,4d4,1x6",

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Union
 import torch
 
 from .config import VDVAEConfig, kernel_size
+from .network import BIAS_XS, DECODER_LAYERS, ENCODER_BLOCKS, GAIN, OUT_CONV
 from .weights import read_checkpoint, strip_ddp_prefix
 
 __all__ = ["inspect_checkpoint", "CheckpointInfo", "BlockRun", "compare_with_config"]
@@ -111,16 +112,16 @@ def inspect_checkpoint(path_or_state: Union[str, os.PathLike, Dict[str, torch.Te
         return tuple(value.shape)
 
     enc = [(c1[1], c2[-1]) for c1, c2 in zip(
-        (conv(k) for k in _indexed(state, "encoder.enc_blocks.", "c1.weight")),
-        (conv(k) for k in _indexed(state, "encoder.enc_blocks.", "c2.weight"))) if c1 and c2]
+        (conv(k) for k in _indexed(state, ENCODER_BLOCKS, "c1.weight")),
+        (conv(k) for k in _indexed(state, ENCODER_BLOCKS, "c2.weight"))) if c1 and c2]
     dec = [(c1[1], c2[-1]) for c1, c2 in zip(
-        (conv(k) for k in _indexed(state, "decoder.dec_blocks.", "resnet.c1.weight")),
-        (conv(k) for k in _indexed(state, "decoder.dec_blocks.", "resnet.c2.weight"))) if c1 and c2]
-    z_proj = [s for s in (conv(k) for k in _indexed(state, "decoder.dec_blocks.", "z_proj.weight")) if s]
-    biases = [s for s in (conv(k) for k in sorted((k for k in state if re.match(r"decoder\.bias_xs\.\d+$", k)),
+        (conv(k) for k in _indexed(state, DECODER_LAYERS, "resnet.c1.weight")),
+        (conv(k) for k in _indexed(state, DECODER_LAYERS, "resnet.c2.weight"))) if c1 and c2]
+    z_proj = [s for s in (conv(k) for k in _indexed(state, DECODER_LAYERS, "z_proj.weight")) if s]
+    biases = [s for s in (conv(k) for k in sorted((k for k in state if re.match(re.escape(BIAS_XS) + r"\d+$", k)),
                                                   key=lambda k: int(k.rsplit(".", 1)[1]))) if s]
-    out_conv = conv("decoder.out_net.out_conv.weight")
-    gain = conv("decoder.gain")
+    out_conv = conv(OUT_CONV)
+    gain = conv(GAIN)
     if not enc:
         notes.append("no encoder tensors found")
     if not dec:

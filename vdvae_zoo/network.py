@@ -23,7 +23,8 @@ from .config import VDVAEConfig, kernel_size
 from .runtime import conv_dtype
 
 __all__ = ["Block", "Encoder", "DecoderLayer", "Decoder", "LayerOutput", "gaussian_kl",
-           "ENCODER_PREFIX", "DECODER_PREFIX", "state_signature", "config_signature"]
+           "ENCODER_PREFIX", "DECODER_PREFIX", "ENCODER_BLOCKS", "DECODER_LAYERS", "BIAS_XS", "GAIN", "OUT_CONV",
+           "state_signature", "config_signature"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -288,6 +289,9 @@ class Decoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 ENCODER_PREFIX, DECODER_PREFIX = "encoder.", "decoder."
+#: Where the blocks' tensors are: ENCODER_BLOCKS + "{i}.c1.weight", DECODER_LAYERS + "{i}.resnet.c1.weight", ...
+ENCODER_BLOCKS, DECODER_LAYERS = ENCODER_PREFIX + "enc_blocks.", DECODER_PREFIX + "dec_blocks."
+BIAS_XS, GAIN, OUT_CONV = DECODER_PREFIX + "bias_xs.", DECODER_PREFIX + "gain", DECODER_PREFIX + "out_net.out_conv.weight"
 
 
 def state_signature(shapes: Dict[str, tuple]) -> Optional[tuple]:
@@ -295,10 +299,10 @@ def state_signature(shapes: Dict[str, tuple]) -> Optional[tuple]:
     encoder blocks (then nothing can be ruled out cheaply)."""
     def count(prefix: str, suffix: str) -> int:
         return len({k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix) and k.endswith(suffix)})
-    encoder = count(ENCODER_PREFIX + "enc_blocks.", ".c1.weight")
-    gain = shapes.get(DECODER_PREFIX + "gain")
+    encoder = count(ENCODER_BLOCKS, ".c1.weight")
+    gain = shapes.get(GAIN)
     width = int(gain[1]) if gain is not None and len(gain) == 4 else None
-    return (encoder, count(DECODER_PREFIX + "dec_blocks.", ".resnet.c1.weight"), width) if encoder else None
+    return (encoder, count(DECODER_LAYERS, ".resnet.c1.weight"), width) if encoder else None
 
 
 def config_signature(config: VDVAEConfig) -> tuple:

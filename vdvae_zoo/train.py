@@ -175,8 +175,8 @@ class Trainer:
         except Exception as e:  # a worker's error arrives wrapped, with its traceback in the message: keep its last line
             self._loader = None
             last = [line for line in str(e).strip().splitlines() if line.strip()][-1:] or [type(e).__name__]
-            raise type(e)(f"a DataLoader worker could not read a training image ({last[0].strip()}); check "
-                          f"{self.opt.data}, then continue with --resume") from None
+            raise ValueError(f"a DataLoader worker could not read a training image ({last[0].strip()}); check "
+                             f"{self.opt.data}, then continue with --resume") from None
 
     def _noise(self, step: int):
         """Posterior noise per image from a generator seeded by (seed, step, position in the global batch)."""
@@ -371,7 +371,7 @@ class Trainer:
             return finite_json({"step": self.step, "updates": self.updates, "skipped": self.skipped,
                                 "stopped_by_signal": None})
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        stopped = None
+        stopped, bar = None, None
         try:
             from huggingface_hub.utils import tqdm
             bar = tqdm(total=o.steps, initial=self.step, disable=self.rank != 0, desc="training", unit="step")
@@ -400,6 +400,8 @@ class Trainer:
                 self.save()  # keep what was learned (e.g. files changed under the run); --resume continues
             raise
         finally:
+            if bar is not None:
+                bar.close()  # ends its line, so that a message after it starts on its own
             self._loader = None  # stops the DataLoader's worker processes
             for s, handler in previous.items():
                 signal.signal(s, handler)
