@@ -5,8 +5,6 @@ do not."""
 import errno
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -106,6 +106,13 @@ def picture_options(default_output: str):
     return decorate
 
 
+def stop_interrupted(kept: str) -> None:
+    """After Ctrl-C: say what was kept and the command that continues, then exit with 130 (no "Aborted!")."""
+    import sys
+    click.echo(f"\ninterrupted: {kept}; continue with:\n  {resume_hint()}", err=True)
+    sys.exit(130)
+
+
 def resume_hint(argv: Optional[list] = None) -> str:
     """The command line that was run, with --resume added: what continues an interrupted run."""
     import shlex

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -11,7 +10,7 @@ from ..datasets import SPLITS
 from ..evaluate import evaluate
 from ..files import atomic_write, refuse_existing
 from ..scoring import refuse_existing_state
-from .base import MODEL_HELP, batch_size_option, load_model, main, model_options, overwrite_option, resume_hint, user_errors
+from .base import MODEL_HELP, batch_size_option, load_model, main, model_options, overwrite_option, stop_interrupted, user_errors
 
 
 @main.command("eval", epilog=MODEL_HELP)
@@ -53,9 +52,7 @@ def eval_command(model_name, data, split, limit, samples, seed, batch_size, chun
         report = evaluate(model, data, split=split, limit=limit, samples=samples, seed=seed, batch_size=batch_size,
                           chunk=chunk, state=state, resume=resume, overwrite=overwrite)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: the finished chunks are kept in {state}; continue with:\n  {resume_hint()}",
-                   err=True)
-        sys.exit(130)
+        stop_interrupted(f"the finished chunks are kept in {state}")
     if report is None:  # not rank 0
         return
     for line in report.lines():
@@ -112,9 +109,7 @@ def ood_command(model_name, in_data, ood_data, ks, split, limit, seed, prior_tem
                                       batch_size=batch_size, dtype=dtype, chunk=chunk, state=state, resume=resume,
                                       overwrite=overwrite)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: the finished chunks are kept beside {output}; continue with:\n  {resume_hint()}",
-                   err=True)
-        sys.exit(130)
+        stop_interrupted(f"the finished chunks are kept beside {output}")
     if report is None:  # not rank 0
         return
     for line in report.lines():

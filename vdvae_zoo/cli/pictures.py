@@ -16,7 +16,7 @@ from ..plots import kl_chart as kl_chart_image
 from ..sample_sets import write_sample_set
 from ..scoring import ScoreOptions, model_for_images, printable_path, score_dataset, write_scores
 from .base import (MODEL_HELP, batch_size_option, load_model, main, model_options, overwrite_option, parse_temperature,
-                   picture_options, resize_option, resume_hint, user_errors)
+                   picture_options, resize_option, stop_interrupted, user_errors)
 
 
 # ---------------------------------------------------------------------------------------------------- bpd
@@ -134,9 +134,7 @@ def sample(model_name, num, temperature, seed, output, outdir, batch_size, resum
             report = write_sample_set(model, outdir, num, temperature=t, seed=0 if seed is None else seed,
                                       batch_size=batch_size, resume=resume, overwrite=overwrite)
         except KeyboardInterrupt:
-            click.echo(f"\ninterrupted: the finished images are kept in {outdir}; continue with:\n  {resume_hint()}",
-                       err=True)
-            sys.exit(130)
+            stop_interrupted(f"the finished images are kept in {outdir}")
         for note in report.notes:
             click.echo(f"note: {note}", err=True)
         click.echo(f"wrote {report.written} PNGs to {outdir} ({report.kept} were there already); see samples.json")
