@@ -63,3 +63,17 @@ def assert_golden_likelihood(model, golden_expected, golden_images):
     torch.manual_seed(golden_expected["likelihood"]["seed_set_before"])
     elbo = model.likelihood(golden_images).neg_elbo.numpy()
     np.testing.assert_allclose(elbo, golden_expected["likelihood"]["elbo_nats_per_dim"], rtol=1e-4)
+
+
+def interrupt_call(monkeypatch, owner, name: str, at: int) -> None:
+    """Make call number `at` of `owner.name` raise KeyboardInterrupt (a Ctrl-C in the middle of a run); the
+    others run as before."""
+    original, calls = getattr(owner, name), {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)

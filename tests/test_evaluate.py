@@ -13,6 +13,8 @@ import vdvae_zoo
 from vdvae_zoo.batching import image_seed
 from vdvae_zoo.cli import main
 
+from helpers import interrupt_call
+
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
@@ -62,16 +64,8 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(tmp_path, data, t
     out = tmp_path / "r.json"
     whole = run("eval", tiny, "--data", path, "--chunk", 4, "-o", tmp_path / "whole.json")
     assert whole.exit_code == 0, whole.output
-    model_calls = {"n": 0}
     original = vdvae_zoo.VDVAE.likelihood
-
-    def interrupted(self, *args, **kwargs):
-        model_calls["n"] += 1
-        if model_calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(vdvae_zoo.VDVAE, "likelihood", interrupted)
+    interrupt_call(monkeypatch, vdvae_zoo.VDVAE, "likelihood", at=3)
     assert run("eval", tiny, "--data", path, "--chunk", 4, "-o", out).exit_code != 0
     state = tmp_path / "r.json.state.jsonl"
     assert len(state.read_text().splitlines()) == 1 + 2  # the header, two finished chunks

@@ -20,7 +20,7 @@ from vdvae_zoo import files as files_module
 from vdvae_zoo.cli import main
 from vdvae_zoo.images import sample_photos
 
-from helpers import REPO, TINY, tiny_config_dict
+from helpers import REPO, TINY, interrupt_call, tiny_config_dict
 
 
 def run(*args):
@@ -114,15 +114,7 @@ def test_eval_refuses_to_discard_saved_progress(tmp_path, tiny32):
 
 def test_ctrl_c_in_eval_says_what_was_kept_and_how_to_continue(tmp_path, tiny32, monkeypatch):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8))
-    original, calls = vdvae_zoo.VDVAE.likelihood, {"n": 0}
-
-    def interrupted(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(vdvae_zoo.VDVAE, "likelihood", interrupted)
+    interrupt_call(monkeypatch, vdvae_zoo.VDVAE, "likelihood", at=2)
     result = run("eval", tiny32, "--data", tmp_path / "x.npy", "--chunk", 4, "-o", tmp_path / "ev.json")
     assert result.exit_code == 130 and "Aborted!" not in result.output
     assert "ev.json.state.jsonl" in result.output and "--resume" in result.output
@@ -281,15 +273,7 @@ def test_running_out_of_gpu_memory_is_one_sentence_with_the_way_out(tmp_path, mo
 
 
 def test_ctrl_c_in_a_sample_set_says_what_was_kept_and_how_to_continue(tmp_path, tiny32, monkeypatch):
-    original, calls = vdvae_zoo.VDVAE.sample, {"n": 0}
-
-    def interrupted(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(vdvae_zoo.VDVAE, "sample", interrupted)
+    interrupt_call(monkeypatch, vdvae_zoo.VDVAE, "sample", at=2)
     result = run("sample", tiny32, "-n", 6, "--outdir", tmp_path / "set", "--batch-size", 3)
     assert result.exit_code == 130 and "Aborted!" not in result.output and "--resume" in result.output
     assert sorted(p.name for p in (tmp_path / "set").glob("*.png")) == ["000000.png", "000001.png", "000002.png"]
