@@ -5,6 +5,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -209,7 +210,8 @@ def test_list_info_inspect_convert(tmp_path):
 
 @pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_installed_console_script(tmp_path, image_dir, model_dir):
-    exe = shutil.which("vdvae-zoo")
+    # pip puts the script beside the interpreter; PATH need not include that folder.
+    exe = shutil.which("vdvae-zoo", path=str(Path(sys.executable).parent)) or shutil.which("vdvae-zoo")
     assert exe, "the console script is installed with the package"
     version = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and vdvae_zoo.__version__ in version.stdout
