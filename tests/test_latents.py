@@ -87,12 +87,17 @@ def test_encode_writes_every_layer_or_flat_rows_at_data_set_scale(tmp_path):
         Image.fromarray(im).save(folder / f"{i}.png")
     (folder / "broken.png").write_bytes(b"no")
     result = runner.invoke(main, ["encode", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "z.safetensors"),
-                                  "--stats", "--flat", "4"])
+                                  "--stats"])
     assert result.exit_code == 0 and "5 images" in result.output and "1 files skipped" in result.output, result.output
     tensors = load_file(str(tmp_path / "z.safetensors"))
     model = vdvae_zoo.load(tmp_path / "m", device="cpu")
     assert {f"z.{i}" for i in range(model.num_layers)} | {f"std.{i}" for i in range(model.num_layers)} <= set(tensors)
-    assert tensors["flat"].shape == (5, model.latent_layout[3].offset + model.latent_layout[3].size)
+    result = runner.invoke(main, ["encode", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "f.safetensors"),
+                                  "--flat", "4"])
+    assert result.exit_code == 0, result.output
+    flat = load_file(str(tmp_path / "f.safetensors"))["flat"]
+    assert flat.shape == (5, model.latent_layout[3].offset + model.latent_layout[3].size)
+    assert torch.equal(flat, vdvae_zoo.flatten_latents([tensors[f"z.{i}"] for i in range(4)]))
     # the seed rule: image i of the folder with image_seed(0, i), whatever the chunking
     from vdvae_zoo.batching import image_seed
     images = np.stack([np.asarray(Image.open(folder / f"{i}.png")) for i in range(5)])
@@ -102,6 +107,6 @@ def test_encode_writes_every_layer_or_flat_rows_at_data_set_scale(tmp_path):
                                   "--flat", "4"])
     assert result.exit_code == 0, result.output
     rows = np.load(tmp_path / "f.npy")
-    assert rows.shape == tensors["flat"].shape and np.allclose(rows, tensors["flat"].numpy(), atol=1e-6)
+    assert rows.shape == flat.shape and np.allclose(rows, flat.numpy(), atol=1e-6)
     side = json.loads((tmp_path / "f.npy.json").read_text())
     assert len(side["images"]) == 5 and side["skipped"][0][0].endswith("broken.png") and len(side["layout"]) == 4

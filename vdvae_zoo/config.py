@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, NamedTuple, Optional, Union
 
+from .files import read_small_text
+
 __all__ = [
     "VDVAEConfig",
     "BlockSpec",
@@ -342,8 +344,10 @@ class VDVAEConfig:
             shown = text if len(text) <= 200 else text[:200] + "..."
             where = f"config file {shown}"
             try:
-                text = Path(text_or_path).read_text()
-            except (OSError, UnicodeDecodeError) as e:
+                text = read_small_text(text_or_path, what="config file")
+            except ValueError as e:  # not a regular file, too large, not UTF-8
+                raise ValueError(str(e)) from None
+            except OSError as e:
                 raise ValueError(f"cannot read {where}: {getattr(e, 'strerror', None) or e}") from None
         try:
             return cls.from_dict(json.loads(text))
@@ -424,7 +428,7 @@ def resolve_config(config: ConfigLike) -> VDVAEConfig:
         return VDVAEConfig.from_dict(config)
     if isinstance(config, (str, os.PathLike)):
         text = os.fspath(config)
-        if Path(text).is_file():
+        if Path(text).exists():  # from_json refuses what is not a regular file (a FIFO would block)
             return VDVAEConfig.from_json(Path(text))
         if text.endswith(".json") or os.sep in text:
             raise FileNotFoundError(f"config file {text} does not exist")

@@ -1,9 +1,13 @@
 """Writing files so that a crash never leaves half of one, and hashing them.
 
-Every file and folder this package writes goes through `atomic_write` or `atomic_folder`: the data go to a
-temporary name beside the target (`.NAME.tmp-PID`), which is renamed over the target only when complete.
-Temporaries left by a process that died are removed by `remove_stale_temporaries`. Files get the mode the
-umask gives (others can read a shared model), never the 0600 of `tempfile`.
+Every file and folder this package writes goes through `staged_file` (`atomic_write` on top of it) or
+`atomic_folder`: the data go to a temporary beside the target (`.NAME.tmp-PID-RANDOM`), created exclusively
+(O_EXCL: a planted file or symbolic link of that name is never opened, and the name cannot be guessed), which is
+renamed over the target only when complete. Temporaries left by a process that died are removed by
+`remove_stale_temporaries`. Files get the mode the umask gives (others can read a shared model), never the 0600
+of `tempfile`. Appending (logs, state files) goes through `append_line`, which never follows a symbolic link.
+Reading a small file a user names (config.json, a manifest) goes through `read_small_text`, which refuses what is
+not a regular file (a FIFO would block forever) before reading.
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ import errno
 import hashlib
 import os
 import re
+import secrets
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
-__all__ = ["atomic_write", "atomic_folder", "recover_folder", "sha256_file", "remove_stale_temporaries",
+__all__ = ["atomic_write", "staged_file", "write_npy", "append_line", "read_small_text", "atomic_folder",
+           "recover_folder", "sha256_file", "remove_stale_temporaries",
            "refuse_existing", "disk_full_as_oserror", "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "MODEL_SUBFOLDER"]
 
 # The layout of a model folder (Hugging Face's): the one statement of these names.
@@ -31,7 +39,7 @@ MODEL_SUBFOLDER = "model"
 PathLike = Union[str, os.PathLike]
 Content = Union[bytes, str, Callable[[Path], None]]
 
-_TEMPORARY = re.compile(r"^\.(.+)\.(?:tmp|staging|old)-(\d+)$")
+_TEMPORARY = re.compile(r"^\.(.+)\.(?:tmp|staging|old)-(\d+)(?:-[A-Za-z0-9_]+)?$")
 
 
 def _umask() -> int:
@@ -51,8 +59,13 @@ def _normal_mode(path: Path) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
-def _temporary(path: Path, kind: str) -> Path:
-    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+def _temporary_prefix(path: Path, kind: str) -> str:
+    return f".{path.name}.{kind}-{os.getpid()}-"
+
+
+def _temporary_name(path: Path, kind: str) -> Path:
+    """A name beside `path` that nobody can have planted: the PID (for `remove_stale_temporaries`) and 64 random bits."""
+    return path.with_name(_temporary_prefix(path, kind) + secrets.token_hex(8))
 
 
 def refuse_existing(path: PathLike, overwrite: bool, hint: str = "pass --overwrite to replace it") -> None:
@@ -61,31 +74,98 @@ def refuse_existing(path: PathLike, overwrite: bool, hint: str = "pass --overwri
         raise FileExistsError(f"{path} exists; {hint}")
 
 
-def atomic_write(path: PathLike, content: Content, *, overwrite: bool = True) -> Path:
-    """Write `content` to `path` atomically: bytes, text (UTF-8, '\\n' line ends), or a function that writes
-    the file at the path it is given (e.g. `lambda p: save_file(tensors, str(p))`). Parent folders are made.
-    With `overwrite=False` an existing file is refused (FileExistsError) before anything is written, and again at
-    the moment the finished file takes its name: one that another process wrote meanwhile is never replaced."""
+@contextlib.contextmanager
+def staged_file(path: PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a new, empty temporary file beside `path`, created exclusively (O_EXCL, a random name); when the block
+    ends without an error it takes the name `path` (with `overwrite=False` only if no file has that name then:
+    FileExistsError otherwise, and an existing file is refused before the block runs). On an error, or when the
+    block leaves nothing at the temporary's path, it is removed and `path` is untouched. Parent folders are made."""
     path = Path(path)
     refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path, "tmp")
+    fd, name = tempfile.mkstemp(prefix=_temporary_prefix(path, "tmp"), dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        if callable(content):
-            with disk_full_as_oserror(path):
-                content(tmp)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(content.encode() if isinstance(content, str) else content)
+        with disk_full_as_oserror(path):
+            yield tmp
+        if not tmp.exists():  # the block removed it: it wants nothing placed
+            return
         _normal_mode(tmp)
         if overwrite:
             os.replace(tmp, path)
         else:
             _place_new(tmp, path)
     finally:
-        if tmp.exists():
+        if tmp.exists() or tmp.is_symlink():
             tmp.unlink()
+
+
+def atomic_write(path: PathLike, content: Content, *, overwrite: bool = True) -> Path:
+    """Write `content` to `path` atomically: bytes, text (UTF-8, '\\n' line ends), or a function that writes
+    the file at the path it is given (e.g. `lambda p: save_file(tensors, str(p))`). Parent folders are made.
+    With `overwrite=False` an existing file is refused (FileExistsError) before anything is written, and again at
+    the moment the finished file takes its name: one that another process wrote meanwhile is never replaced."""
+    path = Path(path)
+    with staged_file(path, overwrite=overwrite) as tmp:
+        if callable(content):
+            content(tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(content.encode() if isinstance(content, str) else content)
     return path
+
+
+def write_npy(path: PathLike, array, *, overwrite: bool = True) -> Path:
+    """Write a numpy array as an .npy file atomically (`atomic_write`'s rules)."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array(f, np.asarray(array))
+    return atomic_write(path, write, overwrite=overwrite)
+
+
+def append_line(path: PathLike, line: str) -> None:
+    """Append `line` and a newline to the text file `path` (created if missing), never through a symbolic link:
+    a link there is refused with FileExistsError naming it."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError:
+        if path.is_symlink():
+            raise FileExistsError(f"{path} is a symbolic link; vdvae-zoo appends only to its own files there. Remove "
+                                  "the link and run again") from None
+        raise
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        with disk_full_as_oserror(path):
+            f.write(line + "\n")
+
+
+def read_small_text(path: PathLike, *, what: str = "file", max_bytes: int = 64 << 20) -> str:
+    """The UTF-8 text of `path`, refusing (ValueError naming the file) anything that is not a regular file, such as
+    a FIFO or a device, which would block or never end, and files over `max_bytes`. Opened without blocking, then
+    checked on the open file, so nothing can swap it in between."""
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{what} {path} is not a regular file (a FIFO, device or socket); give a real file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"{what} {path} is {info.st_size:,} bytes, more than the {max_bytes:,} such a file can be")
+        chunks, size = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                raise ValueError(f"{what} {path} grew past {max_bytes:,} bytes while it was read")
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8")
 
 
 @contextlib.contextmanager
@@ -124,9 +204,9 @@ def atomic_folder(path: PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     path = Path(path)
     refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging, old = _temporary(path, "staging"), _temporary(path, "old")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path, "staging"), dir=path.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; the folder gets the mode mkdir would give
+    old = _temporary_name(path, "old")
     try:
         yield staging
         for file in staging.rglob("*"):
@@ -146,11 +226,12 @@ def atomic_folder(path: PathLike, *, overwrite: bool = True) -> Iterator[Path]:
 
 def recover_folder(path: PathLike) -> bool:
     """When `path` is missing because a process died between `atomic_folder`'s two renames, move the previous
-    folder (set aside as `.NAME.old-PID`, complete) back; returns True if it did."""
+    folder (set aside as `.NAME.old-PID-RANDOM`, complete) back; returns True if it did."""
     path = Path(path)
     if path.exists() or not path.parent.is_dir():
         return False
-    aside = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    aside = sorted((p for p in path.parent.glob(f".{path.name}.old-*") if p.is_dir() and not p.is_symlink()),
+                   key=lambda p: p.stat().st_mtime)
     if not aside:
         return False
     os.replace(aside[-1], path)

@@ -84,85 +84,106 @@ def unflatten_latents(flat: torch.Tensor, model_or_config) -> List[torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------- data-set scale
+#: What `encode_dataset` (and `vdvae-zoo encode`) writes, the one rule (docs/latents.md, "From the command line"):
+ENCODE_OUTPUT_RULE = (
+    "without --flat: .safetensors with z.i of every decoder layer (--stats adds mean.i and std.i); with --flat N: the "
+    "first N layers as rows, (images, D), instead of the per-layer tensors: 'flat' (--stats adds 'flat_mean' and "
+    "'flat_std') in a .safetensors, or 'flat' alone as an .npy (one array per file, so no --stats) with "
+    "OUTPUT.json beside it; every output also records the images, the seed and the model")
+
+
+def encode_outputs(output, flat: Optional[int] = None, stats: bool = False) -> List["Path"]:
+    """The files `encode_dataset(output, flat=, stats=)` writes, after checking that the combination is one
+    `ENCODE_OUTPUT_RULE` allows (ValueError naming `output` otherwise): check them before any work starts."""
+    from pathlib import Path
+    output = Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in (".safetensors", ".npy"):
+        raise ValueError(f"{output}: latents are written as .safetensors or .npy ({ENCODE_OUTPUT_RULE})")
+    if suffix == ".npy" and flat is None:
+        raise ValueError(f"{output}: an .npy holds one array, the flat rows of the first layers: give --flat N "
+                         "(flat=N), or write a .safetensors for every layer")
+    if suffix == ".npy" and stats:
+        raise ValueError(f"{output}: an .npy holds one array (the flat rows), so --stats (stats=True) has nowhere to "
+                         "go: write a .safetensors to get 'flat_mean' and 'flat_std' with the rows")
+    return [output, output.with_name(output.name + ".json")] if suffix == ".npy" else [output]
+
+
 def encode_dataset(model, dataset, output, *, flat: Optional[int] = None, stats: bool = False, mean: bool = False,
                    seed: int = 0, batch_size: Optional[int] = None, chunk: int = 256, resize: Optional[str] = None,
                    overwrite: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Encode every image of `dataset` (datasets.py) in chunks, image i with `image_seed(seed, i)` as every
-    score is computed, and write them to `output`:
+    score is computed, and write them to `output` by `ENCODE_OUTPUT_RULE`:
 
-    - `.safetensors`: `z.i` per decoder layer (N, zdim, r, r), with `stats` also `mean.i` and `std.i`; the image
-      paths (or positions) and the model's provenance in the metadata; with `flat` also `flat`, (N, D);
-    - `.npy` (needs `flat`): the first `flat` layers as one float32 (N, D) array, written chunk by chunk (memory
-      does not grow with the data set), and `OUTPUT.json` beside it with the images, layout and provenance.
+    - `.safetensors` without `flat`: `z.i` per decoder layer (N, zdim, r, r), with `stats` also `mean.i` and `std.i`;
+    - `.safetensors` with `flat`: `flat`, the first `flat` layers as (N, D) rows (`flatten_latents`), with `stats`
+      also `flat_mean` and `flat_std` in the same layout; the per-layer tensors are not written;
+    - `.npy` (needs `flat`, refuses `stats`): `flat` as one float32 (N, D) array, written chunk by chunk (memory
+      does not grow with the data set), and `OUTPUT.json` beside it.
+    The image paths (or positions), seed and model's provenance go into the metadata (or OUTPUT.json). Every
+    file is refused before any work when it exists and `overwrite` is false.
 
     `mean`: posterior means instead of samples. Unreadable images are skipped (listed). Returns a summary."""
+    import contextlib
     import json
-    from pathlib import Path
     from .batching import image_seed
-    from .files import atomic_write, refuse_existing
-    output = Path(output)
-    suffix = output.suffix.lower()
-    if suffix not in (".safetensors", ".npy"):
-        raise ValueError(f"{output}: latents are written as .safetensors (every layer) or .npy (with --flat)")
-    if suffix == ".npy" and flat is None:
-        raise ValueError(f"{output}: an .npy holds the flat rows of the first layers; give flat= (--flat N)")
+    from .files import atomic_write, refuse_existing, staged_file, write_npy
+    files = encode_outputs(output, flat, stats)
+    output = files[0]
     if flat is not None and not 1 <= flat <= model.num_layers:
         raise ValueError(f"flat must be a number of layers in 1..{model.num_layers}, got {flat}")
-    refuse_existing(output, overwrite)
+    for path in files:
+        refuse_existing(path, overwrite)
     layout = latent_layout(model.config)
     width = layout[flat - 1].offset + layout[flat - 1].size if flat else 0
+    fields = ("z", "mean", "std") if stats else ("z",)
     size = model.config.image_size
-    names, skipped, per_layer, rows = [], [], None, []
-    memmap = None
+    names, skipped, pieces = [], [], {}
     from huggingface_hub.utils import tqdm
-    with tqdm(total=len(dataset), unit="img", desc="encoding", disable=not progress) as bar:
-        for start in range(0, len(dataset), chunk):
-            idx = list(range(start, min(start + chunk, len(dataset))))
-            images, kept, bad = dataset.read_checked(idx, size, resize)
-            skipped += bad
-            bar.update(len(idx))
-            if not kept:
-                continue
-            layers = model.encode(images, stats=True, mean=mean, batch_size=batch_size,
-                                  seeds=[image_seed(seed, i) for i in kept])
-            names += [str(dataset.files[i]) if dataset.files is not None else str(i) for i in kept]
-            if suffix == ".npy":
-                block = flatten_latents(layers[:flat]).numpy()
-                if memmap is None:
-                    tmp = output.with_name(f".{output.name}.partial")
-                    memmap = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(dataset), width))
-                memmap[len(names) - len(kept):len(names)] = block
-            else:
-                fields = ("z", "mean", "std") if stats else ("z",)
-                if per_layer is None:
-                    per_layer = {f"{f}.{i}": [] for i in range(len(layers)) for f in fields}
-                for i, layer in enumerate(layers):
-                    for f in fields:
-                        per_layer[f"{f}.{i}"].append(getattr(layer, f))
-                if flat:
-                    rows.append(flatten_latents(layers[:flat]))
-    if not names:
-        raise ValueError(f"none of the {len(dataset)} images of {dataset.name} could be read at {size}x{size}")
-    meta = {"images": names, "skipped": [[str(dataset.files[i]) if dataset.files is not None else i, why]
-                                         for i, why in skipped],
-            "model": model.provenance.to_dict(), "seed": seed, "mean": mean,
-            "seeds": "image i of the data set: vdvae_zoo.batching.image_seed(seed, i)",
-            "layout": [vars(s) for s in layout[:flat or len(layout)]]}
-    if suffix == ".npy":
-        del memmap
-        tmp = output.with_name(f".{output.name}.partial")
-        array = np.load(tmp, mmap_mode="r")
-        if len(names) < len(dataset):  # skipped images: keep only the rows written
-            np.save(tmp.with_suffix(".trim.npy"), np.asarray(array[:len(names)]))
-            tmp.unlink()
-            tmp = tmp.with_suffix(".trim.npy")
-        tmp.replace(output)
-        atomic_write(output.with_name(output.name + ".json"), json.dumps(meta, indent=1) + "\n", overwrite=True)
-    else:
+    with contextlib.ExitStack() as stack:
+        rows_file = stack.enter_context(staged_file(output, overwrite=overwrite)) if flat and files[1:] else None
+        memmap = None
+        with tqdm(total=len(dataset), unit="img", desc="encoding", disable=not progress) as bar:
+            for start in range(0, len(dataset), chunk):
+                idx = list(range(start, min(start + chunk, len(dataset))))
+                images, kept, bad = dataset.read_checked(idx, size, resize)
+                skipped += bad
+                bar.update(len(idx))
+                if not kept:
+                    continue
+                layers = model.encode(images, stats=True, mean=mean, batch_size=batch_size,
+                                      seeds=[image_seed(seed, i) for i in kept])
+                names += [str(dataset.files[i]) if dataset.files is not None else str(i) for i in kept]
+                if rows_file is not None:
+                    if memmap is None:  # the staged file was created exclusively: nothing else is opened here
+                        memmap = np.lib.format.open_memmap(rows_file, mode="w+", dtype=np.float32,
+                                                           shape=(len(dataset), width))
+                    memmap[len(names) - len(kept):len(names)] = flatten_latents(layers[:flat]).numpy()
+                    continue
+                for f in fields:
+                    if flat:
+                        rows = flatten_latents([getattr(layer, f) for layer in layers[:flat]])
+                        pieces.setdefault("flat" if f == "z" else f"flat_{f}", []).append(rows)
+                    else:
+                        for i, layer in enumerate(layers):
+                            pieces.setdefault(f"{f}.{i}", []).append(getattr(layer, f))
+        if not names:
+            raise ValueError(f"none of the {len(dataset)} images of {dataset.name} could be read at {size}x{size}")
+        meta = {"images": names, "skipped": [[str(dataset.files[i]) if dataset.files is not None else i, why]
+                                             for i, why in skipped],
+                "model": model.provenance.to_dict(), "seed": seed, "mean": mean,
+                "seeds": "image i of the data set: vdvae_zoo.batching.image_seed(seed, i)",
+                "layout": [vars(s) for s in layout[:flat or len(layout)]]}
+        if rows_file is not None:
+            memmap.flush()
+            del memmap
+            if len(names) < len(dataset):  # skipped images: keep only the rows written
+                write_npy(output, np.load(rows_file, mmap_mode="r")[:len(names)], overwrite=overwrite)
+                rows_file.unlink()  # the full-size staged file: removed, so it is not placed
+            atomic_write(files[1], json.dumps(meta, indent=1) + "\n", overwrite=overwrite)
+    if rows_file is None:
         from safetensors.torch import save_file
-        tensors = {k: torch.cat(v).contiguous() for k, v in per_layer.items()}
-        if flat:
-            tensors["flat"] = torch.cat(rows).contiguous()
+        tensors = {k: torch.cat(v).contiguous() for k, v in pieces.items()}
         metadata = {"vdvae_zoo": json.dumps({k: v for k, v in meta.items() if k != "layout"}),
                     "paths": json.dumps(names)}
         atomic_write(output, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), overwrite=overwrite)

@@ -91,7 +91,7 @@ def _read_folder(folder: Path, config: ConfigLike = None, name: Optional[str] = 
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}; a model folder holds {CONFIG_NAME} + {WEIGHTS_NAME}")
-    if config is None and not (folder / CONFIG_NAME).is_file():
+    if config is None and not (folder / CONFIG_NAME).exists():  # not is_file(): the reader names a FIFO as such
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; pass config= (the config the weights were trained with)")
     provenance = Provenance(kind, name or str(folder), str(weights), hub.file_sha256(weights))
     return _Loaded(read_checkpoint(weights), resolve_config(config if config is not None else folder / CONFIG_NAME),
@@ -282,7 +282,7 @@ class PretrainedMixin:
         path = Path(path)
         if path.is_dir():
             folder = _model_files(path)
-            if not (folder / CONFIG_NAME).is_file():
+            if not (folder / CONFIG_NAME).exists():
                 raise FileNotFoundError(f"{path} has no {CONFIG_NAME}")
             return resolve_config(folder / CONFIG_NAME)
         if path.suffix in (".json", ""):

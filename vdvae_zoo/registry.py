@@ -54,8 +54,9 @@ def family(model_type: Optional[str]) -> Optional[type]:
 
 def model_type_of(config_file: Path) -> Optional[str]:
     """The model_type a config.json states (None when it states none or cannot be read: its reader says why)."""
+    from .files import read_small_text
     try:
-        value = json.loads(Path(config_file).read_text()).get("model_type")
+        value = json.loads(read_small_text(config_file, what="config file")).get("model_type")
     except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, str) else None

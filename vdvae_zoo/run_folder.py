@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .files import atomic_folder, atomic_write, recover_folder, remove_stale_temporaries
+from .files import append_line, atomic_folder, atomic_write, recover_folder, remove_stale_temporaries
 from .files import MODEL_SUBFOLDER
 
 __all__ = ["RunFolder", "RunFolderInUse", "finite_json"]
@@ -147,16 +147,7 @@ class RunFolder:
     def log(self, record: Dict[str, Any]) -> None:
         """Append one JSON line to OUT/log.jsonl (a symbolic link there is refused, never followed)."""
         if self.writer:
-            path = self.path / "log.jsonl"
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-            except OSError:
-                if path.is_symlink():
-                    raise FileExistsError(f"{path} is a symbolic link; the run writes its log only into its own "
-                                          "folder. Remove the link and resume") from None
-                raise
-            with os.fdopen(fd, "a") as f:
-                f.write(json.dumps(finite_json(record)) + "\n")
+            append_line(self.path / "log.jsonl", json.dumps(finite_json(record)))
 
     def plot_curves(self) -> Path:
         """OUT/curves.png: the training loss and the validation bound against the step, both in bits per dim."""

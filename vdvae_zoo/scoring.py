@@ -34,7 +34,7 @@ import numpy as np
 from . import distributed
 from .batching import image_seed
 from .datasets import Dataset
-from .files import atomic_write, refuse_existing
+from .files import append_line, atomic_write, refuse_existing
 
 __all__ = ["ScoreOptions", "ScoreTable", "score_images", "score_dataset", "mean_and_stderr", "StateError",
            "write_scores", "model_for_images", "printable_path", "refuse_existing_state"]
@@ -292,8 +292,7 @@ def score_dataset(model, dataset: Dataset, options: ScoreOptions = ScoreOptions(
                 done[k] = record = _score_chunk(model, dataset, k, chunks[k], options, size, resize)
                 scored_here += len(record["index"])
                 if mine is not None:
-                    with open(mine, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_line(mine, json.dumps(record))
                 if on_chunk is not None:
                     with tqdm.external_write_mode():  # the bar steps aside for what the callback prints
                         on_chunk(record)

@@ -167,11 +167,13 @@ def _read_images_for(model, paths, resize: str):
 @click.argument("model_name", metavar="MODEL")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help=".safetensors (every layer: z.0 ... z.{L-1}) or .npy (with --flat: one row per image).")
+              help=".safetensors (every layer: z.0 ... z.{L-1}; with --flat: 'flat' rows) or .npy (needs --flat; "
+                   "writes OUTPUT.json beside it).")
 @click.option("--flat", default=None, type=click.IntRange(min=1),
-              help="Also the first N layers flattened, one row per image (docs/latents.md; imagenet64 and 31: "
-                   "91,168 numbers).")
-@click.option("--stats", is_flag=True, help="Also each layer's posterior mean.i and std.i (.safetensors).")
+              help="The first N layers flattened, one row per image, instead of the per-layer tensors "
+                   "(docs/latents.md; imagenet64 and 31: 91,168 numbers).")
+@click.option("--stats", is_flag=True, help="Also the posterior mean and std: mean.i and std.i, or with --flat "
+                                            "flat_mean and flat_std (.safetensors only).")
 @click.option("--mean", "use_mean", is_flag=True, help="Posterior means instead of samples.")
 @resize_option
 @click.option("--seed", default=0, show_default=True, help="Image i draws with image_seed(seed, i), as in bpd.")
@@ -187,8 +189,12 @@ def encode(model_name, paths, output, flat, stats, use_mean, resize, seed, batch
 
     Example: vdvae-zoo encode imagenet64 stimuli/ -o features.npy --flat 31
     """
-    from ..latents import encode_dataset
-    refuse_existing(output, overwrite)
+    from ..latents import encode_dataset, encode_outputs
+    try:
+        for path in encode_outputs(output, flat, stats):  # every file it writes, before any work
+            refuse_existing(path, overwrite)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--output'") from None
     dataset = files_dataset(paths)
     model = load_model(model_name, config, device, manifest, dtype)
     summary = encode_dataset(model, dataset, output, flat=flat, stats=stats, mean=use_mean, seed=seed,
