@@ -31,6 +31,7 @@ import torch
 from .config import VDVAEConfig
 from .dmol import pixel_uniform_shapes
 from .draws import uniform
+from .memory import inference_bytes_per_image
 
 __all__ = ["CPU_BATCH_MEMORY", "CUDA_BATCH_MEMORY_FRACTION", "SEEDED_PASS_IMAGES", "memory_budget", "auto_batch_size",
            "seeded_pass_size", "MicroBatch", "micro_batches", "check_batch_size", "image_seed", "seeded_draws",
@@ -75,16 +76,8 @@ def memory_budget(device: torch.device) -> float:
 
 
 def auto_batch_size(config: VDVAEConfig, device: torch.device) -> int:
-    """Images per micro-batch that fit `memory_budget(device)`, by an estimate of the activations alive at once
-    (checked against measured peak RSS on the cifar10 and imagenet64 presets: benchmarks/README.md)."""
-    layer_resolutions = config.layer_resolutions
-    per_resolution = [config.width_at(r) * r * r for r in sorted(set(layer_resolutions))]
-    states = 2 * sum(per_resolution)                  # encoder activations and decoder states, one per resolution
-    working = 8 * max(per_resolution)                 # one layer's intermediates at the top resolution
-    latents = 6 * config.zdim * sum(r * r for r in layer_resolutions)  # z, prior, posterior, KL of every layer
-    output = 40 * config.num_mixtures * config.image_size ** 2         # the mixture of logistics, intermediates
-    bytes_per_image = 4 * (states + working + latents + output) * 1.25  # + allocator slack
-    return max(1, int(memory_budget(device) // bytes_per_image))
+    """Images per micro-batch that fit `memory_budget(device)`, by `memory.inference_bytes_per_image`."""
+    return max(1, int(memory_budget(device) // inference_bytes_per_image(config)))
 
 
 def seeded_pass_size(config: VDVAEConfig, device: torch.device) -> int:
@@ -113,6 +106,7 @@ class MicroBatch:
     normals: Optional[List[torch.Tensor]] = None          # one standard normal per sampling layer, top to bottom
     pixel_uniforms: Optional[List[torch.Tensor]] = None   # the output distribution's uniforms
     seeds: Optional[List[int]] = None                     # per-image seeds, padding included
+    per_pass: int = 0                                     # the pass size in effect (images per pass at most)
 
     @property
     def count(self) -> int:
@@ -166,21 +160,21 @@ def micro_batches(n: int, batch_size: int, *, config: VDVAEConfig, device: torch
             pad = batch_size - (p.stop - p.start)
             padded = list(seeds[p]) + [seeds[p][-1]] * pad
             normals, uniforms = seeded_draws(padded, config, device, sampling_layers, pixels)
-            yield MicroBatch(p, pad, normals or None, uniforms, padded)
+            yield MicroBatch(p, pad, normals or None, uniforms, padded, batch_size)
         return
     if len(parts) == 1:
-        yield MicroBatch(parts[0])
+        yield MicroBatch(parts[0], per_pass=batch_size)
         return
     normal_shapes = [(n, config.zdim, r, r) for r, sampling in zip(config.layer_resolutions, sampling_layers) if sampling]
     uniform_shapes = pixel_uniform_shapes(n, config.image_size, config.image_size, config.num_mixtures) if pixels else []
     floats = sum(math.prod(shape) for shape in normal_shapes + uniform_shapes)
     if not floats or 4 * floats > memory_budget(device):
-        yield from (MicroBatch(p) for p in parts)
+        yield from (MicroBatch(p, per_pass=batch_size) for p in parts)
         return
     normals = [torch.empty(shape, device=device).normal_(generator=generator) for shape in normal_shapes]
     uniforms = [uniform(shape, device, generator) for shape in uniform_shapes]
     for p in parts:
-        yield MicroBatch(p, 0, [z[p] for z in normals] or None, [u[p] for u in uniforms] or None)
+        yield MicroBatch(p, 0, [z[p] for z in normals] or None, [u[p] for u in uniforms] or None, per_pass=batch_size)
 
 
 def draw_normals(config: VDVAEConfig, n: int, device: torch.device, generator: Optional[torch.Generator]

@@ -253,7 +253,7 @@ def fetch_url(url: str, destination: Path, expected_sha256: Optional[str] = None
               deadline_s: Optional[float] = None) -> str:
     """Stream `url` to `destination` with a progress bar; the file appears only when complete (and its sha256
     matches, when given). `timeout`: seconds without data; `deadline_s`: the whole download. Returns the sha256."""
-    from huggingface_hub.utils import tqdm
+    from .progress import progress_bar
     deadline_s = DOWNLOAD_DEADLINE_S if deadline_s is None else deadline_s
     digest = hashlib.sha256()
     started = time.monotonic()
@@ -262,7 +262,7 @@ def fetch_url(url: str, destination: Path, expected_sha256: Optional[str] = None
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             received = 0
-            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name, leave=False) as bar:
+            with progress_bar(total=total, unit="B", unit_scale=True, desc=destination.name, leave=False) as bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
                     digest.update(chunk)

@@ -139,11 +139,11 @@ def encode_dataset(model, dataset, output, *, flat: Optional[int] = None, stats:
     fields = ("z", "mean", "std") if stats else ("z",)
     size = model.config.image_size
     names, skipped, pieces = [], [], {}
-    from huggingface_hub.utils import tqdm
+    from .progress import progress_bar
     with contextlib.ExitStack() as stack:
         rows_file = stack.enter_context(staged_file(output, overwrite=overwrite)) if flat and files[1:] else None
         memmap = None
-        with tqdm(total=len(dataset), unit="img", desc="encoding", disable=not progress) as bar:
+        with progress_bar(total=len(dataset), unit="img", desc="encoding", enabled=progress) as bar:
             for start in range(0, len(dataset), chunk):
                 idx = list(range(start, min(start + chunk, len(dataset))))
                 images, kept, bad = dataset.read_checked(idx, size, resize)

@@ -18,6 +18,7 @@ import functools
 import math
 import os
 import dataclasses
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -36,12 +37,32 @@ from .network import Block, Decoder, Encoder, LayerOutput
 from .pretrained import PretrainedMixin
 from .runtime import DTypeLike, Runtime, compute_dtype
 
-__all__ = ["VDVAE", "LikelihoodResult", "LayerLatents", "Temperature", "EncoderMismatchError", "load"]
+__all__ = ["VDVAE", "LikelihoodResult", "LayerLatents", "Temperature", "EncoderMismatchError", "PassSizeReduced", "load"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The model and its public API
 # ----------------------------------------------------------------------------------------------------------------
+
+class PassSizeReduced(UserWarning):
+    """A pass ran out of memory and was split: the warning names the pass size the call settled on."""
+
+
+def _random_state(generator: Optional[torch.Generator], device: torch.device) -> tuple:
+    """What a retried call restores so that it draws the same numbers: the generator's state, or the global ones."""
+    if generator is not None:
+        return (generator.get_state(),)
+    return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _restore_random_state(state: tuple, generator: Optional[torch.Generator], device: torch.device) -> None:
+    if generator is not None:
+        generator.set_state(state[0])
+        return
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
 
 class EncoderMismatchError(RuntimeError):
     """The model was loaded without its encoder: only the decoder (sample, decode) can be used."""
@@ -154,6 +175,20 @@ class VDVAE(nn.Module, PretrainedMixin):
             self.runtime.set_compile((m for m in self.modules() if isinstance(m, Block)), compile)
         return self
 
+    def set_grad_checkpointing(self, enable: bool = True) -> "VDVAE":
+        """Gradient checkpointing for training (timm's name): the encoder keeps only each block's input and the
+        decoder each stochastic layer's input state and outputs; the rest is recomputed in the backward pass
+        (non-reentrant torch.utils.checkpoint). Same loss, same gradients, same random draws; much less memory
+        for about a third more time per step (benchmarks/README.md, "Training memory"). Returns self."""
+        for part in (self.encoder, self.decoder):
+            if part is not None:
+                part.grad_checkpoint = bool(enable)
+        return self
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.decoder.grad_checkpoint
+
     def auto_batch_size(self) -> int:
         """Images per micro-batch when a method's `batch_size` is None (see batching.py)."""
         return auto_batch_size(self.config, self.device)
@@ -174,20 +209,38 @@ class VDVAE(nn.Module, PretrainedMixin):
                     step: Callable[[MicroBatch], Any], sampling_layers: Sequence[bool], pixels: bool = False,
                     seeds: Optional[Sequence[int]] = None) -> list:
         """The one batch loop: `step` on each micro-batch (with its prepared draws), under the compute dtype; the
-        rows of a seeded pass's padding are dropped from what `step` returns."""
-        per_pass = check_batch_size(batch_size, self.config, self.device, seeded=seeds is not None)
+        rows of a seeded pass's padding are dropped from what `step` returns.
+
+        A pass that runs out of memory (torch.OutOfMemoryError, or MemoryError on the CPU) is not fatal: the pass
+        size is halved and the call starts again, down to one image, with the random state it started with, so the
+        draws are the same (seeded calls: each image's own; otherwise the whole batch's, drawn in the original's
+        order). The size it settled on is said in one warning and kept for this model's later calls
+        (`runtime.pass_limit`). Results equal an unsplit run's up to float rounding."""
+        requested = check_batch_size(batch_size, self.config, self.device, seeded=seeds is not None)
         if seeds is not None and len(seeds) != n:
             raise ValueError(f"seeds must have one seed per image ({n}), got {len(seeds)}")
-        parts = micro_batches(n, per_pass, config=self.config, device=self.device, generator=generator,
-                              sampling_layers=sampling_layers, pixels=pixels, seeds=seeds)
-        try:
-            with self.runtime.autocast(self.device, self.dtype, dtype):
-                return [trim_rows(step(mb), mb.count) if mb.pad else step(mb) for mb in parts]
-        except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError in newer releases is the same class)
-            raise MemoryError(f"the {self.device} ran out of memory with {per_pass} images per pass"
-                              + (" (the automatic choice)" if batch_size is None else "") +
-                              f"; pass batch_size= (--batch-size) smaller, e.g. {max(1, per_pass // 4)}") from None
-
+        per_pass = min(requested, self.runtime.pass_limit or requested)
+        rng = _random_state(generator, self.device)
+        while True:
+            try:
+                parts = micro_batches(n, per_pass, config=self.config, device=self.device, generator=generator,
+                                      sampling_layers=sampling_layers, pixels=pixels, seeds=seeds)
+                with self.runtime.autocast(self.device, self.dtype, dtype):
+                    results = [trim_rows(step(mb), mb.count) if mb.pad else step(mb) for mb in parts]
+                break
+            except (torch.OutOfMemoryError, MemoryError):
+                if per_pass == 1:
+                    raise MemoryError(f"the {self.device} ran out of memory with even one image per pass: free memory "
+                                      "(other processes), use --dtype bfloat16, or a device with more memory") from None
+                per_pass //= 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                _restore_random_state(rng, generator, self.device)
+        if per_pass < requested and per_pass != self.runtime.pass_limit:
+            self.runtime.pass_limit = per_pass
+            warnings.warn(f"the {self.device} ran out of memory with {requested} images per pass; continuing with "
+                          f"{per_pass} (pass --batch-size {per_pass} to start there)", PassSizeReduced)
+        return results
     def _decoder(self, n: int, **kwargs: Any) -> tuple[torch.Tensor, List[Any]]:
         """The decoder with this model's runtime settings (see `Decoder.forward` for the arguments)."""
         return self.decoder(n, memory_format=self.runtime.memory_format, **kwargs)
@@ -256,15 +309,13 @@ class VDVAE(nn.Module, PretrainedMixin):
         if isinstance(prior_temperature, bool) or not isinstance(prior_temperature, (int, float)) \
                 or not 0 <= prior_temperature < math.inf:
             raise ValueError(f"prior_temperature must be a number >= 0, got {prior_temperature!r}")
-        seeded = seeds is not None
-        per_pass = check_batch_size(batch_size, self.config, self.device, seeded=seeded)
         bounds = [None if k == self.num_layers else k for k in keeps]
 
         def step(mb: MicroBatch) -> List[Dict[str, torch.Tensor]]:
             x_in, target = self.preprocess(mb.take(images))
             activations = self.encoder(x_in)
             if n_samples > 1:
-                return [importance_weighted(self, activations, target, n_samples, max(1, per_pass // mb.size),
+                return [importance_weighted(self, activations, target, n_samples, max(1, mb.per_pass // mb.size),
                                              generator, mb.seeds)]
             if mb.normals is None and len(bounds) > 1:  # several passes share one draw per layer
                 mb = dataclasses.replace(mb, normals=draw_normals(self.config, mb.size, self.device, generator))

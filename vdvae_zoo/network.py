@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .draws import standard_normal
 from .config import VDVAEConfig, kernel_size
@@ -88,7 +89,16 @@ def gaussian_kl(q_mean, q_logstd, p_mean, p_logstd) -> torch.Tensor:
 # Encoder (bottom-up)
 # ----------------------------------------------------------------------------------------------------------------
 
+def _checkpointing(module: nn.Module) -> bool:
+    """Gradient checkpointing is on for `module` (`VDVAE.set_grad_checkpointing`) and autograd is recording."""
+    return module.grad_checkpoint and torch.is_grad_enabled()
+
+
 class Encoder(nn.Module):
+    #: Gradient checkpointing (VDVAE.set_grad_checkpointing): each block's activations are recomputed in the backward
+    #: pass instead of kept; only its input is stored (non-reentrant torch.utils.checkpoint).
+    grad_checkpoint = False
+
     def __init__(self, config: VDVAEConfig):
         super().__init__()
         self.config = config
@@ -112,7 +122,10 @@ class Encoder(nn.Module):
         activations = {x.shape[2]: x}
         for block in self.enc_blocks:
             # x is this loop's own tensor, except that a down-sampling block's input stays in `activations`.
-            x = block(x, inplace=block.down_rate is None)
+            if _checkpointing(self):
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, inplace=block.down_rate is None)
             res = x.shape[2]
             width = self.config.width_at(res)
             if x.shape[1] < width:  # widths grow as resolution falls: append zero channels
@@ -230,6 +243,11 @@ class Decoder(nn.Module):
     """The top-down decoder: `dec_blocks` (the checkpoints' name; `layers` reads better) holds one DecoderLayer per
     stochastic layer, top (lowest resolution) first."""
 
+    #: Gradient checkpointing (VDVAE.set_grad_checkpointing): each stochastic layer keeps only its input state and
+    #: its outputs, and recomputes the rest in the backward pass. Its standard normal is drawn before the layer runs
+    #: (the same number, in the same order, as the layer would draw), so the recomputation sees the same draw.
+    grad_checkpoint = False
+
     def __init__(self, config: VDVAEConfig):
         super().__init__()
         self.config = config
@@ -277,7 +295,15 @@ class Decoder(nn.Module):
             posterior = activations is not None and (keep is None or i < keep)
             activation = activations[r] if posterior else None
             t = 1.0 if temperatures is None else temperatures[i]
-            x, out = layer(x, activation, t, latent, generator, noise)
+            if _checkpointing(self):
+                layer_noise = noise
+                if latent is None:  # draw now: the recomputation in the backward pass must see the same numbers
+                    like = torch.empty(n, layer.zdim, r, r, device=ref.device)
+                    eps = noise(like) if noise is not None else standard_normal(like, generator)
+                    layer_noise = lambda _like, eps=eps: eps  # noqa: E731
+                x, out = checkpoint(layer, x, activation, t, latent, None, layer_noise, use_reentrant=False)
+            else:
+                x, out = layer(x, activation, t, latent, generator, noise)
             states[r] = x
             outputs.append(out if summarize is None else summarize(out))
         x = states[self.config.image_size] * self.gain + self.bias

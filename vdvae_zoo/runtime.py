@@ -65,6 +65,9 @@ class Runtime:
         self.dtype: torch.dtype = torch.float32
         self.memory_format: torch.memory_format = torch.contiguous_format
         self._compile_state: Optional[dict] = None
+        #: Images per pass that a pass was split down to after running out of memory (None: never): later calls
+        #: start there instead of running out again (VDVAE._in_batches).
+        self.pass_limit: Optional[int] = None
 
     @property
     def compiled(self) -> bool:

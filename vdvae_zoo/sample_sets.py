@@ -121,8 +121,8 @@ def write_sample_set(model, outdir: Union[str, os.PathLike], num: int, *, temper
             meta["pass_size"] = pass_size = recorded
     atomic_write(meta_path, json.dumps(meta, indent=2) + "\n")
     todo = [i for i in range(num) if overwrite or not _complete(_file(outdir, i), size)]
-    from huggingface_hub.utils import tqdm
-    with tqdm(total=num, initial=num - len(todo), unit="img", desc="sampling", disable=not progress) as bar:
+    from .progress import progress_bar
+    with progress_bar(total=num, initial=num - len(todo), unit="img", desc="sampling", enabled=progress) as bar:
         for start in range(0, len(todo), pass_size):
             part = todo[start:start + pass_size]
             images = model.sample(len(part), temperature=temperatures, seeds=[image_seed(seed, i) for i in part],

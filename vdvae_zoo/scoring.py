@@ -282,11 +282,11 @@ def score_dataset(model, dataset: Dataset, options: ScoreOptions = ScoreOptions(
         if rank == 0 and state_path != mine:
             state_path.unlink(missing_ok=True)  # the single-process file was split into the ranks' files
     todo = [k for k in range(len(chunks)) if k % world == rank and k not in done]
-    from huggingface_hub.utils import tqdm
+    from .progress import progress_bar
     start, scored_here = time.perf_counter(), 0
     interrupted = False
-    with tqdm(total=len(positions), initial=sum(len(chunks[k]) for k in done), unit="img", desc=desc,
-              disable=not progress or rank != 0) as bar:
+    with progress_bar(total=len(positions), initial=sum(len(chunks[k]) for k in done), unit="img", desc=desc,
+                      enabled=progress and rank == 0) as bar:
         try:
             for k in todo:
                 done[k] = record = _score_chunk(model, dataset, k, chunks[k], options, size, resize)
@@ -294,7 +294,7 @@ def score_dataset(model, dataset: Dataset, options: ScoreOptions = ScoreOptions(
                 if mine is not None:
                     append_line(mine, json.dumps(record))
                 if on_chunk is not None:
-                    with tqdm.external_write_mode():  # the bar steps aside for what the callback prints
+                    with bar.external_write_mode():  # the bar steps aside for what the callback prints
                         on_chunk(record)
                 bar.update(len(chunks[k]) * world)
         except KeyboardInterrupt:

@@ -23,10 +23,10 @@ import math
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from .batching import image_seed
 from .config import VDVAEConfig, resolve_config
 from .images import find_images, make_grid, save_png
 from .manifest import load_manifest
+from .memory import available_memory, gib, largest_batch, training_memory
 from .model import VDVAE, load
 from .pretrained import pick_device
 from .run_folder import RunFolder, finite_json
@@ -44,7 +45,7 @@ from .scoring import ScoreOptions, score_images
 from .train_data import ImageFolderData, StepBatches, readable_images
 from .train_options import GENERIC_DEFAULTS, RESUME_FIXED, TRAINING_PRESETS, TrainOptions
 
-__all__ = ["TrainOptions", "Trainer", "finetune", "TrainingStalled", "TrainingDiverged"]
+__all__ = ["TrainOptions", "Trainer", "finetune", "TrainingStalled", "TrainingDiverged", "TrainingOutOfMemory"]
 
 BITS = 1.0 / math.log(2)  # nats -> bits
 
@@ -55,6 +56,21 @@ class TrainingStalled(RuntimeError):
 
 class TrainingDiverged(RuntimeError):
     """An update made the weights non-finite; the run stops without saving them."""
+
+
+class TrainingOutOfMemory(MemoryError):
+    """A training step ran out of memory; the message names the options that make it fit."""
+
+
+@contextmanager
+def _out_of_memory_is_an_error(trainer: "Trainer") -> Iterator[None]:
+    """A step that runs out of memory is not retried silently (a smaller batch would change the run): it stops with
+    one sentence that names the options which fit it."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError):
+        raise TrainingOutOfMemory(f"one training step ran out of memory on {trainer.device}: "
+                                  f"{trainer.memory_advice()}") from None
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -102,6 +118,7 @@ class Trainer:
             torch.manual_seed(o.seed)
             self.model = VDVAE(config).train()
         self.config: VDVAEConfig = self.model.config
+        self.model.set_grad_checkpointing(o.grad_checkpoint)
         self.model.to(self.device)
         self.ema = VDVAE(self.config).to(self.device).eval()
         self.ema.load_state_dict(self.model.state_dict())
@@ -138,10 +155,11 @@ class Trainer:
             n_val = int(round(len(files) * o.val_fraction)) if len(files) > 1 else 0
             val_files = [files[i] for i in sorted(order[:n_val])]
             train_files = [files[i] for i in sorted(order[n_val:])]
-        global_batch = o.batch_size * self.world
+        global_batch = self.images_per_update * self.world
         if len(train_files) < max(o.min_images, global_batch):
             raise ValueError(f"{o.data} has {len(train_files)} usable training images of {size}x{size}; need at least "
-                             f"{max(o.min_images, global_batch)} (batch size {o.batch_size} x {self.world} processes)"
+                             f"{max(o.min_images, global_batch)} (batch size {o.batch_size} x {o.grad_accumulation} "
+                             f"micro-batches x {self.world} processes)"
                              + ("" if resize else "; --resize center-crop uses images of other sizes too"))
         self.train_set = ImageFolderData(train_files, size, hflip=o.hflip, seed=o.seed)
         self.val_set = ImageFolderData(val_files, size) if val_files else None
@@ -155,7 +173,7 @@ class Trainer:
                                                       shuffle=True, seed=self.opt.seed, drop_last=True)
         sampler.set_epoch(epoch)
         mine = list(sampler)
-        b = self.opt.batch_size
+        b = self.images_per_update
         return mine[k * b:(k + 1) * b]
 
     def _load_batch(self, step: int) -> torch.Tensor:
@@ -178,14 +196,20 @@ class Trainer:
             raise ValueError(f"a DataLoader worker could not read a training image ({last[0].strip()}); check "
                              f"{self.opt.data}, then continue with --resume") from None
 
-    def _noise(self, step: int):
-        """Posterior noise per image from a generator seeded by (seed, step, position in the global batch)."""
-        b = self.opt.batch_size
+    @property
+    def images_per_update(self) -> int:
+        """Images per process in one update: --batch-size x --grad-accumulation."""
+        return self.opt.batch_size * self.opt.grad_accumulation
+
+    def _noise(self, step: int, part: slice = slice(None)):
+        """Posterior noise per image from a generator seeded by (seed, step, position in the global batch); `part`:
+        the images of this process's share that one micro-batch holds."""
+        b = self.images_per_update
         # Generators live on the training device, so on CUDA the draws never cross the bus (their numbers then
         # differ from the CPU's, but not between runs, ranks or resumes on the same kind of device).
         step_seed = image_seed(self.opt.seed, step)
         gens = [torch.Generator(device=self.device).manual_seed(image_seed(step_seed, j))
-                for j in range(self.rank, b * self.world, self.world)]
+                for j in list(range(self.rank, b * self.world, self.world))[part]]
 
         def draw(like: torch.Tensor) -> torch.Tensor:
             eps = torch.stack([torch.randn(like.shape[1:], generator=g, device=self.device) for g in gens])
@@ -208,11 +232,18 @@ class Trainer:
                     else nullcontext())
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            out = self.net(images, noise=self._noise(self.step))
-        loss = out["neg_elbo"].mean()
-        distortion, rate = out["distortion"].mean().item(), out["rate"].mean().item()
-        loss.backward()
+        parts = [slice(i, i + o.batch_size) for i in range(0, len(images), o.batch_size)]
+        loss = distortion = rate = 0.0
+        for k, part in enumerate(parts):  # micro-batches: gradients add up; DDP synchronises on the last one
+            sync = k == len(parts) - 1 or self.world == 1
+            with (nullcontext() if sync else self.net.no_sync()), _out_of_memory_is_an_error(self):
+                with autocast:
+                    out = self.net(images[part], noise=self._noise(self.step, part))
+                share = out["neg_elbo"].shape[0] / len(images)  # the mean over the whole update
+                (out["neg_elbo"].mean() * share).backward()
+            loss += out["neg_elbo"].mean().item() * share
+            distortion += out["distortion"].mean().item() * share
+            rate += out["rate"].mean().item() * share
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip).item()
         nan_loss = math.isnan(distortion) or math.isnan(rate)
         too_big = not math.isfinite(grad_norm) or (o.skip_threshold > 0 and grad_norm >= o.skip_threshold)
@@ -236,7 +267,7 @@ class Trainer:
                     p_ema.mul_(o.ema_rate).add_(p.detach(), alpha=1.0 - o.ema_rate)
         self.step += 1
         elapsed = time.perf_counter() - t0
-        record = {"step": self.step, "loss_bpd": loss.item() * BITS, "distortion_bpd": distortion * BITS,
+        record = {"step": self.step, "loss_bpd": loss * BITS, "distortion_bpd": distortion * BITS,
                   "rate_bpd": rate * BITS,
                   "grad_norm": grad_norm, "skipped": skip, "skipped_total": self.skipped, "nan_total": self.nan_count,
                   "lr": lr, "images_per_s": len(images) * self.world / max(elapsed, 1e-9), "time_s": elapsed}
@@ -296,7 +327,8 @@ class Trainer:
                                                  f"({o.config})"),
                 "base_model": o.model, "training_data": f"{len(self.train_set)} images from {o.data}",
                 "steps": f"{self.step} iterations ({self.updates} applied updates, {self.skipped} skipped)",
-                "optimisation": f"AdamW lr {o.lr:g}, batch {o.batch_size} x {self.world}, EMA rate {o.ema_rate}",
+                "optimisation": f"AdamW lr {o.lr:g}, batch {o.batch_size} x {o.grad_accumulation} micro-batches x "
+                                f"{self.world} processes, EMA rate {o.ema_rate}",
                 "validation_bits_per_dim": f"{val:.4f} (the EMA weights, on {len(self.val_set)} held-out images)"
                 if val is not None and self.val_set is not None else "not measured",
                 "trained_with": "vdvae-zoo finetune"}
@@ -337,6 +369,46 @@ class Trainer:
         if changed:
             self._say(f"warning: continuing with changed options: {', '.join(changed)}")
 
+    # -------------------------------------------------------------------------------------------- memory
+    def memory_plan(self, batch_size: Optional[int] = None, grad_checkpoint: Optional[bool] = None):
+        """memory.training_memory for this run (or for another micro-batch size / checkpointing)."""
+        o = self.opt
+        return training_memory(self.config, sum(p.numel() for p in self.model.parameters()),
+                               o.batch_size if batch_size is None else batch_size,
+                               grad_checkpoint=o.grad_checkpoint if grad_checkpoint is None else grad_checkpoint,
+                               dtype=o.dtype, device_type=self.device.type)
+
+    def memory_advice(self, available: Optional[float] = None) -> str:
+        """What makes a step fit in `available` bytes (default: what the device has free now): the options, with
+        the numbers the plan gives."""
+        o = self.opt
+        available = available_memory(self.device) if available is None else available
+        tips = []
+        if not o.grad_checkpoint:
+            fits = largest_batch(self.memory_plan(grad_checkpoint=True), available) if available else 0
+            tips.append("add --grad-checkpoint (same numbers, about a third slower" +
+                        (f"; then up to {fits} images per micro-batch fit)" if fits else ")"))
+        fits = largest_batch(self.memory_plan(), available) if available else 0
+        if 0 < fits < o.batch_size:
+            accumulate = -(-self.images_per_update // fits)
+            tips.append(f"use --batch-size {fits} --grad-accumulation {accumulate} (the update then sees "
+                        f"{fits * accumulate} images per process instead of {self.images_per_update})")
+        else:
+            tips.append("lower --batch-size and raise --grad-accumulation to keep the images per update")
+        if o.dtype == "float32":
+            tips.append("--dtype bfloat16")
+        return "; or ".join(tips)
+
+    def check_memory(self) -> Optional[str]:
+        """Before step 1: the estimated peak against the memory free on the device; a warning line when it will
+        not fit (None when it fits or nothing is known)."""
+        plan, available = self.memory_plan(), available_memory(self.device)
+        self._say(f"memory plan: {plan.describe()}" + (f"; {gib(available)} free" if available else ""))
+        if available is None or plan.total <= available:
+            return None
+        return (f"warning: one step needs {gib(plan.total)} by the estimate, more than the {gib(available)} free on "
+                f"{self.device}; to fit: {self.memory_advice(available)}")
+
     # ---------------------------------------------------------------------------------------------- loop
     def _say(self, line: str) -> None:
         if self.rank == 0:
@@ -349,8 +421,10 @@ class Trainer:
         return [f"training {'from ' + o.model if o.model else 'from scratch (' + str(o.config) + ')'}: {n:,} parameters, "
                 f"{self.config.image_size}x{self.config.image_size} images, on {self.device} ({o.dtype})",
                 f"data: {len(self.train_set)} training and {val} validation images from {o.data}",
-                f"optimisation: lr {o.lr:g} (warm-up {o.warmup} updates), batch {o.batch_size} x {self.world} "
-                f"process(es), EMA rate {o.ema_rate}, grad clip {o.grad_clip:g}, skip threshold {o.skip_threshold:g}",
+                f"optimisation: lr {o.lr:g} (warm-up {o.warmup} updates), batch {o.batch_size} x "
+                f"{o.grad_accumulation} micro-batch(es) x {self.world} process(es)"
+                + (", gradient checkpointing" if o.grad_checkpoint else "") +
+                f", EMA rate {o.ema_rate}, grad clip {o.grad_clip:g}, skip threshold {o.skip_threshold:g}",
                 f"run folder: {self.out} (the EMA weights in {self.run.model_path.name}/ load with vdvae_zoo.load)"]
 
     def _on_signal(self, signum, frame):
@@ -366,6 +440,9 @@ class Trainer:
                       else f"no checkpoint in {self.out}; starting a new run")
         for line in self.summary_lines():
             self._say(line)
+        warning = self.check_memory()
+        if warning:
+            self._say(warning)
         if self.step >= o.steps:
             self._say(f"the run is already at step {self.step} of --steps {o.steps}; raise --steps to continue")
             return finite_json({"step": self.step, "updates": self.updates, "skipped": self.skipped,
@@ -373,8 +450,8 @@ class Trainer:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         stopped, bar = None, None
         try:
-            from huggingface_hub.utils import tqdm
-            bar = tqdm(total=o.steps, initial=self.step, disable=self.rank != 0, desc="training", unit="step")
+            from .progress import progress_bar
+            bar = progress_bar(total=o.steps, initial=self.step, enabled=self.rank == 0, desc="training", unit="step")
             while self.step < o.steps:
                 record = self.train_step()
                 bar.update(1)

@@ -31,7 +31,12 @@ class TrainOptions:
     val_fraction: float = _option(0.1, "Share of --data held out for validation.", type=float, min=0.0, max=0.9)
     steps: int = _option(1000, "Total iterations (applied + skipped updates); with --resume the run continues up "
                                "to it.", type=int, min=1)
-    batch_size: Optional[int] = _option(None, "Images per process and step. Default: the preset's.", type=int, min=1)
+    batch_size: Optional[int] = _option(None, "Images per process and micro-batch (what must fit in memory). Default: "
+                                              "the preset's.", type=int, min=1)
+    grad_accumulation: int = _option(1, "Micro-batches per update: each update sees batch-size x this x processes "
+                                        "images (the paper's batch on fewer cards).", type=int, min=1)
+    grad_checkpoint: bool = _option(False, "Gradient checkpointing: recompute activations in the backward pass "
+                                           "(same numbers; far less memory, about a third more time).")
     lr: Optional[float] = _option(None, "Peak learning rate.", type=float)
     weight_decay: Optional[float] = _option(None, "AdamW weight decay (not on biases, gains, bias_xs).", type=float)
     warmup: Optional[int] = _option(None, "Linear warm-up over this many applied updates (0: none).", type=int, min=0)
@@ -85,7 +90,7 @@ class TrainOptions:
 
 
 #: Options a resumed run must share with the run it continues (others, e.g. --steps or --workers, may change).
-RESUME_FIXED = ("model", "config", "data", "val_data", "val_fraction", "batch_size", "lr", "weight_decay", "warmup",
+RESUME_FIXED = ("model", "config", "data", "val_data", "val_fraction", "batch_size", "grad_accumulation", "lr", "weight_decay", "warmup",
                 "grad_clip", "skip_threshold", "ema_rate", "hflip", "resize", "dtype", "seed", "manifest")
 
 

@@ -123,10 +123,20 @@ def resume_hint(argv: Optional[list] = None) -> str:
     return "vdvae-zoo " + " ".join(shlex.quote(a) for a in args)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, `warning: ...`, on standard error (not Python's file:line: Category: form)."""
+    click.echo(f"warning: {message}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vdvae-zoo")
-def main():
+@click.pass_context
+def main(ctx: click.Context):
     """Very Deep VAEs: sample, score images in bits per dim, encode, reconstruct, fine-tune.
 
     Example: vdvae-zoo bpd my_images/
     """
+    import warnings
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
+    ctx.call_on_close(lambda: setattr(warnings, "showwarning", previous))

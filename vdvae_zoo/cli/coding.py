@@ -75,10 +75,10 @@ def compress_command(model_name, paths, output, resize, overwrite, config, manif
             totals["n"] += 1
             yield p.name, images[0]
 
-    from huggingface_hub.utils import tqdm
-    with tqdm(total=len(files), unit="img", desc="compressing") as bar:
+    from ..progress import progress_bar
+    with progress_bar(total=len(files), unit="img", desc="compressing") as bar:
         def show(r):
-            with tqdm.external_write_mode():
+            with bar.external_write_mode():
                 if r.mode == "bits-back":
                     click.echo(f"  {r.name}: {r.net / dims:.3f} bits per dim (popped {r.popped / dims:.3f}, pixels "
                                f"{r.pixels / dims:.3f}, latents {r.pushed / dims:.3f}; KL + distortion of the draw "
@@ -146,10 +146,10 @@ def decompress_command(archive, outdir, model_name, overwrite, config, manifest)
     if expected and actual and expected != actual:
         raise click.ClickException(f"{archive} was made with weights of sha256 {expected[:12]}..., but {model_name} "
                                    f"has {actual[:12]}...; pass --model with the right weights")
-    from huggingface_hub.utils import tqdm
+    from ..progress import progress_bar
     written = 0
     try:
-        with tqdm(total=header["count"], unit="img", desc="decompressing") as bar:
+        with progress_bar(total=header["count"], unit="img", desc="decompressing") as bar:
             for j, _name, image in decompress_iter(model, data):
                 save_png(image, targets[j], overwrite=overwrite)
                 written += 1
