@@ -270,7 +270,7 @@ def test_the_cli_round_trip_reports_each_image_and_refuses_hostile_names(tmp_pat
     out = runner.invoke(main, ["compress", str(folder), str(tmp_path / "imgs"), "-o", str(tmp_path / "a.vdz")])
     assert out.exit_code == 0, out.output
     stored = int(out.output.split(" stored as lossless WebP (")[0].split()[-1])
-    coded = [line for line in out.output.splitlines() if "KL + distortion of the draw" in line]
+    coded = [line for line in out.output.splitlines() if "draw's KL + distortion" in line]
     assert 0 < stored < 24 and len(coded) == 24 - stored and coded[0].strip().startswith(f"p{stored:02d}.png: ")
     assert "as PNG" in out.output
     back = runner.invoke(main, ["decompress", str(tmp_path / "a.vdz"), "-o", str(tmp_path / "out"),

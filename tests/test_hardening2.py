@@ -263,13 +263,18 @@ def test_torch_hub_loads_a_model_from_a_local_clone(model_dir):
 def test_running_out_of_gpu_memory_is_one_sentence_with_the_way_out(tmp_path, model_dir, monkeypatch):
     model = vdvae_zoo.load(model_dir, device="cpu")
 
-    def out_of_memory(*args, **kwargs):
+    sizes = []
+
+    def out_of_memory(activations, target, n, *args, **kwargs):
+        sizes.append(n)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB")
 
     monkeypatch.setattr(model, "_terms", out_of_memory)
-    with pytest.raises(MemoryError, match=r"ran out of memory with 8 images per pass \(the automatic choice\); pass "
-                                          r"batch_size= \(--batch-size\) smaller, e.g. 2"):
+    # halved down to one image per pass (tests/test_memory.py), then one sentence with the ways out
+    with pytest.raises(MemoryError, match=r"the cpu ran out of memory with even one image per pass: free memory "
+                                          r"\(other processes\), use --dtype bfloat16, or a device with more memory"):
         model.likelihood(np.zeros((3, 16, 16, 3), np.uint8), seeds=[1, 2, 3])
+    assert sizes == [8, 4, 2, 1]
 
 
 def test_ctrl_c_in_a_sample_set_says_what_was_kept_and_how_to_continue(tmp_path, tiny32, monkeypatch):

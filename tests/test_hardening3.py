@@ -138,3 +138,254 @@ def test_staged_folders_and_files_get_the_umask_mode(tmp_path):
     assert (os.stat(tmp_path / "f").st_mode & 0o777) == 0o755
     assert (os.stat(tmp_path / "g").st_mode & 0o777) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "g"]
+
+
+# ------------------------------------------------------------------------------------------- what a card says
+@pytest.fixture()
+def crops32(tmp_path):
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for i, im in enumerate(random_images(10, size=32, seed=11).numpy()):
+        Image.fromarray(im).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def test_the_card_states_what_the_run_printed_last(tmp_path, crops32):
+    runner = CliRunner()
+    assert runner.invoke(main, ["new", "tiny32", "-o", str(tmp_path / "tiny")]).exit_code == 0
+    args = ["finetune", "--model", str(tmp_path / "tiny"), "--data", str(crops32), "--out", str(tmp_path / "run"),
+            "--steps", "3", "--batch-size", "2", "--val-every", "2", "--sample-every", "0", "--val-fraction", "0.2"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    printed = result.output.split("validation bpd ")[1].split()[0]
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert f"validation bits per dim: {printed}" in card
+    front = card.split("---")[1]
+    assert "base_model" not in front  # a local path is no Hub id
+    assert "(a local path, not on the Hub)" in card and str(tmp_path / "tiny") in card
+    # resumed to more steps: the card follows the new final number
+    resumed = runner.invoke(main, args[:8] + ["5"] + args[9:] + ["--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    again = resumed.output.split("validation bpd ")[1].split()[0]
+    assert f"validation bits per dim: {again}" in (tmp_path / "run" / "model" / "README.md").read_text()
+    info = runner.invoke(main, ["info", str(tmp_path / "run")])
+    assert info.exit_code == 0, info.output
+    assert f"base model: {tmp_path / 'tiny'}" in info.output and "steps: 5\n" in info.output
+    assert f"last validation bpd: {again} at step 5" in info.output and "sha256" in info.output
+
+
+def test_a_hub_base_model_goes_into_the_front_matter(tmp_path, crops32):
+    from vdvae_zoo.manifest import load_manifest
+    from vdvae_zoo.provenance import model_card
+    from vdvae_zoo.train import _hub_id_of
+    from vdvae_zoo import VDVAEConfig
+    assert _hub_id_of("owner/some-model", None) == "owner/some-model"
+    assert _hub_id_of(str(crops32), None) is None
+    assert _hub_id_of("cifar10", None) == load_manifest().get("cifar10").hub["repo_id"]
+    card = model_card(VDVAEConfig.from_preset("cifar10"), [], run={"base_model": "owner/some-model"})
+    assert "base_model: owner/some-model" in card.split("---")[1]
+
+
+def test_a_run_stopped_by_a_signal_logs_it(tmp_path, crops32, monkeypatch):
+    import signal
+    from vdvae_zoo.train import Trainer, TrainOptions
+    trainer = Trainer(TrainOptions(data=str(crops32), out=str(tmp_path / "run"), config="tiny32", steps=10,
+                                   batch_size=2, val_every=0, sample_every=0))
+    original = trainer.train_step
+
+    def step():
+        record = original()
+        if trainer.step == 2:
+            trainer._on_signal(signal.SIGINT, None)
+        return record
+    monkeypatch.setattr(trainer, "train_step", step)
+    summary = trainer.train()
+    assert summary["stopped_by_signal"] == signal.SIGINT
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "stopped" and records[-1]["stopped_by_signal"] == signal.SIGINT
+    assert records[-1]["step"] == 2
+
+
+def test_sigterm_is_handled_as_ctrl_c(tmp_path):
+    """`sample --outdir` killed by SIGTERM keeps its finished images and prints the command that continues."""
+    import signal
+    import time
+    assert CliRunner().invoke(main, ["new", "tiny32", "-o", str(tmp_path / "m")]).exit_code == 0
+    proc = subprocess.Popen([sys.executable, "-m", "vdvae_zoo", "sample", str(tmp_path / "m"), "-n", "100000",
+                             "--outdir", str(tmp_path / "s"), "--batch-size", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "s").glob("*.png"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "interrupted: the finished images are kept" in err and "--resume" in err
+
+
+# --------------------------------------------------------------------------------------------- one grammar
+def test_bpd_with_a_model_name_first_says_how(tmp_path, model_and_images):
+    model, images = model_and_images
+    result = CliRunner().invoke(main, ["bpd", "cifar10", str(images)])
+    assert result.exit_code == 2 and "did you mean `vdvae-zoo bpd --model cifar10" in result.output.lower()
+    result = CliRunner().invoke(main, ["bpd", str(model), str(images)])
+    assert result.exit_code == 2 and f"--model {model}" in result.output
+
+
+def test_a_mistyped_local_path_is_not_a_connection_error():
+    import vdvae_zoo
+    for typo in ("tiyn/", "a/ b", "./nothing/here"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            vdvae_zoo.load(typo)
+
+
+def test_load_states_its_options():
+    import inspect
+    import vdvae_zoo
+    parameters = inspect.signature(vdvae_zoo.load).parameters
+    assert {"device", "local_files_only", "cache_dir", "config", "revision"} <= set(parameters)
+    assert not any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+# ------------------------------------------------------------------------------------------- readable output
+def test_piped_output_holds_results_and_skips_come_first(tmp_path, model_and_images):
+    model, images = model_and_images
+    (images / "broken.png").write_bytes(b"no")
+    result = subprocess.run([sys.executable, "-m", "vdvae_zoo", "bpd", "--model", str(model), str(images)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "%|" not in result.stdout and "%|" not in result.stderr  # no bar: stderr is not a terminal
+    lines = result.stdout.splitlines()
+    assert len([line for line in lines if line.endswith(".png") and "broken" not in line]) == 3
+    assert "warning: skipped" in result.stderr and "broken.png" in result.stderr
+
+
+# ------------------------------------------------------------------------------------ the adversarial list
+def test_ood_refuses_a_temperature_that_makes_scores_meaningless(tmp_path, model_and_images):
+    model, images = model_and_images
+    result = CliRunner().invoke(main, ["ood", str(model), "--in", str(images), "--ood", str(images),
+                                       "--prior-temperature", "1e308", "-o", str(tmp_path / "o.json")])
+    assert result.exit_code == 2 and not (tmp_path / "o.json").exists()
+    from vdvae_zoo.ood import detection_metrics
+    with pytest.raises(ValueError, match="not finite"):
+        detection_metrics([1.0, float("nan")], [2.0])
+
+
+def test_ood_checks_its_outputs_before_scoring(tmp_path, model_and_images):
+    model, images = model_and_images
+    same = CliRunner().invoke(main, ["ood", str(model), "--in", str(images), "--ood", str(images),
+                                     "-o", str(tmp_path / "x.json"), "--roc", str(tmp_path / "x.json")])
+    assert same.exit_code == 2 and "different files" in same.output
+    csv = CliRunner().invoke(main, ["ood", str(model), "--in", str(images), "--ood", str(images),
+                                    "-o", str(tmp_path / "y.json"), "--csv", str(tmp_path / "y.txt")])
+    assert csv.exit_code == 2 and "must end in .csv" in csv.output and "scoring" not in csv.output
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -5.0])
+def test_state_files_with_impossible_scores_are_refused(tmp_path, model_and_images, bad, monkeypatch):
+    import vdvae_zoo
+    from vdvae_zoo.datasets import files_dataset
+    from vdvae_zoo.scoring import ScoreOptions, StateError, score_dataset
+    model_dir, images = model_and_images
+    model = vdvae_zoo.load(model_dir, device="cpu")
+    state = tmp_path / "s.jsonl"
+    dataset = files_dataset([images])
+    _interrupted_run(monkeypatch, model, dataset, ScoreOptions(), state)
+    lines = state.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["bpd"][0] = bad
+    state.write_text("\n".join([lines[0], json.dumps(record)] + lines[2:]) + "\n")
+    with pytest.raises(StateError, match="finite|negative"):
+        score_dataset(model, dataset, ScoreOptions(), chunk=2, state=state, resume=True, progress=False)
+
+
+def _interrupted_run(monkeypatch, model, dataset, options, state):
+    """Score with chunks of 2 and a Ctrl-C at the second chunk: the state file keeps the first."""
+    import vdvae_zoo.scoring as scoring
+    from helpers import interrupt_call
+    interrupt_call(monkeypatch, scoring, "_score_chunk", 2)
+    with pytest.raises(KeyboardInterrupt):
+        scoring.score_dataset(model, dataset, options, chunk=2, state=state, progress=False)
+    assert len(state.read_text().splitlines()) == 2
+
+
+def test_resuming_with_another_batch_size_keeps_the_runs_pass_size(tmp_path, model_and_images, monkeypatch):
+    import vdvae_zoo
+    from vdvae_zoo.datasets import files_dataset
+    from vdvae_zoo.scoring import ScoreOptions, StateError, score_dataset
+    model_dir, images = model_and_images
+    model = vdvae_zoo.load(model_dir, device="cpu")
+    dataset = files_dataset([images])
+    whole = score_dataset(model, dataset, ScoreOptions(batch_size=2), chunk=2, progress=False)
+    state = tmp_path / "s.jsonl"
+    _interrupted_run(monkeypatch, model, dataset, ScoreOptions(batch_size=2), state)
+    with pytest.raises(StateError, match="--seed 0 -> 1"):
+        score_dataset(model, dataset, ScoreOptions(batch_size=2, seed=1), chunk=2, state=state, resume=True,
+                      progress=False)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="the run's pass size \\(2 images per pass\\)"):
+        resumed = score_dataset(model, dataset, ScoreOptions(batch_size=4), chunk=2, state=state, resume=True,
+                                progress=False)
+    assert np.allclose(resumed.columns["bpd"], whole.columns["bpd"])
+
+
+def test_a_huge_model_type_is_not_echoed_whole(tmp_path):
+    from vdvae_zoo.registry import UnknownModelTypeError, family
+    with pytest.raises(UnknownModelTypeError) as info:
+        family("x" * 1_000_000)
+    assert len(str(info.value)) < 500 and "1,000,000 characters" in str(info.value)
+
+
+@pytest.mark.parametrize("name", [None, 123, ""])
+def test_hubconf_refuses_a_name_that_is_not_one(name):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("hubconf", Path(__file__).resolve().parents[1] / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    with pytest.raises(ValueError, match="name must be"):
+        hubconf.vdvae(name)
+
+
+def test_compress_refuses_to_write_over_its_own_input(tmp_path, model_and_images):
+    pytest.importorskip("constriction")
+    model, images = model_and_images
+    target = images / "0.png"
+    before = target.read_bytes()
+    result = CliRunner().invoke(main, ["compress", str(model), str(images), "-o", str(target), "--overwrite"])
+    assert result.exit_code == 2 and "one of the images" in result.output
+    assert target.read_bytes() == before
+
+
+def test_a_weights_file_rewritten_in_place_is_hashed_again(tmp_path):
+    from vdvae_zoo.hub import file_sha256
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"a" * 1000)
+    first = file_sha256(path)
+    info = os.stat(path)
+    with open(path, "r+b") as f:  # same size, then the old modification time put back
+        f.write(b"b")
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == info.st_mtime_ns
+    assert file_sha256(path) != first
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_sentence_and_keeps_the_old_one(tmp_path, crops32, monkeypatch):
+    import safetensors.torch
+    runner = CliRunner()
+    args = ["finetune", "--config", "tiny32", "--data", str(crops32), "--out", str(tmp_path / "run"), "--steps", "2",
+            "--batch-size", "2", "--val-every", "0", "--sample-every", "0", "--save-every", "1"]
+    assert runner.invoke(main, args).exit_code == 0
+    saved = (tmp_path / "run" / "checkpoint" / "state.safetensors").read_bytes()
+    real = safetensors.torch.save_file
+
+    def full(tensors, filename, metadata=None):
+        if "checkpoint" in str(filename) or "state" in str(filename):
+            raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                               '"No space left on device" })')
+        return real(tensors, filename, metadata=metadata)
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    result = runner.invoke(main, args[:8] + ["4"] + args[9:] + ["--resume"])
+    assert result.exit_code == 1 and "no space left" in result.output.lower()
+    assert "Traceback" not in result.output and result.output.lower().count("no space left") == 1
+    assert (tmp_path / "run" / "checkpoint" / "state.safetensors").read_bytes() == saved

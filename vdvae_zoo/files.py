@@ -208,7 +208,8 @@ def atomic_folder(path: PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; the folder gets the mode mkdir would give
     old = _temporary_name(path, "old")
     try:
-        yield staging
+        with disk_full_as_oserror(path):
+            yield staging
         for file in staging.rglob("*"):
             if file.is_file() and not file.is_symlink():
                 _normal_mode(file)

@@ -64,13 +64,15 @@ def _root(cache_dir: CacheDir) -> Path:
 
 
 def file_sha256(path: Union[str, os.PathLike]) -> str:
-    """sha256 of a file, hashed once: the result is recorded (by the file's real path, size and modification
-    time) in the cache's `vdvae-zoo/sha256.json`, so loading the same weights again hashes nothing. A file that
-    changed (other size or time) is hashed again; an unwritable cache only means no record is kept."""
+    """sha256 of a file, hashed once: the result is recorded (by the file's real path, size, modification time,
+    inode and status-change time) in the cache's `vdvae-zoo/sha256.json`, so loading the same weights again hashes
+    nothing. A file that changed is hashed again: also one rewritten in place with its size and modification time
+    put back, since no program can set the status-change time (ctime). An unwritable cache only means no record
+    is kept."""
     import json
     real = Path(path).resolve()
     stat = real.stat()
-    key, mark = str(real), [stat.st_size, stat.st_mtime_ns]
+    key, mark = str(real), [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
     record_file = _root(None) / "vdvae-zoo" / "sha256.json"
     try:
         records = json.loads(record_file.read_text())
@@ -235,11 +237,20 @@ def _hub_download(repo_id: str, filename: str, revision: str, root: Path, local_
                 RevisionNotFoundError):
             raise
         except Exception as e:  # noqa: BLE001 - transport failures of any HTTP stack
+            if _local_disk_error(e):  # our disk, not the network: no retry, and said as what it is
+                raise OSError(e.errno, e.strerror or str(e), getattr(e, "filename", None) or str(root)) from None
             if attempt == 2:
                 text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
                 raise ConnectionError(f"the download of {repo_id}/{filename} broke off twice ({type(e).__name__}"
                                       f"{': ' + text if text else ''}); try again later") from None
     raise AssertionError("unreachable")
+
+
+def _local_disk_error(e: BaseException) -> bool:
+    """A full, read-only or unwritable local disk (not a transfer that broke off)."""
+    import errno
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM,
+                                                   getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def _cached(repo_id: str, revision: str, root: Path) -> bool:
@@ -283,6 +294,8 @@ def fetch_url(url: str, destination: Path, expected_sha256: Optional[str] = None
     except TimeoutError as e:
         raise ConnectionError(str(e)) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # incl. a body cut short
+        if _local_disk_error(e) and not isinstance(e, urllib.error.URLError):
+            raise OSError(e.errno, e.strerror or str(e), e.filename or str(destination)) from None
         reason = getattr(e, "reason", None) or e or type(e).__name__
         raise ConnectionError(f"could not download {url} ({reason})") from None
     return digest.hexdigest()

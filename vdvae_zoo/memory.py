@@ -39,7 +39,8 @@ BF16_ACTIVATION_FACTOR = 0.6
 
 
 def gib(n: float) -> str:
-    return f"{n / 2 ** 30:.1f} GiB"
+    """Bytes for a person: GiB, or MiB below one GiB."""
+    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MiB"
 
 
 def inference_bytes_per_image(config: VDVAEConfig) -> float:

@@ -465,14 +465,24 @@ class VDVAE(nn.Module, PretrainedMixin):
                 f"encoder_blocks={encoder}")
 
 
-def load(name_or_path: Union[str, "os.PathLike[str]"], *, dtype: DTypeLike = None,
-         channels_last: Optional[bool] = None, compile: bool = False, **kwargs: Any) -> VDVAE:
-    """Load a VDVAE ready for inference: `VDVAE.from_pretrained(name_or_path, **kwargs)` (a manifest name, a
-    folder, a file, a Hub repository id; see there), then `optimize(dtype=, channels_last=, compile=)`:
-    'bfloat16' computes the convolutions in bf16 (the weights stay float32)."""
+def load(name_or_path: Union[str, "os.PathLike[str]"], *, device: Union[None, str, torch.device] = None,
+         dtype: DTypeLike = None, channels_last: Optional[bool] = None, compile: bool = False,
+         config: Any = None, revision: Optional[str] = None, cache_dir: Union[None, str, "os.PathLike[str]"] = None,
+         local_files_only: bool = False, manifest: Any = None, output_loading_info: bool = False) -> VDVAE:
+    """Load a VDVAE ready for inference: `VDVAE.from_pretrained` (a manifest name, a folder, a file, a Hub
+    repository id; see there), then `optimize(dtype=, channels_last=, compile=)`.
+
+    - `device`: None puts the model on CUDA when a GPU is present, else the CPU (a model zoo for sampling and
+      scoring: the GPU is where it is used); 'cpu', 'cuda', 'cuda:1' choose.
+    - `dtype`: 'bfloat16' computes the convolutions in bf16 (the weights stay float32).
+    - `config`: the architecture of an original .th file (usually recognised from its tensors).
+    - `revision`, `cache_dir`, `local_files_only`: as huggingface_hub's (`local_files_only=True` or HF_HUB_OFFLINE=1
+      never touches the network); `manifest`: another weights manifest (a private zoo).
+    - `output_loading_info`: return (model, LoadReport)."""
     compute_dtype(dtype)  # a wrong value fails before any download
-    model = VDVAE.from_pretrained(name_or_path, **kwargs)
-    if kwargs.get("output_loading_info"):
-        model[0].optimize(dtype=dtype, channels_last=channels_last, compile=compile or None)
-        return model
-    return model.optimize(dtype=dtype, channels_last=channels_last, compile=compile or None)
+    loaded = VDVAE.from_pretrained(name_or_path, config=config, device=device, revision=revision, cache_dir=cache_dir,
+                                   local_files_only=local_files_only, manifest=manifest,
+                                   output_loading_info=output_loading_info)
+    model = loaded[0] if output_loading_info else loaded
+    model.optimize(dtype=dtype, channels_last=channels_last, compile=compile or None)
+    return loaded

@@ -82,6 +82,10 @@ def detection_metrics(in_scores: Sequence[float], out_scores: Sequence[float]) -
     if not len(x_in) or not len(x_out):
         raise ValueError("detection metrics need in-distribution and out-of-distribution scores")
     both = np.concatenate([x_in, x_out])
+    if not np.isfinite(both).all():
+        raise ValueError(f"{int((~np.isfinite(x_in)).sum())} in-distribution and {int((~np.isfinite(x_out)).sum())} "
+                         "out-of-distribution scores are not finite (NaN or inf): no metric of them means anything. "
+                         "Check the options (a huge --prior-temperature does this) and the model")
     values, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
     mean_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based ranks, ties averaged
     out_ranks = mean_rank[inverse[len(x_in):]].sum()

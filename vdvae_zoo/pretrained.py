@@ -25,7 +25,7 @@ import torch
 from . import hub, registry
 from .config import ConfigLike, VDVAEConfig, resolve_config
 from .files import CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, recover_folder
-from .manifest import Manifest, ModelEntry, load_manifest
+from .manifest import Manifest, ModelEntry, load_manifest, valid_name
 from .provenance import Provenance, model_card, named_provenance
 from .weights import (ArchitectureMatch, LoadReport, check_state, match_architectures, read_checkpoint,
                       tensor_sha256, write_model_folder)
@@ -394,7 +394,8 @@ def _hub_id_folder(text: str, man: Manifest, revision, cache_dir, local_files_on
     if len(text) > 200:
         raise FileNotFoundError(f"{text[:60]}... ({len(text):,} characters) is neither a local path nor a model name "
                                 "nor a Hub repository id")
-    if looks_like_path or text.count("/") > 1 or first_part_is_local:
+    not_an_id = "/" in text and not all(valid_name(part) for part in text.split("/"))  # "tiyn/", "a/ b"
+    if looks_like_path or text.count("/") > 1 or first_part_is_local or not_an_id:
         raise FileNotFoundError(f"{text} does not exist: it is neither a local folder or file, nor a known model "
                                 "name, nor a Hub repository id 'owner/name'")
     if "/" not in text:

@@ -47,7 +47,9 @@ def family(model_type: Optional[str]) -> Optional[type]:
     if model_type is None:
         return next(iter(_FAMILIES.values()))
     if model_type not in _FAMILIES:
-        raise UnknownModelTypeError(f"model_type {model_type!r} is not a model family this vdvae-zoo knows "
+        shown = repr(model_type) if len(str(model_type)) <= 60 else repr(str(model_type)[:60]) + \
+            f"... ({len(str(model_type)):,} characters)"
+        raise UnknownModelTypeError(f"model_type {shown} is not a model family this vdvae-zoo knows "
                                     f"({', '.join(_FAMILIES)}); upgrade vdvae-zoo, or check the config.json")
     return _FAMILIES[model_type]
 

@@ -143,6 +143,13 @@ class RunFolder:
         """The EMA weights as a loadable folder, replaced as a unit; `run`: what the model card says of the run."""
         return model.save_pretrained(self.model_path, run=run)
 
+    def write_card(self, model, run: Dict[str, Any]) -> Path:
+        """Replace OUT/model's model card only (after the final validation: the weights are already there)."""
+        from .files import CARD_NAME
+        from .provenance import model_card
+        return atomic_write(self.model_path / CARD_NAME, model_card(model.config, model.card_lines(model.config),
+                                                                     run=run))
+
     # ------------------------------------------------------------------------------------------- log
     def log(self, record: Dict[str, Any]) -> None:
         """Append one JSON line to OUT/log.jsonl (a symbolic link there is refused, never followed)."""
@@ -153,10 +160,39 @@ class RunFolder:
         """OUT/curves.png: the training loss and the validation bound against the step, both in bits per dim."""
         from .plots import line_chart
         records = self.records()
+        val = lambda r: r.get("val_bpd", r.get("final_val_bpd"))  # noqa: E731
         series = {"train loss (bits/dim)": [(r["step"], r["loss_bpd"]) for r in records if r.get("loss_bpd") is not None],
-                  "val bpd": [(r["step"], r["val_bpd"]) for r in records if r.get("val_bpd") is not None]}
-        line_chart(series, self.path / "curves.png")
+                  "val bpd": [(r["step"], val(r)) for r in records if val(r) is not None]}
+        line_chart({k: v for k, v in series.items() if v}, self.path / "curves.png")  # no legend entry without points
         return self.path / "curves.png"
+
+    def describe(self) -> List[str]:
+        """What `vdvae-zoo info RUN` says of a training run: its base model, steps, last validation bpd, and where
+        its weights are (with their sha256); [] when the folder is not a run."""
+        from .files import WEIGHTS_NAME, read_small_text
+        from .hub import file_sha256
+        if not (self.path / "run.json").is_file():
+            return []
+        try:
+            start = json.loads(read_small_text(self.path / "run.json", what="run record"))
+            options = start.get("options", {}) if isinstance(start, dict) else {}
+            records = self.records()
+        except (ValueError, OSError):
+            return [f"run: {self.path} (its run.json or log.jsonl cannot be read)"]
+        base = options.get("model") or f"trained from scratch ({options.get('config')})"
+        last = next((r for r in reversed(records) if "step" in r), {})
+        val = next(((r["step"], r.get("final_val_bpd", r.get("val_bpd"))) for r in reversed(records)
+                    if r.get("final_val_bpd", r.get("val_bpd")) is not None), None)
+        stopped = next((r for r in reversed(records) if r.get("event") in ("stopped", "end")), {})
+        lines = [f"run: {self.path}", f"base model: {base}", f"training data: {options.get('data')}",
+                 f"steps: {last.get('step', 0)}"
+                 + (f" (stopped by signal {stopped['stopped_by_signal']}; --resume continues)"
+                    if stopped.get("event") == "stopped" else ""),
+                 f"last validation bpd: {val[1]:.4f} at step {val[0]}" if val else "last validation bpd: not measured"]
+        weights = self.model_path / WEIGHTS_NAME
+        if weights.is_file():
+            lines.append(f"weights: {weights} (the EMA weights; sha256 {file_sha256(weights)})")
+        return lines
 
     def records(self) -> List[Dict[str, Any]]:
         path = self.path / "log.jsonl"

@@ -25,7 +25,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -74,6 +75,10 @@ class ScoreOptions:
             raise ValueError(f"ks has repeated values: {list(self.ks)}")
         if self.ks and self.samples > 1:
             raise ValueError("the L^{>k} bounds use one posterior draw; give samples=1 with ks")
+        t = self.prior_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= MAX_PRIOR_TEMPERATURE:
+            raise ValueError(f"prior temperature must be a number in 0..{MAX_PRIOR_TEMPERATURE:g} (0: the prior's "
+                             f"mean, 1: a prior sample), got {t!r}")
         return self
 
     def record(self) -> Dict[str, Any]:
@@ -183,10 +188,13 @@ def _check_record(record: Any, path: Path, line: int, chunks: List[np.ndarray], 
     for name in columns:
         values = record.get(name)
         if not isinstance(values, list) or len(values) != len(index) or \
-                not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise _state_error(path, line, f"{name} must hold one number per image ({len(index)})")
+                not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise _state_error(path, line, f"{name} must hold one finite number per image ({len(index)})")
+        if not name.startswith("llr_") and any(v < -1e-4 for v in values):  # bounds and parts are >= 0 (+ rounding)
+            raise _state_error(path, line, f"{name} holds a negative number of bits per dim")
     kl = record.get("kl_sum_nats")
-    if not isinstance(kl, list) or len(kl) != num_layers or not all(isinstance(v, (int, float)) for v in kl):
+    if not isinstance(kl, list) or len(kl) != num_layers or \
+            not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= -1e-4 for v in kl):
         raise _state_error(path, line, f"kl_sum_nats must hold one number per decoder layer ({num_layers})")
     return record
 
@@ -216,7 +224,7 @@ def _read_state(paths: List[Path], header: Dict[str, Any], chunks: List[np.ndarr
         first = records[0]
         if not isinstance(first, dict):
             raise _state_error(path, 1, "the header must be a JSON object")
-        differing = [k for k in header if first.get(k) != header[k]]
+        differing = _differences(first, header)
         if differing:
             raise StateError(f"{path} holds the progress of another run (differing: {', '.join(differing)}); "
                              "resume with the same model, data and options, or start again with --overwrite "
@@ -225,6 +233,37 @@ def _read_state(paths: List[Path], header: Dict[str, Any], chunks: List[np.ndarr
             record = _check_record(record, path, number, chunks, columns, num_layers)
             done[record["chunk"]] = record
     return done
+
+
+def _differences(saved: Dict[str, Any], header: Dict[str, Any]) -> List[str]:
+    """What differs between a state file's header and this run's, options named one by one (`--seed 0 -> 1`)."""
+    out = []
+    for key, value in header.items():
+        old = saved.get(key)
+        if old == value:
+            continue
+        if key == "options" and isinstance(old, dict):
+            out += [f"--{k.replace('_', '-')} {old.get(k)!r} -> {v!r}" for k, v in value.items() if old.get(k) != v]
+        else:
+            out.append(key)
+    return out
+
+
+def _recorded_pass_size(paths: List[Path], header: Dict[str, Any]) -> Optional[int]:
+    """The pass size (--batch-size) of the run a state file holds, when that is all that differs from this run's
+    header: the resumed run keeps it, since a score depends on the pass's shape (module docstring)."""
+    try:
+        with open(paths[0], encoding="utf-8") as f:
+            saved = json.loads(f.readline())
+        saved_options = saved["options"]
+        recorded = saved_options["batch_size"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    if recorded == header["options"].get("batch_size") or not (recorded is None or
+                                                              (isinstance(recorded, int) and recorded > 0)):
+        return None
+    same = dict(header, options=dict(header["options"], batch_size=recorded))
+    return recorded if not _differences(saved, same) else None
 
 
 def _state_files(state: Path) -> List[Path]:
@@ -271,6 +310,13 @@ def score_dataset(model, dataset: Dataset, options: ScoreOptions = ScoreOptions(
     if existing and not resume and not overwrite:
         raise FileExistsError(f"{existing[0]} holds the progress of an earlier run; --resume continues it, "
                               "--overwrite starts again")
+    if resume and existing:
+        recorded = _recorded_pass_size(existing, header)
+        if recorded is not None:
+            warnings.warn(f"resuming with the run's pass size ({recorded} images per pass), not --batch-size "
+                          f"{options.batch_size}: a score depends on the pass's shape, so a run keeps one")
+            options = replace(options, batch_size=recorded)
+            header["options"] = options.record()
     done = _read_state(existing, header, chunks, columns, model.num_layers) if resume and existing else {}
     distributed.barrier()  # every process has read the state before any rewrites it
     if mine is not None:
@@ -297,6 +343,9 @@ def score_dataset(model, dataset: Dataset, options: ScoreOptions = ScoreOptions(
                     with bar.external_write_mode():  # the bar steps aside for what the callback prints
                         on_chunk(record)
                 bar.update(len(chunks[k]) * world)
+                skipped_so_far = sum(len(r["skipped"]) for r in done.values())
+                if skipped_so_far:  # the bar counts files read; say how many of them were not scored
+                    bar.set_postfix(skipped=skipped_so_far)
         except KeyboardInterrupt:
             if not keep_partial or world > 1:
                 raise
@@ -356,6 +405,10 @@ def refuse_existing_state(state: Union[str, os.PathLike], resume: bool, overwrit
 def printable_path(path: Union[str, os.PathLike]) -> str:
     """A path as text that any UTF-8 file can hold: bytes of a name that is not valid UTF-8 are written as \\xNN."""
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+#: A temperature beyond this scales the prior's standard deviation past any use (1e308 made every score NaN).
+MAX_PRIOR_TEMPERATURE = 100.0
 
 
 def write_scores(path: Union[str, os.PathLike], rows: List[Dict[str, Any]], about: Dict[str, Any], *,

@@ -20,6 +20,7 @@ Units: every loss a user reads (progress bar, log.jsonl, summary, chart) is in b
 from __future__ import annotations
 
 import math
+import re
 import signal
 import sys
 import time
@@ -71,6 +72,17 @@ def _out_of_memory_is_an_error(trainer: "Trainer") -> Iterator[None]:
     except (torch.OutOfMemoryError, MemoryError):
         raise TrainingOutOfMemory(f"one training step ran out of memory on {trainer.device}: "
                                   f"{trainer.memory_advice()}") from None
+
+
+def _hub_id_of(model: str, manifest: Optional[str]) -> Optional[str]:
+    """The Hub repository id of a --model: a manifest name's repo_id, or the id itself; None for a local path."""
+    entries = load_manifest(manifest)
+    if model in entries:
+        return entries.get(model).hub.get("repo_id")
+    parts = model.split("/")
+    if not Path(model).exists() and len(parts) == 2 and all(re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}", p) for p in parts):
+        return model
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -141,6 +153,7 @@ class Trainer:
         self.consecutive_skips = 0
         self._saved_step = 0     # the step of the checkpoint in OUT (0: none yet)
         self._stop_signal: Optional[int] = None
+        self._saving = False
         self._loader, self._loader_step = None, -1
 
     # ---------------------------------------------------------------------------------------- data setup
@@ -311,21 +324,30 @@ class Trainer:
         return tensors, meta
 
     def save(self) -> None:
-        self._saved_step = self.step
+        """The checkpoint (atomically: a failed save leaves the previous one) and OUT/model with its card."""
         if self.rank != 0:
+            self._saved_step = self.step
             return
+        self._saving = True
         tensors, meta = self._state()
         self.run.save_checkpoint(tensors, meta)
         self.run.export(self.ema, self.card())  # OUT/model: vdvae_zoo.load(OUT) loads these EMA weights
+        self._saving = False
+        self._saved_step = self.step
 
-    def card(self) -> Dict:
-        """What the run knows, for the model card of OUT/model."""
+    def card(self, final: Optional[Dict] = None) -> Dict:
+        """What the run knows, for the model card of OUT/model: the last validation the log holds (the final one
+        once the run has ended). `base_model` is a Hub id (front matter) or, for a local source, named in the text."""
         o = self.opt
         records = self.run.records() if self.rank == 0 else []
-        val = next((r["val_bpd"] for r in reversed(records) if r.get("val_bpd") is not None), None)
+        val_key = lambda r: r.get("final_val_bpd", r.get("val_bpd"))  # noqa: E731
+        val = next((val_key(r) for r in reversed(records) if val_key(r) is not None), None)
+        hub_id = _hub_id_of(o.model, self.opt.manifest) if o.model else None
         card = {"title": f"{self.out.name}: " + (f"fine-tuned from {o.model}" if o.model else f"trained from scratch "
                                                  f"({o.config})"),
-                "base_model": o.model, "training_data": f"{len(self.train_set)} images from {o.data}",
+                "base_model": hub_id,
+                "base_model_local": f"{o.model} (a local path, not on the Hub)" if o.model and not hub_id else None,
+                "training_data": f"{len(self.train_set)} images from {o.data}",
                 "steps": f"{self.step} iterations ({self.updates} applied updates, {self.skipped} skipped)",
                 "optimisation": f"AdamW lr {o.lr:g}, batch {o.batch_size} x {o.grad_accumulation} micro-batches x "
                                 f"{self.world} processes, EMA rate {o.ema_rate}",
@@ -467,13 +489,16 @@ class Trainer:
                 if (o.save_every and self.step % o.save_every == 0) or stop or stalled or self.step == o.steps:
                     self.save()
                 if stop:
-                    stopped = self._stop_signal or signal.SIGTERM
+                    stopped = int(self._stop_signal or signal.SIGTERM)
+                    self.run.log({"step": self.step, "event": "stopped", "stopped_by_signal": stopped,
+                                  "resume": "run the same command with --resume"})
                     break
                 if stalled:
                     raise TrainingStalled(self._stalled_message(record))
             bar.close()
-        except Exception:
-            if self.step > 0 and not isinstance(sys.exc_info()[1], (TrainingStalled, TrainingDiverged)):
+        except Exception as e:
+            saving_failed = isinstance(e, OSError) and self._saving  # a full disk: trying again fails again
+            if self.step > 0 and not saving_failed and not isinstance(e, (TrainingStalled, TrainingDiverged)):
                 self.save()  # keep what was learned (e.g. files changed under the run); --resume continues
             raise
         finally:
@@ -490,6 +515,7 @@ class Trainer:
             summary["ranks_identical"] = self._ranks_identical()
             self.run.log(dict(summary, event="end"))
             if self.rank == 0:
+                self.run.write_card(self.ema, self.card())  # the card states the numbers the run printed last
                 self.run.plot_curves()
         return finite_json(summary)
 

@@ -29,7 +29,7 @@ def _one_line(e: BaseException) -> str:
 def _system_error(e: OSError) -> str:
     """A file-system failure (read-only or unwritable folder, full disk) in one sentence that says what to do."""
     import errno
-    where = e.filename or "a file"
+    where = e.filename or "the file being written (see the command's output)"
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return (f"cannot write {where}: {e.strerror or 'not writable'}. Choose a writable place: another output, "
                 "or another cache with --cache-dir or HF_HOME=/a/writable/folder")
@@ -106,11 +106,27 @@ def picture_options(default_output: str):
     return decorate
 
 
+#: The signal that interrupted the command: SIGINT (Ctrl-C), or SIGTERM turned into a KeyboardInterrupt.
+_interrupted_by = {"signal": 2}
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM is handled as Ctrl-C is: what was done is kept and the command that continues is printed."""
+    _interrupted_by["signal"] = signum
+    raise KeyboardInterrupt
+
+
+def interrupted_status() -> int:
+    """The exit status of a command stopped by a signal: 128 + its number (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + _interrupted_by["signal"]
+
+
 def stop_interrupted(kept: str) -> None:
-    """After Ctrl-C: say what was kept and the command that continues, then exit with 130 (no "Aborted!")."""
+    """After Ctrl-C or SIGTERM: say what was kept and the command that continues, then exit with 128 + the
+    signal's number (130, or 143 for SIGTERM; no "Aborted!")."""
     import sys
     click.echo(f"\ninterrupted: {kept}; continue with:\n  {resume_hint()}", err=True)
-    sys.exit(130)
+    sys.exit(interrupted_status())
 
 
 def resume_hint(argv: Optional[list] = None) -> str:
@@ -136,7 +152,12 @@ def main(ctx: click.Context):
 
     Example: vdvae-zoo bpd my_images/
     """
+    import signal
+    import threading
     import warnings
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     ctx.call_on_close(lambda: setattr(warnings, "showwarning", previous))
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (schedulers send it) is handled as Ctrl-C
+        before = signal.signal(signal.SIGTERM, _terminate)
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, before))

@@ -12,7 +12,8 @@ from ..compress import ArchiveError, compress, decompress_iter, read_header, req
 from ..files import atomic_write, refuse_existing
 from ..images import find_images, load_images, save_png
 from ..scoring import printable_path
-from .base import MODEL_HELP, load_model, main, manifest_option, overwrite_option, resize_option, user_errors
+from .base import (MODEL_HELP, interrupted_status, load_model, main, manifest_option, overwrite_option, resize_option,
+                   user_errors)
 
 _CPU_NOTE = ("The coder runs the model on the CPU in float64, one thread (both sides must compute bit-identical "
              "probabilities), whatever GPU or precision other commands use.")
@@ -50,6 +51,9 @@ def compress_command(model_name, paths, output, resize, overwrite, config, manif
     require_coder()  # before anything is loaded
     refuse_existing(output, overwrite)
     files = find_images(paths)
+    if Path(output).resolve() in {p.resolve() for p in files}:
+        raise click.BadParameter(f"{output} is one of the images to compress; write the archive elsewhere",
+                                 param_hint="'-o'")
     names = [p.name for p in files]
     doubles = sorted({n for n in names if names.count(n) > 1})
     if doubles:
@@ -79,10 +83,10 @@ def compress_command(model_name, paths, output, resize, overwrite, config, manif
     with progress_bar(total=len(files), unit="img", desc="compressing") as bar:
         def show(r):
             with bar.external_write_mode():
-                if r.mode == "bits-back":
-                    click.echo(f"  {r.name}: {r.net / dims:.3f} bits per dim (popped {r.popped / dims:.3f}, pixels "
-                               f"{r.pixels / dims:.3f}, latents {r.pushed / dims:.3f}; KL + distortion of the draw "
-                               f"{(r.kl + r.distortion) / dims:.3f})")
+                if r.mode == "bits-back":  # every figure in bits per dim of this image (H x W x C numbers)
+                    click.echo(f"  {r.name}: {r.net / dims:.3f} bits/dim net = pixels {r.pixels / dims:.3f} + latents "
+                               f"pushed {r.pushed / dims:.3f} - latents popped back {r.popped / dims:.3f} (bits per "
+                               f"dim of this image; its draw's KL + distortion: {(r.kl + r.distortion) / dims:.3f})")
                 else:
                     click.echo(f"  {r.name}: stored as lossless WebP, {r.net / dims:.3f} bits per dim ({r.reason})")
             bar.update(1)
@@ -93,7 +97,7 @@ def compress_command(model_name, paths, output, resize, overwrite, config, manif
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted: nothing was written ({output} is written only when every image is coded)",
                        err=True)
-            sys.exit(130)
+            sys.exit(interrupted_status())
     if totals["n"] == 0:
         raise click.ClickException(f"no image of {size}x{size} to compress (--resize center-crop resizes others)")
     atomic_write(output, archive, overwrite=overwrite)
@@ -108,8 +112,12 @@ def compress_command(model_name, paths, output, resize, overwrite, config, manif
         draw = sum(r.kl + r.distortion for r in coded) / (dims * len(coded))
         click.echo(f"  bits-back images: {net:.3f} bits per dim each on average; KL + distortion of their draws "
                    f"{draw:.3f}")
-    click.echo(f"  the same images as lossless WebP: {8 * totals['webp'] / all_dims:.3f}, as PNG: "
-               f"{8 * totals['png'] / all_dims:.3f} bits per dim")
+    click.echo(f"  the same images as lossless WebP: {totals['webp']:,} bytes = {8 * totals['webp'] / all_dims:.3f} "
+               f"bits per dim; as PNG: {totals['png']:,} bytes = {8 * totals['png'] / all_dims:.3f} bits per dim")
+    best = min(("lossless WebP", totals["webp"]), ("PNG", totals["png"]), key=lambda t: t[1])
+    verdict = "smaller" if report.archive_bytes < best[1] else "larger"
+    click.echo(f"  the archive is {report.archive_bytes / best[1]:.3f}x the size of {best[0]}, the best of the two: "
+               f"{verdict}" + ("" if verdict == "smaller" else " (a model that fits these images better pays off)"))
 
 
 @main.command("decompress")
@@ -158,5 +166,5 @@ def decompress_command(archive, outdir, model_name, overwrite, config, manifest)
         raise click.ClickException(f"{archive}: {e} ({written} images were written before it)") from None
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: {written} of {header['count']} images were written to {outdir}", err=True)
-        sys.exit(130)
+        sys.exit(interrupted_status())
     click.echo(f"wrote {written} images to {outdir}")

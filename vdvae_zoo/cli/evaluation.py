@@ -9,7 +9,7 @@ import click
 from ..datasets import SPLITS
 from ..evaluate import evaluate
 from ..files import atomic_write, refuse_existing
-from ..scoring import refuse_existing_state
+from ..scoring import MAX_PRIOR_TEMPERATURE, refuse_existing_state
 from .base import MODEL_HELP, batch_size_option, load_model, main, model_options, overwrite_option, stop_interrupted, user_errors
 
 
@@ -74,7 +74,7 @@ def eval_command(model_name, data, split, limit, samples, seed, batch_size, chun
               help="Where the data defines one: the authors' split (docs/evaluate.md).")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="A random subset of each set (--seed).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the posterior draws and of --limit's subsets.")
-@click.option("--prior-temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+@click.option("--prior-temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0, max=MAX_PRIOR_TEMPERATURE),
               help="The replaced layers: 0 takes their conditional prior's mean (as Havtorn et al.), 1 a sample.")
 @batch_size_option
 @click.option("--chunk", default=256, show_default=True, type=click.IntRange(min=1),
@@ -96,6 +96,13 @@ def ood_command(model_name, in_data, ood_data, ks, split, limit, seed, prior_tem
     from ..ood import evaluate_ood, roc_points
     from ..plots import roc_chart
     from ..scoring import write_scores
+    outputs = [Path(p).resolve() for p in (output, csv_path, roc) if p]
+    if len(set(outputs)) < len(outputs):
+        raise click.UsageError("-o, --csv and --roc must be three different files")
+    if csv_path and Path(csv_path).suffix.lower() != ".csv":
+        raise click.BadParameter(f"{csv_path} must end in .csv", param_hint="'--csv'")
+    if roc and Path(roc).suffix.lower() != ".png":
+        raise click.BadParameter(f"{roc} must end in .png", param_hint="'--roc'")
     for path in (output, csv_path, roc):
         if path:
             refuse_existing(path, overwrite)

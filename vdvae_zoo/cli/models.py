@@ -15,6 +15,7 @@ from ..inspection import compare_with_config, inspect_checkpoint
 from ..manifest import load_manifest, manifest_data, pin_entries
 from ..model import VDVAE, load
 from ..provenance import named_provenance
+from ..run_folder import RunFolder
 from ..weights import read_checkpoint
 from .base import MODEL_HELP, main, manifest_option, overwrite_option, user_errors
 
@@ -66,6 +67,8 @@ def info(model, manifest):
         click.echo(f"cache: {_cache_path(entry)} ({'cached' if hub.is_cached(entry) else 'not downloaded'})")
         config = _found_architecture(entry) or config
     elif Path(model).exists():
+        for line in RunFolder(model, writer=False).describe() if Path(model).is_dir() else []:
+            click.echo(line)
         config = VDVAE.config_of(model, manifest)
     else:
         config = resolve_config(model)  # a preset name

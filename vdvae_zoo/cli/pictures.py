@@ -15,8 +15,8 @@ from ..inputs import figure4_keeps
 from ..plots import kl_chart as kl_chart_image
 from ..sample_sets import write_sample_set
 from ..scoring import ScoreOptions, model_for_images, printable_path, score_dataset, write_scores
-from .base import (MODEL_HELP, batch_size_option, load_model, main, model_options, overwrite_option, parse_temperature,
-                   picture_options, resize_option, stop_interrupted, user_errors)
+from .base import (MODEL_HELP, batch_size_option, interrupted_status, load_model, main, model_options, overwrite_option,
+                   parse_temperature, picture_options, resize_option, stop_interrupted, user_errors)
 
 
 # ---------------------------------------------------------------------------------------------------- bpd
@@ -53,6 +53,7 @@ def bpd(paths, model_name, config, device, dtype, manifest, batch_size, output, 
     for path in (output, kl_chart):
         if path:
             refuse_existing(path, overwrite)
+    _refuse_model_as_path(paths, manifest)
     dataset = files_dataset(paths, recursive=recursive)
     if model_name == "auto":
         model_name, unreadable = model_for_images(dataset.files, manifest)
@@ -64,11 +65,11 @@ def bpd(paths, model_name, config, device, dtype, manifest, batch_size, output, 
     model = load_model(model_name, config, device, manifest, dtype)
     options = ScoreOptions(seed=seed, samples=n_samples, batch_size=batch_size)
 
-    def show(record):  # each image as it is scored (stdout), each skipped file once (stderr)
-        for i, value in zip(record["index"], record["bpd"]):
-            click.echo(f"{value:.4f}  {printable_path(dataset.files[i])}")
+    def show(record):  # each skipped file once (stderr), then each image as it is scored (stdout)
         for i, why in record["skipped"]:
             click.echo(f"warning: skipped {printable_path(dataset.files[i])}: {why}", err=True)
+        for i, value in zip(record["index"], record["bpd"]):
+            click.echo(f"{value:.4f}  {printable_path(dataset.files[i])}")
 
     table = score_dataset(model, dataset, options, resize=None if resize == "none" else resize, on_chunk=show,
                           keep_partial=True, desc="scoring")
@@ -91,11 +92,23 @@ def bpd(paths, model_name, config, device, dtype, manifest, batch_size, output, 
         click.echo(f"wrote {kl_chart}")
     click.echo(f"model: {model_name}")
     if table.interrupted:
-        sys.exit(130)
+        sys.exit(interrupted_status())
     if not len(table):
         raise click.ClickException("no image could be scored")
     if strict and table.skipped:
         raise click.ClickException(f"{len(table.skipped)} file(s) skipped and --strict was given")
+
+
+def _refuse_model_as_path(paths, manifest) -> None:
+    """`vdvae-zoo bpd cifar10 imgs/` (MODEL first, as the other commands take it): say how bpd names its model."""
+    from ..files import CONFIG_NAME
+    from ..manifest import load_manifest
+    first = Path(paths[0])
+    is_name = not first.exists() and paths[0] in load_manifest(manifest)
+    is_folder = len(paths) > 1 and (first / CONFIG_NAME).is_file()
+    if is_name or is_folder:
+        raise click.UsageError(f"{paths[0]} is a model, not images: bpd takes the model as an option. Did you mean "
+                               f"`vdvae-zoo bpd --model {paths[0]} {' '.join(paths[1:]) or 'IMAGES...'}`?")
 
 
 # -------------------------------------------------------------------------------------------------- sample
