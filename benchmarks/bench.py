@@ -179,15 +179,17 @@ def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, r
               "seconds_per_batch": seconds, "images_per_s": batch / seconds, "first_call_s": first,
               "reference_seconds_per_batch": ref_seconds, "speedup_vs_reference": ref_seconds / seconds,
               "peak_memory_bytes": peak, "memory_before_bytes": before, "times": times, "reference_times": ref_times}
-    # FlopCounterMode tracks modules with autograd hooks, so count with autograd on (same operations).
+    # Convolution FLOPs are linear in the batch: count one image without autograd and scale. (Counting the whole
+    # batch with autograd on built the training graph: 12.3 GB per ffhq256 image, the H200's "likelihood out of
+    # memory at batch 16" of issue #26 was this harness's, not the product's.)
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         if mode == "likelihood":
-            reference.forward(images)
+            reference.forward(images[:1])
         else:
-            dmol_sample(reference.decoder(batch, temperatures=[0.8] * reference.num_layers)[0].detach(),
+            dmol_sample(reference.decoder(1, temperatures=[0.8] * reference.num_layers)[0],
                         reference.config.num_mixtures)
-    result["flops_per_batch"] = counter.get_total_flops()
+    result["flops_per_batch"] = counter.get_total_flops() * batch
     result["gflop_per_s"] = result["flops_per_batch"] / seconds / 1e9
     if mode == "likelihood":
         result["bpd"] = with_tf32(lambda: elbo_bpd(model, variant, images), variant == "tf32")()

@@ -389,3 +389,16 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_sentence_and_keeps_the_old
     assert result.exit_code == 1 and "no space left" in result.output.lower()
     assert "Traceback" not in result.output and result.output.lower().count("no space left") == 1
     assert (tmp_path / "run" / "checkpoint" / "state.safetensors").read_bytes() == saved
+
+
+def test_the_readme_quick_start_runs_in_seconds_and_says_true_shapes(tmp_path, monkeypatch):
+    """README's quick start is what a newcomer runs first: it must run as written, and its comments must hold."""
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Quick start\n\n```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block, "README.md quick start", "exec"), namespace)
+    assert len(namespace["zs"]) == 13 and namespace["zs"][0].shape[1] == 8
+    assert namespace["elbo"].kl.shape == (2, 13) and (tmp_path / "bits_per_layer.png").is_file()
