@@ -44,6 +44,12 @@ def image_seed(seed: int, index: int) -> int:
     return (int(a) << 31 | int(b) >> 1) & (2 ** 63 - 1)
 
 
+def pixel_shapes(config: VDVAEConfig, n: int) -> list:
+    """The shapes of the uniforms the output distribution draws for n images (dmol.pixel_uniform_shapes)."""
+    return pixel_uniform_shapes(n, config.image_size, config.image_size, config.num_mixtures, config.image_channels,
+                                config.output)
+
+
 def seeded_draws(seeds: Sequence[int], config: VDVAEConfig, device: torch.device, sampling_layers: Sequence[bool],
                  pixels: bool) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
     """The draws of a batch whose image i draws from a generator seeded by seeds[i]: a standard normal per
@@ -54,8 +60,7 @@ def seeded_draws(seeds: Sequence[int], config: VDVAEConfig, device: torch.device
         per_image_normals.append([torch.empty((1, config.zdim, r, r), device=device).normal_(generator=g)
                                   for r, sampling in zip(config.layer_resolutions, sampling_layers) if sampling])
         if pixels:
-            per_image_uniforms.append([uniform(shape, device, g) for shape in
-                                       pixel_uniform_shapes(1, config.image_size, config.image_size, config.num_mixtures)])
+            per_image_uniforms.append([uniform(shape, device, g) for shape in pixel_shapes(config, 1)])
     normals = [torch.cat(layer) for layer in zip(*per_image_normals)]
     return normals, [torch.cat(u) for u in zip(*per_image_uniforms)] if pixels else None
 
@@ -166,7 +171,7 @@ def micro_batches(n: int, batch_size: int, *, config: VDVAEConfig, device: torch
         yield MicroBatch(parts[0], per_pass=batch_size)
         return
     normal_shapes = [(n, config.zdim, r, r) for r, sampling in zip(config.layer_resolutions, sampling_layers) if sampling]
-    uniform_shapes = pixel_uniform_shapes(n, config.image_size, config.image_size, config.num_mixtures) if pixels else []
+    uniform_shapes = pixel_shapes(config, n) if pixels else []
     floats = sum(math.prod(shape) for shape in normal_shapes + uniform_shapes)
     if not floats or 4 * floats > memory_budget(device):
         yield from (MicroBatch(p, per_pass=batch_size) for p in parts)

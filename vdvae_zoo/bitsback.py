@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .dmol import dmol_level_probs, dmol_nll
+from .dmol import bernoulli_level_probs, dmol_level_probs
 
 DELTA = 2.0 ** -7      # bucket width, in prior standard deviations (chosen by measurement: docs/compress.md)
 SPAN = 24.0           # buckets cover mu_p +- SPAN prior standard deviations
@@ -149,9 +149,14 @@ def _models(c):
             c.stream.model.Uniform(2 ** 16))
 
 
-def _pixel_probs(params: torch.Tensor, num_mixtures: int, channel: int, levels: np.ndarray) -> np.ndarray:
-    earlier = torch.from_numpy(levels[..., :channel].astype(np.float64) / 127.5 - 1.0)
-    probs = np.round(dmol_level_probs(params, num_mixtures, channel, earlier).reshape(-1, 256).numpy() / GRID) * GRID
+def _pixel_probs(params: torch.Tensor, config, channel: int, levels: np.ndarray) -> np.ndarray:
+    """P(level) of every sub-pixel of `channel` given the earlier channels' `levels`, rounded to the coder's grid."""
+    if config.output == "bernoulli":
+        exact = bernoulli_level_probs(params, channel)
+    else:
+        earlier = torch.from_numpy(levels[..., :channel].astype(np.float64) / 127.5 - 1.0)
+        exact = dmol_level_probs(params, config.num_mixtures, channel, earlier, channels=config.image_channels)
+    probs = np.round(exact.reshape(-1, 256).numpy() / GRID) * GRID
     if not _finite(probs) or (probs.sum(axis=1) <= 0).any():
         raise _Reject("its pixel probabilities are not finite")
     return probs
@@ -161,7 +166,8 @@ def _probe_fingerprint(model) -> str:
     """sha256 of the rounded outputs of `model` (exact mode) on fixed probes: the prior path with z = the prior
     mean, and the posterior path for a mid-grey image."""
     digest = hashlib.sha256()
-    grey = torch.full((1, model.config.image_size, model.config.image_size, 3), 128, dtype=torch.uint8)
+    grey = torch.full((1, model.config.image_size, model.config.image_size, model.config.image_channels), 128,
+                      dtype=torch.uint8)
 
     def prior_mean(i, layer):
         grid = _Latents(layer)
@@ -270,9 +276,9 @@ def _encode_bits_back(stack: _Stack, model, image: np.ndarray, j: int, whiten_wo
             raise _Reject("its output distribution is not finite")
         levels = image[None]
         after_pops = stack.coder.num_bits()
-        for channel in (2, 1, 0):  # the decoder pops R first
+        for channel in reversed(range(model.config.image_channels)):  # the decoder pops the first channel first
             _coder_call(stack.coder.encode_reverse, image[..., channel].ravel().astype(np.int32), categorical,
-                        _pixel_probs(params, model.config.num_mixtures, channel, levels))
+                        _pixel_probs(params, model.config, channel, levels))
         after_pixels = stack.coder.num_bits()
         for k in reversed(popped):  # the decoder pops z_1 first
             _coder_call(stack.coder.encode_reverse, k, gauss, np.zeros(k.size), np.full(k.size, 1.0 / DELTA))
@@ -280,7 +286,7 @@ def _encode_bits_back(stack: _Stack, model, image: np.ndarray, j: int, whiten_wo
         stack.restore(snapshot)
         raise
     target = torch.from_numpy(image[None].astype(np.float64) / 127.5 - 1.0)
-    distortion = float(dmol_nll(params, target, model.config.num_mixtures)) * image.size / math.log(2)
+    distortion = float(model.pixel_nll(params, target)) * image.size / math.log(2)
     pixels, pushed = after_pixels - after_pops, stack.coder.num_bits() - after_pixels
     return ImageRecord(name, "bits-back", pixels + pushed - popped_bits, popped_bits, pixels, pushed,
                        sum(g.kl_bits for g in grids), distortion)
@@ -291,14 +297,14 @@ def _encode_webp(stack: _Stack, webp: bytes, c) -> None:
     stack.coder.encode_reverse(symbols, _models(c)[2])
 
 
-def _decode_webp(stack: _Stack, nbytes: int, c, name: str) -> np.ndarray:
+def _decode_webp(stack: _Stack, nbytes: int, c, name: str, channels: int = 3) -> np.ndarray:
     count = (nbytes + 1) // 2
     stack.refill(count // 2 + 2 * stack.reserve)
     symbols = _coder_call(stack.coder.decode, _models(c)[2], count)
     try:
         data = symbols.astype("<u2").tobytes()[:nbytes]
         with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"))
+            return _from_webp(img, channels)
     except (OSError, ValueError):
         raise ArchiveError(f"{name}: its stored WebP does not decode (damaged data)") from None
 
@@ -316,9 +322,9 @@ def _decode_bits_back(stack: _Stack, model, j: int, whiten_words: int, push_word
 
     params = model.decode_with(from_prior)
     size = model.config.image_size
-    levels = np.zeros((1, size, size, 3), dtype=np.uint8)
-    for channel in range(3):
-        probs = _pixel_probs(params, model.config.num_mixtures, channel, levels)
+    levels = np.zeros((1, size, size, model.config.image_channels), dtype=np.uint8)
+    for channel in range(model.config.image_channels):
+        probs = _pixel_probs(params, model.config, channel, levels)
         levels[..., channel] = _coder_call(stack.coder.decode, categorical, probs).reshape(1, size, size)
     windows: List[Tuple[Any, np.ndarray, np.ndarray, np.ndarray]] = []
 
@@ -335,9 +341,19 @@ def _decode_bits_back(stack: _Stack, model, j: int, whiten_words: int, push_word
 
 
 def _webp(image: np.ndarray) -> bytes:
+    """Lossless WebP of uint8 (H, W, C): grey as RGB, grey + alpha as RGBA, alpha kept exactly (`exact`)."""
+    channels = image.shape[2]
+    if channels <= 2:  # WebP holds RGB(A): grey goes in all three
+        image = np.concatenate([np.repeat(image[..., :1], 3, axis=2), image[..., 1:]], axis=2)
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="WEBP", lossless=True, quality=100, method=6)
+    Image.fromarray(image).save(buf, format="WEBP", lossless=True, quality=100, method=6, exact=True)
     return buf.getvalue()
+
+
+def _from_webp(img: Image.Image, channels: int) -> np.ndarray:
+    """The inverse of `_webp` for an image of `channels` channels."""
+    rgba = np.asarray(img.convert("RGBA"))
+    return rgba[..., {1: [0], 2: [0, 3], 3: [0, 1, 2], 4: [0, 1, 2, 3]}[channels]].copy()
 
 
 def _pop_bits(model, image: np.ndarray, c) -> float:

@@ -97,7 +97,7 @@ def _default_names(n: int) -> List[str]:
 def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]] = None, *,
              model_name: str = "", model_sha256: str = "",
              progress: Optional[Callable[[ImageRecord], None]] = None) -> Tuple[bytes, CompressReport]:
-    """Losslessly compress uint8 (H, W, 3) images of the model's size into one archive (bytes). `images` may be
+    """Losslessly compress uint8 (H, W, C) images of the model's size and channels into one archive (bytes). `images` may be
     any iterable, read one at a time: of arrays (named by `names`, default 000000.png, ...) or of (name, array)
     pairs. Returns the archive and a report, one ImageRecord per image. `model_name` / `model_sha256` are recorded
     so that `decompress` can name and check the model it needs; `progress(record)` is called after each image."""
@@ -114,7 +114,7 @@ def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]]
     with _exact(model) as exact:
         fingerprint = _probe_fingerprint(exact)
         for image in iterator:  # the first images, for the dry run that sizes the whitening
-            head.append(_checked(image, len(head), names, size))
+            head.append(_checked(image, len(head), names, size, model.config.image_channels))
             if len(head) == 3:
                 break
         if not head:
@@ -122,7 +122,7 @@ def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]]
         whiten, expected_pop = _whiten_words(exact, head, c)
         stack = _Stack(c, whiten)
         records, stored, crcs, push_words = [], {}, [], 0
-        for j, image in enumerate(_chain(head, iterator, names, size)):
+        for j, image in enumerate(_chain(head, iterator, names, size, model.config.image_channels)):
             name = names[j] if j < len(names) else f"{j:06d}.png"
             crcs.append(zlib.crc32(image.tobytes()))
             record, reason = None, "the stack does not yet hold the bits its latents pop (the first images)"
@@ -153,7 +153,7 @@ def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]]
               "image_size": size, "count": count, "stored": [[j, n] for j, n in sorted(stored.items())],
               "names": None if all_names == _default_names(count) else all_names}
     archive = _pack(header, np.array(crcs, dtype="<u4").tobytes() + payload)
-    dims = size * size * 3
+    dims = model.config.dims_per_image
     net = [r.net / dims for r in records if r.mode == "bits-back"]
     report = CompressReport(images=count, archive_bytes=len(archive), bits_per_dim=8 * len(archive) / (dims * count),
                             webp_images=len(stored), webp_bytes=sum(stored.values()), net_bits_per_dim=net,
@@ -171,18 +171,20 @@ def _named_items(images: Iterable, names: List[str], named: bool) -> Iterator[np
         yield item
 
 
-def _checked(image, j: int, names, size: int) -> np.ndarray:
+def _checked(image, j: int, names, size: int, channels: int = 3) -> np.ndarray:
     image = np.array(image, dtype=np.uint8, order="C")  # an own, writable copy
-    if image.shape != (size, size, 3):
+    if image.ndim == 2 and channels == 1:
+        image = image[..., None]
+    if image.shape != (size, size, channels):
         raise ValueError(f"image {j} ({names[j] if j < len(names) else j}) is {image.shape}; "
-                         f"this model codes {size}x{size}x3")
+                         f"this model codes {size}x{size}x{channels}")
     return image
 
 
-def _chain(head: List[np.ndarray], rest: Iterator, names, size: int) -> Iterator[np.ndarray]:
+def _chain(head: List[np.ndarray], rest: Iterator, names, size: int, channels: int) -> Iterator[np.ndarray]:
     yield from head
     for j, image in enumerate(rest, start=len(head)):
-        yield _checked(image, j, names, size)
+        yield _checked(image, j, names, size, channels)
 
 
 def _pack(header: Dict[str, Any], payload: bytes) -> bytes:
@@ -299,12 +301,12 @@ def decompress_iter(model, archive: bytes) -> Iterator[Tuple[int, str, np.ndarra
         for j in reversed(range(header["count"])):
             try:
                 if j in stored:
-                    image = _decode_webp(stack, stored[j], c, names[j])
+                    image = _decode_webp(stack, stored[j], c, names[j], model.config.image_channels)
                 else:
                     image = _decode_bits_back(stack, exact, j, whiten, header["push_words"], c)
             except _Reject as e:
                 raise ArchiveError(f"{names[j]} (image {j}) could not be decoded: {e}") from None
-            if image.shape != (header["image_size"],) * 2 + (3,) or zlib.crc32(np.ascontiguousarray(image).tobytes()) \
+            if image.shape != (header["image_size"],) * 2 + (model.config.image_channels,) or zlib.crc32(np.ascontiguousarray(image).tobytes()) \
                     != header["crc32"][j]:
                 raise ArchiveError(f"{names[j]} (image {j}) does not decode to the image that was stored (CRC32 "
                                    "mismatch): the archive is damaged, or this machine rounds the model's arithmetic "

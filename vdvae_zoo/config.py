@@ -175,6 +175,9 @@ class VDVAEConfig:
     scale_loss: float = 1.0 / 127.5
     low_bit: bool = False
     pixel_scale: float = 1.0
+    #: The pixel distribution: "dmol" (the paper's discretized mixture of logistics, any channel count) or
+    #: "bernoulli" (binary images: each sub-pixel 0 or 255; dmol.py).
+    output: str = "dmol"
     #: The family of models this config describes (registry.py), written into every config.json.
     model_type: ClassVar[str] = "vdvae"
 
@@ -210,6 +213,14 @@ class VDVAEConfig:
         return sorted({b.resolution for b in self.decoder_blocks if b.resolution <= self.no_bias_above})
 
     @property
+    def output_channels(self) -> int:
+        """Channels of the output distribution's parameters: 10 * num_mixtures for RGB (dmol.mixture_channels),
+        one logit per channel for a Bernoulli output."""
+        from .dmol import mixture_channels
+        return self.image_channels if self.output == "bernoulli" else mixture_channels(self.num_mixtures,
+                                                                                       self.image_channels)
+
+    @property
     def dims_per_image(self) -> int:
         """H * W * C: the number of sub-pixels that per-dim quantities are divided by."""
         return self.image_size * self.image_size * self.image_channels
@@ -233,8 +244,13 @@ class VDVAEConfig:
                             ("num_mixtures", 1024)):
             if getattr(self, name) > bound:
                 raise ValueError(f"{name} is {getattr(self, name)}; at most {bound} is accepted")
-        if self.image_channels != 3:
-            raise ValueError(f"image_channels must be 3 (the mixture of logistics is RGB), got {self.image_channels}")
+        if not 1 <= self.image_channels <= 4:
+            raise ValueError(f"image_channels must be 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA), got "
+                             f"{self.image_channels}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+        if self.output == "bernoulli" and self.low_bit:
+            raise ValueError("low_bit (5-bit targets) means nothing for a Bernoulli output: its pixels are 0 or 255")
         if not 0 < self.bottleneck_multiple:
             raise ValueError(f"bottleneck_multiple must be positive, got {self.bottleneck_multiple}")
         widths = parse_custom_widths(self.custom_width_str)
@@ -360,6 +376,9 @@ class VDVAEConfig:
                 raise
             raise ValueError(f"{where}: {e}") from None
 
+
+#: The output distributions a config may name (`VDVAEConfig.output`).
+OUTPUTS = ("dmol", "bernoulli")
 
 #: Fields of the original implementation's `hps` that are not architecture: accepted and ignored by `from_dict`.
 ORIGINAL_HPS_FIELDS = frozenset("""

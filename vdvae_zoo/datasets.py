@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .images import find_images, load_images, read_image
+from .images import as_channels, find_images, load_images, read_image
 
 __all__ = ["Dataset", "open_dataset", "files_dataset", "DatasetError", "SPLITS", "CIFAR_VALID_SEED", "IMAGENET_SPLIT_SEED",
            "FFHQ256_SPLIT_SEED", "FFHQ1024_TEST"]
@@ -62,22 +62,24 @@ class Dataset:
     def __len__(self) -> int:
         return self.count
 
-    def read_checked(self, idx: Sequence[int], size: int, resize: Optional[str] = None
+    def read_checked(self, idx: Sequence[int], size: int, resize: Optional[str] = None, channels: int = 3
                      ) -> Tuple[np.ndarray, List[int], List[Tuple[int, str]]]:
-        """Images `idx` for a model of `size` x `size`: uint8 (m, size, size, 3) of those that could be read, their
-        positions, and (position, reason) for each one skipped. Files that are not readable images, or of another
-        size (unless `resize="center-crop"`), are skipped; arrays were checked as a whole when opened."""
+        """Images `idx` for a model of `size` x `size` and `channels` channels: uint8 (m, size, size, C) of those
+        that could be read, their positions, and (position, reason) for each one skipped. Files that are not
+        readable images, or of another size (unless `resize="center-crop"`), are skipped; arrays were checked as a
+        whole when opened, and are converted to the model's channels (images.as_channels)."""
         if self.files is None:
-            return self.read(idx), list(idx), []
+            images = self.read(idx)
+            return as_channels(images[..., None] if images.ndim == 3 else images, channels), list(idx), []
         images, kept, skipped = [], [], []
         for i in idx:
-            read, ok, bad = load_images([self.files[i]], size=size, resize=resize)
+            read, ok, bad = load_images([self.files[i]], size=size, resize=resize, channels=channels)
             if ok:
                 images.append(read[0])
                 kept.append(i)
             else:
                 skipped.append((i, bad[0][1]))
-        return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), kept, skipped
+        return (np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)), kept, skipped
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR-10

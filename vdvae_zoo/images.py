@@ -56,18 +56,37 @@ def find_images(paths: Sequence[PathLike], recursive: bool = True) -> List[Path]
     return found
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+#: The Pillow mode an image of C channels is read in: grey, grey + alpha, RGB, RGBA.
+CHANNEL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def _to_mode(img: Image.Image, channels: int = 3) -> Image.Image:
+    """`img` as CHANNEL_MODES[channels]: 16-bit grey reduced to 8 bits; for 1 and 3 channels transparency is
+    composited on white; for 2 and 4 it is kept (an image without it gets an opaque alpha)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
         shift = 8 if img.mode != "I" else max(int(arr.max()).bit_length() - 8, 0)
         img = Image.fromarray((arr >> shift).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if channels in (2, 4):
+        return img.convert(CHANNEL_MODES[channels])
     if img.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB")
+    return img.convert(CHANNEL_MODES[channels])
+
+
+def as_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 (..., H, W, c) images as `channels` channels, by the rules of `_to_mode` (RGB to grey: ITU-R 601
+    luma, as Pillow computes it). Arrays that already have `channels` come back as they are."""
+    if images.shape[-1] == channels:
+        return images
+    flat = images.reshape(-1, *images.shape[-3:])
+    out = [np.asarray(_to_mode(Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im), channels)) for im in flat]
+    out = [o[..., None] if o.ndim == 2 else o for o in out]
+    return np.stack(out).reshape(*images.shape[:-1], channels)
 
 
 def _check_pixels(path: PathLike, img: Image.Image, max_pixels: int) -> None:
@@ -77,16 +96,17 @@ def _check_pixels(path: PathLike, img: Image.Image, max_pixels: int) -> None:
                                    "this reads; downscale it first")
 
 
-def read_image(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """One image file as uint8 (H, W, 3), by the rules of this module; images over `max_pixels` are refused from
-    their header, before decoding. Raises ImageReadError."""
+def read_image(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS, channels: int = 3) -> np.ndarray:
+    """One image file as uint8 (H, W, C) for C `channels` (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA), by the rules of
+    this module; images over `max_pixels` are refused from their header, before decoding. Raises ImageReadError."""
     try:
         with Image.open(path) as img:
             _check_pixels(path, img, max_pixels)
             img.seek(0)
             img = ImageOps.exif_transpose(img)
             img.load()
-            return np.asarray(_to_rgb(img), dtype=np.uint8).copy()
+            array = np.asarray(_to_mode(img, channels), dtype=np.uint8).copy()
+            return array[..., None] if array.ndim == 2 else array
     except FileNotFoundError:
         raise ImageReadError(path, "file does not exist") from None
     except ImageReadError:
@@ -119,14 +139,17 @@ def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
         return image
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC, reducing_gap=None))
+    grey = image.ndim == 3 and image.shape[2] == 1
+    resized = np.asarray(Image.fromarray(image[..., 0] if grey else image).resize((nw, nh), Image.BICUBIC,
+                                                                                   reducing_gap=None))
+    resized = resized[..., None] if grey else resized
     top, left = (nh - size) // 2, (nw - size) // 2
     return resized[top:top + size, left:left + size].copy()
 
 
 def load_images(paths: Iterable[PathLike], size: Optional[int] = None, resize: Optional[str] = None,
-                ) -> Tuple[np.ndarray, List[Path], List[Tuple[Path, str]]]:
-    """Read files into one uint8 (N, H, W, 3) array.
+                channels: int = 3) -> Tuple[np.ndarray, List[Path], List[Tuple[Path, str]]]:
+    """Read files into one uint8 (N, H, W, C) array (C = `channels`: see `read_image`).
 
     With `size`, images of another size are skipped ("is WxH, the model needs SxS") unless
     `resize="center-crop"`. Returns (images, the paths read, [(skipped path, reason)]).
@@ -141,7 +164,7 @@ def load_images(paths: Iterable[PathLike], size: Optional[int] = None, resize: O
                 if (w, h) != (size, size):
                     skipped.append((p, f"is {w}x{h}, the model needs {size}x{size} (use --resize center-crop)"))
                     continue
-            img = read_image(p)
+            img = read_image(p, channels=channels)
         except ImageReadError as e:
             skipped.append((p, e.reason))
             continue
@@ -151,7 +174,7 @@ def load_images(paths: Iterable[PathLike], size: Optional[int] = None, resize: O
         kept.append(p)
     if arrays and len({a.shape for a in arrays}) > 1:
         raise ValueError("images have different sizes; give a size to check against, or resize them")
-    stacked = np.stack(arrays) if arrays else np.zeros((0, size or 0, size or 0, 3), np.uint8)
+    stacked = np.stack(arrays) if arrays else np.zeros((0, size or 0, size or 0, channels), np.uint8)
     return stacked, kept, skipped
 
 
@@ -160,6 +183,8 @@ def make_grid(images: np.ndarray, ncols: Optional[int] = None, padding: int = 2,
     enlarges each image that many times (nearest neighbour, pixels stay visible); None: enough for about 128
     pixels per image, so that 32x32 samples can be looked at."""
     images = np.asarray(images)
+    if images.shape[-1] != 3:  # grey (+ alpha) and RGBA are shown as RGB (alpha composited on white)
+        images = as_channels(images, 3)
     n, h, w, _ = images.shape
     zoom = max(1, 128 // max(h, w)) if zoom is None else zoom
     if zoom > 1:
@@ -178,7 +203,7 @@ def make_grid(images: np.ndarray, ncols: Optional[int] = None, padding: int = 2,
 def save_png(image: Union[Image.Image, np.ndarray], path: PathLike, overwrite: bool = True) -> Path:
     """Write a PNG atomically (temporary file, then rename). Refuses to replace a file unless `overwrite`."""
     if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
+        image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), overwrite=overwrite)
 
 

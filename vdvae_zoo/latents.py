@@ -146,7 +146,7 @@ def encode_dataset(model, dataset, output, *, flat: Optional[int] = None, stats:
         with progress_bar(total=len(dataset), unit="img", desc="encoding", enabled=progress) as bar:
             for start in range(0, len(dataset), chunk):
                 idx = list(range(start, min(start + chunk, len(dataset))))
-                images, kept, bad = dataset.read_checked(idx, size, resize)
+                images, kept, bad = dataset.read_checked(idx, size, resize, model.config.image_channels)
                 skipped += bad
                 bar.update(len(idx))
                 if not kept:

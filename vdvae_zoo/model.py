@@ -27,7 +27,7 @@ from torch import nn
 from .batching import MicroBatch, auto_batch_size, check_batch_size, draw_normals, micro_batches, trim_rows
 from .bounds import LayerLatents, LikelihoodResult, importance_weighted, joined_result, log_prior_over_posterior
 from .config import VDVAEConfig
-from .dmol import dmol_nll, dmol_sample
+from .dmol import bernoulli_nll, bernoulli_sample, dmol_nll, dmol_sample
 from .inputs import (ImageBatch, Temperature, check_count, check_image_pair, check_images, check_keep,
                      check_latents, layer_temperatures, preprocess)
 from .latents import LatentSlot, latent_layout
@@ -245,36 +245,63 @@ class VDVAE(nn.Module, PretrainedMixin):
         """The decoder with this model's runtime settings (see `Decoder.forward` for the arguments)."""
         return self.decoder(n, memory_format=self.runtime.memory_format, **kwargs)
 
+    # ----------------------------------------------------------------------------------- output distribution
+    def pixel_nll(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """-log p(x | z) of the preprocessed target (N, H, W, C) under the output distribution's parameters, in
+        nats per dim, (N,): the mixture of logistics, or Bernoulli for `output="bernoulli"` (dmol.py)."""
+        c = self.config
+        if c.output == "bernoulli":
+            return bernoulli_nll(params, target)
+        return dmol_nll(params, target, c.num_mixtures, c.low_bit)
+
+    def sample_pixels(self, params: torch.Tensor, generator: Optional[torch.Generator] = None,
+                      same_noise: bool = False, uniforms: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """uint8 (N, H, W, C) pixels drawn from the output distribution (its uniforms: `pixel_uniform_shapes`)."""
+        c = self.config
+        if c.output == "bernoulli":
+            return bernoulli_sample(params, generator, same_noise, uniforms)
+        return dmol_sample(params, c.num_mixtures, generator, same_noise, uniforms, channels=c.image_channels)
+
     # ------------------------------------------------------------------------------------------- training
     def forward(self, images: ImageBatch, generator: Optional[torch.Generator] = None,
-                noise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+                noise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                free_nats: Optional[float] = None) -> Dict[str, torch.Tensor]:
         """The loss terms with autograd, per image (N,): `neg_elbo`, `distortion`, `rate` in nats per dim, and `kl`
         (N, L) in nats. The training loss is `neg_elbo.mean()`. `noise(like)` may supply the posterior draws
-        (the trainer uses it to make them independent of how a batch is split across processes)."""
+        (the trainer uses it to make them independent of how a batch is split across processes).
+
+        `free_nats` = lambda adds `kl_free` (N, L): each layer's KL with free bits as hvae-oodd defines them (Kingma
+        et al. 2016's groups are the layers): every element of a layer's KL counts at least lambda / (its number
+        of elements), so a layer whose KL is below lambda nats gets no gradient pushing it lower."""
         self._require_encoder()
         x_in, target = self.preprocess(check_images(images, self.config))
-        return self._terms(self.encoder(x_in), target, x_in.shape[0], generator, noise)
+        return self._terms(self.encoder(x_in), target, x_in.shape[0], generator, noise, free_nats=free_nats)
 
     def _terms(self, activations: Dict[int, torch.Tensor], target: torch.Tensor, n: int,
                generator: Optional[torch.Generator] = None, noise: Optional[Callable] = None,
                log_weight: bool = False, keep: Optional[int] = None,
-               prior_temperature: float = 0.0) -> Dict[str, torch.Tensor]:
+               prior_temperature: float = 0.0, free_nats: Optional[float] = None) -> Dict[str, torch.Tensor]:
         """Run the decoder on the posterior (layers from `keep` on: on their conditional prior at
         `prior_temperature`) and score `target`. With `log_weight`, also the importance weight
         log p(x, z) - log q(z | x) of the draw, in nats per image, float64 (N,)."""
-        def summarize(o: LayerOutput):  # per image: the layer's KL (0 from the prior), its log p(z) - log q(z | x)
+        def summarize(o: LayerOutput):  # per image: the layer's KL (0 from the prior), log p(z) - log q(z | x), free
             kl = o.kl.sum(dim=(1, 2, 3)) if o.kl is not None else torch.zeros(n, device=target.device)
-            return kl, log_prior_over_posterior(o) if log_weight else None
+            free = None
+            if free_nats is not None and o.kl is not None:
+                free = torch.clamp(o.kl, min=free_nats / o.kl[0].numel()).sum(dim=(1, 2, 3))
+            return kl, log_prior_over_posterior(o) if log_weight else None, free
 
         temperatures = None if keep is None else [prior_temperature] * self.num_layers
         params, per_layer = self._decoder(n, activations=activations, generator=generator, noise=noise,
                                           summarize=summarize, keep=keep, temperatures=temperatures)
-        distortion = dmol_nll(params, target, self.config.num_mixtures, self.config.low_bit)
-        kl = torch.stack([layer_kl for layer_kl, _ in per_layer], dim=1)
+        distortion = self.pixel_nll(params, target)
+        kl = torch.stack([layer_kl for layer_kl, _, _ in per_layer], dim=1)
         rate = kl.sum(dim=1) / self.config.dims_per_image
         terms = {"neg_elbo": distortion + rate, "distortion": distortion, "rate": rate, "kl": kl}
+        if free_nats is not None:
+            terms["kl_free"] = torch.stack([free for _, _, free in per_layer], dim=1)
         if log_weight:
-            log_ratio = torch.stack([ratio for _, ratio in per_layer]).sum(dim=0)
+            log_ratio = torch.stack([ratio for _, ratio, _ in per_layer]).sum(dim=0)
             terms["log_weight"] = log_ratio - distortion.double() * self.config.dims_per_image
         return terms
 
@@ -389,7 +416,7 @@ class VDVAE(nn.Module, PretrainedMixin):
             chunk_latents = [None if z is None else mb.take(z).to(self.device, torch.float32) for z in latents]
             params, _ = self._decoder(mb.size, temperatures=temperatures, latents=chunk_latents, generator=generator,
                                       noise=mb.noise(), summarize=lambda o: None)
-            return dmol_sample(params, self.config.num_mixtures, generator=generator, uniforms=mb.pixel_uniforms).cpu()
+            return self.sample_pixels(params, generator, uniforms=mb.pixel_uniforms).cpu()
 
         sampling = [i >= len(latents) or latents[i] is None for i in range(self.num_layers)]
         return torch.cat(self._in_batches(n, batch_size, dtype, generator, step, sampling_layers=sampling, pixels=True,
@@ -454,7 +481,7 @@ class VDVAE(nn.Module, PretrainedMixin):
                 latents = [_mix(za_l[i], zb_l[i], ts, mode).to(self.device) for za_l, zb_l in zip(za, zb)]
                 params, _ = self._decoder(steps, temperatures=temperatures, latents=latents,
                                           noise=same_noise_each_step, summarize=lambda o: None)
-                paths.append(dmol_sample(params, self.config.num_mixtures, generator, same_noise=True).cpu())
+                paths.append(self.sample_pixels(params, generator, same_noise=True).cpu())
         out = torch.stack(paths)
         return out[0] if single else out
 

@@ -229,11 +229,12 @@ class DecoderLayer(nn.Module):
 
 
 class OutputHead(nn.Module):
-    """1x1 conv to the parameters of the discretized mixture of logistics, returned NHWC."""
+    """1x1 conv to the parameters of the output distribution (the mixture of logistics, or Bernoulli logits),
+    returned NHWC."""
 
     def __init__(self, config: VDVAEConfig):
         super().__init__()
-        self.out_conv = _conv(config.width, config.num_mixtures * 10, 1)
+        self.out_conv = _conv(config.width, config.output_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_conv(x).permute(0, 2, 3, 1).float()

@@ -374,7 +374,7 @@ def score_dataset(model, dataset: Dataset, options: ScoreOptions = ScoreOptions(
 def _score_chunk(model, dataset: Dataset, k: int, positions: np.ndarray, options: ScoreOptions, size: int,
                  resize: Optional[str]) -> Dict[str, Any]:
     """The record of chunk k: the positions scored and skipped, each column's values, the layers' KL sum."""
-    images, kept, skipped = dataset.read_checked(positions.tolist(), size, resize)
+    images, kept, skipped = dataset.read_checked(positions.tolist(), size, resize, model.config.image_channels)
     record: Dict[str, Any] = {"chunk": k, "index": [int(i) for i in kept], "skipped": [[int(i), why] for i, why in skipped]}
     if kept:
         values, kl = score_images(model, images, kept, options)

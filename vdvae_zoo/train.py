@@ -37,6 +37,7 @@ from . import distributed
 from .batching import image_seed
 from .config import VDVAEConfig, resolve_config
 from .images import find_images, make_grid, save_png
+from .loggers import ExternalLoggers, check_available
 from .manifest import load_manifest
 from .memory import available_memory, gib, largest_batch, training_memory
 from .model import VDVAE, load
@@ -49,6 +50,11 @@ from .train_options import GENERIC_DEFAULTS, RESUME_FIXED, TRAINING_PRESETS, Tra
 __all__ = ["TrainOptions", "Trainer", "finetune", "TrainingStalled", "TrainingDiverged", "TrainingOutOfMemory"]
 
 BITS = 1.0 / math.log(2)  # nats -> bits
+#: --skip-threshold auto: skip an update whose gradient norm is above FACTOR x the QUANTILE of the last WINDOW finite
+#: norms, once MIN_HISTORY of them are known (Trainer._too_big).
+AUTO_SKIP_WINDOW, AUTO_SKIP_QUANTILE, AUTO_SKIP_FACTOR, AUTO_SKIP_MIN_HISTORY = 100, 0.9, 3.0, 20
+#: A latent unit is active when its posterior mean varies across validation images by more than this (variance).
+ACTIVE_UNIT_VARIANCE = 0.01
 
 
 class TrainingStalled(RuntimeError):
@@ -118,8 +124,9 @@ class Trainer:
             if getattr(o, k) is None:
                 setattr(o, k, v)
         o.check_ranges()
+        check_available(o.log_to)  # a missing extra is one sentence before anything is written
         self.out = Path(o.out)
-        self._setup_data(config.image_size)
+        self._setup_data(config.image_size, config.image_channels)
         self.run = RunFolder(self.out, writer=self.rank == 0)
         self.run.prepare(resume=o.resume, source=o.model, start={"options": asdict(o)})
 
@@ -154,10 +161,12 @@ class Trainer:
         self._saved_step = 0     # the step of the checkpoint in OUT (0: none yet)
         self._stop_signal: Optional[int] = None
         self._saving = False
+        self.grad_norm_history: List[float] = []  # --skip-threshold auto's window (saved with the checkpoint)
+        self.loggers: Optional[ExternalLoggers] = None
         self._loader, self._loader_step = None, -1
 
     # ---------------------------------------------------------------------------------------- data setup
-    def _setup_data(self, size: int) -> None:
+    def _setup_data(self, size: int, channels: int = 3) -> None:
         o = self.opt
         resize = o.resize == "center-crop"
         files = readable_images(find_images([o.data]), size, resize, quiet=self.rank != 0)
@@ -174,8 +183,8 @@ class Trainer:
                              f"{max(o.min_images, global_batch)} (batch size {o.batch_size} x {o.grad_accumulation} "
                              f"micro-batches x {self.world} processes)"
                              + ("" if resize else "; --resize center-crop uses images of other sizes too"))
-        self.train_set = ImageFolderData(train_files, size, hflip=o.hflip, seed=o.seed)
-        self.val_set = ImageFolderData(val_files, size) if val_files else None
+        self.train_set = ImageFolderData(train_files, size, hflip=o.hflip, seed=o.seed, channels=channels)
+        self.val_set = ImageFolderData(val_files, size, channels=channels) if val_files else None
         self.batches_per_epoch = len(train_files) // global_batch
 
     def _batch_indices(self, step: int) -> List[int]:
@@ -235,9 +244,37 @@ class Trainer:
         o = self.opt
         return o.lr if o.warmup <= 0 else o.lr * min(1.0, (updates + 1) / o.warmup)
 
+    def kl_weight(self, step: int) -> float:
+        """The KL term's weight at iteration `step` (0-based): step / kl_warmup, up to 1 (1 without warm-up)."""
+        return 1.0 if self.opt.kl_warmup <= 0 else min(1.0, step / self.opt.kl_warmup)
+
+    def _objective(self, out: Dict[str, torch.Tensor], kl_weight: float) -> torch.Tensor:
+        """The training loss per image, nats per dim: the negative ELBO, or with --kl-warmup / --free-bits
+        distortion + kl_weight * (the layers' KL, each at least --free-bits nats) / dims."""
+        if self.opt.kl_warmup <= 0 and self.opt.free_bits <= 0:
+            return out["neg_elbo"]
+        kl = out["kl_free"] if self.opt.free_bits > 0 else out["kl"]
+        return out["distortion"] + kl_weight * kl.sum(dim=1) / self.config.dims_per_image
+
+    def _too_big(self, grad_norm: float) -> bool:
+        """Skip this update for its gradient norm: a non-finite norm always; a fixed --skip-threshold when reached;
+        with auto, a norm above AUTO_SKIP_FACTOR x the AUTO_SKIP_QUANTILE of the last AUTO_SKIP_WINDOW finite
+        norms (skipped ones included, so the rule follows norms that grow), once AUTO_SKIP_MIN_HISTORY are known."""
+        o = self.opt
+        if not math.isfinite(grad_norm):
+            return True
+        if o.skip_threshold != "auto":
+            return o.skip_threshold > 0 and grad_norm >= o.skip_threshold
+        history = self.grad_norm_history[-AUTO_SKIP_WINDOW:]
+        outlier = len(history) >= AUTO_SKIP_MIN_HISTORY and \
+            grad_norm > AUTO_SKIP_FACTOR * float(np.quantile(history, AUTO_SKIP_QUANTILE))
+        self.grad_norm_history = history[-(AUTO_SKIP_WINDOW - 1):] + [grad_norm]
+        return outlier
+
     def train_step(self) -> Dict:
         o = self.opt
         images = self._load_batch(self.step)
+        kl_weight = self.kl_weight(self.step)
         lr = self.lr_at(self.updates)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -246,20 +283,25 @@ class Trainer:
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         parts = [slice(i, i + o.batch_size) for i in range(0, len(images), o.batch_size)]
-        loss = distortion = rate = 0.0
+        loss = neg_elbo = distortion = rate = 0.0
+        kl_per_layer = torch.zeros(self.config.num_layers, dtype=torch.float64)
+        free_nats = {"free_nats": o.free_bits} if o.free_bits > 0 else {}
         for k, part in enumerate(parts):  # micro-batches: gradients add up; DDP synchronises on the last one
             sync = k == len(parts) - 1 or self.world == 1
             with (nullcontext() if sync else self.net.no_sync()), _out_of_memory_is_an_error(self):
                 with autocast:
-                    out = self.net(images[part], noise=self._noise(self.step, part))
+                    out = self.net(images[part], noise=self._noise(self.step, part), **free_nats)
                 share = out["neg_elbo"].shape[0] / len(images)  # the mean over the whole update
-                (out["neg_elbo"].mean() * share).backward()
-            loss += out["neg_elbo"].mean().item() * share
+                objective = self._objective(out, kl_weight).mean()
+                (objective * share).backward()
+            loss += objective.item() * share
+            neg_elbo += out["neg_elbo"].mean().item() * share
             distortion += out["distortion"].mean().item() * share
             rate += out["rate"].mean().item() * share
+            kl_per_layer += out["kl"].detach().double().mean(dim=0).cpu() * share
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip).item()
         nan_loss = math.isnan(distortion) or math.isnan(rate)
-        too_big = not math.isfinite(grad_norm) or (o.skip_threshold > 0 and grad_norm >= o.skip_threshold)
+        too_big = self._too_big(grad_norm)
         skip = distributed.any_across_ranks(nan_loss or too_big, self.device)
         if skip:
             self.skipped += 1
@@ -280,14 +322,15 @@ class Trainer:
                     p_ema.mul_(o.ema_rate).add_(p.detach(), alpha=1.0 - o.ema_rate)
         self.step += 1
         elapsed = time.perf_counter() - t0
-        record = {"step": self.step, "loss_bpd": loss * BITS, "distortion_bpd": distortion * BITS,
-                  "rate_bpd": rate * BITS,
+        record = {"step": self.step, "loss_bpd": loss * BITS, "neg_elbo_bpd": neg_elbo * BITS,
+                  "distortion_bpd": distortion * BITS, "rate_bpd": rate * BITS, "kl_weight": kl_weight,
+                  "kl_bpd_per_layer": (kl_per_layer / self.config.dims_per_image * BITS).tolist(),
                   "grad_norm": grad_norm, "skipped": skip, "skipped_total": self.skipped, "nan_total": self.nan_count,
                   "lr": lr, "images_per_s": len(images) * self.world / max(elapsed, 1e-9), "time_s": elapsed}
         if self.consecutive_skips and self.consecutive_skips % o.skip_alarm == 0:
-            record["warning"] = (f"{self.consecutive_skips} updates in a row were skipped (gradient norm {grad_norm:.1f} "
-                                 f">= skip_threshold {o.skip_threshold}): training has stopped learning. Raise "
-                                 "--skip-threshold or lower --lr.")
+            record["warning"] = (f"{self.consecutive_skips} updates in a row were skipped (gradient norm {grad_norm:.1f}, "
+                                 f"skip threshold {o.skip_threshold}): training has stopped learning. Raise "
+                                 "--skip-threshold (or use --skip-threshold auto) or lower --lr.")
             if self.rank == 0:
                 print("warning: " + record["warning"], file=sys.stderr)
         return record
@@ -298,17 +341,51 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ eval, samples
     def validate(self) -> Optional[float]:
-        """Mean bits per dim of the EMA model on the validation images, by the one scoring engine's seed rule."""
+        """Mean bits per dim of the EMA model on the validation images (the true negative ELBO, whatever the
+        training loss), by the one scoring engine's seed rule."""
         if self.val_set is None or len(self.val_set) == 0:
             return None
         images = torch.stack([self.val_set[i] for i in range(len(self.val_set))])
         values, _ = score_images(self.ema, images, range(len(images)), ScoreOptions(seed=self.opt.seed))
         return float(values["bpd"].mean())
 
+    def active_units(self, limit: int = 256) -> Optional[List[int]]:
+        """Per decoder layer, how many latent units are active: the variance of their posterior mean across (up to
+        `limit`) validation images exceeds ACTIVE_UNIT_VARIANCE (Burda et al.'s measure; a collapsed layer has 0).
+        None without at least two validation images."""
+        if self.val_set is None or len(self.val_set) < 2:
+            return None
+        count = min(limit, len(self.val_set))
+        images = torch.stack([self.val_set[i] for i in range(count)])
+        layers = self.ema.encode(images, stats=True, seeds=[image_seed(self.opt.seed, i) for i in range(count)])
+        return [int((layer.mean.var(dim=0) > ACTIVE_UNIT_VARIANCE).sum()) for layer in layers]
+
+    def validation_record(self) -> Dict:
+        """What a validation logs: the bound and the active units per layer (posterior collapse made visible)."""
+        record = {"step": self.step, "val_bpd": self.validate()}
+        units = self.active_units()
+        if units is not None:
+            record.update(active_units=units, active_units_total=sum(units))
+        return record
+
     def write_samples(self) -> Path:
         gen = torch.Generator(device=self.device).manual_seed(self.opt.seed)
         images = self.ema.sample(16, temperature=1.0, generator=gen)
-        return save_png(make_grid(images.numpy(), zoom=None), self.out / "samples" / f"step_{self.step:07d}.png")
+        grid = make_grid(images.numpy(), zoom=None)
+        if self.loggers is not None:
+            self.loggers.image("samples", np.asarray(grid), self.step)
+        return save_png(grid, self.out / "samples" / f"step_{self.step:07d}.png")
+
+    def _close_loggers(self) -> None:
+        if self.loggers is not None:
+            self.loggers.close()
+            self.loggers = None
+
+    def _log(self, record: Dict) -> None:
+        """A record into log.jsonl (the source of truth) and the external loggers."""
+        self.run.log(record)
+        if self.loggers is not None:
+            self.loggers.log(record)
 
     # -------------------------------------------------------------------------------------- checkpoints
     def _state(self):
@@ -319,7 +396,8 @@ class Trainer:
             for name, value in st.items():
                 tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
         meta = {"step": self.step, "updates": self.updates, "skipped": self.skipped, "nan_count": self.nan_count,
-                "consecutive_skips": self.consecutive_skips, "param_groups": opt_state["param_groups"],
+                "consecutive_skips": self.consecutive_skips, "grad_norm_history": self.grad_norm_history,
+                "param_groups": opt_state["param_groups"],
                 "config": self.config.to_dict(), "options": asdict(self.opt)}
         return tensors, meta
 
@@ -372,6 +450,9 @@ class Trainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         for key in ("step", "updates", "skipped", "nan_count", "consecutive_skips"):
             setattr(self, key, meta[key])
+        history = meta.get("grad_norm_history", [])
+        self.grad_norm_history = [float(v) for v in history if isinstance(v, (int, float))] \
+            if isinstance(history, list) else []
         self._saved_step = self.step
         return True
 
@@ -446,7 +527,9 @@ class Trainer:
                 f"optimisation: lr {o.lr:g} (warm-up {o.warmup} updates), batch {o.batch_size} x "
                 f"{o.grad_accumulation} micro-batch(es) x {self.world} process(es)"
                 + (", gradient checkpointing" if o.grad_checkpoint else "") +
-                f", EMA rate {o.ema_rate}, grad clip {o.grad_clip:g}, skip threshold {o.skip_threshold:g}",
+                f", EMA rate {o.ema_rate}, grad clip {o.grad_clip:g}, skip threshold {o.skip_threshold}"
+                + (f", KL warm-up {o.kl_warmup} steps" if o.kl_warmup else "")
+                + (f", free bits {o.free_bits:g} nats per layer" if o.free_bits else ""),
                 f"run folder: {self.out} (the EMA weights in {self.run.model_path.name}/ load with vdvae_zoo.load)"]
 
     def _on_signal(self, signum, frame):
@@ -473,15 +556,17 @@ class Trainer:
         stopped, bar = None, None
         try:
             from .progress import progress_bar
+            if o.log_to and self.rank == 0:
+                self.loggers = ExternalLoggers(o.log_to, self.out, self.out.name, asdict(o))
             bar = progress_bar(total=o.steps, initial=self.step, enabled=self.rank == 0, desc="training", unit="step")
             while self.step < o.steps:
                 record = self.train_step()
                 bar.update(1)
                 if self.step % o.log_every == 0 or record.get("warning") or self.step == o.steps:
-                    self.run.log(record)
+                    self._log(record)
                     bar.set_postfix(bpd=f"{record['loss_bpd']:.3f}", skipped=self.skipped)
                 if o.val_every and self.step % o.val_every == 0:
-                    self.run.log({"step": self.step, "val_bpd": self.validate()})
+                    self._log(self.validation_record())
                 if o.sample_every and self.step % o.sample_every == 0 and self.rank == 0:
                     self.write_samples()
                 stop = distributed.any_across_ranks(self._stop_signal is not None, self.device)
@@ -504,16 +589,20 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()  # ends its line, so that a message after it starts on its own
+            if stopped or sys.exc_info()[0] is not None:
+                self._close_loggers()
             self._loader = None  # stops the DataLoader's worker processes
             for s, handler in previous.items():
                 signal.signal(s, handler)
         summary = {"step": self.step, "updates": self.updates, "skipped": self.skipped, "stopped_by_signal": stopped}
         if not stopped:
             if self.updates == 0:
+                self._close_loggers()
                 raise TrainingStalled(self._stalled_message(record))
             summary["final_val_bpd"] = self.validate()
             summary["ranks_identical"] = self._ranks_identical()
-            self.run.log(dict(summary, event="end"))
+            self._log(dict(summary, event="end"))
+            self._close_loggers()
             if self.rank == 0:
                 self.run.write_card(self.ema, self.card())  # the card states the numbers the run printed last
                 self.run.plot_curves()
@@ -521,7 +610,7 @@ class Trainer:
 
     def _stalled_message(self, record: Dict) -> str:
         return (f"training stopped learning: {self.consecutive_skips} updates in a row were skipped (last gradient "
-                f"norm {record['grad_norm']:.3g}, skip threshold {self.opt.skip_threshold:g}; "
+                f"norm {record['grad_norm']:.3g}, skip threshold {self.opt.skip_threshold}; "
                 f"{self.nan_count} NaN losses). The checkpoint in {self.out} was saved; resume with a higher "
                 "--skip-threshold or a lower --lr (and --allow-changed-options).")
 

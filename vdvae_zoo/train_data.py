@@ -18,11 +18,11 @@ __all__ = ["ImageFolderData", "StepBatches", "readable_images"]
 
 
 class ImageFolderData(torch.utils.data.Dataset):
-    """Images resized and centre-cropped to `size`, as uint8 (H, W, 3) tensors; optional horizontal flips
-    decided per (seed, epoch, index) so that they do not depend on workers or processes."""
+    """Images resized and centre-cropped to `size`, as uint8 (H, W, C) tensors of `channels` channels; optional
+    horizontal flips decided per (seed, epoch, index) so that they do not depend on workers or processes."""
 
-    def __init__(self, files: List[Path], size: int, hflip: bool = False, seed: int = 0):
-        self.files, self.size, self.hflip, self.seed = files, size, hflip, seed
+    def __init__(self, files: List[Path], size: int, hflip: bool = False, seed: int = 0, channels: int = 3):
+        self.files, self.size, self.hflip, self.seed, self.channels = files, size, hflip, seed, channels
 
     def __len__(self) -> int:
         return len(self.files)
@@ -35,7 +35,7 @@ class ImageFolderData(torch.utils.data.Dataset):
         for k in range(len(self.files)):
             path = self.files[(index + k) % len(self.files)]
             try:
-                img = center_crop_resize(read_image(path), self.size)
+                img = center_crop_resize(read_image(path, channels=self.channels), self.size)
                 break
             except ImageReadError as e:
                 warnings.warn(f"{path} can no longer be read ({e.reason}); using another image in its place",

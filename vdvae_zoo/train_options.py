@@ -7,14 +7,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 __all__ = ["TrainOptions", "TRAINING_PRESETS", "GENERIC_DEFAULTS", "RESUME_FIXED"]
 
 
 def _option(default: Any = None, help: str = "", **cli: Any) -> Any:
     """A TrainOptions field: its default and help, and for the command line `type` (int, float, str, 'path',
-    'existing'), `min`/`max`, `choices`, `required`. The CLI's `finetune` options are generated from these."""
+    'existing', 'threshold': a number or auto), `min`/`max`, `choices`, `multiple`, `required`. The CLI's
+    `finetune` options are generated from these."""
     return field(default=default, metadata={"help": help, **cli})
 
 
@@ -41,8 +42,17 @@ class TrainOptions:
     weight_decay: Optional[float] = _option(None, "AdamW weight decay (not on biases, gains, bias_xs).", type=float)
     warmup: Optional[int] = _option(None, "Linear warm-up over this many applied updates (0: none).", type=int, min=0)
     grad_clip: Optional[float] = _option(None, "Clip the gradient's total L2 norm to this.", type=float)
-    skip_threshold: Optional[float] = _option(None, "Skip updates whose gradient norm reaches this (<=0: never).",
-                                              type=float)
+    skip_threshold: Union[None, float, str] = _option(
+        None, "Skip updates whose gradient norm reaches this (<=0: never); auto: skip only outliers of the recent "
+              "norms (above 3x the 90th percentile of the last 100; README, 'Fine-tuning').", type="threshold")
+    kl_warmup: int = _option(0, "Raise the KL term's weight linearly from 0 to 1 over this many steps (0: none). The "
+                                "validation bpd stays the true negative ELBO.", type=int, min=0)
+    free_bits: float = _option(0.0, "Free bits per stochastic layer, in nats (hvae-oodd's definition: each layer's "
+                                    "KL counts at least this much in the training loss; 0: none).", type=float,
+                               min=0.0)
+    log_to: tuple = _option((), "Also log to tensorboard (extra [tensorboard]) or wandb (extra [wandb], honours "
+                                "WANDB_MODE=offline); repeatable. log.jsonl stays the source of truth.",
+                            choices=("tensorboard", "wandb"), multiple=True)
     ema_rate: Optional[float] = _option(None, "Rate of the exponential moving average of the weights.", type=float)
     val_every: int = _option(500, "Validate every N steps (0: never).", type=int, min=0)
     save_every: int = _option(500, "Checkpoint every N steps (0: only at the end).", type=int, min=0)
@@ -80,8 +90,16 @@ class TrainOptions:
                 raise bad(name, value, "a positive finite number")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise bad("weight_decay", self.weight_decay, "a finite number >= 0")
-        if math.isnan(self.skip_threshold):
+        if isinstance(self.skip_threshold, str):
+            if self.skip_threshold != "auto":
+                raise bad("skip_threshold", self.skip_threshold, "a number or auto")
+        elif math.isnan(self.skip_threshold):
             raise bad("skip_threshold", self.skip_threshold, "a number (<= 0: never skip on the gradient norm)")
+        if not (math.isfinite(self.free_bits) and self.free_bits >= 0):
+            raise bad("free_bits", self.free_bits, "a finite number of nats >= 0")
+        unknown = [t for t in self.log_to if t not in ("tensorboard", "wandb")]
+        if unknown:
+            raise bad("log_to", unknown[0], "tensorboard or wandb")
         if not 0 <= self.ema_rate < 1:
             raise bad("ema_rate", self.ema_rate, "in [0, 1)")
         for name in ("warmup", "batch_size"):
@@ -91,7 +109,8 @@ class TrainOptions:
 
 #: Options a resumed run must share with the run it continues (others, e.g. --steps or --workers, may change).
 RESUME_FIXED = ("model", "config", "data", "val_data", "val_fraction", "batch_size", "grad_accumulation", "lr", "weight_decay", "warmup",
-                "grad_clip", "skip_threshold", "ema_rate", "hflip", "resize", "dtype", "seed", "manifest")
+                "grad_clip", "skip_threshold", "ema_rate", "hflip", "resize", "dtype", "seed", "manifest", "kl_warmup",
+                "free_bits")
 
 
 #: Optimisation defaults for models that are not a released preset (TRAINING_PRESETS has the presets'): small

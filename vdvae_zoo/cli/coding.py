@@ -25,7 +25,7 @@ def _webp_and_png_bytes(image) -> tuple:
     sizes = []
     for fmt, kwargs in (("WEBP", dict(lossless=True, quality=100, method=6)), ("PNG", dict(optimize=True))):
         buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format=fmt, **kwargs)
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format=fmt, **kwargs)
         sizes.append(len(buf.getvalue()))
     return tuple(sizes)
 
@@ -69,7 +69,8 @@ def compress_command(model_name, paths, output, resize, overwrite, config, manif
 
     def read():  # one image at a time: memory does not grow with the folder
         for p in files:
-            images, kept, skipped = load_images([p], size=size, resize=None if resize == "none" else resize)
+            images, kept, skipped = load_images([p], size=size, resize=None if resize == "none" else resize,
+                                                channels=model.config.image_channels)
             if skipped:
                 click.echo(f"warning: skipped {printable_path(p)}: {skipped[0][1]}", err=True)
                 continue

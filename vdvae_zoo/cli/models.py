@@ -9,7 +9,7 @@ import click
 
 from .. import hub
 from .._version import __version__
-from ..config import resolve_config
+from ..config import OUTPUTS, resolve_config
 from ..files import CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, atomic_write, refuse_existing
 from ..inspection import compare_with_config, inspect_checkpoint
 from ..manifest import load_manifest, manifest_data, pin_entries
@@ -84,9 +84,13 @@ def info(model, manifest):
 @click.argument("config")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
+@click.option("--image-channels", type=click.IntRange(1, 4), default=None,
+              help="1 grey, 2 grey + alpha, 3 RGB, 4 RGBA (default: the config's, 3 for every preset).")
+@click.option("--output-distribution", type=click.Choice(OUTPUTS), default=None,
+              help="dmol: the paper's mixture of logistics; bernoulli: binary images (pixels 0 or 255).")
 @overwrite_option
 @user_errors
-def new(config, output, seed, overwrite):
+def new(config, output, seed, image_channels, output_distribution, overwrite):
     """A model with the paper's random initialisation, saved as a folder that every command takes as MODEL.
 
     CONFIG is a preset (cifar10, imagenet32, imagenet64, ffhq256, ffhq1024), an example config (tiny32: 32x32,
@@ -94,12 +98,16 @@ def new(config, output, seed, overwrite):
 
     Example: vdvae-zoo new tiny32 -o tiny/ && vdvae-zoo sample tiny/ -n 16 -o noise.png
     """
+    import dataclasses
     import torch
     resolved = resolve_config(config)
+    changes = {k: v for k, v in (("image_channels", image_channels), ("output", output_distribution)) if v is not None}
+    resolved = dataclasses.replace(resolved, **changes) if changes else resolved
     torch.manual_seed(seed)
     folder = VDVAE(resolved).save_pretrained(output, overwrite=overwrite)
     click.echo(f"wrote {folder}: a random-init {config} model, {resolved.num_layers} stochastic "
-               f"layers, {resolved.image_size}x{resolved.image_size}")
+               f"layers, {resolved.image_size}x{resolved.image_size}x{resolved.image_channels}"
+               + (f", {resolved.output} output" if resolved.output != "dmol" else ""))
 
 
 def _found_architecture(entry):

@@ -166,7 +166,8 @@ def sample(model_name, num, temperature, seed, output, outdir, batch_size, resum
 def _read_images_for(model, paths, resize: str):
     """Images of PATHS at the model's size; skipped files warned about one line each; none readable is an error."""
     images, kept, skipped = load_images(find_images(paths), size=model.config.image_size,
-                                        resize=None if resize == "none" else resize)
+                                        resize=None if resize == "none" else resize,
+                                        channels=model.config.image_channels)
     for p, why in skipped:
         click.echo(f"warning: skipped {p}: {why}", err=True)
     if not kept:

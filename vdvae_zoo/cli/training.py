@@ -16,6 +16,21 @@ from .base import main, user_errors
 
 
 # ------------------------------------------------------------------------------------------------ finetune
+class _NumberOrAuto(click.ParamType):
+    name = "NUMBER|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "auto" or isinstance(value, float):
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor auto", param, ctx)
+
+
+_NUMBER_OR_AUTO = _NumberOrAuto()
+
+
 def _train_options(fn):
     """The finetune command's options, one per TrainOptions field (their one statement: names, defaults, help)."""
     for f in reversed(dataclasses.fields(TrainOptions)):
@@ -24,8 +39,14 @@ def _train_options(fn):
         if isinstance(f.default, bool):
             fn = click.option(name, f.name, is_flag=True, default=f.default, help=meta["help"])(fn)
             continue
+        if meta.get("multiple"):
+            fn = click.option(name, f.name, type=click.Choice(meta["choices"]), multiple=True, default=f.default,
+                              help=meta["help"])(fn)
+            continue
         if "choices" in meta:
             type_ = click.Choice(meta["choices"])
+        elif kind == "threshold":
+            type_ = _NUMBER_OR_AUTO
         elif kind in ("existing", "path"):
             type_ = click.Path(exists=kind == "existing")
         elif "min" in meta or "max" in meta:
