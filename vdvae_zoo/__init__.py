@@ -21,6 +21,7 @@ from .latents import flatten_latents, latent_layout, unflatten_latents
 from .model import VDVAE, EncoderMismatchError, LayerLatents, LikelihoodResult, load
 from .ood import detection_metrics, evaluate_ood, ood_scores
 from .provenance import Provenance
+from .restore import Denoising, Downsampling, Inpainting, RestoreResult, restore
 from .sample_sets import write_sample_set
 from .scoring import ScoreOptions, score_dataset
 from .plots import bits_per_layer, bits_per_resolution, kl_chart
@@ -43,4 +44,4 @@ __all__ = ["VDVAE", "VDVAEConfig", "LikelihoodResult", "LayerLatents", "LoadRepo
            "UnknownModelError", "Manifest", "load", "download", "load_manifest", "read_checkpoint",
            "convert_original", "inspect_checkpoint", "evaluate", "EvalReport", "compress", "decompress", "list_models", "list_presets", "parse_block_string", "Trainer",
            "TrainOptions", "finetune", "bits_per_layer", "bits_per_resolution", "kl_chart", "keep_freed_memory",
-           "__version__"]
+           "restore", "RestoreResult", "Inpainting", "Downsampling", "Denoising", "__version__"]

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from .draws import uniform
 
-__all__ = ["dmol_nll", "dmol_sample", "dmol_level_probs", "pixel_uniform_shapes", "MIN_LOG_SCALE",
-           "mixture_channels", "coefficient_index", "bernoulli_nll", "bernoulli_sample", "bernoulli_level_probs"]
+__all__ = ["dmol_nll", "dmol_sample", "dmol_level_probs", "dmol_mean_var", "pixel_uniform_shapes", "MIN_LOG_SCALE",
+           "mixture_channels", "coefficient_index", "bernoulli_nll", "bernoulli_sample", "bernoulli_level_probs",
+           "bernoulli_mean_var"]
 
 MIN_LOG_SCALE = -7.0
 
@@ -152,6 +153,30 @@ def dmol_sample(params: torch.Tensor, num_mixtures: int, generator: Optional[tor
     return ((pixels + 1.0) * 127.5).clamp(0.0, 255.0).to(torch.uint8)
 
 
+def dmol_mean_var(params: torch.Tensor, num_mixtures: int, channels: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of each sub-pixel under the mixture, in the target's units ([-1, 1]), float32
+    (N, H, W, C) each. A channel's mean is conditioned on the earlier channels' component means (the mixture's
+    coefficients applied to them); a logistic of scale s has variance s^2 pi^2 / 3; clamping to [-1, 1] is ignored."""
+    logits, means, log_scales, coeffs = _unpack(params.float(), num_mixtures, channels)
+    weights = torch.softmax(logits, dim=-1)[..., None, :]                       # (N, H, W, 1, M)
+    component_means = _means_given_means(means, coeffs)                         # (N, H, W, C, M)
+    second = torch.exp(2 * log_scales) * (math.pi ** 2 / 3) + component_means ** 2
+    mean = (weights * component_means).sum(-1)
+    return mean, ((weights * second).sum(-1) - mean ** 2).clamp_min(0.0)
+
+
+def _means_given_means(means: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """Each component's channel means, the later channels shifted by the coefficients times the earlier channels'
+    (already shifted) means of the same component: (N, H, W, C, M)."""
+    out = []
+    for c in range(means.shape[-2]):
+        mean = means[..., c, :]
+        for j in range(c):
+            mean = mean + coeffs[..., coefficient_index(c, j), :] * out[j]
+        out.append(mean)
+    return torch.stack(out, dim=-2)
+
+
 # ------------------------------------------------------------------------------------------------ Bernoulli
 def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Negative log-likelihood of binary `target` (N, H, W, C) in [-1, 1] (above 0: a 255 pixel) under one logit
@@ -171,6 +196,12 @@ def bernoulli_sample(logits: torch.Tensor, generator: Optional[torch.Generator] 
         uniforms = [uniform((1 if same_noise else n, *logits.shape[1:]), logits.device, generator)]
     u = uniforms[0].expand(n, -1, -1, -1)
     return torch.where(u < torch.sigmoid(logits), 255, 0).to(torch.uint8)
+
+
+def bernoulli_mean_var(logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of each sub-pixel in the target's units: values -1 or 1, P(1) = sigmoid(logit)."""
+    p = torch.sigmoid(logits.float())
+    return 2 * p - 1, 4 * p * (1 - p)
 
 
 def bernoulli_level_probs(logits: torch.Tensor, channel: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 from .batching import MicroBatch, auto_batch_size, check_batch_size, draw_normals, micro_batches, trim_rows
 from .bounds import LayerLatents, LikelihoodResult, importance_weighted, joined_result, log_prior_over_posterior
 from .config import VDVAEConfig
-from .dmol import bernoulli_nll, bernoulli_sample, dmol_nll, dmol_sample
+from .dmol import bernoulli_mean_var, bernoulli_nll, bernoulli_sample, dmol_mean_var, dmol_nll, dmol_sample
 from .inputs import (ImageBatch, Temperature, check_count, check_image_pair, check_images, check_keep,
                      check_latents, layer_temperatures, preprocess)
 from .latents import LatentSlot, latent_layout
@@ -253,6 +253,14 @@ class VDVAE(nn.Module, PretrainedMixin):
         if c.output == "bernoulli":
             return bernoulli_nll(params, target)
         return dmol_nll(params, target, c.num_mixtures, c.low_bit)
+
+    def pixel_mean_var(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of each sub-pixel under the output distribution, in pixel units / 255 ([0, 1]),
+        float32 (N, H, W, C) each (restoration's x-step uses them as a Gaussian decoder)."""
+        c = self.config
+        mean, var = bernoulli_mean_var(params) if c.output == "bernoulli" else \
+            dmol_mean_var(params, c.num_mixtures, c.image_channels)
+        return (mean + 1) / 2, var / 4
 
     def sample_pixels(self, params: torch.Tensor, generator: Optional[torch.Generator] = None,
                       same_noise: bool = False, uniforms: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:

@@ -1,0 +1,147 @@
+"""Restoration with the prior: operators and their adjoints, the data step, what inpainting keeps, the seed rule,
+the command line and its refusals."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import vdvae_zoo
+from helpers import random_images, tiny_config_dict
+from vdvae_zoo import VDVAE, VDVAEConfig
+from vdvae_zoo.cli import main
+from vdvae_zoo.restore import Denoising, Downsampling, Inpainting, _data_step, psnr, restore, ssim
+
+
+def _mask(size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return torch.tensor((rng.random((size, size)) > 0.4).astype(np.float32))
+
+
+@pytest.mark.parametrize("operator,small", [(Inpainting(_mask()), 16), (Downsampling(2), 8), (Downsampling(4), 4),
+                                            (Denoising(0.1), 16)])
+def test_each_operators_adjoint_is_its_transpose(operator, small):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 16, 16, 3, generator=g, dtype=torch.float64).float()
+    y = torch.rand(2, small, small, 3, generator=g, dtype=torch.float64).float()
+    left = (operator.forward(x).double() * y.double()).sum()
+    right = (x.double() * operator.adjoint(y).double()).sum()
+    assert float(left) == pytest.approx(float(right), rel=1e-6)
+
+
+def test_the_data_step_solves_its_normal_equations():
+    g = torch.Generator().manual_seed(2)
+    mu, var = torch.rand(1, 16, 16, 3, generator=g), torch.rand(1, 16, 16, 3, generator=g) * 0.1 + 0.004
+    noisy = torch.rand(1, 16, 16, 3, generator=g)
+    op = Denoising(0.1)
+    x = _data_step(op, noisy, mu, var, 1.0, start=noisy)
+    closed = (noisy / 0.01 + mu / var) / (1 / 0.01 + 1 / var)  # diagonal: the minimiser in closed form
+    assert torch.allclose(x, closed, atol=1e-5)
+    op = Downsampling(4)
+    small = torch.rand(1, 4, 4, 3, generator=g)
+    x = _data_step(op, small, mu, var, 0.5, start=op.initial(small)).double()
+    residual = op.adjoint(op.forward(x.float()) - small).double() / op.sigma ** 2 + 0.5 * (x - mu.double()) / var
+    assert residual.abs().max() < 1e-3 * (1 / op.sigma ** 2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return VDVAE(VDVAEConfig.from_dict(tiny_config_dict())).eval()
+
+
+@pytest.mark.parametrize("method", ["pnp-hvae", "encode-decode"])
+def test_inpainting_keeps_every_observed_pixel_exactly(model, method):
+    images = random_images(2, size=16, seed=4).numpy()
+    op = Inpainting(_mask(seed=3))
+    observed = (op.forward(torch.tensor(images).float() / 255) * 255).round().byte().numpy()
+    result = restore(model, observed, op, steps=3, method=method)
+    m = op.mask.numpy().astype(bool)
+    assert result.images.shape == images.shape
+    assert np.array_equal(result.images[:, m], images[:, m])
+    assert not np.array_equal(result.images[:, ~m], observed[:, ~m])  # the holes were filled, not left black
+
+
+def test_results_follow_the_seed_rule(model):
+    images = random_images(3, size=16, seed=5).numpy()
+    op = Denoising(20 / 255)
+    noisy = np.clip(images + np.random.default_rng(0).normal(0, 20, images.shape), 0, 255).astype(np.uint8)
+    first = restore(model, noisy, op, steps=2, samples=3, seed=7)
+    again = restore(model, noisy, op, steps=2, samples=3, seed=7)
+    assert np.array_equal(first.samples, again.samples) and first.std.shape == images.shape
+    assert first.std.max() > 0  # the samples differ: a posterior spread
+    other_seed = restore(model, noisy, op, steps=2, samples=3, seed=8)
+    assert not np.array_equal(first.samples, other_seed.samples)
+    # image 1's result does not depend on the images restored with it (only on its position's seed)
+    companions = noisy.copy()
+    companions[0] = noisy[2]
+    swapped = restore(model, companions[:2], op, steps=2, samples=3, seed=7)
+    assert np.array_equal(swapped.samples[1], first.samples[1])
+
+
+def test_super_resolution_and_metrics(model):
+    images = random_images(1, size=16, seed=6).numpy()
+    op = Downsampling(2)
+    small = (op.forward(torch.tensor(images).float() / 255) * 255).round().byte().numpy()
+    result = restore(model, small, op, steps=2)
+    assert result.images.shape == (1, 16, 16, 3) and result.seconds_per_image > 0
+    assert psnr(images[0], images[0]) == float("inf") and ssim(images[0], images[0]) == pytest.approx(1.0)
+    assert 0 < psnr(result.images[0], images[0]) < 60 and ssim(result.images[0], images[0]) < 1
+
+
+def test_bad_arguments_are_one_sentence(model):
+    with pytest.raises(ValueError, match="temperature must be in"):
+        restore(model, np.zeros((1, 16, 16, 3), np.uint8), Denoising(0.1), temperature=1.5)
+    with pytest.raises(ValueError, match="this model restores 16x16x3"):
+        restore(model, np.zeros((1, 16, 16, 3), np.uint8), Downsampling(2))
+    with pytest.raises(ValueError, match="method must be one of"):
+        restore(model, np.zeros((1, 16, 16, 3), np.uint8), Denoising(0.1), method="magic")
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["new", "tiny32", "-o", str(tmp_path / "m")]).exit_code == 0
+    image = random_images(1, size=32, seed=8).numpy()[0]
+    Image.fromarray(image).save(tmp_path / "face.png")
+    Image.fromarray(image[::4, ::4]).save(tmp_path / "small.png")
+    mask = np.full((32, 32), 255, np.uint8)
+    mask[10:20, 10:20] = 0
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    return tmp_path
+
+
+def test_the_three_tasks_run_from_the_command_line(folder):
+    runner = CliRunner()
+    m = str(folder / "m")
+    for args in (["--mask", str(folder / "mask.png")], ["--upscale", "4"], ["--denoise", "25"]):
+        source = folder / ("small.png" if "--upscale" in args else "face.png")
+        out = folder / f"out{args[0]}.png"
+        result = runner.invoke(main, ["restore", m, str(source), "-o", str(out), "--steps", "2", *args])
+        assert result.exit_code == 0, result.output
+        assert np.asarray(Image.open(out)).shape == (32, 32, 3)
+    result = runner.invoke(main, ["restore", m, str(folder / "face.png"), "-o", str(folder / "s.png"), "--denoise",
+                                  "25", "--steps", "2", "--samples", "3"])
+    assert result.exit_code == 0 and (folder / "s.std.png").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--upscale", "3"], "3 does not divide the model's size 32"),
+    (["--upscale", "2"], "with --upscale 2 it must be 16x16"),
+    (["--mask", "wrong-size"], "the mask must be 32x32"),
+    (["--mask", "grey"], "is not binary"),
+    (["--denoise", "25", "--upscale", "2"], "give exactly one of"),
+])
+def test_bad_input_is_one_sentence(folder, args, message):
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "wrong-size.png")
+    Image.fromarray(np.arange(32 * 32).reshape(32, 32).astype(np.uint8)).save(folder / "grey.png")
+    args = [str(folder / f"{a}.png") if a in ("wrong-size", "grey") else a for a in args]
+    image = folder / ("face.png")
+    result = CliRunner().invoke(main, ["restore", str(folder / "m"), str(image), "-o", str(folder / "x.png"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (folder / "x.png").exists()
+
+
+def test_the_api_is_exported():
+    assert vdvae_zoo.restore is restore and vdvae_zoo.Inpainting is Inpainting
