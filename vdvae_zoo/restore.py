@@ -1,8 +1,7 @@
 """Restoration with the prior: inpainting, super-resolution and denoising with any VDVAE.
 
-The method is PnP-HVAE (Prost, Houdard, Almansa and Papadakis, "Learning Degradation-Independent Image Priors with
-Hierarchical VAEs for Image Restoration" / "Efficient posterior sampling ... PnP-HVAE", ICCV 2023; code:
-jprost76/PnP-HVAE). It maximises the joint posterior p(x, z | y) for an observation y = A x + n, n ~ N(0, s^2),
+The method is PnP-HVAE (Prost, Houdard, Almansa and Papadakis, "Inverse Problem Regularization with Hierarchical
+Variational Autoencoders", ICCV 2023; code: jprost76/PnP-HVAE). It maximises the joint posterior p(x, z | y) for an observation y = A x + n, n ~ N(0, s^2),
 by alternating two steps from x_0 (A^T y, filled in: below):
 
 - z-step: one encoder pass on x_k; at each decoder layer l, z_l is the minimiser of
@@ -191,7 +190,10 @@ def restore(model, y, operator, *, steps: int = 30, temperature: float = 0.8, co
     for name, value, low in (("steps", steps, 1), ("samples", samples, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if not (isinstance(temperature, (int, float)) and 0 < temperature <= 1 / math.sqrt(coupling)):
+    if method == "encode-decode":
+        if not (isinstance(temperature, (int, float)) and 0 <= temperature < math.inf):
+            raise ValueError(f"temperature must be a number >= 0 (0: the prior's mean), got {temperature!r}")
+    elif not (isinstance(temperature, (int, float)) and 0 < temperature <= 1 / math.sqrt(coupling)):
         raise ValueError(f"temperature must be in (0, 1/sqrt(coupling)] = (0, {1 / math.sqrt(coupling):.3g}], got "
                          f"{temperature!r}: the prior's weight 1/T^2 - coupling cannot be negative")
     if not (isinstance(coupling, (int, float)) and coupling > 0):
