@@ -402,3 +402,25 @@ def test_the_readme_quick_start_runs_in_seconds_and_says_true_shapes(tmp_path, m
     exec(compile(block, "README.md quick start", "exec"), namespace)
     assert len(namespace["zs"]) == 13 and namespace["zs"][0].shape[1] == 8
     assert namespace["elbo"].kl.shape == (2, 13) and (tmp_path / "bits_per_layer.png").is_file()
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS"])
+def test_a_full_or_read_only_local_disk_is_not_called_a_broken_download(tmp_path, monkeypatch, code):
+    """The Hub download's local write failing is the disk's fault: said as such (with the folder), not retried
+    and not reported as "broke off twice ... try again later"."""
+    import errno
+    import huggingface_hub
+    from vdvae_zoo import hub
+    from vdvae_zoo.cli.base import _system_error
+    calls = []
+
+    def full(*args, **kwargs):
+        calls.append(1)
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", full)
+    with pytest.raises(OSError) as info:
+        hub._hub_download("owner/model", "model.safetensors", "main", tmp_path, False)
+    assert not isinstance(info.value, ConnectionError) and len(calls) == 1
+    assert info.value.filename == str(tmp_path)
+    sentence = _system_error(info.value)
+    assert str(tmp_path) in sentence and "try again later" not in sentence
