@@ -1,0 +1,103 @@
+"""Ready to publish: one version everywhere, a CITATION.cff that holds what the CFF schema requires, and (slow) an
+sdist and a wheel that `twine check` passes, the wheel working on its own: installed with `pip install --no-deps
+--target` and run with nothing of the repository on the path."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import vdvae_zoo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_one_version_in_the_package_the_changelog_and_the_citation():
+    import yaml
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    first = re.search(r"^## (\S+)", changelog, re.M).group(1)
+    assert first == vdvae_zoo.__version__
+    citation = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert citation["version"] == vdvae_zoo.__version__
+
+
+def test_the_citation_holds_what_cff_1_2_requires():
+    import yaml
+    citation = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0"
+    for key in ("message", "title", "authors"):
+        assert citation.get(key), key
+    assert all(a.get("name") or a.get("family-names") for a in citation["authors"])
+    paper = citation["preferred-citation"]
+    assert paper["type"] in ("conference-paper", "article") and "Very Deep VAEs" in paper["title"]
+    assert paper["authors"][0]["family-names"] == "Child" and paper["year"] == 2021
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    pytest.importorskip("build")
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return next(out.glob("*.whl")), next(out.glob("*.tar.gz"))
+
+
+@pytest.mark.slow  # builds the sdist and the wheel (about 30 s)
+def test_twine_passes_and_the_sdist_carries_the_licence_the_manifest_and_the_tests(artifacts):
+    pytest.importorskip("twine")
+    wheel, sdist = artifacts
+    check = subprocess.run([sys.executable, "-m", "twine", "check", str(wheel), str(sdist)], capture_output=True,
+                           text=True, timeout=120)
+    assert check.returncode == 0 and check.stdout.count("PASSED") == 2, check.stdout + check.stderr
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for needed in ("LICENSE", "README.md", "CHANGELOG.md", "CITATION.cff", "weights_manifest.json",
+                   "tests/golden/tiny32/model-ema.th", "tests/golden/tiny32/expected.json", "tests/conftest.py",
+                   "tests/helpers.py", "tests/golden/dmol/params.npy"):
+        assert needed in names, needed
+    with zipfile.ZipFile(wheel) as whl:
+        files = whl.namelist()
+        assert "vdvae_zoo/weights_manifest.json" in files
+        entry_points = whl.read(next(f for f in files if f.endswith("entry_points.txt"))).decode()
+    assert "vdvae-zoo = vdvae_zoo.cli:main" in entry_points
+
+
+@pytest.mark.slow  # installs the wheel into a folder and runs commands from it
+def test_the_wheel_works_on_its_own(artifacts, tmp_path):
+    wheel, _ = artifacts
+    site = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+                           str(wheel)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    # -S: no site-packages processing (no .pth, so no editable install of the clone); the dependencies' folders
+    # are given after the wheel's, and the working folder is not the clone.
+    deps = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site)] + deps), HF_HUB_OFFLINE="1")
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def run(*args, code=None):
+        argv = [sys.executable, "-S"] + (["-c", code] if code else ["-m", "vdvae_zoo", *args])
+        result = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return result.stdout
+
+    where = run(code="import vdvae_zoo, json; print(json.dumps([vdvae_zoo.__file__, vdvae_zoo.__version__]))")
+    path, version = json.loads(where.strip().splitlines()[-1])
+    assert Path(path).resolve().is_relative_to(site.resolve()) and version == vdvae_zoo.__version__
+    assert "cifar10" in run("list") and "ffhq256" in run("list")  # the manifest inside the wheel
+    run("new", "tiny32", "-o", "m")
+    run("sample", "m", "-n", "2", "-o", "s.png")
+    assert (work / "s.png").stat().st_size > 0
+    readme = (REPO / "README.md").read_text()
+    quick_start = re.search(r"## Quick start\n\n```python\n(.*?)```", readme, re.S).group(1)
+    run(code=quick_start)
+    assert (work / "bits_per_layer.png").is_file()
