@@ -101,3 +101,71 @@ def test_the_wheel_works_on_its_own(artifacts, tmp_path):
     quick_start = re.search(r"## Quick start\n\n```python\n(.*?)```", readme, re.S).group(1)
     run(code=quick_start)
     assert (work / "bits_per_layer.png").is_file()
+
+
+# ------------------------------------------------------------------------------------- cards with measured numbers
+def test_eval_writes_its_result_into_a_card_the_hub_parser_reads(tmp_path):
+    from click.testing import CliRunner
+    from huggingface_hub import ModelCard, metadata_load
+    from PIL import Image
+    from helpers import random_images
+    from vdvae_zoo.cli import main
+    runner = CliRunner()
+    assert runner.invoke(main, ["new", "tiny32", "-o", str(tmp_path / "m")]).exit_code == 0
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(random_images(4, size=32, seed=1).numpy()):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    result = runner.invoke(main, ["eval", str(tmp_path / "m"), "--data", str(folder), "--seed", "3", "--card",
+                                  str(tmp_path / "m"), "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    measured = json.loads((tmp_path / "r.json").read_text())["mean_bpd"]
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    results = card.data.eval_results
+    assert len(results) == 1 and results[0].metric_value == pytest.approx(measured)
+    assert results[0].metric_type == "bpd" and results[0].metric_args["seed"] == 3
+    assert "measured with vdvae-zoo" in results[0].source_name and "--seed 3" in results[0].source_name
+    assert metadata_load(tmp_path / "m" / "README.md")["library_name"] == "vdvae-zoo"
+    # re-saving the model keeps the measured result; a second eval with other options adds one
+    vdvae_zoo.load(tmp_path / "m", device="cpu").save_pretrained(tmp_path / "m")
+    assert len(ModelCard.load(tmp_path / "m" / "README.md").data.eval_results) == 1
+    again = runner.invoke(main, ["eval", str(tmp_path / "m"), "--data", str(folder), "--seed", "4", "--card",
+                                 str(tmp_path / "m"), "-o", str(tmp_path / "r2.json"), "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert len(ModelCard.load(tmp_path / "m" / "README.md").data.eval_results) == 2
+
+
+def test_released_cards_quote_the_paper_and_say_so(tmp_path):
+    from huggingface_hub import ModelCard
+    from vdvae_zoo import VDVAEConfig
+    from vdvae_zoo.manifest import load_manifest
+    from vdvae_zoo.provenance import PAPER_SOURCE, measured_result, model_card
+    entry = load_manifest().get("cifar10")
+    mine = measured_result("cifar10 (python)", "test", 2.9, args={"seed": 0}, command="vdvae-zoo eval cifar10 ...")
+    (tmp_path / "README.md").write_text(model_card(VDVAEConfig.from_preset("cifar10"), ["x"], entry, results=[mine]))
+    results = ModelCard.load(tmp_path / "README.md").data.eval_results
+    paper, measured = results
+    assert paper.metric_value == entry.reported_test_bpd and paper.source_name == PAPER_SOURCE["name"]
+    assert "quoted (not measured" in paper.source_name and paper.source_url == PAPER_SOURCE["url"]
+    assert measured.metric_value == 2.9 and "measured with vdvae-zoo" in measured.source_name
+
+
+def test_publish_carries_the_measured_results(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from helpers import TINY, golden_config, write_manifest, entry
+    from vdvae_zoo.cli import main
+    from vdvae_zoo.model import VDVAE
+    from vdvae_zoo.provenance import measured_result, model_card
+    folder = tmp_path / "measured"
+    folder.mkdir()
+    (folder / "README.md").write_text(model_card(vdvae_zoo.VDVAEConfig.from_preset("cifar10"), [],
+                                                 results=[measured_result("x", "test", 1.5)]))
+    manifest = tmp_path / "manifest.json"
+    write_manifest(manifest, [entry("tiny32", golden_config(), url="https://example.org/tiny32.th")])
+    sent = {}
+    monkeypatch.setattr(VDVAE, "push_to_hub", lambda self, repo, **kw: sent.update(kw) or
+                        {"repo_id": repo, "revision": "0" * 40, "sha256": "0" * 64})
+    result = CliRunner().invoke(main, ["publish", f"tiny32={TINY / 'model-ema.th'}", "--org", "me", "--manifest",
+                                       str(manifest), "--results-from", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert [r["metrics"][0]["value"] for r in sent["results"]] == [1.5]

@@ -56,6 +56,15 @@ class EvalReport:
     skipped: List[List[Any]] = field(default_factory=list)   # [index, reason] of images that could not be read
     per_image: Dict[str, List[float]] = field(default_factory=dict, repr=False)  # index, bpd, ...
 
+    def card_result(self, command: str = "") -> Dict[str, Any]:
+        """This result as a model card's model-index entry (provenance.measured_result): the data, split, mean
+        bits per dim, and the options it depends on."""
+        from .provenance import measured_result
+        args = {"seed": self.seed, "samples": self.samples, "images": self.images}
+        if self.limit is not None:
+            args["limit"] = self.limit
+        return measured_result(self.data, self.split, self.mean_bpd, args=args, command=command)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 

@@ -24,9 +24,9 @@ import torch
 
 from . import hub, registry
 from .config import ConfigLike, VDVAEConfig, resolve_config
-from .files import CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, recover_folder
+from .files import CARD_NAME, CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, recover_folder
 from .manifest import Manifest, ModelEntry, load_manifest, valid_name
-from .provenance import Provenance, model_card, named_provenance
+from .provenance import Provenance, card_results, model_card, named_provenance
 from .weights import (ArchitectureMatch, LoadReport, check_state, match_architectures, read_checkpoint,
                       tensor_sha256, write_model_folder)
 
@@ -326,21 +326,26 @@ class PretrainedMixin:
 
     # -------------------------------------------------------------------------------------------- saving
     def save_pretrained(self, folder: PathLike, *, entry: Optional[ModelEntry] = None, card: bool = True,
-                        overwrite: bool = True, run: Optional[Mapping[str, Any]] = None) -> Path:
+                        overwrite: bool = True, run: Optional[Mapping[str, Any]] = None,
+                        results: Optional[List[Dict[str, Any]]] = None) -> Path:
         """Write config.json, model.safetensors and a model card README.md (with what `entry` or a training
-        `run` knows) into `folder`, as a unit."""
-        text = model_card(self.config, self.card_lines(self.config), entry, run=run) if card else None
+        `run` knows, and measured `results`: provenance.measured_result) into `folder`, as a unit. Measured results
+        already in the folder's card are kept when `results` is None (re-saving a model does not lose them)."""
+        if results is None:
+            results = card_results(Path(folder) / CARD_NAME)
+        text = model_card(self.config, self.card_lines(self.config), entry, run=run, results=results) if card else None
         return write_model_folder(folder, self.state_dict(), self.config, card=text, overwrite=overwrite)
 
     def push_to_hub(self, repo_id: str, *, entry: Optional[ModelEntry] = None, private: bool = False,
-                    token: Optional[str] = None, commit_message: str = "Upload VDVAE weights") -> Dict[str, str]:
-        """Upload config.json + model.safetensors + model card to the Hub. Returns the fields to pin in the
-        manifest: repo_id, revision (the commit) and sha256 of model.safetensors."""
+                    token: Optional[str] = None, commit_message: str = "Upload VDVAE weights",
+                    results: Optional[List[Dict[str, Any]]] = None) -> Dict[str, str]:
+        """Upload config.json + model.safetensors + model card (with measured `results`) to the Hub. Returns the
+        fields to pin in the manifest: repo_id, revision (the commit) and sha256 of model.safetensors."""
         from huggingface_hub import HfApi
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = self.save_pretrained(Path(tmp) / "model", entry=entry)
+            folder = self.save_pretrained(Path(tmp) / "model", entry=entry, results=results or [])
             sha = hub.file_sha256(folder / WEIGHTS_NAME)
             info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
         return {"repo_id": repo_id, "revision": info.oid, "sha256": sha}

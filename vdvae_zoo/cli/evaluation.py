@@ -8,7 +8,8 @@ import click
 
 from ..datasets import SPLITS
 from ..evaluate import evaluate
-from ..files import atomic_write, refuse_existing
+from ..files import CONFIG_NAME, atomic_write, refuse_existing
+from ..provenance import add_card_result
 from ..scoring import MAX_PRIOR_TEMPERATURE, refuse_existing_state
 from .base import MODEL_HELP, batch_size_option, load_model, main, model_options, overwrite_option, stop_interrupted, user_errors
 
@@ -29,11 +30,14 @@ from .base import MODEL_HELP, batch_size_option, load_model, main, model_options
               help="Images per saved chunk (the unit of --resume and of sharing among processes).")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted evaluation from its state file.")
+@click.option("--card", "card_folder", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Also record the result in this model folder's card (README.md model-index: dataset, split, "
+                   "bits per dim, seed, the command, the vdvae-zoo version); the Hub shows it.")
 @overwrite_option
 @model_options
 @user_errors
-def eval_command(model_name, data, split, limit, samples, seed, batch_size, chunk, output, resume, overwrite, config,
-                 device, dtype, manifest):
+def eval_command(model_name, data, split, limit, samples, seed, batch_size, chunk, output, resume, card_folder,
+                 overwrite, config, device, dtype, manifest):
     """Bits per dim of a data set's test split, next to the paper's number.
 
     Progress is kept in OUTPUT.state.jsonl (vdvae-zoo-eval.state.jsonl without -o): after Ctrl-C, the same
@@ -45,6 +49,9 @@ def eval_command(model_name, data, split, limit, samples, seed, batch_size, chun
     """
     if output:
         refuse_existing(output, overwrite)
+    if card_folder and not (Path(card_folder) / CONFIG_NAME).is_file():
+        raise click.BadParameter(f"{card_folder} is not a model folder (no {CONFIG_NAME}); give the folder whose "
+                                 "README.md should carry the result", param_hint="'--card'")
     state = Path(f"{output or 'vdvae-zoo-eval'}.state.jsonl")
     refuse_existing_state(state, resume, overwrite)
     model = load_model(model_name, config, device, manifest, dtype)
@@ -60,6 +67,12 @@ def eval_command(model_name, data, split, limit, samples, seed, batch_size, chun
     if output:
         atomic_write(output, report.to_json(), overwrite=True)
         click.echo(f"wrote {output}")
+    if card_folder:
+        import shlex
+        command = shlex.join(["vdvae-zoo", "eval", model_name, "--data", data, "--split", split, "--seed", str(seed),
+                              "--samples", str(samples)] + (["--limit", str(limit)] if limit else []))
+        card = add_card_result(Path(card_folder), report.card_result(command), model.card_lines(model.config))
+        click.echo(f"recorded the result in {card}")
 
 
 @main.command("ood", epilog=MODEL_HELP)

@@ -10,11 +10,11 @@ import click
 from .. import hub
 from .._version import __version__
 from ..config import OUTPUTS, resolve_config
-from ..files import CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, atomic_write, refuse_existing
+from ..files import CARD_NAME, CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, atomic_write, refuse_existing
 from ..inspection import compare_with_config, inspect_checkpoint
 from ..manifest import load_manifest, manifest_data, pin_entries
 from ..model import VDVAE, load
-from ..provenance import named_provenance
+from ..provenance import card_results, named_provenance
 from ..run_folder import RunFolder
 from ..weights import read_checkpoint
 from .base import MODEL_HELP, main, manifest_option, overwrite_option, user_errors
@@ -222,10 +222,13 @@ def download_cmd(names, cache_dir, revision, manifest):
 @click.option("--manifest-out", default=None, type=click.Path(dir_okay=False),
               help="Write an updated manifest here (default: print the fields to pin).")
 @click.option("--dry-run", is_flag=True, help="Convert and hash, but upload nothing.")
+@click.option("--results-from", default=None, type=click.Path(exists=True, file_okay=False),
+              help="A model folder whose card's measured results (written by `eval --card`) the published cards "
+                   "carry; the paper's numbers are added as quoted, whatever this holds.")
 @manifest_option
 @overwrite_option
 @user_errors
-def publish(pairs, org, manifest_out, dry_run, manifest, overwrite):
+def publish(pairs, org, manifest_out, dry_run, results_from, manifest, overwrite):
     """Maintainers: convert original files, upload them to the Hub, print the manifest fields to pin.
 
     Example: vdvae-zoo publish ffhq256=ffhq256-iter-1700000-model-ema.th --org vdvae-zoo
@@ -235,6 +238,7 @@ def publish(pairs, org, manifest_out, dry_run, manifest, overwrite):
     if manifest_out:
         refuse_existing(manifest_out, overwrite)
     pins = {}
+    results = card_results(Path(results_from) / CARD_NAME) if results_from else []
     for pair in pairs:
         if "=" not in pair:
             raise click.BadParameter(f"{pair!r} must be NAME=FILE.th", param_hint="NAME=FILE.th")
@@ -246,7 +250,7 @@ def publish(pairs, org, manifest_out, dry_run, manifest, overwrite):
                 pin = {"repo_id": f"{org}/{entry.name}", "revision": None,
                        "sha256": hub.file_sha256(folder / WEIGHTS_NAME)}
             else:
-                pin = load(folder, device="cpu").push_to_hub(f"{org}/{entry.name}", entry=entry)
+                pin = load(folder, device="cpu").push_to_hub(f"{org}/{entry.name}", entry=entry, results=results)
             pins[entry.name] = dict(pin, source_sha256=hub.file_sha256(path))
     if manifest_out:
         atomic_write(manifest_out, json.dumps(pin_entries(manifest_data(manifest), pins), indent=2) + "\n",
