@@ -41,6 +41,19 @@ def random_images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
 
 
+def image_folder(folder: Path, n: int, size: int = 16, seed: int = 0, config: bool = False) -> Path:
+    """`folder` (made) holding n random PNGs of size x size ({i:02d}.png); with `config`, the tests' tiny config.json
+    beside it (folder.parent / "config.json")."""
+    from PIL import Image
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    for i, im in enumerate(random_images(n, size=size, seed=seed).numpy()):
+        Image.fromarray(im).save(folder / f"{i:02d}.png")
+    if config:
+        (folder.parent / "config.json").write_text(json.dumps(tiny_config_dict()))
+    return folder
+
+
 def seeded(fn, seed: int = 0):
     torch.manual_seed(seed)
     return fn()

@@ -8,9 +8,8 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
-from helpers import random_images
+from helpers import image_folder
 from vdvae_zoo.cli import main
 from vdvae_zoo.files import atomic_folder, atomic_write, read_small_text, staged_file
 
@@ -19,11 +18,7 @@ from vdvae_zoo.files import atomic_folder, atomic_write, read_small_text, staged
 def model_and_images(tmp_path):
     runner = CliRunner()
     assert runner.invoke(main, ["new", "tiny32", "-o", str(tmp_path / "m")]).exit_code == 0
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i, im in enumerate(random_images(3, size=32, seed=4).numpy()):
-        Image.fromarray(im).save(folder / f"{i}.png")
-    return tmp_path / "m", folder
+    return tmp_path / "m", image_folder(tmp_path / "imgs", 3, size=32, seed=4)
 
 
 # ------------------------------------------------------------------------------------------- data loss
@@ -143,11 +138,7 @@ def test_staged_folders_and_files_get_the_umask_mode(tmp_path):
 # ------------------------------------------------------------------------------------------- what a card says
 @pytest.fixture()
 def crops32(tmp_path):
-    folder = tmp_path / "crops"
-    folder.mkdir()
-    for i, im in enumerate(random_images(10, size=32, seed=11).numpy()):
-        Image.fromarray(im).save(folder / f"{i:02d}.png")
-    return folder
+    return image_folder(tmp_path / "crops", 10, size=32, seed=11)
 
 
 def test_the_card_states_what_the_run_printed_last(tmp_path, crops32):
@@ -350,7 +341,7 @@ def test_hubconf_refuses_a_name_that_is_not_one(name):
 def test_compress_refuses_to_write_over_its_own_input(tmp_path, model_and_images):
     pytest.importorskip("constriction")
     model, images = model_and_images
-    target = images / "0.png"
+    target = images / "00.png"
     before = target.read_bytes()
     result = CliRunner().invoke(main, ["compress", str(model), str(images), "-o", str(target), "--overwrite"])
     assert result.exit_code == 2 and "one of the images" in result.output

@@ -10,8 +10,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import vdvae_zoo
-from helpers import random_images, tiny_config_dict
+from helpers import image_folder, random_images, tiny_config_dict
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.batching import image_seed
 from vdvae_zoo.memory import SAVED_FLOATS, _activation_floats, training_memory
@@ -67,12 +66,7 @@ def test_the_estimate_of_saved_activations_holds_on_a_config_it_was_not_fitted_o
 # ----------------------------------------------------------------------------------------- the trainer
 @pytest.fixture()
 def crops(tmp_path):
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for i, im in enumerate(random_images(12, size=16, seed=7).numpy()):
-        Image.fromarray(im).save(folder / f"{i:02d}.png")
-    (tmp_path / "config.json").write_text(json.dumps(tiny_config_dict()))
-    return folder, tmp_path / "config.json"
+    return image_folder(tmp_path / "data", 12, size=16, seed=7, config=True), tmp_path / "config.json"
 
 
 def _train(tmp_path, crops, name, **options):
@@ -223,10 +217,7 @@ def test_commands_split_passes_that_run_out_of_memory(tmp_path, monkeypatch):
     from vdvae_zoo.cli import main
     runner = CliRunner()
     assert runner.invoke(main, ["new", "tiny32", "-o", str(tmp_path / "m")]).exit_code == 0
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i, im in enumerate(random_images(5, size=32, seed=9).numpy()):
-        Image.fromarray(im).save(folder / f"{i}.png")
+    folder = image_folder(tmp_path / "imgs", 5, size=32, seed=9)
 
     def outputs(tag):
         bpd = runner.invoke(main, ["bpd", "--model", str(tmp_path / "m"), str(folder), "--batch-size", "4",

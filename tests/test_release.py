@@ -107,15 +107,11 @@ def test_the_wheel_works_on_its_own(artifacts, tmp_path):
 def test_eval_writes_its_result_into_a_card_the_hub_parser_reads(tmp_path):
     from click.testing import CliRunner
     from huggingface_hub import ModelCard, metadata_load
-    from PIL import Image
-    from helpers import random_images
+    from helpers import image_folder
     from vdvae_zoo.cli import main
     runner = CliRunner()
     assert runner.invoke(main, ["new", "tiny32", "-o", str(tmp_path / "m")]).exit_code == 0
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i, im in enumerate(random_images(4, size=32, seed=1).numpy()):
-        Image.fromarray(im).save(folder / f"{i}.png")
+    folder = image_folder(tmp_path / "imgs", 4, size=32, seed=1)
     result = runner.invoke(main, ["eval", str(tmp_path / "m"), "--data", str(folder), "--seed", "3", "--card",
                                   str(tmp_path / "m"), "-o", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output

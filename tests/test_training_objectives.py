@@ -3,14 +3,12 @@ and the logs people read (TensorBoard, Weights & Biases)."""
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers import random_images, tiny_config_dict
+from helpers import image_folder, random_images, tiny_config_dict
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.train import Trainer, TrainingStalled, TrainOptions
 
@@ -19,12 +17,7 @@ BITS = 1 / math.log(2)
 
 @pytest.fixture()
 def data(tmp_path):
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for i, im in enumerate(random_images(24, size=16, seed=3).numpy()):
-        Image.fromarray(im).save(folder / f"{i:02d}.png")
-    (tmp_path / "config.json").write_text(json.dumps(tiny_config_dict()))
-    return folder, tmp_path / "config.json"
+    return image_folder(tmp_path / "data", 24, size=16, seed=3, config=True), tmp_path / "config.json"
 
 
 def trainer(tmp_path, data, name, **options):

@@ -11,6 +11,7 @@ Example (docs/latents.md): the first 31 layers of the imagenet64 architecture ar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -92,10 +93,9 @@ ENCODE_OUTPUT_RULE = (
     "OUTPUT.json beside it; every output also records the images, the seed and the model")
 
 
-def encode_outputs(output, flat: Optional[int] = None, stats: bool = False) -> List["Path"]:
+def encode_outputs(output, flat: Optional[int] = None, stats: bool = False) -> List[Path]:
     """The files `encode_dataset(output, flat=, stats=)` writes, after checking that the combination is one
     `ENCODE_OUTPUT_RULE` allows (ValueError naming `output` otherwise): check them before any work starts."""
-    from pathlib import Path
     output = Path(output)
     suffix = output.suffix.lower()
     if suffix not in (".safetensors", ".npy"):
