@@ -489,7 +489,7 @@ class Trainer:
         tips = []
         if not o.grad_checkpoint:
             fits = largest_batch(self.memory_plan(grad_checkpoint=True), available) if available else 0
-            tips.append("add --grad-checkpoint (same numbers, about a third slower" +
+            tips.append("add --grad-checkpoint (same numbers, a recomputed forward pass" +
                         (f"; then up to {fits} images per micro-batch fit)" if fits else ")"))
         fits = largest_batch(self.memory_plan(), available) if available else 0
         if 0 < fits < o.batch_size:
