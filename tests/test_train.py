@@ -184,12 +184,12 @@ def test_workers_read_the_same_batches_ahead(tmp_path, photo_dir, config_file):
     ahead = Trainer(options(photo_dir, config_file, tmp_path / "b", hflip=True, workers=2))
     try:
         for step in (0, 1, 2, 7, 8):  # 7: a jump (as after a resume) rebuilds the loader at that step
-            assert torch.equal(plain._load_batch(step), ahead._load_batch(step)), step
-        first = ahead._loader
-        ahead._load_batch(9)
-        assert ahead._loader is first  # consecutive steps reuse one DataLoader
+            assert torch.equal(plain.data.batch(step), ahead.data.batch(step)), step
+        first = ahead.data._loader
+        ahead.data.batch(9)
+        assert ahead.data._loader is first  # consecutive steps reuse one DataLoader
     finally:
-        ahead._loader = None
+        ahead.data.close()
 
 
 @pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it

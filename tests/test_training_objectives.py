@@ -11,6 +11,7 @@ import torch
 from helpers import image_folder, random_images, tiny_config_dict
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.train import Trainer, TrainingStalled, TrainOptions
+from vdvae_zoo.train_rules import objective
 
 BITS = 1 / math.log(2)
 
@@ -46,10 +47,10 @@ def test_auto_keeps_learning_where_a_fixed_threshold_skips_every_step(tmp_path, 
 
 def test_auto_skips_an_outlier_of_the_recent_norms(tmp_path, data):
     t = trainer(tmp_path, data, "rule", skip_threshold="auto")
-    assert not any(t._too_big(1.0 + 0.01 * i) for i in range(30))  # 30 ordinary norms: none skipped
-    assert t._too_big(1000.0)                                      # far above 3 x the 90th percentile
-    assert not t._too_big(1.2)
-    assert t._too_big(float("nan"))
+    assert not any(t.skip_rule.too_big(1.0 + 0.01 * i) for i in range(30))  # 30 ordinary norms: none skipped
+    assert t.skip_rule.too_big(1000.0)                                      # far above 3 x the 90th percentile
+    assert not t.skip_rule.too_big(1.2)
+    assert t.skip_rule.too_big(float("nan"))
 
 
 def test_kl_warmup_weights_the_kl_term_as_defined_and_validation_stays_the_elbo(tmp_path, data):
@@ -87,8 +88,8 @@ def test_free_bits_change_the_training_loss_as_defined(tmp_path, data):
     out = t.model(torch.stack([t.train_set[i] for i in range(3)]), generator=torch.Generator().manual_seed(0),
                   free_nats=2.0)
     expected = out["distortion"] + out["kl_free"].sum(dim=1) / t.config.dims_per_image
-    assert torch.allclose(t._objective(out, 1.0), expected)
-    assert (t._objective(out, 1.0) >= out["neg_elbo"] - 1e-6).all()
+    assert torch.allclose(objective(out, 1.0, 2.0, t.config.dims_per_image), expected)
+    assert (objective(out, 1.0, 2.0, t.config.dims_per_image) >= out["neg_elbo"] - 1e-6).all()
     t.train()
     steps = [r for r in records(tmp_path, "free") if "loss_bpd" in r]
     assert all(r["loss_bpd"] > r["neg_elbo_bpd"] for r in steps)  # at init the layers' KL is far below 2 nats

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from .config import EXAMPLE_CONFIGS, PRESETS, VDVAEConfig
 
 __all__ = ["ModelEntry", "Candidate", "Manifest", "load_manifest", "manifest_data", "pin_entries", "UnknownModelError",
-           "valid_name", "MANIFEST_FILE"]
+           "valid_name", "hub_id_of", "MANIFEST_FILE"]
 
 MANIFEST_FILE = "weights_manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -31,6 +31,18 @@ _LOOPBACK = ("127.", "localhost", "[::1]", "::1")
 
 class UnknownModelError(ValueError):
     """A name that is neither a model of the manifest, nor an existing path, nor a Hub repository id."""
+
+
+def hub_id_of(model: str, manifest: Union[None, str, "os.PathLike[str]", "Manifest"] = None) -> Optional[str]:
+    """The Hub repository id a model reference stands for: a manifest name's repo_id, or the reference itself when
+    it has the form owner/name and is no local path; None otherwise (a local file or folder)."""
+    entries = load_manifest(manifest)
+    if model in entries:
+        return entries.get(model).hub.get("repo_id")
+    parts = model.split("/")
+    if not Path(model).exists() and len(parts) == 2 and all(re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}", p) for p in parts):
+        return model
+    return None
 
 
 def valid_name(name: Any) -> bool:

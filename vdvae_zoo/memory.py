@@ -21,11 +21,12 @@ How close the estimate comes to measured peaks: benchmarks/README.md, "Training 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from .config import VDVAEConfig
 
-__all__ = ["inference_bytes_per_image", "TrainingMemory", "training_memory", "largest_batch", "gib"]
+__all__ = ["inference_bytes_per_image", "TrainingMemory", "training_memory", "largest_batch", "fitting_advice", "gib",
+           "available_memory"]
 
 #: Floats saved per image for the backward pass: (encoder block W r^2, decoder layer W r^2, decoder layer zdim r^2,
 #: output M H W, output H W), without and with gradient checkpointing (module docstring).
@@ -103,6 +104,27 @@ def largest_batch(plan: TrainingMemory, available: float) -> int:
     """The most images per micro-batch that the plan says fit in `available` bytes (0: not even one)."""
     room = available - plan.state - plan.process
     return max(0, int(room // plan.per_image)) if room > 0 else 0
+
+
+def fitting_advice(plan_for: Callable[..., TrainingMemory], available: Optional[float], batch_size: int,
+                   images_per_update: int, grad_checkpoint: bool, dtype: str) -> str:
+    """The options that make a training step fit in `available` bytes, with the numbers the plan gives:
+    `plan_for(batch_size=None, grad_checkpoint=None)` is the run's plan with either changed."""
+    tips = []
+    if not grad_checkpoint:
+        fits = largest_batch(plan_for(grad_checkpoint=True), available) if available else 0
+        tips.append("add --grad-checkpoint (same numbers, a recomputed forward pass" +
+                    (f"; then up to {fits} images per micro-batch fit)" if fits else ")"))
+    fits = largest_batch(plan_for(), available) if available else 0
+    if 0 < fits < batch_size:
+        accumulate = -(-images_per_update // fits)
+        tips.append(f"use --batch-size {fits} --grad-accumulation {accumulate} (the update then sees "
+                    f"{fits * accumulate} images per process instead of {images_per_update})")
+    else:
+        tips.append("lower --batch-size and raise --grad-accumulation to keep the images per update")
+    if dtype == "float32":
+        tips.append("--dtype bfloat16")
+    return "; or ".join(tips)
 
 
 def available_memory(device) -> Optional[float]:

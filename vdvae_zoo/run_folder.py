@@ -43,6 +43,12 @@ def finite_json(value: Any) -> Any:
     return value
 
 
+def validation_bpd(record: Dict[str, Any]) -> Optional[float]:
+    """The validation bound a log record holds (val_bpd, or the end's final_val_bpd), in bits per dim."""
+    value = record.get("val_bpd", record.get("final_val_bpd"))
+    return value if isinstance(value, (int, float)) else None
+
+
 class RunFolder:
     """The run folder OUT of a trainer process (only rank 0 writes)."""
 
@@ -160,9 +166,8 @@ class RunFolder:
         """OUT/curves.png: the training loss and the validation bound against the step, both in bits per dim."""
         from .plots import line_chart
         records = self.records()
-        val = lambda r: r.get("val_bpd", r.get("final_val_bpd"))  # noqa: E731
         series = {"train loss (bits/dim)": [(r["step"], r["loss_bpd"]) for r in records if r.get("loss_bpd") is not None],
-                  "val bpd": [(r["step"], val(r)) for r in records if val(r) is not None]}
+                  "val bpd": [(r["step"], validation_bpd(r)) for r in records if validation_bpd(r) is not None]}
         line_chart({k: v for k, v in series.items() if v}, self.path / "curves.png")  # no legend entry without points
         return self.path / "curves.png"
 
@@ -181,8 +186,7 @@ class RunFolder:
             return [f"run: {self.path} (its run.json or log.jsonl cannot be read)"]
         base = options.get("model") or f"trained from scratch ({options.get('config')})"
         last = next((r for r in reversed(records) if "step" in r), {})
-        val = next(((r["step"], r.get("final_val_bpd", r.get("val_bpd"))) for r in reversed(records)
-                    if r.get("final_val_bpd", r.get("val_bpd")) is not None), None)
+        val = self.last_validation() if any(validation_bpd(r) is not None for r in records) else None
         stopped = next((r for r in reversed(records) if r.get("event") in ("stopped", "end")), {})
         lines = [f"run: {self.path}", f"base model: {base}", f"training data: {options.get('data')}",
                  f"steps: {last.get('step', 0)}"
@@ -193,6 +197,13 @@ class RunFolder:
         if weights.is_file():
             lines.append(f"weights: {weights} (the EMA weights; sha256 {file_sha256(weights)})")
         return lines
+
+    def last_validation(self) -> Tuple[Optional[int], Optional[float]]:
+        """(step, bits per dim) of the last validation the log holds: a val_bpd record, or the end's final_val_bpd."""
+        for r in reversed(self.records()):
+            if validation_bpd(r) is not None:
+                return r.get("step"), validation_bpd(r)
+        return None, None
 
     def records(self) -> List[Dict[str, Any]]:
         path = self.path / "log.jsonl"

@@ -20,7 +20,6 @@ Units: every loss a user reads (progress bar, log.jsonl, summary, chart) is in b
 from __future__ import annotations
 
 import math
-import re
 import signal
 import sys
 import time
@@ -36,25 +35,21 @@ import torch.distributed as dist
 from . import distributed
 from .batching import image_seed
 from .config import VDVAEConfig, resolve_config
-from .images import find_images, make_grid, save_png
+from .images import make_grid, save_png
 from .loggers import ExternalLoggers, check_available
-from .manifest import load_manifest
-from .memory import available_memory, gib, largest_batch, training_memory
+from .manifest import hub_id_of, load_manifest
+from .memory import available_memory, fitting_advice, gib, training_memory
 from .model import VDVAE, load
 from .pretrained import pick_device
 from .run_folder import RunFolder, finite_json
 from .scoring import ScoreOptions, score_images
-from .train_data import ImageFolderData, StepBatches, readable_images
+from .train_data import StepData
+from .train_rules import SkipRule, active_units, kl_weight, objective
 from .train_options import GENERIC_DEFAULTS, RESUME_FIXED, TRAINING_PRESETS, TrainOptions
 
 __all__ = ["TrainOptions", "Trainer", "finetune", "TrainingStalled", "TrainingDiverged", "TrainingOutOfMemory"]
 
 BITS = 1.0 / math.log(2)  # nats -> bits
-#: --skip-threshold auto: skip an update whose gradient norm is above FACTOR x the QUANTILE of the last WINDOW finite
-#: norms, once MIN_HISTORY of them are known (Trainer._too_big).
-AUTO_SKIP_WINDOW, AUTO_SKIP_QUANTILE, AUTO_SKIP_FACTOR, AUTO_SKIP_MIN_HISTORY = 100, 0.9, 3.0, 20
-#: A latent unit is active when its posterior mean varies across validation images by more than this (variance).
-ACTIVE_UNIT_VARIANCE = 0.01
 
 
 class TrainingStalled(RuntimeError):
@@ -78,17 +73,6 @@ def _out_of_memory_is_an_error(trainer: "Trainer") -> Iterator[None]:
     except (torch.OutOfMemoryError, MemoryError):
         raise TrainingOutOfMemory(f"one training step ran out of memory on {trainer.device}: "
                                   f"{trainer.memory_advice()}") from None
-
-
-def _hub_id_of(model: str, manifest: Optional[str]) -> Optional[str]:
-    """The Hub repository id of a --model: a manifest name's repo_id, or the id itself; None for a local path."""
-    entries = load_manifest(manifest)
-    if model in entries:
-        return entries.get(model).hub.get("repo_id")
-    parts = model.split("/")
-    if not Path(model).exists() and len(parts) == 2 and all(re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}", p) for p in parts):
-        return model
-    return None
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -126,7 +110,8 @@ class Trainer:
         o.check_ranges()
         check_available(o.log_to)  # a missing extra is one sentence before anything is written
         self.out = Path(o.out)
-        self._setup_data(config.image_size, config.image_channels)
+        self.data = StepData(o, config.image_size, config.image_channels, self.world, self.rank, self.device)
+        self.train_set, self.val_set = self.data.train_set, self.data.val_set
         self.run = RunFolder(self.out, writer=self.rank == 0)
         self.run.prepare(resume=o.resume, source=o.model, start={"options": asdict(o)})
 
@@ -161,120 +146,18 @@ class Trainer:
         self._saved_step = 0     # the step of the checkpoint in OUT (0: none yet)
         self._stop_signal: Optional[int] = None
         self._saving = False
-        self.grad_norm_history: List[float] = []  # --skip-threshold auto's window (saved with the checkpoint)
+        self.skip_rule = SkipRule(o.skip_threshold)
         self.loggers: Optional[ExternalLoggers] = None
-        self._loader, self._loader_step = None, -1
-
-    # ---------------------------------------------------------------------------------------- data setup
-    def _setup_data(self, size: int, channels: int = 3) -> None:
-        o = self.opt
-        resize = o.resize == "center-crop"
-        files = readable_images(find_images([o.data]), size, resize, quiet=self.rank != 0)
-        if o.val_data:
-            train_files, val_files = files, readable_images(find_images([o.val_data]), size, resize, quiet=self.rank != 0)
-        else:
-            order = np.random.default_rng(o.seed).permutation(len(files))
-            n_val = int(round(len(files) * o.val_fraction)) if len(files) > 1 else 0
-            val_files = [files[i] for i in sorted(order[:n_val])]
-            train_files = [files[i] for i in sorted(order[n_val:])]
-        global_batch = self.images_per_update * self.world
-        if len(train_files) < max(o.min_images, global_batch):
-            raise ValueError(f"{o.data} has {len(train_files)} usable training images of {size}x{size}; need at least "
-                             f"{max(o.min_images, global_batch)} (batch size {o.batch_size} x {o.grad_accumulation} "
-                             f"micro-batches x {self.world} processes)"
-                             + ("" if resize else "; --resize center-crop uses images of other sizes too"))
-        self.train_set = ImageFolderData(train_files, size, hflip=o.hflip, seed=o.seed, channels=channels)
-        self.val_set = ImageFolderData(val_files, size, channels=channels) if val_files else None
-        self.batches_per_epoch = len(train_files) // global_batch
-
-    def _batch_indices(self, step: int) -> List[int]:
-        """Indices of this process's share of the global batch of `step`: a DistributedSampler permutation of
-        epoch step // batches_per_epoch, cut into global batches; rank r takes every world-th index."""
-        epoch, k = divmod(step, self.batches_per_epoch)
-        sampler = torch.utils.data.DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank,
-                                                      shuffle=True, seed=self.opt.seed, drop_last=True)
-        sampler.set_epoch(epoch)
-        mine = list(sampler)
-        b = self.images_per_update
-        return mine[k * b:(k + 1) * b]
-
-    def _load_batch(self, step: int) -> torch.Tensor:
-        """This process's images for `step`. With workers, one DataLoader lives across steps and reads ahead;
-        it is rebuilt only when asked for a step it did not prepare (after a resume)."""
-        epoch = step // self.batches_per_epoch
-        if self.opt.workers <= 0:
-            return torch.stack([self.train_set[(i, epoch)] for i in self._batch_indices(step)])
-        if self._loader is None or self._loader_step != step:
-            batches = StepBatches(self._batch_indices, self.batches_per_epoch, step)
-            loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=batches,
-                                                 num_workers=self.opt.workers, pin_memory=self.device.type == "cuda")
-            self._loader, self._loader_step = iter(loader), step
-        self._loader_step += 1
-        try:
-            return next(self._loader)
-        except Exception as e:  # a worker's error arrives wrapped, with its traceback in the message: keep its last line
-            self._loader = None
-            last = [line for line in str(e).strip().splitlines() if line.strip()][-1:] or [type(e).__name__]
-            raise ValueError(f"a DataLoader worker could not read a training image ({last[0].strip()}); check "
-                             f"{self.opt.data}, then continue with --resume") from None
-
-    @property
-    def images_per_update(self) -> int:
-        """Images per process in one update: --batch-size x --grad-accumulation."""
-        return self.opt.batch_size * self.opt.grad_accumulation
-
-    def _noise(self, step: int, part: slice = slice(None)):
-        """Posterior noise per image from a generator seeded by (seed, step, position in the global batch); `part`:
-        the images of this process's share that one micro-batch holds."""
-        b = self.images_per_update
-        # Generators live on the training device, so on CUDA the draws never cross the bus (their numbers then
-        # differ from the CPU's, but not between runs, ranks or resumes on the same kind of device).
-        step_seed = image_seed(self.opt.seed, step)
-        gens = [torch.Generator(device=self.device).manual_seed(image_seed(step_seed, j))
-                for j in list(range(self.rank, b * self.world, self.world))[part]]
-
-        def draw(like: torch.Tensor) -> torch.Tensor:
-            eps = torch.stack([torch.randn(like.shape[1:], generator=g, device=self.device) for g in gens])
-            return eps.to(like.device, like.dtype)
-
-        return draw
 
     # ----------------------------------------------------------------------------------------- one step
     def lr_at(self, updates: int) -> float:
         o = self.opt
         return o.lr if o.warmup <= 0 else o.lr * min(1.0, (updates + 1) / o.warmup)
 
-    def kl_weight(self, step: int) -> float:
-        """The KL term's weight at iteration `step` (0-based): step / kl_warmup, up to 1 (1 without warm-up)."""
-        return 1.0 if self.opt.kl_warmup <= 0 else min(1.0, step / self.opt.kl_warmup)
-
-    def _objective(self, out: Dict[str, torch.Tensor], kl_weight: float) -> torch.Tensor:
-        """The training loss per image, nats per dim: the negative ELBO, or with --kl-warmup / --free-bits
-        distortion + kl_weight * (the layers' KL, each at least --free-bits nats) / dims."""
-        if self.opt.kl_warmup <= 0 and self.opt.free_bits <= 0:
-            return out["neg_elbo"]
-        kl = out["kl_free"] if self.opt.free_bits > 0 else out["kl"]
-        return out["distortion"] + kl_weight * kl.sum(dim=1) / self.config.dims_per_image
-
-    def _too_big(self, grad_norm: float) -> bool:
-        """Skip this update for its gradient norm: a non-finite norm always; a fixed --skip-threshold when reached;
-        with auto, a norm above AUTO_SKIP_FACTOR x the AUTO_SKIP_QUANTILE of the last AUTO_SKIP_WINDOW finite
-        norms (skipped ones included, so the rule follows norms that grow), once AUTO_SKIP_MIN_HISTORY are known."""
-        o = self.opt
-        if not math.isfinite(grad_norm):
-            return True
-        if o.skip_threshold != "auto":
-            return o.skip_threshold > 0 and grad_norm >= o.skip_threshold
-        history = self.grad_norm_history[-AUTO_SKIP_WINDOW:]
-        outlier = len(history) >= AUTO_SKIP_MIN_HISTORY and \
-            grad_norm > AUTO_SKIP_FACTOR * float(np.quantile(history, AUTO_SKIP_QUANTILE))
-        self.grad_norm_history = history[-(AUTO_SKIP_WINDOW - 1):] + [grad_norm]
-        return outlier
-
     def train_step(self) -> Dict:
         o = self.opt
-        images = self._load_batch(self.step)
-        kl_weight = self.kl_weight(self.step)
+        images = self.data.batch(self.step)
+        weight = kl_weight(self.step, o.kl_warmup)
         lr = self.lr_at(self.updates)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -290,18 +173,18 @@ class Trainer:
             sync = k == len(parts) - 1 or self.world == 1
             with (nullcontext() if sync else self.net.no_sync()), _out_of_memory_is_an_error(self):
                 with autocast:
-                    out = self.net(images[part], noise=self._noise(self.step, part), **free_nats)
+                    out = self.net(images[part], noise=self.data.noise(self.step, part), **free_nats)
                 share = out["neg_elbo"].shape[0] / len(images)  # the mean over the whole update
-                objective = self._objective(out, kl_weight).mean()
-                (objective * share).backward()
-            loss += objective.item() * share
+                loss_here = objective(out, weight, o.free_bits, self.config.dims_per_image).mean()
+                (loss_here * share).backward()
+            loss += loss_here.item() * share
             neg_elbo += out["neg_elbo"].mean().item() * share
             distortion += out["distortion"].mean().item() * share
             rate += out["rate"].mean().item() * share
             kl_per_layer += out["kl"].detach().double().mean(dim=0).cpu() * share
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip).item()
         nan_loss = math.isnan(distortion) or math.isnan(rate)
-        too_big = self._too_big(grad_norm)
+        too_big = self.skip_rule.too_big(grad_norm)
         skip = distributed.any_across_ranks(nan_loss or too_big, self.device)
         if skip:
             self.skipped += 1
@@ -323,7 +206,7 @@ class Trainer:
         self.step += 1
         elapsed = time.perf_counter() - t0
         record = {"step": self.step, "loss_bpd": loss * BITS, "neg_elbo_bpd": neg_elbo * BITS,
-                  "distortion_bpd": distortion * BITS, "rate_bpd": rate * BITS, "kl_weight": kl_weight,
+                  "distortion_bpd": distortion * BITS, "rate_bpd": rate * BITS, "kl_weight": weight,
                   "kl_bpd_per_layer": (kl_per_layer / self.config.dims_per_image * BITS).tolist(),
                   "grad_norm": grad_norm, "skipped": skip, "skipped_total": self.skipped, "nan_total": self.nan_count,
                   "lr": lr, "images_per_s": len(images) * self.world / max(elapsed, 1e-9), "time_s": elapsed}
@@ -350,15 +233,13 @@ class Trainer:
         return float(values["bpd"].mean())
 
     def active_units(self, limit: int = 256) -> Optional[List[int]]:
-        """Per decoder layer, how many latent units are active: the variance of their posterior mean across (up to
-        `limit`) validation images exceeds ACTIVE_UNIT_VARIANCE (Burda et al.'s measure; a collapsed layer has 0).
+        """Active latent units per decoder layer on (up to `limit`) validation images (train_rules.active_units);
         None without at least two validation images."""
         if self.val_set is None or len(self.val_set) < 2:
             return None
         count = min(limit, len(self.val_set))
         images = torch.stack([self.val_set[i] for i in range(count)])
-        layers = self.ema.encode(images, stats=True, seeds=[image_seed(self.opt.seed, i) for i in range(count)])
-        return [int((layer.mean.var(dim=0) > ACTIVE_UNIT_VARIANCE).sum()) for layer in layers]
+        return active_units(self.ema.encode(images, stats=True, seeds=[image_seed(self.opt.seed, i) for i in range(count)]))
 
     def validation_record(self) -> Dict:
         """What a validation logs: the bound and the active units per layer (posterior collapse made visible)."""
@@ -396,7 +277,7 @@ class Trainer:
             for name, value in st.items():
                 tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
         meta = {"step": self.step, "updates": self.updates, "skipped": self.skipped, "nan_count": self.nan_count,
-                "consecutive_skips": self.consecutive_skips, "grad_norm_history": self.grad_norm_history,
+                "consecutive_skips": self.consecutive_skips, "grad_norm_history": self.skip_rule.history,
                 "param_groups": opt_state["param_groups"],
                 "config": self.config.to_dict(), "options": asdict(self.opt)}
         return tensors, meta
@@ -417,10 +298,8 @@ class Trainer:
         """What the run knows, for the model card of OUT/model: the last validation the log holds (the final one
         once the run has ended). `base_model` is a Hub id (front matter) or, for a local source, named in the text."""
         o = self.opt
-        records = self.run.records() if self.rank == 0 else []
-        val_key = lambda r: r.get("final_val_bpd", r.get("val_bpd"))  # noqa: E731
-        val = next((val_key(r) for r in reversed(records) if val_key(r) is not None), None)
-        hub_id = _hub_id_of(o.model, self.opt.manifest) if o.model else None
+        val = self.run.last_validation()[1] if self.rank == 0 else None
+        hub_id = hub_id_of(o.model, self.opt.manifest) if o.model else None
         card = {"title": f"{self.out.name}: " + (f"fine-tuned from {o.model}" if o.model else f"trained from scratch "
                                                  f"({o.config})"),
                 "base_model": hub_id,
@@ -451,8 +330,7 @@ class Trainer:
         for key in ("step", "updates", "skipped", "nan_count", "consecutive_skips"):
             setattr(self, key, meta[key])
         history = meta.get("grad_norm_history", [])
-        self.grad_norm_history = [float(v) for v in history if isinstance(v, (int, float))] \
-            if isinstance(history, list) else []
+        self.skip_rule = SkipRule(self.opt.skip_threshold, history if isinstance(history, list) else [])
         self._saved_step = self.step
         return True
 
@@ -482,25 +360,11 @@ class Trainer:
                                dtype=o.dtype, device_type=self.device.type)
 
     def memory_advice(self, available: Optional[float] = None) -> str:
-        """What makes a step fit in `available` bytes (default: what the device has free now): the options, with
-        the numbers the plan gives."""
+        """What makes a step fit in `available` bytes (default: what the device has free now): memory.fitting_advice."""
         o = self.opt
         available = available_memory(self.device) if available is None else available
-        tips = []
-        if not o.grad_checkpoint:
-            fits = largest_batch(self.memory_plan(grad_checkpoint=True), available) if available else 0
-            tips.append("add --grad-checkpoint (same numbers, a recomputed forward pass" +
-                        (f"; then up to {fits} images per micro-batch fit)" if fits else ")"))
-        fits = largest_batch(self.memory_plan(), available) if available else 0
-        if 0 < fits < o.batch_size:
-            accumulate = -(-self.images_per_update // fits)
-            tips.append(f"use --batch-size {fits} --grad-accumulation {accumulate} (the update then sees "
-                        f"{fits * accumulate} images per process instead of {self.images_per_update})")
-        else:
-            tips.append("lower --batch-size and raise --grad-accumulation to keep the images per update")
-        if o.dtype == "float32":
-            tips.append("--dtype bfloat16")
-        return "; or ".join(tips)
+        return fitting_advice(self.memory_plan, available, o.batch_size, self.data.images_per_update,
+                              o.grad_checkpoint, o.dtype)
 
     def check_memory(self) -> Optional[str]:
         """Before step 1: the estimated peak against the memory free on the device; a warning line when it will
@@ -591,7 +455,7 @@ class Trainer:
                 bar.close()  # ends its line, so that a message after it starts on its own
             if stopped or sys.exc_info()[0] is not None:
                 self._close_loggers()
-            self._loader = None  # stops the DataLoader's worker processes
+            self.data.close()  # stops the DataLoader's worker processes
             for s, handler in previous.items():
                 signal.signal(s, handler)
         summary = {"step": self.step, "updates": self.updates, "skipped": self.skipped, "stopped_by_signal": stopped}

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from .batching import image_seed
-from .images import ImageReadError, center_crop_resize, image_size, read_image
+from .images import ImageReadError, center_crop_resize, find_images, image_size, read_image
 
-__all__ = ["ImageFolderData", "StepBatches", "readable_images"]
+__all__ = ["ImageFolderData", "StepBatches", "StepData", "readable_images"]
 
 
 class ImageFolderData(torch.utils.data.Dataset):
@@ -78,3 +78,89 @@ def readable_images(files: List[Path], size: int, resize: bool, quiet: bool = Fa
         print(f"warning: skipped {len(skipped)} of {len(files)} files: " + "; ".join(skipped[:3])
               + ("; ..." if len(skipped) > 3 else ""), file=sys.stderr)
     return good
+
+
+class StepData:
+    """What each step of a run reads: the training and validation images (a seeded split of --data, or
+    --val-data), this process's share of each step's global batch, and each image's posterior noise. All of it is
+    decided by (seed, step, position in the global batch), so it does not depend on workers, processes or resumes.
+    `options` is the run's TrainOptions."""
+
+    def __init__(self, options, size: int, channels: int, world: int, rank: int, device: torch.device):
+        self.opt, self.world, self.rank, self.device = options, world, rank, device
+        o = options
+        resize = o.resize == "center-crop"
+        files = readable_images(find_images([o.data]), size, resize, quiet=rank != 0)
+        if o.val_data:
+            train_files, val_files = files, readable_images(find_images([o.val_data]), size, resize, quiet=rank != 0)
+        else:
+            order = np.random.default_rng(o.seed).permutation(len(files))
+            n_val = int(round(len(files) * o.val_fraction)) if len(files) > 1 else 0
+            val_files = [files[i] for i in sorted(order[:n_val])]
+            train_files = [files[i] for i in sorted(order[n_val:])]
+        global_batch = self.images_per_update * world
+        if len(train_files) < max(o.min_images, global_batch):
+            raise ValueError(f"{o.data} has {len(train_files)} usable training images of {size}x{size}; need at least "
+                             f"{max(o.min_images, global_batch)} (batch size {o.batch_size} x {o.grad_accumulation} "
+                             f"micro-batches x {world} processes)"
+                             + ("" if resize else "; --resize center-crop uses images of other sizes too"))
+        self.train_set = ImageFolderData(train_files, size, hflip=o.hflip, seed=o.seed, channels=channels)
+        self.val_set = ImageFolderData(val_files, size, channels=channels) if val_files else None
+        self.batches_per_epoch = len(train_files) // global_batch
+        self._loader, self._loader_step = None, -1
+
+    @property
+    def images_per_update(self) -> int:
+        """Images per process in one update: --batch-size x --grad-accumulation."""
+        return self.opt.batch_size * self.opt.grad_accumulation
+
+    def indices(self, step: int) -> List[int]:
+        """Indices of this process's share of the global batch of `step`: a DistributedSampler permutation of
+        epoch step // batches_per_epoch, cut into global batches; rank r takes every world-th index."""
+        epoch, k = divmod(step, self.batches_per_epoch)
+        sampler = torch.utils.data.DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank,
+                                                      shuffle=True, seed=self.opt.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        mine = list(sampler)
+        b = self.images_per_update
+        return mine[k * b:(k + 1) * b]
+
+    def batch(self, step: int) -> torch.Tensor:
+        """This process's images for `step`. With workers, one DataLoader lives across steps and reads ahead;
+        it is rebuilt only when asked for a step it did not prepare (after a resume)."""
+        epoch = step // self.batches_per_epoch
+        if self.opt.workers <= 0:
+            return torch.stack([self.train_set[(i, epoch)] for i in self.indices(step)])
+        if self._loader is None or self._loader_step != step:
+            batches = StepBatches(self.indices, self.batches_per_epoch, step)
+            loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=batches,
+                                                 num_workers=self.opt.workers, pin_memory=self.device.type == "cuda")
+            self._loader, self._loader_step = iter(loader), step
+        self._loader_step += 1
+        try:
+            return next(self._loader)
+        except Exception as e:  # a worker's error arrives wrapped, with its traceback in the message: keep its last line
+            self._loader = None
+            last = [line for line in str(e).strip().splitlines() if line.strip()][-1:] or [type(e).__name__]
+            raise ValueError(f"a DataLoader worker could not read a training image ({last[0].strip()}); check "
+                             f"{self.opt.data}, then continue with --resume") from None
+
+    def noise(self, step: int, part: slice = slice(None)):
+        """Posterior noise per image from a generator seeded by (seed, step, position in the global batch); `part`:
+        the images of this process's share that one micro-batch holds."""
+        b = self.images_per_update
+        # Generators live on the training device, so on CUDA the draws never cross the bus (their numbers then
+        # differ from the CPU's, but not between runs, ranks or resumes on the same kind of device).
+        step_seed = image_seed(self.opt.seed, step)
+        gens = [torch.Generator(device=self.device).manual_seed(image_seed(step_seed, j))
+                for j in list(range(self.rank, b * self.world, self.world))[part]]
+
+        def draw(like: torch.Tensor) -> torch.Tensor:
+            eps = torch.stack([torch.randn(like.shape[1:], generator=g, device=self.device) for g in gens])
+            return eps.to(like.device, like.dtype)
+
+        return draw
+
+    def close(self) -> None:
+        """Stop the DataLoader's worker processes."""
+        self._loader = None
