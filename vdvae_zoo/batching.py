@@ -35,7 +35,7 @@ from .memory import inference_bytes_per_image
 
 __all__ = ["CPU_BATCH_MEMORY", "CUDA_BATCH_MEMORY_FRACTION", "SEEDED_PASS_IMAGES", "memory_budget", "auto_batch_size",
            "seeded_pass_size", "MicroBatch", "micro_batches", "check_batch_size", "image_seed", "seeded_draws",
-           "trim_rows", "draw_normals"]
+           "trim_rows", "draw_normals", "split_when_out_of_memory", "PassSizeReduced"]
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -180,6 +180,45 @@ def micro_batches(n: int, batch_size: int, *, config: VDVAEConfig, device: torch
     uniforms = [uniform(shape, device, generator) for shape in uniform_shapes]
     for p in parts:
         yield MicroBatch(p, 0, [z[p] for z in normals] or None, [u[p] for u in uniforms] or None, per_pass=batch_size)
+
+
+class PassSizeReduced(UserWarning):
+    """A pass ran out of memory and was split: the warning names the pass size the call settled on."""
+
+
+def _random_state(generator: Optional[torch.Generator], device: torch.device) -> tuple:
+    """What a retried call restores so that it draws the same numbers: the generator's state, or the global ones."""
+    if generator is not None:
+        return (generator.get_state(),)
+    return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _restore_random_state(state: tuple, generator: Optional[torch.Generator], device: torch.device) -> None:
+    if generator is not None:
+        generator.set_state(state[0])
+        return
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def split_when_out_of_memory(run: Callable[[int], list], per_pass: int, device: torch.device,
+                             generator: Optional[torch.Generator]) -> Tuple[list, int]:
+    """`run(per_pass)`, and when a pass runs out of memory (torch.OutOfMemoryError, or MemoryError on the CPU) again
+    with half the pass size, down to one image, from the random state it started with (so the draws are the same).
+    Returns the results and the pass size that ran; one image that does not fit is a MemoryError in one sentence."""
+    state = _random_state(generator, device)
+    while True:
+        try:
+            return run(per_pass), per_pass
+        except (torch.OutOfMemoryError, MemoryError):
+            if per_pass == 1:
+                raise MemoryError(f"the {device} ran out of memory with even one image per pass: free memory "
+                                  "(other processes), use --dtype bfloat16, or a device with more memory") from None
+            per_pass //= 2
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            _restore_random_state(state, generator, device)
 
 
 def draw_normals(config: VDVAEConfig, n: int, device: torch.device, generator: Optional[torch.Generator]

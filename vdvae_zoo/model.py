@@ -24,7 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .batching import MicroBatch, auto_batch_size, check_batch_size, draw_normals, micro_batches, trim_rows
+from .batching import (MicroBatch, PassSizeReduced, auto_batch_size, check_batch_size, draw_normals, micro_batches,
+                       split_when_out_of_memory, trim_rows)
 from .bounds import LayerLatents, LikelihoodResult, importance_weighted, joined_result, log_prior_over_posterior
 from .config import VDVAEConfig
 from .dmol import bernoulli_mean_var, bernoulli_nll, bernoulli_sample, dmol_mean_var, dmol_nll, dmol_sample
@@ -43,26 +44,6 @@ __all__ = ["VDVAE", "LikelihoodResult", "LayerLatents", "Temperature", "EncoderM
 # ----------------------------------------------------------------------------------------------------------------
 # The model and its public API
 # ----------------------------------------------------------------------------------------------------------------
-
-class PassSizeReduced(UserWarning):
-    """A pass ran out of memory and was split: the warning names the pass size the call settled on."""
-
-
-def _random_state(generator: Optional[torch.Generator], device: torch.device) -> tuple:
-    """What a retried call restores so that it draws the same numbers: the generator's state, or the global ones."""
-    if generator is not None:
-        return (generator.get_state(),)
-    return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-
-
-def _restore_random_state(state: tuple, generator: Optional[torch.Generator], device: torch.device) -> None:
-    if generator is not None:
-        generator.set_state(state[0])
-        return
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
-
 
 class EncoderMismatchError(RuntimeError):
     """The model was loaded without its encoder: only the decoder (sample, decode) can be used."""
@@ -220,28 +201,21 @@ class VDVAE(nn.Module, PretrainedMixin):
         requested = check_batch_size(batch_size, self.config, self.device, seeded=seeds is not None)
         if seeds is not None and len(seeds) != n:
             raise ValueError(f"seeds must have one seed per image ({n}), got {len(seeds)}")
-        per_pass = min(requested, self.runtime.pass_limit or requested)
-        rng = _random_state(generator, self.device)
-        while True:
-            try:
-                parts = micro_batches(n, per_pass, config=self.config, device=self.device, generator=generator,
-                                      sampling_layers=sampling_layers, pixels=pixels, seeds=seeds)
-                with self.runtime.autocast(self.device, self.dtype, dtype):
-                    results = [trim_rows(step(mb), mb.count) if mb.pad else step(mb) for mb in parts]
-                break
-            except (torch.OutOfMemoryError, MemoryError):
-                if per_pass == 1:
-                    raise MemoryError(f"the {self.device} ran out of memory with even one image per pass: free memory "
-                                      "(other processes), use --dtype bfloat16, or a device with more memory") from None
-                per_pass //= 2
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                _restore_random_state(rng, generator, self.device)
-        if per_pass < requested and per_pass != self.runtime.pass_limit:
-            self.runtime.pass_limit = per_pass
+
+        def run(per_pass: int) -> list:
+            parts = micro_batches(n, per_pass, config=self.config, device=self.device, generator=generator,
+                                  sampling_layers=sampling_layers, pixels=pixels, seeds=seeds)
+            with self.runtime.autocast(self.device, self.dtype, dtype):
+                return [trim_rows(step(mb), mb.count) if mb.pad else step(mb) for mb in parts]
+
+        results, used = split_when_out_of_memory(run, min(requested, self.runtime.pass_limit or requested),
+                                                 self.device, generator)
+        if used < requested and used != self.runtime.pass_limit:
+            self.runtime.pass_limit = used
             warnings.warn(f"the {self.device} ran out of memory with {requested} images per pass; continuing with "
-                          f"{per_pass} (pass --batch-size {per_pass} to start there)", PassSizeReduced)
+                          f"{used} (pass --batch-size {used} to start there)", PassSizeReduced)
         return results
+
     def _decoder(self, n: int, **kwargs: Any) -> tuple[torch.Tensor, List[Any]]:
         """The decoder with this model's runtime settings (see `Decoder.forward` for the arguments)."""
         return self.decoder(n, memory_format=self.runtime.memory_format, **kwargs)
