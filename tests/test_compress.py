@@ -96,9 +96,9 @@ def test_the_golden_chain_keeps_the_elbo_promise_and_whitening_is_what_cleans_it
     assert len(report.net_bits_per_dim) >= 45
     assert net <= 1.02 * elbo, (net, elbo)
     # the same chain without the keystream: image j pops what image j-1 pushed under its prior
-    monkeypatch.setattr(B, "_keystream", lambda j, n: np.zeros(n, np.uint32))
+    monkeypatch.setattr(B, "_keystream", lambda j, n, stream=0: np.zeros(n, np.uint32))
     dirty, _, _ = chained_rate(model, images)
-    assert dirty > 1.03 * elbo and dirty > net + 0.3, (dirty, net, elbo)
+    assert dirty > 1.05 * net and dirty > net + 0.3, (dirty, net, elbo)
 
 
 def test_another_width_and_zdim_keeps_the_elbo_promise():

@@ -7,12 +7,15 @@ then B given R and G: exactly the model's mixture of logistics, `dmol.dmol_level
 under their discretised priors. The net cost is the negative ELBO of the draw. Decompression runs the same steps
 backwards. docs/compress.md has the measurements behind every choice here.
 
-- Discretisation: layer i's latent takes values mu_p + sigma_p * DELTA * k, k in -K..K (a grid in units of the
-  prior's standard deviation), so prior and posterior are quantised Gaussians over the same buckets.
+- Discretisation: layer i's latent takes values mu_p + sigma_p * delta * k, k in -K_i..K_i (a grid in units of the
+  prior's standard deviation), so prior and posterior are quantised Gaussians over the same buckets. The grid
+  (delta and each layer's span) is chosen per archive by a dry run of a few candidates on the first images
+  (`choose_grid`), and the header records it. Each latent is popped from a window of +-8 posterior stds.
 - Clean bits: the bits an image pops must look random. Before image j pops, the top `whiten_words` words of the
-  stack are XORed with a keystream seeded by (KEY, j); the decoder undoes it once it has pushed image j's
-  posterior bits back. Without it, image j would pop the latents image j-1 pushed under its prior (not uniform
-  where the posterior is close to the prior) or the structured bytes of stored images, and drift into the tails.
+  stack and the coder's head are whitened with a keystream seeded by (KEY, j); the decoder undoes it once it has
+  pushed image j's posterior bits back. Without it, image j would pop the latents image j-1 pushed under its prior
+  (its first, most influential latents straight from the coder's head), or the structured bytes of stored images,
+  and drift into the tails.
 - Initial bits: an image is coded with bits-back only when its pops stay inside the whitened words (at most
   `whiten_words`, about 1.5 times what the first images pop in a dry run; fewer while the stack is smaller);
   otherwise it is stored as lossless WebP, pushed onto the stack as 16-bit symbols. The first images of an
@@ -26,9 +29,10 @@ backwards. docs/compress.md has the measurements behind every choice here.
   which names the image.
 - Scale: the ANS coder holds only the top of the stack (a few times `whiten_words`); the rest is kept aside, so
   the time per image does not grow with the archive, and images are read and written one at a time.
-- Container: magic, format version, a deflated JSON header (model, fingerprint, versions, image size, the
-  names unless they are the default numbering, the stored images), each image's CRC32, the ANS words, and a
-  CRC32 of the whole; a damaged, truncated or edited archive is a clear error.
+- Container: magic, format version (3; format 2, from before the grid was chosen per archive, still decodes), a
+  deflated JSON header (model, fingerprint, versions, grid, image size, the names unless they are the default
+  numbering, the stored images), each image's CRC32, the ANS words, and a CRC32 of the whole; a damaged,
+  truncated or edited archive is a clear error.
 
 Needs the optional `constriction` (`pip install "vdvae-zoo[compress]"`).
 """
@@ -41,21 +45,23 @@ import struct
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ._version import __version__
-from .bitsback import (DELTA, GRID, SPAN, ArchiveError, ImageRecord, _constriction, _decode_bits_back, _decode_webp,
-                       _encode_bits_back, _encode_webp, _exact, _probe_fingerprint, _Reject, _Stack, _webp,
-                       _whiten_words, require_coder)
+from .bitsback import (GRID, ArchiveError, ImageRecord, _constriction, _decode_bits_back, _decode_webp,
+                       _encode_bits_back, _encode_webp, _exact, _probe_fingerprint, _Reject, _Stack, _webp, dry_run,
+                       require_coder, whiten_words)
+from .coding_grid import DEFAULT_GRID, LatentGrid, candidate_grids, fitted_span
 from .config import MAX_RESOLUTION
 
 __all__ = ["compress", "decompress", "decompress_iter", "read_header", "ArchiveError", "CompressReport",
-           "ImageRecord", "require_coder", "MAGIC", "DELTA"]
+           "ImageRecord", "require_coder", "MAGIC", "LatentGrid", "DEFAULT_GRID", "choose_grid"]
 
-MAGIC, FORMAT_VERSION = b"VDZ\x01", 2
+MAGIC, FORMAT_VERSION = b"VDZ\x01", 3
+READABLE_FORMATS = (2, 3)  # format 2 (vdvae-zoo 0.x before the grid was chosen per archive): one grid, whole-layer windows
 MAX_HEADER_BYTES = 64 * 2 ** 20   # an inflated header larger than this is refused (a 1.5 MB deflate bomb is not read)
 MAX_NAME_CHARS = 255
 
@@ -73,6 +79,8 @@ class CompressReport:
     seconds_per_image: float
     whiten_words: int = 0
     records: List[ImageRecord] = field(default_factory=list)   # every image, in order
+    grid: Dict[str, Any] = field(default_factory=dict)         # the latent grid the archive uses (its header's)
+    grid_choice: Dict[str, Any] = field(default_factory=dict)  # how it was chosen: choose_grid's account
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -92,15 +100,71 @@ def _default_names(n: int) -> List[str]:
     return [f"{i:06d}.png" for i in range(n)]
 
 
-# ------------------------------------------------------------------------------------------------- the API
+DRY_RUN_IMAGES = 4      # images the grid is chosen on (the first ones of the archive)
+MIN_GAIN = 0.005        # a candidate replaces the default grid only if it saves more than this fraction of net bits
+                        # on the dry run's images, and more than twice the standard error of the per-image saving
+
+
+def choose_grid(model, images: Sequence[np.ndarray], c=None) -> Tuple[LatentGrid, Dict[str, Any]]:
+    """The latent grid for an archive of `images` (uint8 (H, W, C), the first images of it), by measurement: each
+    candidate (coding_grid.candidate_grids: the default, each layer's span fitted to the posteriors the default's
+    dry run saw, a coarser and a finer DELTA) codes the images onto the same random bits, and the cheapest in net
+    bits wins if it beats the default by more than MIN_GAIN and twice the standard error of the paired saving;
+    otherwise the default stays. `model` must be in exact mode (bitsback._exact). Returns the grid and an account:
+    each candidate's net bits per dim on each image (None where the coder refused an image), and the seconds."""
+    grid, account, _ = _choose_grid(model, images, c or _constriction())
+    return grid, account
+
+
+def _dry_runs(model, images: Sequence[np.ndarray], grid: LatentGrid, c) -> Tuple[List[Optional[ImageRecord]], list]:
+    """Each image's dry-run record on `grid` (None where the coder refused it) and each coded image's layer reach."""
+    records, reach = [], []
+    for j, image in enumerate(images):
+        try:
+            record, layer_reach = dry_run(model, image, j, grid, c)
+        except _Reject:
+            records.append(None)
+            continue
+        records.append(record)
+        reach.append(layer_reach)
+    return records, reach
+
+
+def _choose_grid(model, images, c) -> Tuple[LatentGrid, Dict[str, Any], List[Optional[ImageRecord]]]:
+    start = time.perf_counter()
+    dims = model.config.dims_per_image
+    records, reach = _dry_runs(model, images, DEFAULT_GRID, c)
+    tried = {DEFAULT_GRID: records}
+    fitted = [fitted_span(np.array(layer)) for layer in zip(*reach)] if reach else []
+    for grid in candidate_grids(fitted)[1:]:
+        tried[grid] = _dry_runs(model, images, grid, c)[0]
+    nets = {g: [r.net / dims if r else None for r in rs] for g, rs in tried.items()}
+    whole = {g: float(np.mean(n)) for g, n in nets.items() if None not in n}
+    chosen = DEFAULT_GRID
+    if whole and DEFAULT_GRID not in whole:  # the default refused an image: the cheapest that codes them all
+        chosen = min(whole, key=whole.get)
+    elif whole:
+        best = min(whole, key=whole.get)
+        saving = np.array(nets[DEFAULT_GRID]) - np.array(nets[best])
+        error = float(np.std(saving, ddof=1) / math.sqrt(len(saving))) if len(saving) > 1 else float("inf")
+        if best != DEFAULT_GRID and saving.mean() > max(MIN_GAIN * whole[DEFAULT_GRID], 2 * error):
+            chosen = best
+    account = {"chosen": chosen.describe(), "images": len(images), "seconds": time.perf_counter() - start,
+               "candidates": [{"grid": g.describe(), **g.to_header(), "net_bits_per_dim": n, "mean": whole.get(g)}
+                              for g, n in nets.items()]}
+    return chosen, account, tried[chosen]
+
+
 # ------------------------------------------------------------------------------------------------- the API
 def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]] = None, *,
-             model_name: str = "", model_sha256: str = "",
+             model_name: str = "", model_sha256: str = "", grid: Union[str, LatentGrid] = "auto",
              progress: Optional[Callable[[ImageRecord], None]] = None) -> Tuple[bytes, CompressReport]:
     """Losslessly compress uint8 (H, W, C) images of the model's size and channels into one archive (bytes). `images` may be
     any iterable, read one at a time: of arrays (named by `names`, default 000000.png, ...) or of (name, array)
     pairs. Returns the archive and a report, one ImageRecord per image. `model_name` / `model_sha256` are recorded
-    so that `decompress` can name and check the model it needs; `progress(record)` is called after each image."""
+    so that `decompress` can name and check the model it needs; `progress(record)` is called after each image.
+    `grid`: "auto" chooses the latent grid on the first DRY_RUN_IMAGES images (`choose_grid`; the report states
+    the time it took), "default" is DEFAULT_GRID, or a LatentGrid; the archive's header records it."""
     c = _constriction()
     size = model.config.image_size
     if model.config.low_bit:
@@ -115,11 +179,13 @@ def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]]
         fingerprint = _probe_fingerprint(exact)
         for image in iterator:  # the first images, for the dry run that sizes the whitening
             head.append(_checked(image, len(head), names, size, model.config.image_channels))
-            if len(head) == 3:
+            if len(head) == DRY_RUN_IMAGES:
                 break
         if not head:
             raise ValueError("no images to compress")
-        whiten, expected_pop = _whiten_words(exact, head, c)
+        grid, choice = _grid_for(exact, head, grid, c)
+        pops = [r.popped for r in choice.pop("records")]
+        whiten, expected_pop = whiten_words(exact, pops, grid), max(pops, default=0.0)
         stack = _Stack(c, whiten)
         records, stored, crcs, push_words = [], {}, [], 0
         for j, image in enumerate(_chain(head, iterator, names, size, model.config.image_channels)):
@@ -128,7 +194,7 @@ def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]]
             record, reason = None, "the stack does not yet hold the bits its latents pop (the first images)"
             if 32 * (stack.total_words() - 2) >= expected_pop:
                 try:
-                    record = _encode_bits_back(stack, exact, image, j, whiten, c, name)
+                    record = _encode_bits_back(stack, exact, image, j, whiten, c, name, grid)
                     push_words = max(push_words, int(math.ceil((record.pixels + record.pushed) / 32)) + 2)
                 except _Reject as e:
                     reason = str(e)
@@ -149,7 +215,7 @@ def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]]
     if len(set(all_names)) != count:
         raise ValueError("two images have the same name; an archive stores names without folders")
     header = {"model": model_name, "model_sha256": model_sha256, "fingerprint": fingerprint, "versions": _versions(),
-              "delta": DELTA, "span": SPAN, "grid": GRID, "whiten_words": whiten, "push_words": push_words,
+              **grid.to_header(), "grid": GRID, "whiten_words": whiten, "push_words": push_words,
               "image_size": size, "count": count, "stored": [[j, n] for j, n in sorted(stored.items())],
               "names": None if all_names == _default_names(count) else all_names}
     archive = _pack(header, np.array(crcs, dtype="<u4").tobytes() + payload)
@@ -158,8 +224,22 @@ def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]]
     report = CompressReport(images=count, archive_bytes=len(archive), bits_per_dim=8 * len(archive) / (dims * count),
                             webp_images=len(stored), webp_bytes=sum(stored.values()), net_bits_per_dim=net,
                             seconds_per_image=(time.perf_counter() - start) / count, whiten_words=whiten,
-                            records=records, extra={"container_bytes": len(archive) - len(payload)})
+                            records=records, extra={"container_bytes": len(archive) - len(payload)},
+                            grid={"description": grid.describe(), **grid.to_header()}, grid_choice=choice)
     return archive, report
+
+
+def _grid_for(model, head: List[np.ndarray], grid: Union[str, LatentGrid], c) -> Tuple[LatentGrid, Dict[str, Any]]:
+    """The archive's grid and the account of its choice, with the dry run's records on it (their pops size the
+    whitening)."""
+    if grid == "auto":
+        grid, choice, records = _choose_grid(model, head, c)
+    elif grid == "default" or isinstance(grid, LatentGrid):
+        grid = DEFAULT_GRID if grid == "default" else grid
+        choice, records = {"chosen": "given", "seconds": 0.0}, _dry_runs(model, head[:3], grid, c)[0]
+    else:
+        raise ValueError(f"grid must be 'auto', 'default' or a LatentGrid, not {grid!r:.60}")
+    return grid, {**choice, "records": [r for r in records if r is not None]}
 
 
 def _named_items(images: Iterable, names: List[str], named: bool) -> Iterator[np.ndarray]:
@@ -222,8 +302,9 @@ def read_header(archive: bytes) -> Tuple[Dict[str, Any], bytes]:
     if len(archive) < 18 or zlib.crc32(archive[:-4]) != struct.unpack("<I", archive[-4:])[0]:
         raise ArchiveError("the archive is damaged or truncated (its CRC32 does not match)")
     version, head_len = struct.unpack("<HI", archive[4:10])
-    if version != FORMAT_VERSION:
-        raise ArchiveError(f"archive format {version}; this vdvae-zoo reads format {FORMAT_VERSION}")
+    if version not in READABLE_FORMATS:
+        raise ArchiveError(f"archive format {version}; this vdvae-zoo reads formats "
+                           f"{', '.join(map(str, READABLE_FORMATS))}")
     if 10 + head_len + 4 > len(archive) - 4:
         raise ArchiveError("the archive is truncated (its header is longer than the file)")
     try:
@@ -249,7 +330,7 @@ def read_header(archive: bytes) -> Tuple[Dict[str, Any], bytes]:
             raise ArchiveError(f"the archive's header field {key!r} must be text")
     if not isinstance(header.get("versions"), dict) or not all(isinstance(v, str) for v in header["versions"].values()):
         raise ArchiveError("the archive's header field 'versions' must map names to text")
-    for key in ("delta", "span", "grid"):
+    for key in ("delta", "grid"):  # the span may be a list (one per layer): LatentGrid.from_header checks it
         if not isinstance(header.get(key), (int, float)) or isinstance(header.get(key), bool):
             raise ArchiveError(f"the archive's header field {key!r} must be a number")
     stored = header.get("stored")
@@ -274,6 +355,7 @@ def read_header(archive: bytes) -> Tuple[Dict[str, Any], bytes]:
     header["names"] = names
     header["stored"] = {s[0]: s[1] for s in stored}
     header["crc32"] = np.frombuffer(payload[:4 * n], dtype="<u4").tolist()
+    header["format"] = version
     return header, payload[4 * n:]
 
 
@@ -287,13 +369,18 @@ def decompress_iter(model, archive: bytes) -> Iterator[Tuple[int, str, np.ndarra
     if header["image_size"] != model.config.image_size:
         raise ArchiveError(f"the archive holds {header['image_size']}x{header['image_size']} images; this model codes "
                            f"{model.config.image_size}x{model.config.image_size}")
-    if (header["delta"], header["span"], header["grid"]) != (DELTA, SPAN, GRID):
+    if header["grid"] != GRID:
         raise ArchiveError("the archive was written with other discretisation settings; use the vdvae-zoo version "
                            f"that wrote it ({header['versions'].get('vdvae_zoo')})")
+    windows = "layer" if header["format"] == 2 else "per-latent"
+    try:
+        grid = LatentGrid.from_header(header, len(model.layer_resolutions), windows)
+    except ValueError as e:
+        raise ArchiveError(str(e)) from None
     names, stored, whiten = header["names"], header["stored"], header["whiten_words"]
-    stack = _Stack(c, whiten, np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+    stack = _Stack(c, whiten, np.frombuffer(payload, dtype="<u4").astype(np.uint32), whiten_head=header["format"] >= 3)
     with _exact(model) as exact:
-        if len(stored) < header["count"] and _probe_fingerprint(exact) != header["fingerprint"]:
+        if len(stored) < header["count"] and _probe_fingerprint(exact, windows) != header["fingerprint"]:
             raise ArchiveError("this machine (or model) computes the model's probabilities differently from the one "
                                f"that wrote the archive ({header['model'] or 'model'} sha256 "
                                f"{header['model_sha256'][:12] or '?'}, {header['versions']}); decoding would give "
@@ -303,7 +390,7 @@ def decompress_iter(model, archive: bytes) -> Iterator[Tuple[int, str, np.ndarra
                 if j in stored:
                     image = _decode_webp(stack, stored[j], c, names[j], model.config.image_channels)
                 else:
-                    image = _decode_bits_back(stack, exact, j, whiten, header["push_words"], c)
+                    image = _decode_bits_back(stack, exact, j, whiten, header["push_words"], c, grid)
             except _Reject as e:
                 raise ArchiveError(f"{names[j]} (image {j}) could not be decoded: {e}") from None
             if image.shape != (header["image_size"],) * 2 + (model.config.image_channels,) or zlib.crc32(np.ascontiguousarray(image).tobytes()) \

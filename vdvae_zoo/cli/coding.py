@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..coding_grid import parse_grid
 from ..compress import ArchiveError, compress, decompress_iter, read_header, require_coder
 from ..files import atomic_write, refuse_existing
 from ..images import find_images, load_images, save_png
@@ -37,18 +38,28 @@ def _webp_and_png_bytes(image) -> tuple:
 @resize_option
 @overwrite_option
 @click.option("--config", default=None, help="Architecture of an original .th file: preset name or config.json.")
+@click.option("--grid", "grid_text", default="auto", show_default=True, metavar="auto|default|DELTA:SPAN",
+              help="The latents' grid: chosen by a dry run on the first images (auto), the default 2^-7:24, or given "
+                   "(bucket width and span in prior standard deviations, e.g. 2^-5:64). The archive records it.")
+@click.option("--report", is_flag=True, help="Also show, per image, its coded bits against the ELBO of the same "
+                                             "draw and where the difference goes, and each grid the dry run tried.")
 @manifest_option
 @user_errors
-def compress_command(model_name, paths, output, resize, overwrite, config, manifest):
+def compress_command(model_name, paths, output, resize, overwrite, config, grid_text, report, manifest):
     """Losslessly compress images with bits-back coding (needs: pip install "vdvae-zoo[compress]").
 
     Each image is listed as it is coded: the bits its latents popped, its pixels and latents pushed, and the
     KL + distortion of the coded draw (what its cost should be close to). The first images are stored as
-    lossless WebP: they are the bits the later images' latents are popped from (docs/compress.md).
+    lossless WebP: they are the bits the later images' latents are popped from (docs/compress.md). The
+    latents' grid is chosen on the first images (a dry run of a few candidates; the time it took is printed).
 
     Example: vdvae-zoo compress cifar10 photos/ -o photos.vdz && vdvae-zoo decompress photos.vdz -o restored/
     """
     require_coder()  # before anything is loaded
+    try:
+        grid = parse_grid(grid_text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--grid'") from None
     refuse_existing(output, overwrite)
     files = find_images(paths)
     if Path(output).resolve() in {p.resolve() for p in files}:
@@ -88,13 +99,15 @@ def compress_command(model_name, paths, output, resize, overwrite, config, manif
                     click.echo(f"  {r.name}: {r.net / dims:.3f} bits/dim net = pixels {r.pixels / dims:.3f} + latents "
                                f"pushed {r.pushed / dims:.3f} - latents popped back {r.popped / dims:.3f} (bits per "
                                f"dim of this image; its draw's KL + distortion: {(r.kl + r.distortion) / dims:.3f})")
+                    if report:
+                        click.echo("    " + _excess_line(r, dims))
                 else:
                     click.echo(f"  {r.name}: stored as lossless WebP, {r.net / dims:.3f} bits per dim ({r.reason})")
             bar.update(1)
 
         try:
-            archive, report = compress(model, read(), model_name=model_name,
-                                       model_sha256=model.provenance.sha256 or "", progress=show)
+            archive, summary = compress(model, read(), model_name=model_name, grid=grid,
+                                        model_sha256=model.provenance.sha256 or "", progress=show)
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted: nothing was written ({output} is written only when every image is coded)",
                        err=True)
@@ -102,12 +115,17 @@ def compress_command(model_name, paths, output, resize, overwrite, config, manif
     if totals["n"] == 0:
         raise click.ClickException(f"no image of {size}x{size} to compress (--resize center-crop resizes others)")
     atomic_write(output, archive, overwrite=overwrite)
-    all_dims = dims * report.images
-    click.echo(f"wrote {output}: {report.images} images, {report.archive_bytes:,} bytes = {report.bits_per_dim:.3f} "
-               f"bits per dim ({report.seconds_per_image:.2f} s per image)")
-    click.echo(f"  {report.webp_images} stored as lossless WebP ({report.webp_bytes:,} bytes), "
-               f"{len(report.net_bits_per_dim)} with bits-back")
-    coded = [r for r in report.records if r.mode == "bits-back"]
+    all_dims = dims * summary.images
+    click.echo(f"wrote {output}: {summary.images} images, {summary.archive_bytes:,} bytes = {summary.bits_per_dim:.3f} "
+               f"bits per dim ({summary.seconds_per_image:.2f} s per image)")
+    click.echo(f"  {summary.webp_images} stored as lossless WebP ({summary.webp_bytes:,} bytes), "
+               f"{len(summary.net_bits_per_dim)} with bits-back")
+    click.echo("  " + _grid_line(summary.grid_choice, summary.grid["description"]))
+    if report:
+        for candidate in summary.grid_choice.get("candidates", []):
+            nets = ", ".join("refused" if v is None else f"{v:.3f}" for v in candidate["net_bits_per_dim"])
+            click.echo(f"    tried {candidate['grid']}: {nets} bits per dim on the dry run's images")
+    coded = [r for r in summary.records if r.mode == "bits-back"]
     if coded:
         net = sum(r.net for r in coded) / (dims * len(coded))
         draw = sum(r.kl + r.distortion for r in coded) / (dims * len(coded))
@@ -116,9 +134,26 @@ def compress_command(model_name, paths, output, resize, overwrite, config, manif
     click.echo(f"  the same images as lossless WebP: {totals['webp']:,} bytes = {8 * totals['webp'] / all_dims:.3f} "
                f"bits per dim; as PNG: {totals['png']:,} bytes = {8 * totals['png'] / all_dims:.3f} bits per dim")
     best = min(("lossless WebP", totals["webp"]), ("PNG", totals["png"]), key=lambda t: t[1])
-    verdict = "smaller" if report.archive_bytes < best[1] else "larger"
-    click.echo(f"  the archive is {report.archive_bytes / best[1]:.3f}x the size of {best[0]}, the best of the two: "
+    verdict = "smaller" if summary.archive_bytes < best[1] else "larger"
+    click.echo(f"  the archive is {summary.archive_bytes / best[1]:.3f}x the size of {best[0]}, the best of the two: "
                f"{verdict}" + ("" if verdict == "smaller" else " (a model that fits these images better pays off)"))
+
+
+def _grid_line(choice: dict, description: str) -> str:
+    """How the archive's latent grid was chosen, in one line."""
+    if choice.get("chosen") == "given":
+        return f"latent grid: {description} (given)"
+    return (f"latent grid: {description}, chosen from {len(choice['candidates'])} candidates by a dry run on the first "
+            f"{choice['images']} images ({choice['seconds']:.1f} s)")
+
+
+def _excess_line(r, dims: int) -> str:
+    """A bits-back image's coded bits against the ELBO of its own draw, and where the difference goes (bits/dim)."""
+    elbo = (r.kl + r.distortion) / dims
+    parts = " + ".join(f"{name} {bits / dims:+.4f}" for name, bits in r.excess.items())
+    return (f"coded {r.net / dims:.3f} against this draw's ELBO {elbo:.3f} (KL {r.kl / dims:.3f} + distortion "
+            f"{r.distortion / dims:.3f}): {r.net / dims - elbo:+.4f} = {parts}"
+            + (f"; {r.clipped} latents lay beyond the grid" if r.clipped else ""))
 
 
 @main.command("decompress")
