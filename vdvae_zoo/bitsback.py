@@ -156,11 +156,18 @@ class _Latents:
     def windows(self) -> Tuple[np.ndarray, np.ndarray]:
         """Each latent's window half-width and centre (buckets): the posterior is popped from
         centre +- width, which lies inside the grid (coding_grid.LatentGrid.window_groups)."""
-        mean, std = self.posterior
-        width = np.zeros(mean.size, np.int64)
-        for idx, w in self.grid.window_groups(std, self.k_max):
-            width[idx] = w
-        return width, np.clip(np.round(mean), -self.k_max + width, self.k_max - width).astype(np.int64)
+        return self._windows()[1:]
+
+    def _windows(self) -> Tuple[List[Tuple[np.ndarray, int]], np.ndarray, np.ndarray]:
+        if not hasattr(self, "_plan"):
+            mean, std = self.posterior
+            groups = self.grid.window_groups(std, self.k_max)
+            width = np.zeros(mean.size, np.int64)
+            for idx, w in groups:
+                width[idx] = w
+            centres = np.clip(np.round(mean), -self.k_max + width, self.k_max - width).astype(np.int64)
+            self._plan = (groups, width, centres)
+        return self._plan
 
     def reach(self) -> float:
         """How far from the prior the posterior's window reaches, in prior standard deviations (the largest)."""
@@ -173,9 +180,9 @@ class _Latents:
         that mass next to the posterior instead of spread over the whole grid, where a popped latent would land far
         in the tails."""
         mean, std = self.posterior
-        width, centres = self.windows()
+        groups, _, centres = self._windows()
         k = np.empty(mean.size, np.int64)
-        for idx, w in self.grid.window_groups(std, self.k_max):
+        for idx, w in groups:
             k[idx] = _coder_call(coder.decode, c.stream.model.QuantizedGaussian(-w, w), mean[idx] - centres[idx],
                                  std[idx]) + centres[idx]
         return k.astype(np.int32)
@@ -183,8 +190,8 @@ class _Latents:
     def push_posterior(self, coder, k: np.ndarray, c) -> None:
         """The inverse of pop_posterior (the decoder gives back the bits the encoder popped)."""
         mean, std = self.posterior
-        width, centres = self.windows()
-        for idx, w in reversed(self.grid.window_groups(std, self.k_max)):
+        groups, _, centres = self._windows()
+        for idx, w in reversed(groups):
             _coder_call(coder.encode_reverse, (k[idx] - centres[idx]).astype(np.int32),
                         c.stream.model.QuantizedGaussian(-w, w), mean[idx] - centres[idx], std[idx])
 
@@ -421,9 +428,10 @@ def _from_webp(img: Image.Image, channels: int) -> np.ndarray:
 def dry_run(model, image: np.ndarray, j: int, grid: LatentGrid, c) -> Tuple[ImageRecord, List[float]]:
     """Code `image` (number j) on `grid` onto a stack of random words seeded by (KEY, j, 1) and thrown away: what it
     would cost (its record) and how far each layer's posterior reached (prior stds, for fitting spans). The same
-    words for every grid, so that candidates are compared on common random bits."""
+    words for every grid, so that candidates are compared on common random bits (enough for the finest grid a
+    header may name: log2(2^16) + 24 bits per latent)."""
     latents = sum(model.config.zdim * r * r for r in model.layer_resolutions)
-    words = int(math.ceil(latents * (math.log2(1 / grid.delta) + 24) / 32)) + 1024
+    words = int(math.ceil(latents * 40 / 32)) + 1024
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([KEY, j, 1])))
     stack = _Stack(c, words, rng.integers(0, 2 ** 32, words + 2, dtype=np.uint32))
     seen: List[_Latents] = []
