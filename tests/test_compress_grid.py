@@ -113,7 +113,7 @@ def test_a_random_model_whose_posteriors_stay_near_their_priors_is_within_3_perc
 
 
 @pytest.mark.slow  # trains a model (about 10 s)
-def test_a_trained_model_is_within_3_percent_both_ways_and_auto_keeps_todays_rate(tmp_path):
+def test_a_trained_model_is_within_1_percent_both_ways_and_auto_keeps_todays_rate(tmp_path):
     folder = tmp_path / "train"
     folder.mkdir()
     for i, im in enumerate(photo_crops(64, 16, 1, side=96, photos=8)):
@@ -127,7 +127,7 @@ def test_a_trained_model_is_within_3_percent_both_ways_and_auto_keeps_todays_rat
     idx, auto, auto_archive = coded(model, images)
     elbo = elbo_per_image(model, [images[j] for j in idx]).mean()
     net = np.mean([auto.records[j].net for j in idx]) / images[0].size
-    assert len(idx) >= 25 and 0.97 * elbo <= net <= 1.02 * elbo, (net, elbo)
+    assert len(idx) >= 25 and 0.99 * elbo <= net <= 1.01 * elbo, (net, elbo)  # README: within 1% when trained
     for j in idx:
         r = auto.records[j]
         assert_the_breakdown_adds_up(r)

@@ -380,7 +380,8 @@ def decompress_iter(model, archive: bytes) -> Iterator[Tuple[int, str, np.ndarra
     try:
         grid = LatentGrid.from_header(header, len(model.layer_resolutions), windows)
     except ValueError as e:
-        raise ArchiveError(str(e)) from None
+        raise ArchiveError(f"{e}: the archive was made for another model, or it is damaged (decode it with the "
+                           f"model it names: {header['model'] or 'not recorded'})") from None
     names, stored, whiten = header["names"], header["stored"], header["whiten_words"]
     stack = _Stack(c, whiten, np.frombuffer(payload, dtype="<u4").astype(np.uint32), whiten_head=header["format"] >= 3)
     with _exact(model) as exact:
