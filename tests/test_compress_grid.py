@@ -248,6 +248,7 @@ def test_window_groups_keep_a_narrow_posterior_far_out_inside_its_own_window():
 def test_grid_option_grammar():
     assert parse_grid("auto") == "auto" and parse_grid("2^-5:64") == LatentGrid(2.0 ** -5, 64.0)
     assert parse_grid("0.25:8") == LatentGrid(0.25, 8.0)
+    assert parse_grid(DEFAULT_GRID.as_option()) == DEFAULT_GRID and DEFAULT_GRID.as_option() == "2^-7:24"
     for bad in ("2^-5", "fine", "2^-5:0", "2^-20:24"):
         with pytest.raises(ValueError, match="--grid"):
             parse_grid(bad)

@@ -47,6 +47,10 @@ class LatentGrid:
         span = f"+-{spans[0]:g}" if len(spans) == 1 else f"+-{spans[0]:g} to +-{spans[-1]:g} (per layer)"
         return f"DELTA 2^{math.log2(self.delta):g} prior stds, span {span}"
 
+    def as_option(self) -> str:
+        """The grid as `--grid` takes it (one span for all layers), e.g. 2^-7:24."""
+        return f"2^{math.log2(self.delta):g}:{self.span_of(0):g}"
+
     def to_header(self) -> Dict[str, Any]:
         return {"delta": self.delta, "span": list(self.span) if isinstance(self.span, tuple) else self.span}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..coding_grid import parse_grid
+from ..coding_grid import DEFAULT_GRID, parse_grid
 from ..compress import ArchiveError, compress, decompress_iter, read_header, require_coder
 from ..files import atomic_write, refuse_existing
 from ..images import find_images, load_images, save_png
@@ -39,8 +39,9 @@ def _webp_and_png_bytes(image) -> tuple:
 @overwrite_option
 @click.option("--config", default=None, help="Architecture of an original .th file: preset name or config.json.")
 @click.option("--grid", "grid_text", default="auto", show_default=True, metavar="auto|default|DELTA:SPAN",
-              help="The latents' grid: chosen by a dry run on the first images (auto), the default 2^-7:24, or given "
-                   "(bucket width and span in prior standard deviations, e.g. 2^-5:64). The archive records it.")
+              help=f"The latents' grid: chosen by a dry run on the first images (auto), the default "
+                   f"{DEFAULT_GRID.as_option()}, or given (bucket width and span in prior standard deviations, e.g. "
+                   "2^-5:64). The archive records it.")
 @click.option("--report", is_flag=True, help="Also show, per image, its coded bits against the ELBO of the same "
                                              "draw and where the difference goes, and each grid the dry run tried.")
 @manifest_option
