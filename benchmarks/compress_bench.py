@@ -161,7 +161,7 @@ def cifar10(images_n: int) -> dict:
     dims = 32 * 32 * 3
     with B._exact(model) as exact:
         start = time.perf_counter()
-        pops = [B._pop_bits(exact, im, c) for im in images[:2]]
+        pops = [B.dry_run(exact, im, j, B.DEFAULT_GRID, c)[0].popped for j, im in enumerate(images[:2])]
         dry_run_s = (time.perf_counter() - start) / 2
         words = np.random.default_rng(0).integers(0, 2 ** 32, int(2 * max(pops) / 32), dtype=np.uint32)
         stack = B._Stack(c, int(1.5 * max(pops) / 32), words)
@@ -201,7 +201,7 @@ def _rounded_params(model, image, z_path=None):
     values, path = [], []
 
     def choose(i, layer):
-        grid = B._Latents(layer)
+        grid = B._Latents(layer, B.DEFAULT_GRID, i)
         values.extend([grid.mu, grid.sigma, *grid.posterior])
         z = z_path[i] if z_path is not None else grid.value(np.round(grid.posterior[0]))
         path.append(z)
