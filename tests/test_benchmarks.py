@@ -75,3 +75,20 @@ def test_eval_benchmark_reports_throughput_and_memory_per_row(tmp_path):
     assert [(r["dtype"], r["data_images"], r["limit"]) for r in rows] == [
         ("float32", 120, 8), ("bfloat16", 120, 8), ("float32", 50, 8), ("float32", 120, 10), ("float32", 120, 20)]
     assert all(r["images"] == r["limit"] and r["images_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
+
+
+@pytest.mark.slow  # subprocesses on the golden and cifar10 architectures (about 30 s)
+def test_the_compression_benchmarks_run_on_the_coder_as_it_is(tmp_path):
+    """compress_bench.py and compress_grid_sweep.py reach into the coder's internals (a layer's buckets, the dry
+    run): they must follow it when it changes."""
+    out = tmp_path / "flips.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compress_bench.py"), "--parts", "flips",
+                           "--flip-images", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    flips = json.loads(out.read_text())["flips"]
+    assert flips["golden tiny32"]["values"] > 0 and flips["cifar10"]["values"] > 0
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['x', '--help']; sys.path.insert(0, "
+                           f"{str(REPO / 'benchmarks')!r}); import compress_grid_sweep as s; "
+                           "print(len(s.GRIDS), s.before_29.__name__)"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.split() == ["5", "before_29"], proc.stderr[-2000:]
