@@ -5,7 +5,8 @@ import torch
 
 import vdvae_zoo
 from vdvae_zoo import VDVAE, VDVAEConfig
-from vdvae_zoo.config import PRESETS, parse_block_string
+from vdvae_zoo.blocks import parse_block_string
+from vdvae_zoo.config import PRESETS
 from vdvae_zoo.train_options import TRAINING_PRESETS
 
 EXPECTED = {  # SPEC §1: parameters, tensors, decoder layers, encoder blocks

@@ -11,7 +11,8 @@ runtime, inputs) -> (hub, weights, manifest, inspection) -> (config, dmol, image
 
 from ._version import __version__
 
-from .config import VDVAEConfig, list_presets, parse_block_string
+from .blocks import parse_block_string
+from .config import VDVAEConfig, list_presets
 from .hub import IntegrityError
 from .compress import compress, decompress
 from .evaluate import EvalReport, evaluate

@@ -55,7 +55,7 @@ from .bitsback import (GRID, ArchiveError, ImageRecord, _constriction, _decode_b
                        _encode_bits_back, _encode_webp, _exact, _probe_fingerprint, _Reject, _Stack, _webp, dry_run,
                        require_coder, whiten_words)
 from .coding_grid import DEFAULT_GRID, LatentGrid, candidate_grids, fitted_span
-from .config import MAX_RESOLUTION
+from .blocks import MAX_RESOLUTION
 
 __all__ = ["compress", "decompress", "decompress_iter", "read_header", "ArchiveError", "CompressReport",
            "ImageRecord", "require_coder", "MAGIC", "LatentGrid", "DEFAULT_GRID", "choose_grid"]

@@ -15,7 +15,8 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
-from .config import VDVAEConfig, kernel_size
+from .blocks import kernel_size
+from .config import VDVAEConfig
 from .network import BIAS_XS, DECODER_LAYERS, ENCODER_BLOCKS, GAIN, OUT_CONV
 from .weights import read_checkpoint, strip_ddp_prefix
 

@@ -20,7 +20,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .draws import standard_normal
-from .config import VDVAEConfig, kernel_size
+from .blocks import kernel_size
+from .config import VDVAEConfig
 from .runtime import conv_dtype
 
 __all__ = ["Block", "Encoder", "DecoderLayer", "Decoder", "LayerOutput", "gaussian_kl",
