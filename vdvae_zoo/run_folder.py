@@ -25,7 +25,10 @@ import torch
 from .files import append_line, atomic_folder, atomic_write, recover_folder, remove_stale_temporaries
 from .files import MODEL_SUBFOLDER
 
-__all__ = ["RunFolder", "RunFolderInUse", "finite_json"]
+__all__ = ["RunFolder", "RunFolderInUse", "finite_json", "pack_training_state", "unpack_training_state",
+           "COUNTERS"]
+
+COUNTERS = ("step", "updates", "skipped", "nan_count", "consecutive_skips")  # a run's counters, kept in its meta
 
 
 class RunFolderInUse(RuntimeError):
@@ -41,6 +44,33 @@ def finite_json(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite_json(v) for v in value]
     return value
+
+
+def pack_training_state(model, ema, optimizer, counters: Dict[str, int], extra: Dict[str, Any]
+                        ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """What OUT/checkpoint holds: tensors named `model.*`, `ema.*` and `optim.{parameter}.{state}` (safetensors
+    holds no nested state), and a meta with the COUNTERS, the optimizer's param groups and `extra`."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    opt_state = optimizer.state_dict()
+    for pid, st in opt_state["state"].items():
+        for name, value in st.items():
+            tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
+    return tensors, {**{k: counters[k] for k in COUNTERS}, "param_groups": opt_state["param_groups"], **extra}
+
+
+def unpack_training_state(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], model, ema, optimizer
+                          ) -> Dict[str, int]:
+    """The inverse of pack_training_state: loads model, EMA and optimizer in place; returns the counters."""
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    state: Dict[int, Dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {k: meta[k] for k in COUNTERS}
 
 
 def validation_bpd(record: Dict[str, Any]) -> Optional[float]:

@@ -41,7 +41,7 @@ from .manifest import hub_id_of, load_manifest
 from .memory import available_memory, fitting_advice, gib, training_memory
 from .model import VDVAE, load
 from .pretrained import pick_device
-from .run_folder import RunFolder, finite_json
+from .run_folder import COUNTERS, RunFolder, finite_json, pack_training_state, unpack_training_state
 from .scoring import ScoreOptions, score_images
 from .train_data import StepData
 from .train_rules import SkipRule, active_units, kl_weight, objective
@@ -270,17 +270,9 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- checkpoints
     def _state(self):
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-        opt_state = self.optimizer.state_dict()
-        for pid, st in opt_state["state"].items():
-            for name, value in st.items():
-                tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
-        meta = {"step": self.step, "updates": self.updates, "skipped": self.skipped, "nan_count": self.nan_count,
-                "consecutive_skips": self.consecutive_skips, "grad_norm_history": self.skip_rule.history,
-                "param_groups": opt_state["param_groups"],
-                "config": self.config.to_dict(), "options": asdict(self.opt)}
-        return tensors, meta
+        return pack_training_state(self.model, self.ema, self.optimizer, {k: getattr(self, k) for k in COUNTERS},
+                                   {"grad_norm_history": self.skip_rule.history, "config": self.config.to_dict(),
+                                    "options": asdict(self.opt)})
 
     def save(self) -> None:
         """The checkpoint (atomically: a failed save leaves the previous one) and OUT/model with its card."""
@@ -319,16 +311,8 @@ class Trainer:
             return False
         tensors, meta = found
         self._check_resumable(meta)
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        state: Dict[int, Dict] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, pid, name = k.split(".", 2)
-                state.setdefault(int(pid), {})[name] = v
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        for key in ("step", "updates", "skipped", "nan_count", "consecutive_skips"):
-            setattr(self, key, meta[key])
+        for key, value in unpack_training_state(tensors, meta, self.model, self.ema, self.optimizer).items():
+            setattr(self, key, value)
         history = meta.get("grad_norm_history", [])
         self.skip_rule = SkipRule(self.opt.skip_threshold, history if isinstance(history, list) else [])
         self._saved_step = self.step
