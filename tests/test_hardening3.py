@@ -167,7 +167,7 @@ def test_the_card_states_what_the_run_printed_last(tmp_path, crops32):
 
 def test_a_hub_base_model_goes_into_the_front_matter(tmp_path, crops32):
     from vdvae_zoo.manifest import load_manifest
-    from vdvae_zoo.provenance import model_card
+    from vdvae_zoo.cards import model_card
     from vdvae_zoo.manifest import hub_id_of as _hub_id_of
     from vdvae_zoo import VDVAEConfig
     assert _hub_id_of("owner/some-model", None) == "owner/some-model"

@@ -57,9 +57,9 @@ class EvalReport:
     per_image: Dict[str, List[float]] = field(default_factory=dict, repr=False)  # index, bpd, ...
 
     def card_result(self, command: str = "") -> Dict[str, Any]:
-        """This result as a model card's model-index entry (provenance.measured_result): the data, split, mean
+        """This result as a model card's model-index entry (cards.measured_result): the data, split, mean
         bits per dim, and the options it depends on."""
-        from .provenance import measured_result
+        from .cards import measured_result
         args = {"seed": self.seed, "samples": self.samples, "images": self.images}
         if self.limit is not None:
             args["limit"] = self.limit

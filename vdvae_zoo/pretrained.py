@@ -26,12 +26,13 @@ from . import hub, registry
 from .config import ConfigLike, VDVAEConfig, resolve_config
 from .files import CARD_NAME, CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, recover_folder
 from .manifest import Manifest, ModelEntry, load_manifest, valid_name
-from .provenance import Provenance, card_results, model_card, named_provenance
+from .cards import card_results, model_card
+from .provenance import Provenance, named_provenance
 from .weights import (ArchitectureMatch, LoadReport, check_state, match_architectures, read_checkpoint,
                       tensor_sha256, write_model_folder)
 
 __all__ = ["PretrainedMixin", "ArchitectureWarning", "Provenance", "model_card", "pick_device", "named_provenance"]
-# Provenance, named_provenance and model_card live in provenance.py; they are re-exported here, where loading uses them.
+# Provenance and named_provenance live in provenance.py, model_card in cards.py; they are re-exported here, where loading uses them.
 
 
 class ArchitectureWarning(UserWarning):
@@ -329,7 +330,7 @@ class PretrainedMixin:
                         overwrite: bool = True, run: Optional[Mapping[str, Any]] = None,
                         results: Optional[List[Dict[str, Any]]] = None) -> Path:
         """Write config.json, model.safetensors and a model card README.md (with what `entry` or a training
-        `run` knows, and measured `results`: provenance.measured_result) into `folder`, as a unit. Measured results
+        `run` knows, and measured `results`: cards.measured_result) into `folder`, as a unit. Measured results
         already in the folder's card are kept when `results` is None (re-saving a model does not lose them)."""
         if results is None:
             results = card_results(Path(folder) / CARD_NAME)

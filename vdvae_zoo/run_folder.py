@@ -182,7 +182,7 @@ class RunFolder:
     def write_card(self, model, run: Dict[str, Any]) -> Path:
         """Replace OUT/model's model card only (after the final validation: the weights are already there)."""
         from .files import CARD_NAME
-        from .provenance import model_card
+        from .cards import model_card
         return atomic_write(self.model_path / CARD_NAME, model_card(model.config, model.card_lines(model.config),
                                                                      run=run))
 

@@ -129,11 +129,24 @@ def stop_interrupted(kept: str) -> None:
     sys.exit(interrupted_status())
 
 
+def _arguments_as_run() -> list:
+    """The arguments the running command was given (recorded by the group), or sys.argv's outside a command."""
+    import sys
+    ctx = click.get_current_context(silent=True)
+    recorded = ctx.find_root().meta.get(_ARGV_KEY) if ctx is not None else None
+    return list(sys.argv[1:] if recorded is None else recorded)
+
+
+def command_as_run() -> str:
+    """The command line exactly as it was run (`vdvae-zoo ARGS...`, shell-quoted): what a card or report records."""
+    import shlex
+    return shlex.join(["vdvae-zoo", *_arguments_as_run()])
+
+
 def resume_hint(argv: Optional[list] = None) -> str:
     """The command line that was run, with --resume added: what continues an interrupted run."""
     import shlex
-    import sys
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = list(_arguments_as_run() if argv is None else argv)
     if "--resume" not in args:
         args.append("--resume")
     return "vdvae-zoo " + " ".join(shlex.quote(a) for a in args)
@@ -144,7 +157,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"warning: {message}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_ARGV_KEY = "vdvae_zoo.argv"
+
+
+class _Group(click.Group):
+    """The group that records the arguments it was given, so that a command can state itself as it was run."""
+
+    def parse_args(self, ctx: click.Context, args: list) -> list:
+        ctx.meta[_ARGV_KEY] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vdvae-zoo")
 @click.pass_context
 def main(ctx: click.Context):

@@ -8,10 +8,10 @@ import click
 
 from ..datasets import SPLITS
 from ..evaluate import evaluate
-from ..files import CONFIG_NAME, atomic_write, refuse_existing
-from ..provenance import add_card_result
+from ..files import CARD_NAME, CONFIG_NAME, atomic_write, refuse_existing
+from ..cards import add_card_result, check_card
 from ..scoring import MAX_PRIOR_TEMPERATURE, refuse_existing_state
-from .base import MODEL_HELP, batch_size_option, load_model, main, model_options, overwrite_option, stop_interrupted, user_errors
+from .base import MODEL_HELP, batch_size_option, command_as_run, load_model, main, model_options, overwrite_option, stop_interrupted, user_errors
 
 
 @main.command("eval", epilog=MODEL_HELP)
@@ -32,7 +32,9 @@ from .base import MODEL_HELP, batch_size_option, load_model, main, model_options
 @click.option("--resume", is_flag=True, help="Continue an interrupted evaluation from its state file.")
 @click.option("--card", "card_folder", default=None, type=click.Path(exists=True, file_okay=False),
               help="Also record the result in this model folder's card (README.md model-index: dataset, split, "
-                   "bits per dim, seed, the command, the vdvae-zoo version); the Hub shows it.")
+                   "bits per dim, seed, the command, the vdvae-zoo version); the Hub shows it. The result is merged "
+                   "into the card: every other line of README.md is kept. A README.md without front matter is "
+                   "changed only with --overwrite (front matter is added above its text).")
 @overwrite_option
 @model_options
 @user_errors
@@ -52,6 +54,8 @@ def eval_command(model_name, data, split, limit, samples, seed, batch_size, chun
     if card_folder and not (Path(card_folder) / CONFIG_NAME).is_file():
         raise click.BadParameter(f"{card_folder} is not a model folder (no {CONFIG_NAME}); give the folder whose "
                                  "README.md should carry the result", param_hint="'--card'")
+    if card_folder:
+        check_card(Path(card_folder) / CARD_NAME, overwrite=overwrite)  # before any work: a card we would refuse
     state = Path(f"{output or 'vdvae-zoo-eval'}.state.jsonl")
     refuse_existing_state(state, resume, overwrite)
     model = load_model(model_name, config, device, manifest, dtype)
@@ -68,10 +72,8 @@ def eval_command(model_name, data, split, limit, samples, seed, batch_size, chun
         atomic_write(output, report.to_json(), overwrite=True)
         click.echo(f"wrote {output}")
     if card_folder:
-        import shlex
-        command = shlex.join(["vdvae-zoo", "eval", model_name, "--data", data, "--split", split, "--seed", str(seed),
-                              "--samples", str(samples)] + (["--limit", str(limit)] if limit else []))
-        card = add_card_result(Path(card_folder), report.card_result(command), model.card_lines(model.config))
+        card = add_card_result(Path(card_folder), report.card_result(command_as_run()), model.card_lines(model.config),
+                               overwrite=overwrite)
         click.echo(f"recorded the result in {card}")
 
 

@@ -14,7 +14,8 @@ from ..files import CARD_NAME, CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, atomi
 from ..inspection import compare_with_config, inspect_checkpoint
 from ..manifest import load_manifest, manifest_data, pin_entries
 from ..model import VDVAE, load
-from ..provenance import card_results, named_provenance
+from ..cards import card_results
+from ..provenance import named_provenance
 from ..run_folder import RunFolder
 from ..weights import read_checkpoint
 from .base import MODEL_HELP, main, manifest_option, overwrite_option, user_errors
