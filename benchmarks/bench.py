@@ -45,9 +45,9 @@ import torch
 
 import vdvae_zoo
 from vdvae_zoo import VDVAE
-from vdvae_zoo.dmol import dmol_sample
+from vdvae_zoo.nn.dmol import dmol_sample
 from vdvae_zoo.config import resolve_config
-from vdvae_zoo.images import sample_photos
+from vdvae_zoo.data.images import sample_photos
 
 VARIANTS = {
     "reference": {},

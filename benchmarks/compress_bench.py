@@ -37,12 +37,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdvae_zoo  # noqa: E402
 from vdvae_zoo.config import resolve_config  # noqa: E402
-from vdvae_zoo.images import photo_crops  # noqa: E402
-from vdvae_zoo.plots import line_chart  # noqa: E402
-from vdvae_zoo.train import Trainer, TrainOptions  # noqa: E402
+from vdvae_zoo.data.images import photo_crops  # noqa: E402
+from vdvae_zoo.data.plots import line_chart  # noqa: E402
+from vdvae_zoo.training.trainer import Trainer, TrainOptions  # noqa: E402
 
-C = importlib.import_module("vdvae_zoo.compress")
-B = importlib.import_module("vdvae_zoo.bitsback")  # the coder's mechanics
+C = importlib.import_module("vdvae_zoo.coding.archive")
+B = importlib.import_module("vdvae_zoo.coding.bitsback")  # the coder's mechanics
 REPO = Path(__file__).resolve().parents[1]
 TINY16 = dict(image_size=16, width=16, zdim=4, num_mixtures=2, enc_blocks="16x1,16d2,8x1,8d2,4x1,4d4,1x1",
               dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x1")

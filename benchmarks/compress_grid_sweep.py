@@ -35,16 +35,16 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import vdvae_zoo  # noqa: E402
-from vdvae_zoo.coding_grid import DEFAULT_GRID, LatentGrid  # noqa: E402
+from vdvae_zoo.coding.grid import DEFAULT_GRID, LatentGrid  # noqa: E402
 from vdvae_zoo.config import resolve_config  # noqa: E402
-from vdvae_zoo.images import photo_crops  # noqa: E402
-from vdvae_zoo.train import Trainer, TrainOptions  # noqa: E402
+from vdvae_zoo.data.images import photo_crops  # noqa: E402
+from vdvae_zoo.training.trainer import Trainer, TrainOptions  # noqa: E402
 
 from helpers import golden_config  # noqa: E402
 from test_compress_grid import far_posterior_model, golden_images  # noqa: E402
 
-C = importlib.import_module("vdvae_zoo.compress")
-B = importlib.import_module("vdvae_zoo.bitsback")
+C = importlib.import_module("vdvae_zoo.coding.archive")
+B = importlib.import_module("vdvae_zoo.coding.bitsback")
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = [("2^-7, +-24 (default)", DEFAULT_GRID), ("2^-7, +-8", LatentGrid(2.0 ** -7, 8.0)),
          ("2^-5, +-24", LatentGrid(2.0 ** -5, 24.0)), ("2^-9, +-24", LatentGrid(2.0 ** -9, 24.0)),

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdvae_zoo  # noqa: E402
-from vdvae_zoo.network import Block, DecoderLayer  # noqa: E402
+from vdvae_zoo.nn.network import Block, DecoderLayer  # noqa: E402
 
 GiB = 2 ** 30
 

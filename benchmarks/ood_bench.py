@@ -24,10 +24,10 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdvae_zoo  # noqa: E402
-from vdvae_zoo.images import photo_crops  # noqa: E402
-from vdvae_zoo.ood import evaluate_ood, roc_points  # noqa: E402
-from vdvae_zoo.plots import roc_chart  # noqa: E402
-from vdvae_zoo.train import Trainer, TrainOptions  # noqa: E402
+from vdvae_zoo.data.images import photo_crops  # noqa: E402
+from vdvae_zoo.scoring.ood import evaluate_ood, roc_points  # noqa: E402
+from vdvae_zoo.data.plots import roc_chart  # noqa: E402
+from vdvae_zoo.training.trainer import Trainer, TrainOptions  # noqa: E402
 
 
 def train(folder: Path, steps: int) -> Path:

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdvae_zoo  # noqa: E402
-from vdvae_zoo.batching import image_seed  # noqa: E402
-from vdvae_zoo.images import find_images, load_images  # noqa: E402
+from vdvae_zoo.compute.batching import image_seed  # noqa: E402
+from vdvae_zoo.data.images import find_images, load_images  # noqa: E402
 from vdvae_zoo.restore import Denoising, Downsampling, Inpainting, psnr, restore, ssim  # noqa: E402
 
 

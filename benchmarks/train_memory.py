@@ -1,5 +1,5 @@
 """Peak memory and time of one training step (forward, backward, gradient clipping, AdamW, EMA), with and without
-gradient checkpointing, against `vdvae_zoo.memory.training_memory`'s estimate. One process per measurement, so
+gradient checkpointing, against `vdvae_zoo.compute.memory.training_memory`'s estimate. One process per measurement, so
 each peak is its own: max RSS on the CPU, `max_memory_allocated` on CUDA.
 
     python benchmarks/train_memory.py --preset imagenet64 --batches 1,2,4 --json out.json
@@ -29,7 +29,7 @@ def one(preset: str, batch: int, checkpoint: bool, device: str, dtype: str) -> d
     import torch
     import vdvae_zoo
     from vdvae_zoo.config import resolve_config
-    from vdvae_zoo.memory import training_memory
+    from vdvae_zoo.compute.memory import training_memory
     dev = torch.device(device)
     config = resolve_config(preset)
     torch.manual_seed(0)

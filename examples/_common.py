@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 import vdvae_zoo
-import vdvae_zoo.images
+import vdvae_zoo.data.images
 from vdvae_zoo.config import resolve_config
-from vdvae_zoo.images import find_images, load_images
+from vdvae_zoo.data.images import find_images, load_images
 
 
 
@@ -46,7 +46,7 @@ def get_model(args: argparse.Namespace) -> vdvae_zoo.VDVAE:
 def sample_photos(size: int, n: int = 4) -> np.ndarray:
     """Real photos bundled with scikit-image, centre-cropped to size x size (for demos without image files)."""
     try:
-        return np.stack(vdvae_zoo.images.sample_photos(n, size))
+        return np.stack(vdvae_zoo.data.images.sample_photos(n, size))
     except ImportError as e:
         raise SystemExit(f"no images given, and {e}; or pass image files") from None
 

@@ -9,7 +9,7 @@ import argparse
 import numpy as np
 import torch
 
-from vdvae_zoo.images import make_grid, save_png
+from vdvae_zoo.data.images import make_grid, save_png
 
 from _common import add_model_arguments, get_model, output_path, read_images
 

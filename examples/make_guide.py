@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 import vdvae_zoo
-from vdvae_zoo.images import make_grid, save_png
-from vdvae_zoo.inputs import figure4_keeps
+from vdvae_zoo.data.images import make_grid, save_png
+from vdvae_zoo.nn.inputs import figure4_keeps
 
 from _common import add_model_arguments, get_model, output_path, read_images
 

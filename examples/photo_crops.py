@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vdvae_zoo.images import photo_crops
+from vdvae_zoo.data.images import photo_crops
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from vdvae_zoo import VDVAE, VDVAEConfig
-from vdvae_zoo.dmol import dmol_nll
-from vdvae_zoo.plots import bar_layout, bits_per_layer, bits_per_resolution, kl_caption, kl_chart
+from vdvae_zoo.nn.dmol import dmol_nll
+from vdvae_zoo.data.plots import bar_layout, bits_per_layer, bits_per_resolution, kl_caption, kl_chart
 
 from helpers import tiny_config_dict
 

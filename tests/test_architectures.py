@@ -13,9 +13,9 @@ import vdvae_zoo
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.cli import main
 from vdvae_zoo.config import PRESETS
-from vdvae_zoo.manifest import load_manifest
-from vdvae_zoo.pretrained import ArchitectureWarning
-from vdvae_zoo.weights import match_architectures
+from vdvae_zoo.weights.manifest import load_manifest
+from vdvae_zoo.weights.pretrained import ArchitectureWarning
+from vdvae_zoo.weights.original import match_architectures
 
 from fakehub import FileServer
 from helpers import entry, tiny_config_dict, write_manifest

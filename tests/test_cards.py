@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import image_folder, tiny_config_dict
-from vdvae_zoo.cards import CardError, card_results, measured_result, merge_card_result, model_card
+from vdvae_zoo.weights.cards import CardError, card_results, measured_result, merge_card_result, model_card
 from vdvae_zoo.cli import main
 from vdvae_zoo.config import VDVAEConfig
 

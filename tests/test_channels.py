@@ -13,8 +13,9 @@ from PIL import Image
 import vdvae_zoo
 from helpers import random_images, tiny_config_dict
 from vdvae_zoo import VDVAE, VDVAEConfig
+from vdvae_zoo.nn.head import output_channels
 from vdvae_zoo.cli import main
-from vdvae_zoo.dmol import (bernoulli_level_probs, bernoulli_nll, bernoulli_sample, dmol_level_probs, dmol_nll,
+from vdvae_zoo.nn.dmol import (bernoulli_level_probs, bernoulli_nll, bernoulli_sample, dmol_level_probs, dmol_nll,
                             dmol_sample, mixture_channels)
 
 
@@ -73,7 +74,7 @@ def test_config_checks_channels_and_output():
     with pytest.raises(ValueError, match="output must be one of"):
         VDVAEConfig.from_dict(tiny_config_dict(output="gaussian"))
     assert VDVAEConfig.from_dict(tiny_config_dict(image_channels=1)).dims_per_image == 16 * 16
-    assert VDVAEConfig.from_dict(tiny_config_dict(output="bernoulli", image_channels=2)).output_channels == 2
+    assert output_channels(VDVAEConfig.from_dict(tiny_config_dict(output="bernoulli", image_channels=2))) == 2
 
 
 @pytest.mark.parametrize("channels,output", [(1, "dmol"), (2, "dmol"), (4, "dmol"), (1, "bernoulli")])

@@ -16,10 +16,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import vdvae_zoo
-from vdvae_zoo.batching import image_seed
+from vdvae_zoo.compute.batching import image_seed
 from vdvae_zoo.cli import main
-from vdvae_zoo.files import sha256_file
-from vdvae_zoo.images import read_image, sample_photos
+from vdvae_zoo.data.files import sha256_file
+from vdvae_zoo.data.images import read_image, sample_photos
 
 from helpers import TINY, entry, write_manifest
 
@@ -225,7 +225,7 @@ def test_installed_console_script(tmp_path, image_dir, model_dir):
 
 def test_download_then_offline_and_publish_dry_run(tmp_path, golden_expected, monkeypatch):
     from fakehub import FileServer
-    from vdvae_zoo.files import sha256_file
+    from vdvae_zoo.data.files import sha256_file
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     server = FileServer({"t.th": (TINY / "model-ema.th").read_bytes()})
     manifest = tmp_path / "m.json"

@@ -15,13 +15,13 @@ from PIL import Image
 import vdvae_zoo
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.cli import main
-from vdvae_zoo.images import photo_crops
+from vdvae_zoo.data.images import photo_crops
 
 from helpers import TINY, tiny_config_dict
 
 pytest.importorskip("constriction")
-C = importlib.import_module("vdvae_zoo.compress")  # the module (vdvae_zoo.compress is also the function)
-B = importlib.import_module("vdvae_zoo.bitsback")  # the coder's mechanics
+C = importlib.import_module("vdvae_zoo.coding.archive")  # the module (vdvae_zoo.coding.archive is also the function)
+B = importlib.import_module("vdvae_zoo.coding.bitsback")  # the coder's mechanics
 ArchiveError, compress, decompress, read_header, _pack = C.ArchiveError, C.compress, C.decompress, C.read_header, C._pack
 
 

@@ -17,16 +17,16 @@ from PIL import Image
 import vdvae_zoo
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.cli import main
-from vdvae_zoo.coding_grid import (DEFAULT_GRID, LatentGrid, candidate_grids, fitted_span, ideal_bits,
+from vdvae_zoo.coding.grid import (DEFAULT_GRID, LatentGrid, candidate_grids, fitted_span, ideal_bits,
                                    parse_grid)
-from vdvae_zoo.images import photo_crops
-from vdvae_zoo.train import Trainer, TrainOptions
+from vdvae_zoo.data.images import photo_crops
+from vdvae_zoo.training.trainer import Trainer, TrainOptions
 
 from helpers import TINY, golden_config, tiny_config_dict
 
 pytest.importorskip("constriction")
-C = importlib.import_module("vdvae_zoo.compress")
-B = importlib.import_module("vdvae_zoo.bitsback")
+C = importlib.import_module("vdvae_zoo.coding.archive")
+B = importlib.import_module("vdvae_zoo.coding.bitsback")
 DATA = Path(__file__).parent / "data"
 
 

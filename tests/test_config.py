@@ -7,7 +7,7 @@ import vdvae_zoo
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.blocks import parse_block_string
 from vdvae_zoo.config import PRESETS
-from vdvae_zoo.train_options import TRAINING_PRESETS
+from vdvae_zoo.training.options import TRAINING_PRESETS
 
 EXPECTED = {  # SPEC §1: parameters, tensors, decoder layers, encoder blocks
     "cifar10": (39_145_700, 1_393, 43, 33),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vdvae_zoo import datasets
-from vdvae_zoo.datasets import DatasetError, open_dataset
+from vdvae_zoo.data import datasets
+from vdvae_zoo.data.datasets import DatasetError, open_dataset
 
 RNG = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""Issue #15: `vdvae-zoo eval` / `vdvae_zoo.evaluate` and dataset-scale sample sets."""
+"""Issue #15: `vdvae-zoo eval` / `vdvae_zoo.scoring.evaluate` and dataset-scale sample sets."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import vdvae_zoo
-from vdvae_zoo.batching import image_seed
+from vdvae_zoo.compute.batching import image_seed
 from vdvae_zoo.cli import main
 
 from helpers import interrupt_call

@@ -7,7 +7,7 @@ import sys
 import pytest
 from PIL import Image
 
-from vdvae_zoo.images import sample_photos
+from vdvae_zoo.data.images import sample_photos
 
 from helpers import REPO
 

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from vdvae_zoo.files import atomic_folder, atomic_write, recover_folder, remove_stale_temporaries
+from vdvae_zoo.data.files import atomic_folder, atomic_write, recover_folder, remove_stale_temporaries
 
 
 def test_atomic_write_refuses_existing_files_and_keeps_the_umask_mode(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import vdvae_zoo
-from vdvae_zoo.dmol import dmol_nll
+from vdvae_zoo.nn.dmol import dmol_nll
 
 from helpers import GOLDEN, SHARED_GOLDEN, TINY
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 import vdvae_zoo
 from vdvae_zoo.cli import main
-from vdvae_zoo.images import make_grid, sample_photos
+from vdvae_zoo.data.images import make_grid, sample_photos
 
 from helpers import REPO, TINY, entry, golden_config, write_manifest
 
@@ -185,7 +185,7 @@ def test_grids_of_small_images_are_enlarged_for_viewing():
 
 def test_kl_chart_labels_do_not_overlap():
     from PIL import ImageDraw
-    from vdvae_zoo.plots import bar_layout, resolution_labels
+    from vdvae_zoo.data.plots import bar_layout, resolution_labels
     with torch.device("meta"):
         model = vdvae_zoo.VDVAE(vdvae_zoo.VDVAEConfig.from_preset("ffhq256"))
     draw = ImageDraw.Draw(Image.new("RGB", (900, 420)))

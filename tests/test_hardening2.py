@@ -16,9 +16,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import vdvae_zoo
-from vdvae_zoo import files as files_module
+from vdvae_zoo.data import files as files_module
 from vdvae_zoo.cli import main
-from vdvae_zoo.images import sample_photos
+from vdvae_zoo.data.images import sample_photos
 
 from helpers import REPO, TINY, interrupt_call, tiny_config_dict
 
@@ -204,7 +204,7 @@ def test_a_file_name_that_is_not_utf8_keeps_its_row(tmp_path, model_dir):
 def photos(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
-    for i, im in enumerate(vdvae_zoo.images.photo_crops(24, 16, seed=3)):
+    for i, im in enumerate(vdvae_zoo.data.images.photo_crops(24, 16, seed=3)):
         Image.fromarray(im).save(folder / f"{i:02d}.png")
     return folder
 
@@ -286,7 +286,7 @@ def test_ctrl_c_in_a_sample_set_says_what_was_kept_and_how_to_continue(tmp_path,
 
 @pytest.mark.slow  # a trainer run with DataLoader workers
 def test_training_data_deleted_under_the_workers_is_one_sentence(tmp_path, photos, monkeypatch):
-    from vdvae_zoo.train import Trainer
+    from vdvae_zoo.training.trainer import Trainer
     original = Trainer.train_step
 
     def deleting(self):

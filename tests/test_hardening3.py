@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from helpers import image_folder
 from vdvae_zoo.cli import main
-from vdvae_zoo.files import atomic_folder, atomic_write, read_small_text, staged_file
+from vdvae_zoo.data.files import atomic_folder, atomic_write, read_small_text, staged_file
 
 
 @pytest.fixture()
@@ -166,9 +166,9 @@ def test_the_card_states_what_the_run_printed_last(tmp_path, crops32):
 
 
 def test_a_hub_base_model_goes_into_the_front_matter(tmp_path, crops32):
-    from vdvae_zoo.manifest import load_manifest
-    from vdvae_zoo.cards import model_card
-    from vdvae_zoo.manifest import hub_id_of as _hub_id_of
+    from vdvae_zoo.weights.manifest import load_manifest
+    from vdvae_zoo.weights.cards import model_card
+    from vdvae_zoo.weights.manifest import hub_id_of as _hub_id_of
     from vdvae_zoo import VDVAEConfig
     assert _hub_id_of("owner/some-model", None) == "owner/some-model"
     assert _hub_id_of(str(crops32), None) is None
@@ -179,7 +179,7 @@ def test_a_hub_base_model_goes_into_the_front_matter(tmp_path, crops32):
 
 def test_a_run_stopped_by_a_signal_logs_it(tmp_path, crops32, monkeypatch):
     import signal
-    from vdvae_zoo.train import Trainer, TrainOptions
+    from vdvae_zoo.training.trainer import Trainer, TrainOptions
     trainer = Trainer(TrainOptions(data=str(crops32), out=str(tmp_path / "run"), config="tiny32", steps=10,
                                    batch_size=2, val_every=0, sample_every=0))
     original = trainer.train_step
@@ -257,7 +257,7 @@ def test_ood_refuses_a_temperature_that_makes_scores_meaningless(tmp_path, model
     result = CliRunner().invoke(main, ["ood", str(model), "--in", str(images), "--ood", str(images),
                                        "--prior-temperature", "1e308", "-o", str(tmp_path / "o.json")])
     assert result.exit_code == 2 and not (tmp_path / "o.json").exists()
-    from vdvae_zoo.ood import detection_metrics
+    from vdvae_zoo.scoring.ood import detection_metrics
     with pytest.raises(ValueError, match="not finite"):
         detection_metrics([1.0, float("nan")], [2.0])
 
@@ -275,8 +275,8 @@ def test_ood_checks_its_outputs_before_scoring(tmp_path, model_and_images):
 @pytest.mark.parametrize("bad", [float("nan"), -5.0])
 def test_state_files_with_impossible_scores_are_refused(tmp_path, model_and_images, bad, monkeypatch):
     import vdvae_zoo
-    from vdvae_zoo.datasets import files_dataset
-    from vdvae_zoo.scoring import ScoreOptions, StateError, score_dataset
+    from vdvae_zoo.data.datasets import files_dataset
+    from vdvae_zoo.scoring.engine import ScoreOptions, StateError, score_dataset
     model_dir, images = model_and_images
     model = vdvae_zoo.load(model_dir, device="cpu")
     state = tmp_path / "s.jsonl"
@@ -292,7 +292,7 @@ def test_state_files_with_impossible_scores_are_refused(tmp_path, model_and_imag
 
 def _interrupted_run(monkeypatch, model, dataset, options, state):
     """Score with chunks of 2 and a Ctrl-C at the second chunk: the state file keeps the first."""
-    import vdvae_zoo.scoring as scoring
+    import vdvae_zoo.scoring.engine as scoring
     from helpers import interrupt_call
     interrupt_call(monkeypatch, scoring, "_score_chunk", 2)
     with pytest.raises(KeyboardInterrupt):
@@ -302,8 +302,8 @@ def _interrupted_run(monkeypatch, model, dataset, options, state):
 
 def test_resuming_with_another_batch_size_keeps_the_runs_pass_size(tmp_path, model_and_images, monkeypatch):
     import vdvae_zoo
-    from vdvae_zoo.datasets import files_dataset
-    from vdvae_zoo.scoring import ScoreOptions, StateError, score_dataset
+    from vdvae_zoo.data.datasets import files_dataset
+    from vdvae_zoo.scoring.engine import ScoreOptions, StateError, score_dataset
     model_dir, images = model_and_images
     model = vdvae_zoo.load(model_dir, device="cpu")
     dataset = files_dataset([images])
@@ -321,7 +321,7 @@ def test_resuming_with_another_batch_size_keeps_the_runs_pass_size(tmp_path, mod
 
 
 def test_a_huge_model_type_is_not_echoed_whole(tmp_path):
-    from vdvae_zoo.registry import UnknownModelTypeError, family
+    from vdvae_zoo.weights.registry import UnknownModelTypeError, family
     with pytest.raises(UnknownModelTypeError) as info:
         family("x" * 1_000_000)
     assert len(str(info.value)) < 500 and "1,000,000 characters" in str(info.value)
@@ -349,7 +349,7 @@ def test_compress_refuses_to_write_over_its_own_input(tmp_path, model_and_images
 
 
 def test_a_weights_file_rewritten_in_place_is_hashed_again(tmp_path):
-    from vdvae_zoo.hub import file_sha256
+    from vdvae_zoo.weights.hub import file_sha256
     path = tmp_path / "w.bin"
     path.write_bytes(b"a" * 1000)
     first = file_sha256(path)
@@ -401,7 +401,7 @@ def test_a_full_or_read_only_local_disk_is_not_called_a_broken_download(tmp_path
     and not reported as "broke off twice ... try again later"."""
     import errno
     import huggingface_hub
-    from vdvae_zoo import hub
+    from vdvae_zoo.weights import hub
     from vdvae_zoo.cli.base import _system_error
     calls = []
 

@@ -12,7 +12,7 @@ import torch
 
 import vdvae_zoo
 from vdvae_zoo import IntegrityError
-from vdvae_zoo.files import sha256_file
+from vdvae_zoo.data.files import sha256_file
 
 from helpers import TINY, assert_golden_likelihood, entry, write_manifest
 
@@ -167,7 +167,7 @@ def test_a_symlinked_cache_file_is_unlinked_never_its_target_outside(tmp_path, h
 
 
 def test_a_download_that_trickles_past_its_deadline_stops_and_leaves_nothing(tmp_path, source):
-    from vdvae_zoo.hub import fetch_url
+    from vdvae_zoo.weights.hub import fetch_url
     destination = tmp_path / "x.th"
     with pytest.raises(ConnectionError, match="did not finish within 0 s"):
         fetch_url(f"{source.url}/tiny32-model-ema.th", destination, deadline_s=0)
@@ -175,8 +175,8 @@ def test_a_download_that_trickles_past_its_deadline_stops_and_leaves_nothing(tmp
 
 
 def test_cache_paths_never_leave_the_cache(tmp_path):
-    from vdvae_zoo.hub import converted_folder
-    from vdvae_zoo.manifest import ModelEntry
+    from vdvae_zoo.weights.hub import converted_folder
+    from vdvae_zoo.weights.manifest import ModelEntry
     evil = ModelEntry(name="../../x", preset="cifar10", dataset="", resolution=32, bits=8, parameters=0,
                       reported_test_bpd=None, license="", hub={"repo_id": "a/b"}, source={})  # built past validation
     with pytest.raises(ValueError, match="not a plain name"):
@@ -187,7 +187,8 @@ def test_a_cached_name_reads_the_manifest_once_and_hashes_nothing_it_verified(tm
                                                                              golden_files, golden_config, monkeypatch):
     """How it is measured: count the calls that read a manifest file and that hash a file, over loads by name
     of a published entry (fake Hub, pinned sha256) and of a converted one (fake source server)."""
-    from vdvae_zoo import files, hub as hub_module, manifest as manifest_module
+    from vdvae_zoo.data import files
+    from vdvae_zoo.weights import hub as hub_module, manifest as manifest_module
     commit = hub.add("test-org/tiny32", golden_files)
     sha = hashlib.sha256(golden_files["model.safetensors"]).hexdigest()
     path = write_manifest(tmp_path / "m.json", [

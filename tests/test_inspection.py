@@ -5,7 +5,7 @@ import torch
 
 import vdvae_zoo
 from vdvae_zoo import EncoderMismatchError, VDVAE, VDVAEConfig
-from vdvae_zoo.inspection import compare_with_config, inspect_checkpoint
+from vdvae_zoo.weights.inspection import compare_with_config, inspect_checkpoint
 
 from helpers import TINY, tiny_config_dict
 

@@ -99,7 +99,7 @@ def test_encode_writes_every_layer_or_flat_rows_at_data_set_scale(tmp_path):
     assert flat.shape == (5, model.latent_layout[3].offset + model.latent_layout[3].size)
     assert torch.equal(flat, vdvae_zoo.flatten_latents([tensors[f"z.{i}"] for i in range(4)]))
     # the seed rule: image i of the folder with image_seed(0, i), whatever the chunking
-    from vdvae_zoo.batching import image_seed
+    from vdvae_zoo.compute.batching import image_seed
     images = np.stack([np.asarray(Image.open(folder / f"{i}.png")) for i in range(5)])
     direct = model.encode(images, seeds=[image_seed(0, i) for i in range(5)])
     assert torch.allclose(tensors["z.5"], direct[5], atol=1e-6)

@@ -8,7 +8,7 @@ import torch
 
 import vdvae_zoo
 from vdvae_zoo import UnknownModelError
-from vdvae_zoo.manifest import Manifest, load_manifest
+from vdvae_zoo.weights.manifest import Manifest, load_manifest
 
 from helpers import REPO
 

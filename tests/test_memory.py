@@ -12,8 +12,8 @@ from PIL import Image
 
 from helpers import image_folder, random_images, tiny_config_dict
 from vdvae_zoo import VDVAE, VDVAEConfig
-from vdvae_zoo.batching import image_seed
-from vdvae_zoo.memory import SAVED_FLOATS, _activation_floats, training_memory
+from vdvae_zoo.compute.batching import image_seed
+from vdvae_zoo.compute.memory import SAVED_FLOATS, _activation_floats, training_memory
 from vdvae_zoo.model import PassSizeReduced
 
 
@@ -70,7 +70,7 @@ def crops(tmp_path):
 
 
 def _train(tmp_path, crops, name, **options):
-    from vdvae_zoo.train import Trainer, TrainOptions
+    from vdvae_zoo.training.trainer import Trainer, TrainOptions
     folder, config = crops
     options = dict(dict(data=str(folder), out=str(tmp_path / name), config=str(config), steps=1, val_every=0,
                         sample_every=0, save_every=0, warmup=0, val_fraction=0.0, lr=1e-2, ema_rate=0.0), **options)
@@ -81,7 +81,7 @@ def _train(tmp_path, crops, name, **options):
 
 def _update_gradients(tmp_path, crops, name, **options):
     """The gradient that the first update applies (captured at optimizer.step) and the loss it logs."""
-    from vdvae_zoo.train import Trainer, TrainOptions
+    from vdvae_zoo.training.trainer import Trainer, TrainOptions
     folder, config = crops
     trainer = Trainer(TrainOptions(data=str(folder), out=str(tmp_path / name), config=str(config), steps=1,
                                    val_every=0, sample_every=0, val_fraction=0.0, **options))
@@ -116,7 +116,7 @@ def test_the_trainer_with_checkpointing_gives_the_same_weights(tmp_path, crops):
 
 
 def test_a_step_that_runs_out_of_memory_stops_with_the_options_that_fit(tmp_path, crops, monkeypatch):
-    from vdvae_zoo.train import Trainer, TrainingOutOfMemory, TrainOptions
+    from vdvae_zoo.training.trainer import Trainer, TrainingOutOfMemory, TrainOptions
     folder, config = crops
 
     def refuse(self, *args, **kwargs):
@@ -131,25 +131,50 @@ def test_a_step_that_runs_out_of_memory_stops_with_the_options_that_fit(tmp_path
 
 
 def test_the_memory_plan_says_before_step_one_what_will_not_fit(tmp_path, crops, monkeypatch, capsys):
-    import vdvae_zoo.train as train
-    plan_of = {}
+    import vdvae_zoo.training.memory_plan as train
+    plan_of = {"available": None}
     monkeypatch.setattr(train, "available_memory", lambda device: plan_of["available"])
-    from vdvae_zoo.train import Trainer, TrainOptions
+    from vdvae_zoo.training.trainer import Trainer, TrainOptions
     folder, config = crops
     trainer = Trainer(TrainOptions(data=str(folder), out=str(tmp_path / "plan"), config=str(config), steps=1,
                                    batch_size=8, val_every=0, sample_every=0))
-    plan = trainer.memory_plan()
+    plan = trainer.memory.plan()
     plan_of["available"] = plan.total * 2
-    assert trainer.check_memory() is None
+    assert trainer.memory.check()[1] is None
     # room for the weights and 2 images with checkpointing, not 8 without
-    with_ck = trainer.memory_plan(grad_checkpoint=True)
+    with_ck = trainer.memory.plan(grad_checkpoint=True)
     plan_of["available"] = with_ck.state + with_ck.process + 2.5 * with_ck.per_image
-    warning = trainer.check_memory()
+    warning = trainer.memory.check()[1]
     assert warning and "--grad-checkpoint" in warning and "up to 2 images" in warning
     plan_of["available"] = plan.state + plan.process + 3.5 * plan.per_image
-    warning = trainer.check_memory()
+    warning = trainer.memory.check()[1]
     assert "--batch-size 3 --grad-accumulation 3" in warning  # 3 x 3 = 9 >= 8 images per update
-    assert "memory plan:" in capsys.readouterr().err
+    assert "memory plan:" in trainer.memory.check()[0]
+
+
+def test_a_plan_that_does_not_fit_stops_before_anything_is_written(tmp_path, crops, monkeypatch):
+    """#36: the plan refuses the run (naming the options that fit) before the run folder exists; proceeding
+    takes --ignore-memory-plan, and then the warning is printed and the run trains."""
+    import vdvae_zoo.training.memory_plan as memory_plan
+    from vdvae_zoo.cli import main
+    from vdvae_zoo.training.memory_plan import MemoryPlanRefused
+    from vdvae_zoo.training.trainer import Trainer, TrainOptions
+    folder, config = crops
+    monkeypatch.setattr(memory_plan, "available_memory", lambda device: 1.0)  # one byte free: nothing fits
+    options = dict(data=str(folder), out=str(tmp_path / "refused"), config=str(config), steps=1, batch_size=8,
+                   val_every=0, sample_every=0)
+    with pytest.raises(MemoryPlanRefused, match="--ignore-memory-plan") as info:
+        Trainer(TrainOptions(**options))
+    assert "--grad-checkpoint" in str(info.value) and not (tmp_path / "refused").exists()
+    cli = ["finetune", "--data", str(folder), "--out", str(tmp_path / "refused"), "--config", str(config), "--steps",
+           "1", "--batch-size", "8", "--val-every", "0", "--sample-every", "0"]
+    result = CliRunner().invoke(main, cli)
+    assert result.exit_code == 1 and "Error: one step needs" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "refused").exists()
+    result = CliRunner().invoke(main, cli + ["--ignore-memory-plan"])
+    assert result.exit_code == 0, result.output
+    assert "warning: one step needs" in result.output and "training anyway" in result.output
+    assert (tmp_path / "refused" / "model" / "model.safetensors").is_file()
 
 
 def test_finetune_cli_has_the_memory_options(tmp_path, crops):

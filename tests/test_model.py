@@ -8,7 +8,7 @@ import torch
 
 from vdvae_zoo import VDVAE, VDVAEConfig
 
-from vdvae_zoo import batching
+from vdvae_zoo.compute import batching
 
 from helpers import random_images, tiny_config_dict
 

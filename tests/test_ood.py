@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 import vdvae_zoo
-from vdvae_zoo.batching import image_seed
+from vdvae_zoo.compute.batching import image_seed
 from vdvae_zoo.cli import main
-from vdvae_zoo.dmol import dmol_nll
-from vdvae_zoo.ood import detection_metrics, evaluate_ood, ood_scores, roc_curve
+from vdvae_zoo.nn.dmol import dmol_nll
+from vdvae_zoo.scoring.ood import detection_metrics, evaluate_ood, ood_scores, roc_curve
 
 from helpers import random_images
 

@@ -75,7 +75,8 @@ def test_convert_original_writes_a_loadable_folder(tmp_path, golden_config, gold
 
 def test_loading_an_unpublished_name_builds_and_checks_the_model_once(tmp_path, hf_home, source, golden_config,
                                                                      monkeypatch):
-    from vdvae_zoo import VDVAE, pretrained, weights
+    from vdvae_zoo import VDVAE
+    from vdvae_zoo.weights import original as weights, pretrained
     builds, checks = [], []
     original_init, original_check = VDVAE.__init__, weights.check_state
 

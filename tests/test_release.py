@@ -134,8 +134,8 @@ def test_eval_writes_its_result_into_a_card_the_hub_parser_reads(tmp_path):
 def test_released_cards_quote_the_paper_and_say_so(tmp_path):
     from huggingface_hub import ModelCard
     from vdvae_zoo import VDVAEConfig
-    from vdvae_zoo.manifest import load_manifest
-    from vdvae_zoo.cards import PAPER_SOURCE, measured_result, model_card
+    from vdvae_zoo.weights.manifest import load_manifest
+    from vdvae_zoo.weights.cards import PAPER_SOURCE, measured_result, model_card
     entry = load_manifest().get("cifar10")
     mine = measured_result("cifar10 (python)", "test", 2.9, args={"seed": 0}, command="vdvae-zoo eval cifar10 ...")
     (tmp_path / "README.md").write_text(model_card(VDVAEConfig.from_preset("cifar10"), ["x"], entry, results=[mine]))
@@ -151,7 +151,7 @@ def test_publish_carries_the_measured_results(tmp_path, monkeypatch):
     from helpers import TINY, golden_config, write_manifest, entry
     from vdvae_zoo.cli import main
     from vdvae_zoo.model import VDVAE
-    from vdvae_zoo.cards import measured_result, model_card
+    from vdvae_zoo.weights.cards import measured_result, model_card
     folder = tmp_path / "measured"
     folder.mkdir()
     (folder / "README.md").write_text(model_card(vdvae_zoo.VDVAEConfig.from_preset("cifar10"), [],

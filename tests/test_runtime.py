@@ -7,8 +7,8 @@ import torch
 
 import vdvae_zoo
 from vdvae_zoo import VDVAE, VDVAEConfig
-from vdvae_zoo import batching
-from vdvae_zoo.runtime import compute_dtype
+from vdvae_zoo.compute import batching
+from vdvae_zoo.nn.runtime import compute_dtype
 
 from helpers import TINY, seeded, tiny_config_dict
 

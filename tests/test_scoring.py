@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 import vdvae_zoo
-from vdvae_zoo.batching import image_seed
+from vdvae_zoo.compute.batching import image_seed
 from vdvae_zoo.cli import main
-from vdvae_zoo.datasets import files_dataset
-from vdvae_zoo.scoring import ScoreOptions, StateError, score_dataset, score_images
+from vdvae_zoo.data.datasets import files_dataset
+from vdvae_zoo.scoring.engine import ScoreOptions, StateError, score_dataset, score_images
 
 
 def run(*args):

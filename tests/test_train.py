@@ -17,8 +17,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import vdvae_zoo
-from vdvae_zoo.images import sample_photos
-from vdvae_zoo.train import Trainer, TrainOptions
+from vdvae_zoo.data.images import sample_photos
+from vdvae_zoo.training.trainer import Trainer, TrainOptions
 
 from helpers import entry, tiny_config_dict, write_manifest
 
@@ -211,9 +211,9 @@ def golden_config(golden_config_dict):
 def test_finetune_by_name_starts_from_the_released_ema_weights(tmp_path, hf_home, hub, golden_files, golden_config,
                                                              golden_model):
     from PIL import Image
-    from vdvae_zoo.train_options import TRAINING_PRESETS
-    from vdvae_zoo.images import sample_photos
-    from vdvae_zoo.train import Trainer, TrainOptions
+    from vdvae_zoo.training.options import TRAINING_PRESETS
+    from vdvae_zoo.data.images import sample_photos
+    from vdvae_zoo.training.trainer import Trainer, TrainOptions
 
     commit = hub.add("test-org/tiny32", golden_files)
     sha = hashlib.sha256(golden_files["model.safetensors"]).hexdigest()
@@ -287,7 +287,7 @@ def test_out_is_checked_writable_before_training(tmp_path, photo_dir, config_fil
 
 
 def test_two_trainers_cannot_share_a_run_folder(tmp_path):
-    from vdvae_zoo.run_folder import RunFolder, RunFolderInUse
+    from vdvae_zoo.training.run_folder import RunFolder, RunFolderInUse
     first = RunFolder(tmp_path / "run")
     first.prepare(resume=False, source=None, start={})
     with pytest.raises(RunFolderInUse, match="another trainer is using"):
@@ -304,7 +304,7 @@ def test_option_ranges_are_checked(tmp_path, photo_dir, config_file, option, val
 
 
 def test_a_run_that_skips_every_update_stops_with_a_message_and_valid_json(tmp_path, photo_dir, config_file):
-    from vdvae_zoo.train import TrainingStalled
+    from vdvae_zoo.training.trainer import TrainingStalled
     out = tmp_path / "run"
     with pytest.raises(TrainingStalled, match="3 updates in a row were skipped .* resume with a higher --skip-threshold"):
         Trainer(options(photo_dir, config_file, out, steps=10, skip_threshold=1e-9, stop_after_skips=3)).train()

@@ -10,8 +10,8 @@ import torch
 
 from helpers import image_folder, random_images, tiny_config_dict
 from vdvae_zoo import VDVAE, VDVAEConfig
-from vdvae_zoo.train import Trainer, TrainingStalled, TrainOptions
-from vdvae_zoo.train_rules import objective
+from vdvae_zoo.training.trainer import Trainer, TrainingStalled, TrainOptions
+from vdvae_zoo.training.rules import objective
 
 BITS = 1 / math.log(2)
 
@@ -64,7 +64,7 @@ def test_kl_warmup_weights_the_kl_term_as_defined_and_validation_stays_the_elbo(
         assert sum(r["kl_bpd_per_layer"]) == pytest.approx(r["rate_bpd"], rel=1e-6)
     assert steps[0]["loss_bpd"] < steps[0]["neg_elbo_bpd"]
     # the validation number is the true bound of the EMA weights, as scoring them directly gives
-    from vdvae_zoo.scoring import ScoreOptions, score_images
+    from vdvae_zoo.scoring.engine import ScoreOptions, score_images
     images = torch.stack([t.val_set[i] for i in range(len(t.val_set))])
     values, _ = score_images(t.ema, images, range(len(images)), ScoreOptions(seed=0))
     val = [r["val_bpd"] for r in records(tmp_path, "warm") if r.get("val_bpd") is not None]

@@ -5,30 +5,30 @@
 >>> images = model.sample(4, temperature=0.8)     # uint8 (4, 32, 32, 3)
 >>> model.likelihood(images).bpd                  # bits per dim per image
 
-Layers (each module imports only those below it): cli -> train -> model -> (network, pretrained, batching,
-runtime, inputs) -> (hub, weights, manifest, inspection) -> (config, dmol, images, files). See README.
+The wings, top floor first (each imports only from its own wing and the floors below; README, "Architecture"):
+cli -> training, restore -> model -> scoring, coding, latents -> weights -> compute -> nn -> config -> data.
 """
 
 from ._version import __version__
 
 from .blocks import parse_block_string
 from .config import VDVAEConfig, list_presets
-from .hub import IntegrityError
-from .compress import compress, decompress
-from .evaluate import EvalReport, evaluate
-from .inspection import inspect_checkpoint
-from .manifest import Manifest, UnknownModelError, load_manifest
+from .weights.hub import IntegrityError
+from .coding.archive import compress, decompress
+from .scoring.evaluate import EvalReport, evaluate
+from .weights.inspection import inspect_checkpoint
+from .weights.manifest import Manifest, UnknownModelError, load_manifest
 from .latents import flatten_latents, latent_layout, unflatten_latents
 from .model import VDVAE, EncoderMismatchError, LayerLatents, LikelihoodResult, load
-from .ood import detection_metrics, evaluate_ood, ood_scores
-from .provenance import Provenance
+from .scoring.ood import detection_metrics, evaluate_ood, ood_scores
+from .weights.provenance import Provenance
 from .restore import Denoising, Downsampling, Inpainting, RestoreResult, restore
-from .sample_sets import write_sample_set
-from .scoring import ScoreOptions, score_dataset
-from .plots import bits_per_layer, bits_per_resolution, kl_chart
-from .runtime import keep_freed_memory
-from .train import TrainOptions, Trainer, finetune
-from .weights import LoadReport, read_checkpoint
+from .scoring.sample_sets import write_sample_set
+from .scoring.engine import ScoreOptions, score_dataset
+from .data.plots import bits_per_layer, bits_per_resolution, kl_chart
+from .nn.runtime import keep_freed_memory
+from .training.trainer import TrainOptions, Trainer, finetune
+from .weights.original import LoadReport, read_checkpoint
 
 download = VDVAE.download
 convert_original = VDVAE.convert_original

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Union
 
 from .blocks import MAX_RESOLUTION, MAX_WIDTH, BlockSpec, parse_block_string, parse_custom_widths
-from .files import read_small_text
+from .data.files import read_small_text
 
 __all__ = [
     "VDVAEConfig",
@@ -97,14 +97,6 @@ class VDVAEConfig:
     def bias_resolutions(self) -> List[int]:
         """Resolutions that have a learned starting state `decoder.bias_xs.{j}`, in increasing order."""
         return sorted({b.resolution for b in self.decoder_blocks if b.resolution <= self.no_bias_above})
-
-    @property
-    def output_channels(self) -> int:
-        """Channels of the output distribution's parameters: 10 * num_mixtures for RGB (dmol.mixture_channels),
-        one logit per channel for a Bernoulli output."""
-        from .dmol import mixture_channels
-        return self.image_channels if self.output == "bernoulli" else mixture_channels(self.num_mixtures,
-                                                                                       self.image_channels)
 
     @property
     def dims_per_image(self) -> int:

@@ -126,8 +126,8 @@ def encode_dataset(model, dataset, output, *, flat: Optional[int] = None, stats:
     `mean`: posterior means instead of samples. Unreadable images are skipped (listed). Returns a summary."""
     import contextlib
     import json
-    from .batching import image_seed
-    from .files import atomic_write, refuse_existing, staged_file, write_npy
+    from .compute.batching import image_seed
+    from .data.files import atomic_write, refuse_existing, staged_file, write_npy
     files = encode_outputs(output, flat, stats)
     output = files[0]
     if flat is not None and not 1 <= flat <= model.num_layers:
@@ -139,7 +139,7 @@ def encode_dataset(model, dataset, output, *, flat: Optional[int] = None, stats:
     fields = ("z", "mean", "std") if stats else ("z",)
     size = model.config.image_size
     names, skipped, pieces = [], [], {}
-    from .progress import progress_bar
+    from .data.progress import progress_bar
     with contextlib.ExitStack() as stack:
         rows_file = stack.enter_context(staged_file(output, overwrite=overwrite)) if flat and files[1:] else None
         memmap = None

@@ -18,25 +18,24 @@ import functools
 import math
 import os
 import dataclasses
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from .batching import (MicroBatch, PassSizeReduced, auto_batch_size, check_batch_size, draw_normals, micro_batches,
-                       split_when_out_of_memory, trim_rows)
-from .bounds import LayerLatents, LikelihoodResult, importance_weighted, joined_result, log_prior_over_posterior
+from .compute.batching import MicroBatch, PassSizeReduced, auto_batch_size, draw_normals, in_batches
+from .scoring.bounds import LayerLatents, LikelihoodResult, importance_weighted, joined_result, log_prior_over_posterior
 from .config import VDVAEConfig
-from .dmol import bernoulli_mean_var, bernoulli_nll, bernoulli_sample, dmol_mean_var, dmol_nll, dmol_sample
-from .inputs import (ImageBatch, Temperature, check_count, check_image_pair, check_images, check_keep,
+from .nn.head import OutputHead
+from .nn.inputs import (ImageBatch, Temperature, check_count, check_image_pair, check_images, check_keep,
                      check_latents, layer_temperatures, preprocess)
 from .latents import LatentSlot, latent_layout
-from .draws import standard_normal
-from . import network, registry
-from .network import Block, Decoder, Encoder, LayerOutput
-from .pretrained import PretrainedMixin
-from .runtime import DTypeLike, Runtime, compute_dtype
+from .nn.draws import standard_normal
+from .nn import network
+from .weights import registry
+from .nn.network import Block, Decoder, Encoder, LayerOutput
+from .weights.pretrained import PretrainedMixin
+from .nn.runtime import DTypeLike, Runtime, compute_dtype
 
 __all__ = ["VDVAE", "LikelihoodResult", "LayerLatents", "Temperature", "EncoderMismatchError", "PassSizeReduced", "load"]
 
@@ -112,6 +111,7 @@ class VDVAE(nn.Module, PretrainedMixin):
         self.config = VDVAEConfig.from_dict(config) if isinstance(config, dict) else config
         self.encoder: Optional[Encoder] = Encoder(self.config) if with_encoder else None
         self.decoder = Decoder(self.config)
+        self.head = OutputHead(self.config)  # p(x | z) from the decoder's output (nn/head.py)
         self.runtime = Runtime()
 
     @property
@@ -190,60 +190,14 @@ class VDVAE(nn.Module, PretrainedMixin):
     def _in_batches(self, n: int, batch_size: Optional[int], dtype: DTypeLike, generator: Optional[torch.Generator],
                     step: Callable[[MicroBatch], Any], sampling_layers: Sequence[bool], pixels: bool = False,
                     seeds: Optional[Sequence[int]] = None) -> list:
-        """The one batch loop: `step` on each micro-batch (with its prepared draws), under the compute dtype; the
-        rows of a seeded pass's padding are dropped from what `step` returns.
-
-        A pass that runs out of memory (torch.OutOfMemoryError, or MemoryError on the CPU) is not fatal: the pass
-        size is halved and the call starts again, down to one image, with the random state it started with, so the
-        draws are the same (seeded calls: each image's own; otherwise the whole batch's, drawn in the original's
-        order). The size it settled on is said in one warning and kept for this model's later calls
-        (`runtime.pass_limit`). Results equal an unsplit run's up to float rounding."""
-        requested = check_batch_size(batch_size, self.config, self.device, seeded=seeds is not None)
-        if seeds is not None and len(seeds) != n:
-            raise ValueError(f"seeds must have one seed per image ({n}), got {len(seeds)}")
-
-        def run(per_pass: int) -> list:
-            parts = micro_batches(n, per_pass, config=self.config, device=self.device, generator=generator,
-                                  sampling_layers=sampling_layers, pixels=pixels, seeds=seeds)
-            with self.runtime.autocast(self.device, self.dtype, dtype):
-                return [trim_rows(step(mb), mb.count) if mb.pad else step(mb) for mb in parts]
-
-        results, used = split_when_out_of_memory(run, min(requested, self.runtime.pass_limit or requested),
-                                                 self.device, generator)
-        if used < requested and used != self.runtime.pass_limit:
-            self.runtime.pass_limit = used
-            warnings.warn(f"the {self.device} ran out of memory with {requested} images per pass; continuing with "
-                          f"{used} (pass --batch-size {used} to start there)", PassSizeReduced)
-        return results
+        """The one batch loop (`batching.in_batches`) with this model's config, device and runtime."""
+        return in_batches(n, step, config=self.config, device=self.device, runtime=self.runtime,
+                          weights_dtype=self.dtype, batch_size=batch_size, dtype=dtype, generator=generator,
+                          sampling_layers=sampling_layers, pixels=pixels, seeds=seeds)
 
     def _decoder(self, n: int, **kwargs: Any) -> tuple[torch.Tensor, List[Any]]:
         """The decoder with this model's runtime settings (see `Decoder.forward` for the arguments)."""
         return self.decoder(n, memory_format=self.runtime.memory_format, **kwargs)
-
-    # ----------------------------------------------------------------------------------- output distribution
-    def pixel_nll(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """-log p(x | z) of the preprocessed target (N, H, W, C) under the output distribution's parameters, in
-        nats per dim, (N,): the mixture of logistics, or Bernoulli for `output="bernoulli"` (dmol.py)."""
-        c = self.config
-        if c.output == "bernoulli":
-            return bernoulli_nll(params, target)
-        return dmol_nll(params, target, c.num_mixtures, c.low_bit)
-
-    def pixel_mean_var(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of each sub-pixel under the output distribution, in pixel units / 255 ([0, 1]),
-        float32 (N, H, W, C) each (restoration's x-step uses them as a Gaussian decoder)."""
-        c = self.config
-        mean, var = bernoulli_mean_var(params) if c.output == "bernoulli" else \
-            dmol_mean_var(params, c.num_mixtures, c.image_channels)
-        return (mean + 1) / 2, var / 4
-
-    def sample_pixels(self, params: torch.Tensor, generator: Optional[torch.Generator] = None,
-                      same_noise: bool = False, uniforms: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
-        """uint8 (N, H, W, C) pixels drawn from the output distribution (its uniforms: `pixel_uniform_shapes`)."""
-        c = self.config
-        if c.output == "bernoulli":
-            return bernoulli_sample(params, generator, same_noise, uniforms)
-        return dmol_sample(params, c.num_mixtures, generator, same_noise, uniforms, channels=c.image_channels)
 
     # ------------------------------------------------------------------------------------------- training
     def forward(self, images: ImageBatch, generator: Optional[torch.Generator] = None,
@@ -277,7 +231,7 @@ class VDVAE(nn.Module, PretrainedMixin):
         temperatures = None if keep is None else [prior_temperature] * self.num_layers
         params, per_layer = self._decoder(n, activations=activations, generator=generator, noise=noise,
                                           summarize=summarize, keep=keep, temperatures=temperatures)
-        distortion = self.pixel_nll(params, target)
+        distortion = self.head.nll(params, target)
         kl = torch.stack([layer_kl for layer_kl, _, _ in per_layer], dim=1)
         rate = kl.sum(dim=1) / self.config.dims_per_image
         terms = {"neg_elbo": distortion + rate, "distortion": distortion, "rate": rate, "kl": kl}
@@ -399,7 +353,7 @@ class VDVAE(nn.Module, PretrainedMixin):
             chunk_latents = [None if z is None else mb.take(z).to(self.device, torch.float32) for z in latents]
             params, _ = self._decoder(mb.size, temperatures=temperatures, latents=chunk_latents, generator=generator,
                                       noise=mb.noise(), summarize=lambda o: None)
-            return self.sample_pixels(params, generator, uniforms=mb.pixel_uniforms).cpu()
+            return self.head.sample(params, generator, uniforms=mb.pixel_uniforms).cpu()
 
         sampling = [i >= len(latents) or latents[i] is None for i in range(self.num_layers)]
         return torch.cat(self._in_batches(n, batch_size, dtype, generator, step, sampling_layers=sampling, pixels=True,
@@ -464,7 +418,7 @@ class VDVAE(nn.Module, PretrainedMixin):
                 latents = [_mix(za_l[i], zb_l[i], ts, mode).to(self.device) for za_l, zb_l in zip(za, zb)]
                 params, _ = self._decoder(steps, temperatures=temperatures, latents=latents,
                                           noise=same_noise_each_step, summarize=lambda o: None)
-                paths.append(self.sample_pixels(params, generator, same_noise=True).cpu())
+                paths.append(self.head.sample(params, generator, same_noise=True).cpu())
         out = torch.stack(paths)
         return out[0] if single else out
 

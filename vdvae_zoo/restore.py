@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .batching import image_seed
+from .compute.batching import image_seed
 
 __all__ = ["Operator", "Inpainting", "Downsampling", "Denoising", "restore", "RestoreResult", "psnr", "ssim",
            "METHODS"]
@@ -148,7 +148,7 @@ def _latent_step(model, x: torch.Tensor, coupling: float, temperature: float,
         return z
 
     params = model.decode_with(choose, images=_to_uint8(x))
-    mean, var = model.pixel_mean_var(params)
+    mean, var = model.head.mean_var(params)
     return mean.cpu(), var.clamp(*VARIANCE_RANGE).cpu()
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from ..coding_grid import DEFAULT_GRID, parse_grid
-from ..compress import ArchiveError, compress, decompress_iter, read_header, require_coder
-from ..files import atomic_write, refuse_existing
-from ..images import find_images, load_images, save_png
-from ..scoring import printable_path
+from ..coding.grid import DEFAULT_GRID, parse_grid
+from ..coding.archive import ArchiveError, compress, decompress_iter, read_header, require_coder
+from ..data.files import atomic_write, refuse_existing
+from ..data.images import find_images, load_images, save_png
+from ..scoring.engine import printable_path
 from .base import (MODEL_HELP, interrupted_status, load_model, main, manifest_option, overwrite_option, resize_option,
                    user_errors)
 
@@ -92,7 +92,7 @@ def compress_command(model_name, paths, output, resize, overwrite, config, grid_
             totals["n"] += 1
             yield p.name, images[0]
 
-    from ..progress import progress_bar
+    from ..data.progress import progress_bar
     with progress_bar(total=len(files), unit="img", desc="compressing") as bar:
         def show(r):
             with bar.external_write_mode():
@@ -191,7 +191,7 @@ def decompress_command(archive, outdir, model_name, overwrite, config, manifest)
     if expected and actual and expected != actual:
         raise click.ClickException(f"{archive} was made with weights of sha256 {expected[:12]}..., but {model_name} "
                                    f"has {actual[:12]}...; pass --model with the right weights")
-    from ..progress import progress_bar
+    from ..data.progress import progress_bar
     written = 0
     try:
         with progress_bar(total=header["count"], unit="img", desc="decompressing") as bar:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from ..datasets import SPLITS
-from ..evaluate import evaluate
-from ..files import CARD_NAME, CONFIG_NAME, atomic_write, refuse_existing
-from ..cards import add_card_result, check_card
-from ..scoring import MAX_PRIOR_TEMPERATURE, refuse_existing_state
+from ..data.datasets import SPLITS
+from ..scoring.evaluate import evaluate
+from ..data.files import CARD_NAME, CONFIG_NAME, atomic_write, refuse_existing
+from ..weights.cards import add_card_result, check_card
+from ..scoring.engine import MAX_PRIOR_TEMPERATURE, refuse_existing_state
 from .base import MODEL_HELP, batch_size_option, command_as_run, load_model, main, model_options, overwrite_option, stop_interrupted, user_errors
 
 
@@ -108,9 +108,9 @@ def ood_command(model_name, in_data, ood_data, ks, split, limit, seed, prior_tem
 
     Example: vdvae-zoo ood cifar10 --in cifar-10-batches-py/ --ood svhn-test.npy -k 1 -k 2 -o ood.json --roc roc.png
     """
-    from ..ood import evaluate_ood, roc_points
-    from ..plots import roc_chart
-    from ..scoring import write_scores
+    from ..scoring.ood import evaluate_ood, roc_points
+    from ..data.plots import roc_chart
+    from ..scoring.engine import write_scores
     outputs = [Path(p).resolve() for p in (output, csv_path, roc) if p]
     if len(set(outputs)) < len(outputs):
         raise click.UsageError("-o, --csv and --roc must be three different files")

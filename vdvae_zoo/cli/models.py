@@ -7,17 +7,17 @@ from pathlib import Path
 
 import click
 
-from .. import hub
+from ..weights import hub
 from .._version import __version__
 from ..config import OUTPUTS, resolve_config
-from ..files import CARD_NAME, CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, atomic_write, refuse_existing
-from ..inspection import compare_with_config, inspect_checkpoint
-from ..manifest import load_manifest, manifest_data, pin_entries
+from ..data.files import CARD_NAME, CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, atomic_write, refuse_existing
+from ..weights.inspection import compare_with_config, inspect_checkpoint
+from ..weights.manifest import load_manifest, manifest_data, pin_entries
 from ..model import VDVAE, load
-from ..cards import card_results
-from ..provenance import named_provenance
-from ..run_folder import RunFolder
-from ..weights import read_checkpoint
+from ..weights.cards import card_results
+from ..weights.provenance import named_provenance
+from ..training.run_folder import RunFolder
+from ..weights.original import read_checkpoint
 from .base import MODEL_HELP, main, manifest_option, overwrite_option, user_errors
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..datasets import files_dataset
-from ..files import refuse_existing
-from ..images import find_images, load_images, make_grid, save_png
-from ..inputs import figure4_keeps
-from ..plots import kl_chart as kl_chart_image
-from ..sample_sets import write_sample_set
-from ..scoring import ScoreOptions, model_for_images, printable_path, score_dataset, write_scores
+from ..data.datasets import files_dataset
+from ..data.files import refuse_existing
+from ..data.images import find_images, load_images, make_grid, save_png
+from ..nn.inputs import figure4_keeps
+from ..data.plots import kl_chart as kl_chart_image
+from ..scoring.sample_sets import write_sample_set
+from ..scoring.engine import ScoreOptions, model_for_images, printable_path, score_dataset, write_scores
 from .base import (MODEL_HELP, batch_size_option, interrupted_status, load_model, main, model_options, overwrite_option,
                    parse_temperature, picture_options, resize_option, stop_interrupted, user_errors)
 
@@ -101,8 +101,8 @@ def bpd(paths, model_name, config, device, dtype, manifest, batch_size, output, 
 
 def _refuse_model_as_path(paths, manifest) -> None:
     """`vdvae-zoo bpd cifar10 imgs/` (MODEL first, as the other commands take it): say how bpd names its model."""
-    from ..files import CONFIG_NAME
-    from ..manifest import load_manifest
+    from ..data.files import CONFIG_NAME
+    from ..weights.manifest import load_manifest
     first = Path(paths[0])
     is_name = not first.exists() and paths[0] in load_manifest(manifest)
     is_folder = len(paths) > 1 and (first / CONFIG_NAME).is_file()

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..files import refuse_existing
-from ..images import ImageReadError, make_grid, read_image, save_png
+from ..data.files import refuse_existing
+from ..data.images import ImageReadError, make_grid, read_image, save_png
 from ..restore import METHODS, operator_for, restore
 from .base import MODEL_HELP, load_model, main, model_options, overwrite_option, user_errors
 

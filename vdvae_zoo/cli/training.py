@@ -9,9 +9,9 @@ import sys
 
 import click
 
-from ..run_folder import RunFolderInUse
-from ..train import TrainingDiverged, TrainingStalled, finetune
-from ..train_options import TrainOptions
+from ..training.run_folder import RunFolderInUse
+from ..training.trainer import TrainingDiverged, TrainingStalled, finetune
+from ..training.options import TrainOptions
 from .base import main, user_errors
 
 

@@ -1,0 +1,420 @@
+"""`from_pretrained` / `save_pretrained` / `push_to_hub` (as diffusers' ModelMixin): the model class inherits
+them, so this module never imports a model, and it names none of a model family's tensors: what differs by
+family comes from the class's hooks (`model_type`, `optional_part`, `signature`, `card_lines`,
+`filter_checkpoint`), and `registry.py` maps a config's `model_type` to its class.
+
+Loading reads the weights and the config from wherever they are (a folder, a file, a manifest name, a Hub
+repository), builds `cls(config)` once on the `meta` device, checks the state dict against it once
+(missing / unexpected / mis-shaped keys, reported as a `LoadReport` value) and assigns the tensors. A file whose
+differences all lie in the class's `optional_part` (VDVAE: the encoder) loads without that part, with a warning.
+Where the weights came from is recorded once, as the model's `provenance`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
+
+import torch
+
+from . import hub, registry
+from ..config import ConfigLike, VDVAEConfig, resolve_config
+from ..data.files import CARD_NAME, CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, recover_folder
+from .manifest import Manifest, ModelEntry, load_manifest, valid_name
+from .cards import card_results, model_card
+from .provenance import Provenance, named_provenance
+from .original import (ArchitectureMatch, LoadReport, check_state, match_architectures, read_checkpoint,
+                      tensor_sha256, write_model_folder)
+
+__all__ = ["PretrainedMixin", "ArchitectureWarning", "Provenance", "model_card", "pick_device", "named_provenance"]
+# Provenance and named_provenance live in provenance.py, model_card in cards.py; they are re-exported here, where loading uses them.
+
+
+class ArchitectureWarning(UserWarning):
+    """A model loaded by name holds another architecture than the name's published hyper-parameters."""
+
+
+M = TypeVar("M", bound="PretrainedMixin")
+PathLike = Union[str, os.PathLike]
+ManifestLike = Union[None, PathLike, Manifest]
+
+
+@dataclass
+class _Loaded:
+    """A state dict read from somewhere, with its config and where it came from."""
+
+    state: Dict[str, torch.Tensor]
+    config: VDVAEConfig
+    source: str
+    provenance: Provenance
+    label: Optional[str] = None
+
+
+def pick_device(device: Union[None, str, torch.device]) -> torch.device:
+    """CUDA when there is a GPU, else the CPU; or what `device` says (a clear error when it is unavailable)."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r} is not a device name (cpu, cuda, cuda:1, auto): {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for, but this PyTorch build sees no CUDA GPU; "
+                         "use device='cpu' (or 'auto')")
+    return device
+
+
+def _local_kind(path: Path) -> Optional[str]:
+    """"dir", "file", or None when `path` is neither (a name too long to be a path is none either)."""
+    try:
+        return "dir" if path.is_dir() else "file" if path.is_file() else None
+    except OSError:
+        return None
+
+
+def _model_files(folder: Path) -> Path:
+    """The folder that holds the model files: `folder`, or its MODEL_SUBFOLDER when only that has them (one that a
+    crash left set aside between the two renames of its replacement is put back first)."""
+    if not (folder / WEIGHTS_NAME).is_file():
+        recover_folder(folder / MODEL_SUBFOLDER)
+    if not (folder / WEIGHTS_NAME).is_file() and (folder / MODEL_SUBFOLDER / WEIGHTS_NAME).is_file():
+        return folder / MODEL_SUBFOLDER
+    return folder
+
+
+def _read_folder(folder: Path, config: ConfigLike = None, name: Optional[str] = None, kind: str = "folder") -> _Loaded:
+    folder = _model_files(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}; a model folder holds {CONFIG_NAME} + {WEIGHTS_NAME}")
+    if config is None and not (folder / CONFIG_NAME).exists():  # not is_file(): the reader names a FIFO as such
+        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; pass config= (the config the weights were trained with)")
+    provenance = Provenance(kind, name or str(folder), str(weights), hub.file_sha256(weights))
+    return _Loaded(read_checkpoint(weights), resolve_config(config if config is not None else folder / CONFIG_NAME),
+                   str(weights), provenance)
+
+
+class PretrainedMixin:
+    """Loading and saving in the Hugging Face layout (`config.json` + `model.safetensors` + model card).
+    The class that inherits it is built as `cls(config)`, and says through these hooks what is its own:"""
+
+    config: VDVAEConfig
+    #: The `model_type` of its config.json (registry.py).
+    model_type: str = ""
+    #: A key prefix naming a part the model can run without (VDVAE: "encoder."); a file whose differences from the
+    #: config all lie under it loads without that part, built as `cls(config, **optional_part_off)`.
+    optional_part: str = ""
+    optional_part_off: Dict[str, Any] = {}
+    #: What is lost without the optional part, for the warning.
+    optional_part_note: str = ""
+
+    @staticmethod
+    def signature(shapes: Mapping[str, tuple]) -> Optional[tuple]:
+        """A cheap summary of a state dict's names and shapes that equal ones share (None: no quick check)."""
+        return None
+
+    @staticmethod
+    def config_signature(config: VDVAEConfig) -> Optional[tuple]:
+        """What `signature` gives for a model of `config`, without building it."""
+        return None
+
+    @staticmethod
+    def card_lines(config: VDVAEConfig) -> List[str]:
+        """The model card's description of the family."""
+        return []
+
+    @staticmethod
+    def filter_checkpoint(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The tensors of a read checkpoint that belong to the model (the family drops what it never holds)."""
+        return state
+
+    @property
+    def provenance(self) -> Provenance:
+        """Where the weights came from (set by `from_pretrained`); for a model built in Python, the sha256 of its
+        tensors as they are now."""
+        recorded = self.__dict__.get("_provenance")
+        return recorded if recorded is not None else Provenance("memory", "in memory", sha256=tensor_sha256(self))
+
+    # ------------------------------------------------------------------------------- architectures
+    @classmethod
+    def _skeleton(cls: type[M], config: VDVAEConfig, built: Optional[Dict[str, M]] = None) -> M:
+        """`cls(config)` on the `meta` device (no memory), reused from `built` when it is there."""
+        key = config.to_json()
+        if built is not None and key in built:
+            return built[key]
+        with torch.device("meta"):
+            model = cls(config)
+        if built is not None:
+            built[key] = model
+        return model
+
+    @classmethod
+    def expected_shapes(cls, config: VDVAEConfig, built: Optional[dict] = None) -> Dict[str, Tuple[int, ...]]:
+        """The names and shapes of the tensors a model of `config` holds."""
+        return {k: tuple(v.shape) for k, v in cls._skeleton(config, built).state_dict().items()}
+
+    @classmethod
+    def _match(cls, state: Mapping[str, torch.Tensor], architectures: Dict[str, VDVAEConfig],
+               shapes: Callable[[VDVAEConfig], Mapping[str, tuple]]) -> ArchitectureMatch:
+        quick = (cls.signature, cls.config_signature) if cls.config_signature(next(iter(architectures.values()))) \
+            is not None else None
+        return match_architectures(state, architectures, shapes, quick)
+
+    @classmethod
+    def identify(cls, state: Dict[str, torch.Tensor], manifest: ManifestLike = None) -> ArchitectureMatch:
+        """Which known architectures (presets, manifest entries and their candidates) `state` matches exactly."""
+        return cls._match(state, load_manifest(manifest).architectures(), cls.expected_shapes)
+
+    @classmethod
+    def _choose_architecture(cls, state: Dict[str, torch.Tensor], architectures: Dict[str, VDVAEConfig],
+                             source: str) -> Tuple[str, VDVAEConfig, Any, Optional[LoadReport]]:
+        """The one architecture `state` matches exactly: (label, config, the meta skeleton its shapes were compared
+        with, the check's report). When only the optional part differs from the closest one: that one, with no
+        skeleton or report (it loads without that part). Otherwise a ValueError that says what to do."""
+        built: Dict[str, Any] = {}
+        match = cls._match(state, architectures, lambda config: cls.expected_shapes(config, built))
+        if match.unique:
+            labels, config = match.unique
+            return labels[0], config, built[config.to_json()], LoadReport(source)
+        if not match.exact and match.closest is not None and match.closest[1].only_under(cls.optional_part):
+            return match.closest[0], architectures[match.closest[0]], None, None
+        raise ValueError(match.describe(source))
+
+    # ------------------------------------------------------------------------------------------ building
+    @classmethod
+    def from_state_dict(cls: type[M], state: Dict[str, torch.Tensor], config: ConfigLike, *, source: str = "state dict",
+                        device: Union[None, str, torch.device] = None, skeleton: Optional[M] = None,
+                        report: Optional[LoadReport] = None) -> Tuple[M, LoadReport]:
+        """Build `cls(config)` holding `state`, checked strictly; returns (model in eval mode, LoadReport).
+        Raises ValueError listing the differences unless they all lie in the optional part. A `skeleton` (the
+        model on meta) and its `report`, when the caller already built and checked them, are used instead."""
+        config = resolve_config(config)
+        target = pick_device(device)
+        state = cls.filter_checkpoint(state)
+        model = skeleton if skeleton is not None else cls._skeleton(config)
+        if report is None:
+            report = check_state({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, source)
+        if report.only_under(cls.optional_part):
+            warnings.warn(f"{source}: the {cls.optional_part.rstrip('.')} tensors do not match the config "
+                          f"({report.summary()}). {cls.optional_part_note}", stacklevel=3)
+            with torch.device("meta"):
+                model = cls(config, **cls.optional_part_off)
+            state = {k: v for k, v in state.items() if not k.startswith(cls.optional_part)}
+        elif not report.ok:
+            shown = "\n  ".join(report.lines()[:10])
+            more = f"\n  ... and {len(report.lines()) - 10} more" if len(report.lines()) > 10 else ""
+            raise ValueError(f"{source} does not match the config ({len(report.lines())} differences):\n  {shown}{more}"
+                             f"\nPass the config the file was trained with (`vdvae-zoo inspect {source}` shows its "
+                             "structure).")
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.to(target).eval(), report
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls: type[M], name_or_path: PathLike, *, config: ConfigLike = None,
+                        device: Union[None, str, torch.device] = None, revision: Optional[str] = None,
+                        cache_dir: Union[None, PathLike] = None, local_files_only: bool = False,
+                        manifest: ManifestLike = None, output_loading_info: bool = False) -> Any:
+        """Load a model (eval mode; on CUDA when there is a GPU unless `device=` says otherwise) from:
+
+        - a model name of the manifest (`vdvae_zoo.list_models()`), downloaded once into the Hugging Face cache
+          (`HF_HOME`, or `cache_dir=`) and pinned to the manifest's revision and sha256;
+        - a folder holding `config.json` + `model.safetensors` (what `save_pretrained` and the trainer write);
+        - a `.safetensors` file with a `config.json` beside it (or `config=`);
+        - an original `.th` checkpoint, with `config=` (a preset name, dict, VDVAEConfig or config.json path) or
+          without: then the one known architecture (presets, manifest entries and their candidates) whose
+          names and shapes the file matches exactly is used, and several or none is an error that says why;
+        - a Hub repository id `owner/name` holding config.json + model.safetensors.
+        `local_files_only=True` (or HF_HUB_OFFLINE=1) never touches the network. With `output_loading_info`
+        returns (model, LoadReport). The model's `provenance` records where its weights came from.
+        """
+        text = os.fspath(name_or_path)
+        path = Path(text).expanduser()
+        kind = _local_kind(path)
+        built = None
+        if kind == "dir" and config is None and cls._other_family(path) is not None:
+            return cls._other_family(path).from_pretrained(name_or_path, device=device, manifest=manifest,
+                                                           output_loading_info=output_loading_info)
+        if kind == "dir":
+            loaded = _read_folder(path, config, text)
+        elif kind == "file":
+            loaded = cls._read_file(path, config, manifest)
+        else:
+            man = load_manifest(manifest)
+            if text in man:
+                entry = man.get(text)
+                folder, built = cls._cached_folder(entry, revision, cache_dir, local_files_only, device)
+                loaded = _named(entry, folder, built[0].config if built else None, revision)
+                _warn_if_not_published(entry, loaded.config)
+            else:
+                folder = _hub_id_folder(text, man, revision, cache_dir, local_files_only)
+                loaded = _read_folder(folder, config, text, kind="hub")
+        model, report = built or cls.from_state_dict(loaded.state, loaded.config, source=loaded.source, device=device)
+        model.__dict__["_provenance"] = loaded.provenance
+        return (model, report) if output_loading_info else model
+
+    @classmethod
+    def _other_family(cls, folder: Path) -> Optional[type]:
+        """The registered class of the folder's config.json `model_type`, when that is another family than this
+        class (None: this class, or no model_type stated, which old folders are)."""
+        model_type = registry.model_type_of(_model_files(folder) / CONFIG_NAME)
+        family = registry.family(model_type) if model_type is not None else None
+        return family if family is not None and not issubclass(cls, family) else None
+
+    @classmethod
+    def _read_file(cls, path: Path, config: ConfigLike, manifest: ManifestLike) -> _Loaded:
+        state = read_checkpoint(path)
+        if config is None and path.suffix == ".safetensors" and path.with_name(CONFIG_NAME).is_file():
+            config = path.with_name(CONFIG_NAME)
+        label = None
+        if config is None:
+            label, config = cls._choose_architecture(state, load_manifest(manifest).architectures(), str(path))[:2]
+        provenance = Provenance("file", str(path), str(path), hub.file_sha256(path), architecture=label)
+        return _Loaded(state, resolve_config(config), str(path), provenance, label)
+
+    @classmethod
+    def config_of(cls, path: PathLike, manifest: ManifestLike = None) -> VDVAEConfig:
+        """The config a local folder or weights file would load with (config.json, or recognised from the tensors)."""
+        path = Path(path)
+        if path.is_dir():
+            folder = _model_files(path)
+            if not (folder / CONFIG_NAME).exists():
+                raise FileNotFoundError(f"{path} has no {CONFIG_NAME}")
+            return resolve_config(folder / CONFIG_NAME)
+        if path.suffix in (".json", ""):
+            return resolve_config(path)
+        return cls._read_file(path, None, manifest).config
+
+    @classmethod
+    def download(cls, name: str, *, revision: Optional[str] = None, cache_dir: Union[None, PathLike] = None,
+                 local_files_only: bool = False, manifest: ManifestLike = None) -> Path:
+        """Make sure model `name` is in the cache; returns the folder with its config.json + model.safetensors."""
+        return cls._cached_folder(load_manifest(manifest).get(name), revision, cache_dir, local_files_only, "cpu")[0]
+
+    @classmethod
+    def _cached_folder(cls, entry: ModelEntry, revision: Optional[str], cache_dir, local_files_only: bool,
+                       device) -> Tuple[Path, Optional[tuple]]:
+        """The entry's model folder in the cache, fetched or converted when missing. When this call converted
+        the original, the model it built and checked comes back too (so it is not built twice)."""
+        if entry.published or revision is not None:
+            return hub.fetch_hub_folder(entry.hub["repo_id"], revision, pinned_revision=entry.hub.get("revision"),
+                                        pinned_sha256=entry.hub.get("sha256"), cache_dir=cache_dir,
+                                        local_files_only=local_files_only, name=entry.name), None
+        folder = hub.converted_folder(entry, cache_dir)
+        done = lambda: (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file()  # noqa: E731
+        if done():
+            return folder, None
+        if hub.offline(local_files_only):
+            raise hub.not_cached_error(entry.name, str(folder))
+        with hub.entry_lock(entry, cache_dir):
+            if done():  # another process converted it while we waited
+                return folder, None
+            original = hub.download_original(entry, cache_dir)
+            state, url = read_checkpoint(original), entry.source["url"]
+            label, config, skeleton, report = cls._choose_architecture(state, entry.architectures(), url)
+            built = cls.from_state_dict(state, config, source=url, device=device, skeleton=skeleton, report=report)
+            source = json.dumps({"url": url, "sha256": hub.file_sha256(original), "architecture": label},
+                                indent=2) + "\n"
+            write_model_folder(folder, state, config, card=model_card(config, cls.card_lines(config), entry),
+                               extra={"source.json": source})
+            original.unlink()  # the converted copy is all we need; its sha256 is kept in source.json
+        return folder, built
+
+    # -------------------------------------------------------------------------------------------- saving
+    def save_pretrained(self, folder: PathLike, *, entry: Optional[ModelEntry] = None, card: bool = True,
+                        overwrite: bool = True, run: Optional[Mapping[str, Any]] = None,
+                        results: Optional[List[Dict[str, Any]]] = None) -> Path:
+        """Write config.json, model.safetensors and a model card README.md (with what `entry` or a training
+        `run` knows, and measured `results`: cards.measured_result) into `folder`, as a unit. Measured results
+        already in the folder's card are kept when `results` is None (re-saving a model does not lose them)."""
+        if results is None:
+            results = card_results(Path(folder) / CARD_NAME)
+        text = model_card(self.config, self.card_lines(self.config), entry, run=run, results=results) if card else None
+        return write_model_folder(folder, self.state_dict(), self.config, card=text, overwrite=overwrite)
+
+    def push_to_hub(self, repo_id: str, *, entry: Optional[ModelEntry] = None, private: bool = False,
+                    token: Optional[str] = None, commit_message: str = "Upload VDVAE weights",
+                    results: Optional[List[Dict[str, Any]]] = None) -> Dict[str, str]:
+        """Upload config.json + model.safetensors + model card (with measured `results`) to the Hub. Returns the
+        fields to pin in the manifest: repo_id, revision (the commit) and sha256 of model.safetensors."""
+        from huggingface_hub import HfApi
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "model", entry=entry, results=results or [])
+            sha = hub.file_sha256(folder / WEIGHTS_NAME)
+            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+        return {"repo_id": repo_id, "revision": info.oid, "sha256": sha}
+
+    @classmethod
+    def convert_original(cls, path: PathLike, config: ConfigLike, folder: PathLike, *,
+                         entry: Optional[ModelEntry] = None, overwrite: bool = False,
+                         manifest: ManifestLike = None) -> Path:
+        """Convert an original `.th` state dict into a `config.json` + `model.safetensors` folder, tensors
+        unchanged. The keys and shapes are checked against `config` first (differences in the optional part
+        warn); with `config=None` the file's architecture is recognised: among `entry`'s architectures when given
+        (the published one and its candidates), else among all known ones, as `from_pretrained` does."""
+        if config is None and entry is not None:
+            state = read_checkpoint(path)
+            config = cls._choose_architecture(state, entry.architectures(), str(path))[1]
+        else:
+            loaded = cls._read_file(Path(path), config, manifest)
+            state, config = loaded.state, loaded.config
+        cls.from_state_dict(state, config, source=str(path), device="cpu")  # the check; raises on a mismatch
+        return write_model_folder(folder, state, config, card=model_card(config, cls.card_lines(config), entry),
+                                  overwrite=overwrite)
+
+
+def _named(entry: ModelEntry, folder: Path, config: Optional[VDVAEConfig], revision: Optional[str]) -> _Loaded:
+    """What a manifest name loads: its cached folder's state dict (none when `config` is given: the model
+    converted just now is already built), its config and provenance."""
+    loaded_config = config or resolve_config(folder / CONFIG_NAME)
+    provenance = named_provenance(entry, folder, loaded_config, revision)
+    state = {} if config is not None else read_checkpoint(folder / WEIGHTS_NAME)
+    return _Loaded(state, loaded_config, str(folder / WEIGHTS_NAME), provenance, provenance.architecture)
+
+
+def _warn_if_not_published(entry: ModelEntry, config: VDVAEConfig) -> None:
+    """One sentence when the weights behind `entry` hold another architecture than its name promises."""
+    published = entry.resolve_config()
+    if config == published:
+        return
+    candidate = entry.candidate_for(config)
+    what = (candidate.note if candidate and candidate.note else
+            f"its file holds another architecture than the published hyper-parameters "
+            f"({config.image_size}x{config.image_size}, {config.num_layers} stochastic layers instead of "
+            f"{published.image_size}x{published.image_size}, {published.num_layers})")
+    warnings.warn(f"{entry.name}: {what}. The model loaded is the one the file holds "
+                  f"(`vdvae-zoo info {entry.name}` shows it).", ArchitectureWarning, stacklevel=4)
+
+
+def _hub_id_folder(text: str, man: Manifest, revision, cache_dir, local_files_only) -> Path:
+    """`text` is no local path and no manifest name: fetch it as a Hub repository id `owner/name`, or say why not."""
+    looks_like_path = text.endswith((".th", ".pt", ".pth", ".safetensors", ".json")) or text.startswith((".", "/", "~"))
+    first_part_is_local = "/" in text and _local_kind(Path(text.split("/")[0]).expanduser()) == "dir"
+    if len(text) > 200:
+        raise FileNotFoundError(f"{text[:60]}... ({len(text):,} characters) is neither a local path nor a model name "
+                                "nor a Hub repository id")
+    not_an_id = "/" in text and not all(valid_name(part) for part in text.split("/"))  # "tiyn/", "a/ b"
+    if looks_like_path or text.count("/") > 1 or first_part_is_local or not_an_id:
+        raise FileNotFoundError(f"{text} does not exist: it is neither a local folder or file, nor a known model "
+                                "name, nor a Hub repository id 'owner/name'")
+    if "/" not in text:
+        man.get(text)  # raises UnknownModelError naming the known models and the closest match
+    try:
+        return hub.fetch_hub_folder(text, revision, cache_dir=cache_dir, local_files_only=local_files_only, name=text)
+    except hub.NotCachedError:
+        raise hub.NotCachedError(f"{text} is not a local path nor a known model name; taken as a Hub repository id, "
+                                 "it is not in the local cache and downloads are off (HF_HUB_OFFLINE=1 or "
+                                 "local_files_only=True)") from None
+    except (OSError, ValueError) as e:
+        if isinstance(e, hub.IntegrityError):
+            raise
+        raise ConnectionError(f"{text} is not a local path nor a known model name; taken as a Hub repository id, it "
+                              f"could not be fetched ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                              ) from None
