@@ -45,9 +45,9 @@ import torch
 
 import vdvae_zoo
 from vdvae_zoo import VDVAE
-from vdvae_zoo.nn.dmol import dmol_sample
 from vdvae_zoo.config import resolve_config
 from vdvae_zoo.data.images import sample_photos
+from vdvae_zoo.nn.dmol import dmol_sample
 
 VARIANTS = {
     "reference": {},
@@ -92,6 +92,7 @@ def make_call(model: VDVAE, mode: str, variant: str, images: torch.Tensor):
     batch = images.shape[0]
     temperature = [0.8] * model.num_layers
     if variant == "reference":
+
         def call():
             with torch.no_grad():
                 if mode == "likelihood":
@@ -99,16 +100,20 @@ def make_call(model: VDVAE, mode: str, variant: str, images: torch.Tensor):
                 params, _ = model.decoder(batch, temperatures=temperature)
                 return dmol_sample(params, model.config.num_mixtures)
     elif mode == "likelihood":
+
         def call():
             return model.likelihood(images, batch_size=batch)
     else:
+
         def call():
             return model.sample(batch, temperature=0.8, batch_size=batch)
+
     return call
 
 
 def with_tf32(call, enabled: bool):
     """`call` with TF32 convolutions and matmuls on or off (global switches, restored after each call)."""
+
     def wrapped():
         saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
@@ -116,6 +121,7 @@ def with_tf32(call, enabled: bool):
             return call()
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
     return wrapped
 
 
@@ -129,8 +135,9 @@ def elbo_bpd(model: VDVAE, variant: str, images: torch.Tensor) -> list:
     return (elbo / np.log(2)).tolist()
 
 
-def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, repeats: int, warmup: int,
-                keep_freed: bool = False) -> dict:
+def run_variant(
+    preset: str, mode: str, variant: str, batch: int, device: str, repeats: int, warmup: int, keep_freed: bool = False
+) -> dict:
     """Measure one variant in this process: its peak memory first (before anything else runs), then its time
     interleaved with the reference path's on a second copy of the same weights, so that a slow moment of a
     shared machine hits both and the ratio stays fair."""
@@ -174,21 +181,36 @@ def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, r
             sync(dev)
             bucket.append(time.perf_counter() - t0)
     seconds, ref_seconds = statistics.median(times), statistics.median(ref_times)
-    result = {"preset": preset, "mode": mode, "variant": variant, "batch_size": batch, "device": str(dev),
-              "keep_freed_memory": keep_freed, "tf32": variant == "tf32",
-              "seconds_per_batch": seconds, "images_per_s": batch / seconds, "first_call_s": first,
-              "reference_seconds_per_batch": ref_seconds, "speedup_vs_reference": ref_seconds / seconds,
-              "peak_memory_bytes": peak, "memory_before_bytes": before, "times": times, "reference_times": ref_times}
+    result = {
+        "preset": preset,
+        "mode": mode,
+        "variant": variant,
+        "batch_size": batch,
+        "device": str(dev),
+        "keep_freed_memory": keep_freed,
+        "tf32": variant == "tf32",
+        "seconds_per_batch": seconds,
+        "images_per_s": batch / seconds,
+        "first_call_s": first,
+        "reference_seconds_per_batch": ref_seconds,
+        "speedup_vs_reference": ref_seconds / seconds,
+        "peak_memory_bytes": peak,
+        "memory_before_bytes": before,
+        "times": times,
+        "reference_times": ref_times,
+    }
     # Convolution FLOPs are linear in the batch: count one image without autograd and scale. (Counting the whole
     # batch with autograd on built the training graph: 12.3 GB per ffhq256 image, the H200's "likelihood out of
     # memory at batch 16" of issue #26 was this harness's, not the product's.)
     from torch.utils.flop_counter import FlopCounterMode
+
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         if mode == "likelihood":
             reference.forward(images[:1])
         else:
-            dmol_sample(reference.decoder(1, temperatures=[0.8] * reference.num_layers)[0],
-                        reference.config.num_mixtures)
+            dmol_sample(
+                reference.decoder(1, temperatures=[0.8] * reference.num_layers)[0], reference.config.num_mixtures
+            )
     result["flops_per_batch"] = counter.get_total_flops() * batch
     result["gflop_per_s"] = result["flops_per_batch"] / seconds / 1e9
     if mode == "likelihood":
@@ -202,11 +224,19 @@ def run_variant(preset: str, mode: str, variant: str, batch: int, device: str, r
 
 
 def machine(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "vdvae_zoo": vdvae_zoo.__version__,
-            "threads": torch.get_num_threads(), "platform": platform.platform()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "vdvae_zoo": vdvae_zoo.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
     try:
-        cpu = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("model name")]
+        cpu = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         flags = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")]
         info["cpu"] = cpu[0] if cpu else platform.processor()
         info["cpu_bf16"] = bool(flags) and ("avx512_bf16" in flags[0] or "amx_bf16" in flags[0])
@@ -227,8 +257,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", default=None, help="Write all results here.")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="Call vdvae_zoo.keep_freed_memory() in each worker (glibc: no page faults per tensor).")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="Call vdvae_zoo.keep_freed_memory() in each worker (glibc: no page faults per tensor).",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -242,28 +275,43 @@ def main() -> None:
         if v not in VARIANTS:
             parser.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     results = []
-    report = {"machine": machine(args.device), "args": {k: v for k, v in vars(args).items() if k != "worker"},
-              "results": results}
+    report = {
+        "machine": machine(args.device),
+        "args": {k: v for k, v in vars(args).items() if k != "worker"},
+        "results": results,
+    }
     for mode in args.modes.split(","):
         for variant in variants:
-            spec = dict(preset=args.preset, mode=mode, variant=variant, batch=args.batch_size, device=args.device,
-                        repeats=args.repeats, warmup=args.warmup, keep_freed=args.keep_freed_memory)
-            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                                  text=True, env=os.environ)
+            spec = dict(
+                preset=args.preset,
+                mode=mode,
+                variant=variant,
+                batch=args.batch_size,
+                device=args.device,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                keep_freed=args.keep_freed_memory,
+            )
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=os.environ
+            )
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
                 print(f"{mode:10s} {variant:14s} FAILED: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue
-            r = json.loads(lines[0][len("RESULT "):])
+            r = json.loads(lines[0][len("RESULT ") :])
             results.append(r)
             if args.json:  # after every measurement, so a run cut short by a time limit keeps what it measured
                 Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
             extra = f"  bpd {r['bpd_mean']:.4f} (max change {r['bpd_max_abs_change']:.4f})" if "bpd" in r else ""
             if "compiled" in r:
                 extra += f"  compiled={r['compiled']} first call {r['first_call_s']:.1f}s"
-            print(f"{mode:10s} {variant:14s} {r['seconds_per_batch'] * 1e3:9.1f} ms/batch {r['images_per_s']:8.2f} img/s "
-                  f"{r['speedup_vs_reference']:5.2f}x  {r['gflop_per_s']:7.1f} GFLOP/s  "
-                  f"peak {r['peak_memory_bytes'] / 2 ** 20:8.0f} MiB{extra}", flush=True)
+            print(
+                f"{mode:10s} {variant:14s} {r['seconds_per_batch'] * 1e3:9.1f} ms/batch {r['images_per_s']:8.2f} img/s "
+                f"{r['speedup_vs_reference']:5.2f}x  {r['gflop_per_s']:7.1f} GFLOP/s  "
+                f"peak {r['peak_memory_bytes'] / 2**20:8.0f} MiB{extra}",
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -44,8 +44,14 @@ from vdvae_zoo.training.trainer import Trainer, TrainOptions  # noqa: E402
 C = importlib.import_module("vdvae_zoo.coding.archive")
 B = importlib.import_module("vdvae_zoo.coding.bitsback")  # the coder's mechanics
 REPO = Path(__file__).resolve().parents[1]
-TINY16 = dict(image_size=16, width=16, zdim=4, num_mixtures=2, enc_blocks="16x1,16d2,8x1,8d2,4x1,4d4,1x1",
-              dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x1")
+TINY16 = dict(
+    image_size=16,
+    width=16,
+    zdim=4,
+    num_mixtures=2,
+    enc_blocks="16x1,16d2,8x1,8d2,4x1,4d4,1x1",
+    dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x1",
+)
 
 
 def crops(n: int, size: int, seed: int) -> list:
@@ -67,8 +73,9 @@ def classical_bits(images) -> tuple:
 
 def elbo_of_8_draws(model, images) -> float:
     x = np.stack(images)
-    return float(np.mean([model.likelihood(x, seeds=[1000 * d + i for i in range(len(x))]).bpd.numpy()
-                          for d in range(8)]))
+    return float(
+        np.mean([model.likelihood(x, seeds=[1000 * d + i for i in range(len(x))]).bpd.numpy() for d in range(8)])
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ 1. scale
@@ -77,9 +84,20 @@ def train_tiny(folder: Path, steps: int) -> Path:
     for i, im in enumerate(crops(256, 16, seed=1)):
         Image.fromarray(im).save(folder / "train" / f"{i:03d}.png")
     (folder / "c.json").write_text(json.dumps(TINY16))
-    Trainer(TrainOptions(data=str(folder / "train"), out=str(folder / "run"), config=str(folder / "c.json"),
-                         steps=steps, batch_size=16, val_fraction=0.0, val_every=0, save_every=0, sample_every=0,
-                         device="cpu")).train()
+    Trainer(
+        TrainOptions(
+            data=str(folder / "train"),
+            out=str(folder / "run"),
+            config=str(folder / "c.json"),
+            steps=steps,
+            batch_size=16,
+            val_fraction=0.0,
+            val_every=0,
+            save_every=0,
+            sample_every=0,
+            device="cpu",
+        )
+    ).train()
     return folder / "run"
 
 
@@ -102,8 +120,11 @@ def scale_one(model_path: str, n: int) -> dict:
     decompress_s = time.perf_counter() - start
     coded = [j for j, r in enumerate(report.records) if r.mode == "bits-back"]
     all_images = [im for im in images()]
-    sample = sorted(np.random.default_rng(0).choice(coded, size=min(200, len(coded)), replace=False).tolist()) \
-        if coded else []  # at random: the crops cycle through 8 photos, so every k-th image is not a fair sample
+    sample = (
+        sorted(np.random.default_rng(0).choice(coded, size=min(200, len(coded)), replace=False).tolist())
+        if coded
+        else []
+    )  # at random: the crops cycle through 8 photos, so every k-th image is not a fair sample
     elbo = elbo_of_8_draws(model, [all_images[j] for j in sample]) if sample else None
     net = float(np.mean([report.records[j].net for j in sample])) / 768 if sample else None
     webp, png = classical_bits(all_images)
@@ -114,32 +135,49 @@ def scale_one(model_path: str, n: int) -> dict:
         return float(np.mean(gaps[:99])) if first else float(np.mean(gaps[-99:]))
 
     net_all = float(np.mean([report.records[j].net for j in coded])) / 768 if coded else None
-    return {"images": n, "bits_per_dim": report.bits_per_dim, "webp_images": report.webp_images,
-            "net_bits_per_dim_all": net_all, "container_bits_per_dim": 8 * report.extra["container_bytes"] / dims,
-            "webp_stored_bits_per_dim": 8 * report.webp_bytes / dims, "net_bits_per_dim_sample": net, "elbo_8_draws_sample": elbo, "net_over_elbo": net / elbo if elbo else None,
-            "webp_bits_per_dim": webp / dims, "png_bits_per_dim": png / dims,
-            "archive_over_elbo": report.bits_per_dim / elbo if elbo else None,
-            "compress_s_per_image": compress_s / n, "decompress_s_per_image": decompress_s / n,
-            "compress_s_first_100": per_image(times, True), "compress_s_last_100": per_image(times, False),
-            "decompress_s_first_100": per_image(dec_times, True), "decompress_s_last_100": per_image(dec_times, False),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "archive_bytes": report.archive_bytes, "whiten_words": report.whiten_words}
+    return {
+        "images": n,
+        "bits_per_dim": report.bits_per_dim,
+        "webp_images": report.webp_images,
+        "net_bits_per_dim_all": net_all,
+        "container_bits_per_dim": 8 * report.extra["container_bytes"] / dims,
+        "webp_stored_bits_per_dim": 8 * report.webp_bytes / dims,
+        "net_bits_per_dim_sample": net,
+        "elbo_8_draws_sample": elbo,
+        "net_over_elbo": net / elbo if elbo else None,
+        "webp_bits_per_dim": webp / dims,
+        "png_bits_per_dim": png / dims,
+        "archive_over_elbo": report.bits_per_dim / elbo if elbo else None,
+        "compress_s_per_image": compress_s / n,
+        "decompress_s_per_image": decompress_s / n,
+        "compress_s_first_100": per_image(times, True),
+        "compress_s_last_100": per_image(times, False),
+        "decompress_s_first_100": per_image(dec_times, True),
+        "decompress_s_last_100": per_image(dec_times, False),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "archive_bytes": report.archive_bytes,
+        "whiten_words": report.whiten_words,
+    }
 
 
 def scale(counts: list, steps: int) -> list:
     model = train_tiny(Path(tempfile.mkdtemp()), steps)
     rows = []
     for n in counts:
-        out = subprocess.run([sys.executable, __file__, "--scale-one", str(model), str(n)], capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--scale-one", str(model), str(n)], capture_output=True, text=True, check=True
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"{n:6d} images: archive {r['bits_per_dim']:.3f} bpd ({r['webp_images']} as WebP), bits-back "
-              f"{r['net_bits_per_dim_sample']:.3f} vs ELBO {r['elbo_8_draws_sample']:.3f} ({r['net_over_elbo']:.4f}x); "
-              f"WebP {r['webp_bits_per_dim']:.3f}, PNG {r['png_bits_per_dim']:.3f}; compress "
-              f"{r['compress_s_first_100'] * 1e3:.1f} -> {r['compress_s_last_100'] * 1e3:.1f} ms/img, decompress "
-              f"{r['decompress_s_first_100'] * 1e3:.1f} -> {r['decompress_s_last_100'] * 1e3:.1f} ms/img; peak RSS "
-              f"{r['peak_rss_mib']:.0f} MiB", flush=True)
+        print(
+            f"{n:6d} images: archive {r['bits_per_dim']:.3f} bpd ({r['webp_images']} as WebP), bits-back "
+            f"{r['net_bits_per_dim_sample']:.3f} vs ELBO {r['elbo_8_draws_sample']:.3f} ({r['net_over_elbo']:.4f}x); "
+            f"WebP {r['webp_bits_per_dim']:.3f}, PNG {r['png_bits_per_dim']:.3f}; compress "
+            f"{r['compress_s_first_100'] * 1e3:.1f} -> {r['compress_s_last_100'] * 1e3:.1f} ms/img, decompress "
+            f"{r['decompress_s_first_100'] * 1e3:.1f} -> {r['decompress_s_last_100'] * 1e3:.1f} ms/img; peak RSS "
+            f"{r['peak_rss_mib']:.0f} MiB",
+            flush=True,
+        )
     return rows
 
 
@@ -156,6 +194,7 @@ def random_model(preset: str):
 
 def cifar10(images_n: int) -> dict:
     import constriction as c
+
     model = random_model("cifar10")
     images = crops(images_n, 32, seed=5)
     dims = 32 * 32 * 3
@@ -163,7 +202,7 @@ def cifar10(images_n: int) -> dict:
         start = time.perf_counter()
         pops = [B.dry_run(exact, im, j, B.DEFAULT_GRID, c)[0].popped for j, im in enumerate(images[:2])]
         dry_run_s = (time.perf_counter() - start) / 2
-        words = np.random.default_rng(0).integers(0, 2 ** 32, int(2 * max(pops) / 32), dtype=np.uint32)
+        words = np.random.default_rng(0).integers(0, 2**32, int(2 * max(pops) / 32), dtype=np.uint32)
         stack = B._Stack(c, int(1.5 * max(pops) / 32), words)
         records, t0 = [], time.perf_counter()
         for j, im in enumerate(images):
@@ -172,9 +211,11 @@ def cifar10(images_n: int) -> dict:
         compress_s = (time.perf_counter() - t0) / images_n
         push_words = max(int(math.ceil((r.pixels + r.pushed) / 32)) + 2 for r in records)
         t0 = time.perf_counter()
-        decoded = [B._decode_bits_back(stack, exact, j, stack.reserve, push_words, c) for j in reversed(range(images_n))]
+        decoded = [
+            B._decode_bits_back(stack, exact, j, stack.reserve, push_words, c) for j in reversed(range(images_n))
+        ]
         decompress_s = (time.perf_counter() - t0) / images_n
-        exact_round_trip = all(np.array_equal(a, b) for a, b in zip(decoded[::-1], images))
+        exact_round_trip = all(np.array_equal(a, b) for a, b in zip(decoded[::-1], images, strict=False))
     elbo = elbo_of_8_draws(model, images)
     net = float(np.mean([r.net for r in records])) / dims
     webp, _ = classical_bits(images)
@@ -184,14 +225,29 @@ def cifar10(images_n: int) -> dict:
     for n in (100, 1000, 10000):
         coded = max(0, n - stored)
         total = (min(n, stored) * webp_bpd + coded * net) / n
-        overhead[str(n)] = {"archive_bits_per_dim": total, "archive_over_elbo": total / elbo, "stored_as_webp": min(n, stored)}
-    return {"preset": "cifar10", "images": images_n, "pop_bits_per_image": pops, "dry_run_s": dry_run_s,
-            "compress_s_per_image": compress_s, "decompress_s_per_image": decompress_s,
-            "exact_round_trip": exact_round_trip, "net_bits_per_dim": net, "elbo_8_draws": elbo, "net_over_elbo": net / elbo,
-            "kl_plus_distortion": float(np.mean([r.kl + r.distortion for r in records])) / dims,
-            "popped_bits_per_dim": float(np.mean([r.popped for r in records])) / dims,
-            "webp_bits_per_dim": webp_bpd, "webp_images_before_bits_back": stored, "overhead": overhead,
-            "records": [vars(r) for r in records]}
+        overhead[str(n)] = {
+            "archive_bits_per_dim": total,
+            "archive_over_elbo": total / elbo,
+            "stored_as_webp": min(n, stored),
+        }
+    return {
+        "preset": "cifar10",
+        "images": images_n,
+        "pop_bits_per_image": pops,
+        "dry_run_s": dry_run_s,
+        "compress_s_per_image": compress_s,
+        "decompress_s_per_image": decompress_s,
+        "exact_round_trip": exact_round_trip,
+        "net_bits_per_dim": net,
+        "elbo_8_draws": elbo,
+        "net_over_elbo": net / elbo,
+        "kl_plus_distortion": float(np.mean([r.kl + r.distortion for r in records])) / dims,
+        "popped_bits_per_dim": float(np.mean([r.popped for r in records])) / dims,
+        "webp_bits_per_dim": webp_bpd,
+        "webp_images_before_bits_back": stored,
+        "overhead": overhead,
+        "records": [vars(r) for r in records],
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ 3. flips
@@ -213,8 +269,11 @@ def _rounded_params(model, image, z_path=None):
 
 def flips(images_n: int) -> dict:
     expected = json.loads((REPO / "tests" / "golden" / "tiny32" / "expected.json").read_text())
-    golden = vdvae_zoo.load(REPO / "tests" / "golden" / "tiny32" / "model-ema.th",
-                            config=expected["config"] | expected["preprocess"], device="cpu")
+    golden = vdvae_zoo.load(
+        REPO / "tests" / "golden" / "tiny32" / "model-ema.th",
+        config=expected["config"] | expected["preprocess"],
+        device="cpu",
+    )
     out = {}
     for name, model in (("golden tiny32", golden), ("cifar10", random_model("cifar10"))):
         exact = B.copy.deepcopy(model).to(dtype=torch.float64).eval()
@@ -234,9 +293,14 @@ def flips(images_n: int) -> dict:
 
 def plot(rows: list, path: str) -> None:
     """Total bits per dim against log10(images per archive): the bits-back archive, lossless WebP, PNG."""
-    series = {name: [(math.log10(r["images"]), r[key]) for r in rows] for name, key in
-              (("bits-back archive (total)", "bits_per_dim"), ("lossless WebP", "webp_bits_per_dim"),
-               ("PNG", "png_bits_per_dim"))}
+    series = {
+        name: [(math.log10(r["images"]), r[key]) for r in rows]
+        for name, key in (
+            ("bits-back archive (total)", "bits_per_dim"),
+            ("lossless WebP", "webp_bits_per_dim"),
+            ("PNG", "png_bits_per_dim"),
+        )
+    }
     line_chart(series, path, x_label="log10 images per archive; bits per dim")
 
 
@@ -262,11 +326,13 @@ def main() -> int:
             plot(result["scale"], args.plot)
     if "cifar10" in parts:
         result["cifar10"] = t = cifar10(args.cifar10_images)
-        print(f"cifar10: pops {np.mean(t['pop_bits_per_image']):,.0f} bits per image; compress "
-              f"{t['compress_s_per_image']:.2f} s, decompress {t['decompress_s_per_image']:.2f} s per image; net "
-              f"{t['net_bits_per_dim']:.3f} vs ELBO {t['elbo_8_draws']:.3f} ({t['net_over_elbo']:.4f}x); WebP "
-              f"{t['webp_bits_per_dim']:.3f}; {t['webp_images_before_bits_back']} WebP images before bits-back",
-              flush=True)
+        print(
+            f"cifar10: pops {np.mean(t['pop_bits_per_image']):,.0f} bits per image; compress "
+            f"{t['compress_s_per_image']:.2f} s, decompress {t['decompress_s_per_image']:.2f} s per image; net "
+            f"{t['net_bits_per_dim']:.3f} vs ELBO {t['elbo_8_draws']:.3f} ({t['net_over_elbo']:.4f}x); WebP "
+            f"{t['webp_bits_per_dim']:.3f}; {t['webp_images_before_bits_back']} WebP images before bits-back",
+            flush=True,
+        )
     if "flips" in parts:
         result["flips"] = flips(args.flip_images)
     if args.json:

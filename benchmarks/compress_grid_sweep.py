@@ -34,27 +34,32 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import golden_config  # noqa: E402
+from test_compress_grid import far_posterior_model, golden_images  # noqa: E402
+
 import vdvae_zoo  # noqa: E402
 from vdvae_zoo.coding.grid import DEFAULT_GRID, LatentGrid  # noqa: E402
 from vdvae_zoo.config import resolve_config  # noqa: E402
 from vdvae_zoo.data.images import photo_crops  # noqa: E402
 from vdvae_zoo.training.trainer import Trainer, TrainOptions  # noqa: E402
 
-from helpers import golden_config  # noqa: E402
-from test_compress_grid import far_posterior_model, golden_images  # noqa: E402
-
 C = importlib.import_module("vdvae_zoo.coding.archive")
 B = importlib.import_module("vdvae_zoo.coding.bitsback")
 REPO = Path(__file__).resolve().parents[1]
-GRIDS = [("2^-7, +-24 (default)", DEFAULT_GRID), ("2^-7, +-8", LatentGrid(2.0 ** -7, 8.0)),
-         ("2^-5, +-24", LatentGrid(2.0 ** -5, 24.0)), ("2^-9, +-24", LatentGrid(2.0 ** -9, 24.0)),
-         ("2^-7, +-128", LatentGrid(2.0 ** -7, 128.0))]
+GRIDS = [
+    ("2^-7, +-24 (default)", DEFAULT_GRID),
+    ("2^-7, +-8", LatentGrid(2.0**-7, 8.0)),
+    ("2^-5, +-24", LatentGrid(2.0**-5, 24.0)),
+    ("2^-9, +-24", LatentGrid(2.0**-9, 24.0)),
+    ("2^-7, +-128", LatentGrid(2.0**-7, 128.0)),
+]
 
 
 def elbo_per_image(model, images, draws: int = 8) -> np.ndarray:
     x = np.stack(images)
-    return np.mean([model.likelihood(x, seeds=[1000 * d + i for i in range(len(x))]).bpd.numpy()
-                    for d in range(draws)], axis=0)
+    return np.mean(
+        [model.likelihood(x, seeds=[1000 * d + i for i in range(len(x))]).bpd.numpy() for d in range(draws)], axis=0
+    )
 
 
 @contextlib.contextmanager
@@ -80,10 +85,15 @@ def summarise(records, elbo, dims) -> dict:
     e = float(np.mean(elbo[coded]))
     net = float(np.mean([r.net for r in rs])) / dims
     draw = float(np.mean([r.kl + r.distortion for r in rs])) / dims
-    return {"bits_back_images": len(coded), "net": net, "elbo_8": e, "net_over_elbo": net / e,
-            "draw_over_elbo": draw / e,
-            "excess": {k: float(np.mean([r.excess[k] for r in rs])) / dims for k in rs[0].excess},
-            "clipped_per_image": float(np.mean([r.clipped for r in rs]))}
+    return {
+        "bits_back_images": len(coded),
+        "net": net,
+        "elbo_8": e,
+        "net_over_elbo": net / e,
+        "draw_over_elbo": draw / e,
+        "excess": {k: float(np.mean([r.excess[k] for r in rs])) / dims for k in rs[0].excess},
+        "clipped_per_image": float(np.mean([r.clipped for r in rs])),
+    }
 
 
 def chain(model, images) -> dict:
@@ -102,19 +112,30 @@ def chain(model, images) -> dict:
         row = summarise(report.records, elbo, dims)
         row.update(archive_bits_per_dim=report.bits_per_dim, seconds=time.perf_counter() - start)
         if grid == "auto":
-            row.update(chosen=report.grid["description"], choice_seconds=report.grid_choice["seconds"],
-                       candidates=report.grid_choice["candidates"])
+            row.update(
+                chosen=report.grid["description"],
+                choice_seconds=report.grid_choice["seconds"],
+                candidates=report.grid_choice["candidates"],
+            )
         out[name] = row
-        print(f"  {name}: " + (f"net/ELBO {row['net_over_elbo']:.3f}, draw/ELBO {row['draw_over_elbo']:.3f}, archive "
-                               f"{row['archive_bits_per_dim']:.3f} bpd ({row['bits_back_images']} bits-back)"
-                               if row["bits_back_images"] else "no bits-back image")
-              + (f"; chose {row['chosen']} in {row['choice_seconds']:.1f} s" if grid == "auto" else ""), flush=True)
+        print(
+            f"  {name}: "
+            + (
+                f"net/ELBO {row['net_over_elbo']:.3f}, draw/ELBO {row['draw_over_elbo']:.3f}, archive "
+                f"{row['archive_bits_per_dim']:.3f} bpd ({row['bits_back_images']} bits-back)"
+                if row["bits_back_images"]
+                else "no bits-back image"
+            )
+            + (f"; chose {row['chosen']} in {row['choice_seconds']:.1f} s" if grid == "auto" else ""),
+            flush=True,
+        )
     return out
 
 
 def random_bits(model, images) -> dict:
     """Images each coded alone on random bits (a long archive's steady state, without its initial images)."""
     import constriction as c
+
     dims = images[0].size
     elbo = elbo_per_image(model, images)
     out = {}
@@ -128,8 +149,11 @@ def random_bits(model, images) -> dict:
             row = summarise(records, elbo, dims)
             row.update(seconds=time.perf_counter() - start, **extra)
             out[name] = row
-            print(f"  {name}: net/ELBO {row['net_over_elbo']:.3f}, draw/ELBO {row['draw_over_elbo']:.3f}"
-                  + (f"; chose {extra['chosen']} in {extra['choice_seconds']:.1f} s" if extra else ""), flush=True)
+            print(
+                f"  {name}: net/ELBO {row['net_over_elbo']:.3f}, draw/ELBO {row['draw_over_elbo']:.3f}"
+                + (f"; chose {extra['chosen']} in {extra['choice_seconds']:.1f} s" if extra else ""),
+                flush=True,
+            )
     return out
 
 
@@ -143,9 +167,20 @@ def trained_tiny32(steps: int):
     for i, im in enumerate(crops(450, 32, 1)):
         Image.fromarray(im).save(folder / "train" / f"{i:03d}.png")
     (folder / "c.json").write_text(json.dumps(resolve_config("tiny32").to_dict()))
-    Trainer(TrainOptions(data=str(folder / "train"), out=str(folder / "run"), config=str(folder / "c.json"),
-                         steps=steps, batch_size=16, val_fraction=0.0, val_every=0, save_every=0, sample_every=0,
-                         device="cpu")).train()
+    Trainer(
+        TrainOptions(
+            data=str(folder / "train"),
+            out=str(folder / "run"),
+            config=str(folder / "c.json"),
+            steps=steps,
+            batch_size=16,
+            val_fraction=0.0,
+            val_every=0,
+            save_every=0,
+            sample_every=0,
+            device="cpu",
+        )
+    ).train()
     return vdvae_zoo.load(folder / "run", device="cpu")
 
 
@@ -171,8 +206,9 @@ def main() -> int:
     for name in args.models.split(","):
         print(name, flush=True)
         if name == "golden":
-            model = vdvae_zoo.load(REPO / "tests" / "golden" / "tiny32" / "model-ema.th", config=golden_config(),
-                                   device="cpu")
+            model = vdvae_zoo.load(
+                REPO / "tests" / "golden" / "tiny32" / "model-ema.th", config=golden_config(), device="cpu"
+            )
             result[name] = chain(model, golden_images(110))
         elif name == "trained":
             result[name] = chain(trained_tiny32(args.steps), crops(100, 32, 99))

@@ -50,8 +50,12 @@ def main() -> int:
     torch.manual_seed(ref["seed_set_before"])
     with torch.inference_mode():
         out = model.eval()(images, noise=cpu_noise)
-    for name, key in (("distortion", "distortion_nats_per_dim"), ("rate", "rate_nats_per_dim"),
-                      ("neg_elbo", "elbo_nats_per_dim"), ("kl", "kl_nats_per_layer")):
+    for name, key in (
+        ("distortion", "distortion_nats_per_dim"),
+        ("rate", "rate_nats_per_dim"),
+        ("neg_elbo", "elbo_nats_per_dim"),
+        ("kl", "kl_nats_per_layer"),
+    ):
         ours, theirs = out[name].float().cpu().numpy(), np.array(ref[key])
         rel = float(np.max(np.abs(ours - theirs) / np.maximum(np.abs(theirs), 1e-6)))
         checks[f"likelihood_{name}_max_rel_error"] = {"value": rel, "ok": rel < 1e-4}
@@ -74,8 +78,9 @@ def main() -> int:
 
     seeds = [11, 12, 13, 14]
     together = model.likelihood(images, seeds=seeds, batch_size=4).neg_elbo
-    alone = torch.cat([model.likelihood(images[i:i + 1], seeds=seeds[i:i + 1], batch_size=4).neg_elbo
-                       for i in range(len(seeds))])
+    alone = torch.cat(
+        [model.likelihood(images[i : i + 1], seeds=seeds[i : i + 1], batch_size=4).neg_elbo for i in range(len(seeds))]
+    )
     same = bool(torch.equal(alone, together))
     checks["seeded_scores_independent_of_companions"] = {"value": same, "ok": same}
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdvae_zoo  # noqa: E402
 from vdvae_zoo.nn.network import Block, DecoderLayer  # noqa: E402
 
-GiB = 2 ** 30
+GiB = 2**30
 
 
 def main() -> int:
@@ -38,8 +38,14 @@ def main() -> int:
     with torch.device(dev):
         model = vdvae_zoo.VDVAE(vdvae_zoo.VDVAEConfig.from_preset(args.preset)).eval()
     size = model.config.image_size
-    out = {"preset": args.preset, "cudnn": torch.backends.cudnn.version(), "torch": torch.__version__,
-           "build_s": time.perf_counter() - t0, "weights_gib": torch.cuda.memory_allocated(dev) / GiB, "peaks": {}}
+    out = {
+        "preset": args.preset,
+        "cudnn": torch.backends.cudnn.version(),
+        "torch": torch.__version__,
+        "build_s": time.perf_counter() - t0,
+        "weights_gib": torch.cuda.memory_allocated(dev) / GiB,
+        "peaks": {},
+    }
     print(json.dumps({k: v for k, v in out.items() if k != "peaks"}), flush=True)
     for b in [int(x) for x in args.batches.split(",")]:
         images = torch.randint(0, 256, (b, size, size, 3), dtype=torch.uint8)
@@ -62,10 +68,14 @@ def main() -> int:
         def record(module, inputs, output):
             torch.cuda.synchronize()
             trace.append((name, torch.cuda.memory_allocated(dev) / GiB, torch.cuda.max_memory_allocated(dev) / GiB))
+
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-               if isinstance(m, DecoderLayer) or (isinstance(m, Block) and n.startswith("encoder."))]
+    handles = [
+        m.register_forward_hook(hook(n))
+        for n, m in model.named_modules()
+        if isinstance(m, DecoderLayer) or (isinstance(m, Block) and n.startswith("encoder."))
+    ]
     b = args.trace_batch
     images = torch.randint(0, 256, (b, size, size, 3), dtype=torch.uint8)
     torch.cuda.reset_peak_memory_stats(dev)
@@ -77,10 +87,14 @@ def main() -> int:
         h.remove()
     out["trace_batch"] = b
     out["trace"] = trace
-    jumps = sorted(((trace[i][2] - trace[i - 1][2], trace[i][0]) for i in range(1, len(trace))
-                    if isinstance(trace[i][2], float)), reverse=True)[:8]
+    jumps = sorted(
+        ((trace[i][2] - trace[i - 1][2], trace[i][0]) for i in range(1, len(trace)) if isinstance(trace[i][2], float)),
+        reverse=True,
+    )[:8]
     print("largest peak increases between hooks (GiB, where):", [(round(j, 2), w) for j, w in jumps], flush=True)
-    print("allocated after each module (first, middle, last):", trace[:3], trace[len(trace) // 2], trace[-3:], flush=True)
+    print(
+        "allocated after each module (first, middle, last):", trace[:3], trace[len(trace) // 2], trace[-3:], flush=True
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

@@ -36,8 +36,10 @@ def write_cifar_bin(folder: Path, n: int) -> Path:
 
 def child(config: str, data: str, limit: int, dtype: str, batch_size: int) -> dict:
     import torch
+
     import vdvae_zoo
     from vdvae_zoo.config import resolve_config
+
     torch.manual_seed(0)
     model = vdvae_zoo.VDVAE(resolve_config(config)).eval()
     with torch.no_grad():  # give the zero-initialised last convolutions small values, so every layer works
@@ -47,10 +49,18 @@ def child(config: str, data: str, limit: int, dtype: str, batch_size: int) -> di
     start = time.perf_counter()
     report = vdvae_zoo.evaluate(model, data, limit=limit, dtype=dtype, batch_size=batch_size, progress=False)
     elapsed = time.perf_counter() - start
-    return {"config": config, "data_images": int(Path(data, "test_batch.bin").stat().st_size // 3073), "limit": limit,
-            "dtype": dtype, "batch_size": batch_size, "images": report.images, "seconds": elapsed,
-            "images_per_s": report.images / elapsed, "mean_bpd": report.mean_bpd,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "config": config,
+        "data_images": int(Path(data, "test_batch.bin").stat().st_size // 3073),
+        "limit": limit,
+        "dtype": dtype,
+        "batch_size": batch_size,
+        "images": report.images,
+        "seconds": elapsed,
+        "images_per_s": report.images / elapsed,
+        "mean_bpd": report.mean_bpd,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -61,7 +71,9 @@ def main() -> None:
     parser.add_argument("--tiny-limits", default="1000,10000")
     parser.add_argument("--preset", default="cifar10")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--child", nargs=5, metavar=("CONFIG", "DATA", "LIMIT", "DTYPE", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=5, metavar=("CONFIG", "DATA", "LIMIT", "DTYPE", "BATCH"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         config, data, limit, dtype, batch = args.child
@@ -76,15 +88,23 @@ def main() -> None:
         plan += [("tiny32", big, int(limit), "float32") for limit in args.tiny_limits.split(",")]
         rows = []
         for config, data, limit, dtype in plan:  # one process each: alone on the machine, its own peak RSS
-            out = subprocess.run([sys.executable, __file__, "--child", config, str(data), str(limit), dtype,
-                                  str(args.batch_size)], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", config, str(data), str(limit), dtype, str(args.batch_size)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"{r['config']:>8} {r['dtype']:>8}  data {r['data_images']:>6}  limit {r['limit']:>6}: "
-                  f"{r['images_per_s']:7.2f} images/s, peak RSS {r['peak_rss_mib']:7.0f} MiB", flush=True)
+            print(
+                f"{r['config']:>8} {r['dtype']:>8}  data {r['data_images']:>6}  limit {r['limit']:>6}: "
+                f"{r['images_per_s']:7.2f} images/s, peak RSS {r['peak_rss_mib']:7.0f} MiB",
+                flush=True,
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                               "rows": rows}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"machine": platform.processor() or platform.machine(), "rows": rows}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ from PIL import Image, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vdvae_zoo  # noqa: E402
 from vdvae_zoo.data.images import photo_crops  # noqa: E402
-from vdvae_zoo.scoring.ood import evaluate_ood, roc_points  # noqa: E402
 from vdvae_zoo.data.plots import roc_chart  # noqa: E402
+from vdvae_zoo.scoring.ood import evaluate_ood, roc_points  # noqa: E402
 from vdvae_zoo.training.trainer import Trainer, TrainOptions  # noqa: E402
 
 
@@ -34,13 +34,25 @@ def train(folder: Path, steps: int) -> Path:
     (folder / "train").mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(photo_crops(450, 32, seed=1)):
         Image.fromarray(im).save(folder / "train" / f"{i:03d}.png")
-    Trainer(TrainOptions(data=str(folder / "train"), out=str(folder / "run"), config="tiny32", steps=steps,
-                         val_fraction=0.0, val_every=0, save_every=0, sample_every=0, device="cpu")).train()
+    Trainer(
+        TrainOptions(
+            data=str(folder / "train"),
+            out=str(folder / "run"),
+            config="tiny32",
+            steps=steps,
+            val_fraction=0.0,
+            val_every=0,
+            save_every=0,
+            sample_every=0,
+            device="cpu",
+        )
+    ).train()
     return folder / "run"
 
 
 def textures(n: int, size: int, seed: int) -> np.ndarray:
     import skimage.data
+
     rng = np.random.default_rng(seed)
     sources = [getattr(skimage.data, name)() for name in ("grass", "gravel", "brick")]
     out = []
@@ -48,7 +60,7 @@ def textures(n: int, size: int, seed: int) -> np.ndarray:
         src = sources[k % len(sources)]
         side = int(rng.integers(2 * size, min(src.shape) // 2))
         y, x = int(rng.integers(0, src.shape[0] - side)), int(rng.integers(0, src.shape[1] - side))
-        crop = Image.fromarray(src[y:y + side, x:x + side]).resize((size, size), Image.BICUBIC).convert("RGB")
+        crop = Image.fromarray(src[y : y + side, x : x + side]).resize((size, size), Image.BICUBIC).convert("RGB")
         out.append(np.asarray(crop))
     return np.stack(out)
 
@@ -58,8 +70,14 @@ def ood_sets(n: int, size: int) -> dict:
     held_out = np.stack(photo_crops(n, size, seed=99))
     flat = np.repeat(np.repeat(rng.integers(0, 256, (n, 1, 1, 3), dtype=np.uint8), size, axis=1), size, axis=2)
     blurred = np.stack([np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(1.5))) for im in held_out])
-    return {"in": held_out, "noise": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), "flat": flat,
-            "blurred": blurred, "inverted": 255 - held_out, "textures": textures(n, size, seed=3)}
+    return {
+        "in": held_out,
+        "noise": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+        "flat": flat,
+        "blurred": blurred,
+        "inverted": 255 - held_out,
+        "textures": textures(n, size, seed=3),
+    }
 
 
 def main() -> int:
@@ -68,8 +86,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--ks", default="1,3,6")
-    parser.add_argument("--prior-temperature", type=float, default=0.0,
-                        help="The replaced layers: 0 their prior's mean (Havtorn et al.), 1 a prior sample.")
+    parser.add_argument(
+        "--prior-temperature",
+        type=float,
+        default=0.0,
+        help="The replaced layers: 0 their prior's mean (Havtorn et al.), 1 a prior sample.",
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--roc", default=None, help="ROC curves of the 'flat' set.")
     args = parser.parse_args()
@@ -81,21 +103,36 @@ def main() -> int:
     for name, images in data.items():
         np.save(tmp / f"{name}.npy", images)
     start = time.perf_counter()
-    report, tables = evaluate_ood(model, tmp / "in.npy", [tmp / f"{n}.npy" for n in data if n != "in"], ks,
-                                  prior_temperature=args.prior_temperature, progress=False)
+    report, tables = evaluate_ood(
+        model,
+        tmp / "in.npy",
+        [tmp / f"{n}.npy" for n in data if n != "in"],
+        ks,
+        prior_temperature=args.prior_temperature,
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     for line in report.lines():
         print(line)
-    result = {"model": str(model_path), "steps": args.steps, "images_per_set": args.images, "ks": list(ks),
-              "prior_temperature": args.prior_temperature,
-              "seconds": seconds, "in": report.in_set, "sets": report.sets,
-              "mean_scores": {name: {c: float(np.mean(v)) for c, v in t.columns.items() if c != "index"}
-                              for name, t in tables.items()}}
+    result = {
+        "model": str(model_path),
+        "steps": args.steps,
+        "images_per_set": args.images,
+        "ks": list(ks),
+        "prior_temperature": args.prior_temperature,
+        "seconds": seconds,
+        "in": report.in_set,
+        "sets": report.sets,
+        "mean_scores": {
+            name: {c: float(np.mean(v)) for c, v in t.columns.items() if c != "index"} for name, t in tables.items()
+        },
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.roc:
-        flat_only = type(report)(report.model, report.options, report.in_set,
-                                 [s for s in report.sets if s["name"] == "flat"])
+        flat_only = type(report)(
+            report.model, report.options, report.in_set, [s for s in report.sets if s["name"] == "flat"]
+        )
         roc_chart(roc_points(flat_only, tables), args.roc)
     return 0
 

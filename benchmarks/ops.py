@@ -15,7 +15,7 @@ import argparse
 import json
 import statistics
 import time
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,14 @@ def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> f
     return 1e3 * statistics.median(times)
 
 
-def block_ops(width: int, resolution: int, batch: int, dtype: torch.dtype, memory_format: torch.memory_format,
-              device: torch.device) -> Dict[str, tuple]:
+def block_ops(
+    width: int,
+    resolution: int,
+    batch: int,
+    dtype: torch.dtype,
+    memory_format: torch.memory_format,
+    device: torch.device,
+) -> dict[str, tuple]:
     """name -> (callable, FLOPs or 0, bytes moved or 0) for the operations of one residual block."""
     middle = width // 4
     gen = torch.Generator().manual_seed(0)
@@ -44,7 +50,7 @@ def block_ops(width: int, resolution: int, batch: int, dtype: torch.dtype, memor
     def tensor(*shape, dt=dtype):
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dt).contiguous(memory_format=memory_format)
 
-    stream = tensor(batch, width, resolution, resolution, dt=torch.float32)   # the residual stream stays fp32
+    stream = tensor(batch, width, resolution, resolution, dt=torch.float32)  # the residual stream stays fp32
     wide, narrow = tensor(batch, width, resolution, resolution), tensor(batch, middle, resolution, resolution)
     w_in, w_mid, w_out = tensor(middle, width, 1, 1), tensor(middle, middle, 3, 3), tensor(width, middle, 1, 1)
     pixels = batch * resolution * resolution
@@ -61,7 +67,7 @@ def block_ops(width: int, resolution: int, batch: int, dtype: torch.dtype, memor
     }
 
 
-def main(argv: List[str] = None) -> None:
+def main(argv: list[str] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--width", type=int, default=384)
     p.add_argument("--resolution", type=int, default=32)
@@ -76,23 +82,35 @@ def main(argv: List[str] = None) -> None:
     rows = []
     with torch.inference_mode():
         for dtype in (torch.float32, torch.bfloat16):
-            for name, (fn, flops, nbytes) in block_ops(args.width, args.resolution, args.batch_size, dtype, fmt,
-                                                       device).items():
+            for name, (fn, flops, nbytes) in block_ops(
+                args.width, args.resolution, args.batch_size, dtype, fmt, device
+            ).items():
                 ms = median_ms(fn, args.repeats, device)
-                rows.append({"op": name, "dtype": str(dtype).replace("torch.", ""), "ms": ms,
-                             "gflop_per_s": flops / ms / 1e6 if flops else None,
-                             "gb_per_s": nbytes / ms / 1e6 if nbytes else None})
+                rows.append(
+                    {
+                        "op": name,
+                        "dtype": str(dtype).replace("torch.", ""),
+                        "ms": ms,
+                        "gflop_per_s": flops / ms / 1e6 if flops else None,
+                        "gb_per_s": nbytes / ms / 1e6 if nbytes else None,
+                    }
+                )
     fp32 = {r["op"]: r["ms"] for r in rows if r["dtype"] == "float32"}
-    print(f"block at {args.resolution}x{args.resolution}, width {args.width}, batch {args.batch_size}, "
-          f"{'NCHW' if args.nchw else 'NHWC'}, {torch.get_num_threads()} threads, {device}")
+    print(
+        f"block at {args.resolution}x{args.resolution}, width {args.width}, batch {args.batch_size}, "
+        f"{'NCHW' if args.nchw else 'NHWC'}, {torch.get_num_threads()} threads, {device}"
+    )
     print(f"{'operation':32s} {'dtype':9s} {'ms':>8s} {'GFLOP/s':>9s} {'GB/s':>7s} {'fp32/this':>9s}")
     for r in rows:
         rate = f"{r['gflop_per_s']:9.1f} {'':7s}" if r["gflop_per_s"] else f"{'':9s} {r['gb_per_s']:7.1f}"
         print(f"{r['op']:32s} {r['dtype']:9s} {r['ms']:8.3f} {rate} {fp32[r['op']] / r['ms']:8.2f}x")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "results": rows}, f, indent=1)
+            json.dump(
+                {"args": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__, "results": rows},
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

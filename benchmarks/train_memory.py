@@ -22,14 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-GiB = 2 ** 30
+GiB = 2**30
 
 
 def one(preset: str, batch: int, checkpoint: bool, device: str, dtype: str) -> dict:
     import torch
+
     import vdvae_zoo
-    from vdvae_zoo.config import resolve_config
     from vdvae_zoo.compute.memory import training_memory
+    from vdvae_zoo.config import resolve_config
+
     dev = torch.device(device)
     config = resolve_config(preset)
     torch.manual_seed(0)
@@ -37,8 +39,9 @@ def one(preset: str, batch: int, checkpoint: bool, device: str, dtype: str) -> d
     ema = vdvae_zoo.VDVAE(config).to(dev).eval().requires_grad_(False)
     parameters = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.9))
-    images = torch.randint(0, 256, (batch, config.image_size, config.image_size, config.image_channels),
-                           dtype=torch.uint8)
+    images = torch.randint(
+        0, 256, (batch, config.image_size, config.image_size, config.image_channels), dtype=torch.uint8
+    )
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     times = []
     for _ in range(2):
@@ -52,7 +55,7 @@ def one(preset: str, batch: int, checkpoint: bool, device: str, dtype: str) -> d
         torch.nn.utils.clip_grad_norm_(model.parameters(), 200.0)
         optimizer.step()
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), model.parameters()):
+            for pe, p in zip(ema.parameters(), model.parameters(), strict=False):
                 pe.mul_(0.999).add_(p.detach(), alpha=0.001)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -62,9 +65,19 @@ def one(preset: str, batch: int, checkpoint: bool, device: str, dtype: str) -> d
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     plan = training_memory(config, parameters, batch, grad_checkpoint=checkpoint, dtype=dtype, device_type=dev.type)
-    return {"preset": preset, "batch": batch, "grad_checkpoint": checkpoint, "device": dev.type, "dtype": dtype,
-            "parameters": parameters, "peak_gib": peak / GiB, "estimate_gib": plan.total / GiB,
-            "estimate_over_measured": plan.total / peak, "step_s": times[-1], "loss_bpd": loss.item() / 0.6931471805599453}
+    return {
+        "preset": preset,
+        "batch": batch,
+        "grad_checkpoint": checkpoint,
+        "device": dev.type,
+        "dtype": dtype,
+        "parameters": parameters,
+        "peak_gib": peak / GiB,
+        "estimate_gib": plan.total / GiB,
+        "estimate_over_measured": plan.total / peak,
+        "step_s": times[-1],
+        "loss_bpd": loss.item() / 0.6931471805599453,
+    }
 
 
 def main() -> int:
@@ -84,11 +97,29 @@ def main() -> int:
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         for ck in checkpoints:
-            cmd = [sys.executable, __file__, "--one", "--preset", args.preset, "--batches", str(batch), "--checkpoint",
-                   "on" if ck else "off", "--device", args.device, "--dtype", args.dtype]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                "--preset",
+                args.preset,
+                "--batches",
+                str(batch),
+                "--checkpoint",
+                "on" if ck else "off",
+                "--device",
+                args.device,
+                "--dtype",
+                args.dtype,
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
             if done.returncode != 0:
-                row = {"preset": args.preset, "batch": batch, "grad_checkpoint": ck, "error": done.stderr.strip()[-300:]}
+                row = {
+                    "preset": args.preset,
+                    "batch": batch,
+                    "grad_checkpoint": ck,
+                    "error": done.stderr.strip()[-300:],
+                }
             else:
                 row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)

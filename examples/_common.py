@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 import torch
@@ -15,12 +14,18 @@ from vdvae_zoo.config import resolve_config
 from vdvae_zoo.data.images import find_images, load_images
 
 
-
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default=None,
-                        help="A released model name (vdvae-zoo list), a save_pretrained folder, or a checkpoint.")
-    parser.add_argument("--tiny", action="store_true",
-                        help="Use a small random-init model instead (runs in seconds on a CPU; pictures are noise).")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="A released model name (vdvae-zoo list), a save_pretrained folder, or a checkpoint.",
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="Use a small random-init model instead (runs in seconds on a CPU; pictures are noise).",
+    )
     parser.add_argument("--config", default=None, help="Architecture of an original .th checkpoint.")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     parser.add_argument("--dtype", default="float32", help="Compute precision: float32 or bfloat16.")
@@ -51,7 +56,7 @@ def sample_photos(size: int, n: int = 4) -> np.ndarray:
         raise SystemExit(f"no images given, and {e}; or pass image files") from None
 
 
-def read_images(paths: List[str], size: int, n_default: int = 4, resize: bool = True) -> np.ndarray:
+def read_images(paths: list[str], size: int, n_default: int = 4, resize: bool = True) -> np.ndarray:
     """uint8 NHWC images from files/folders at the model's size, or bundled photos when `paths` is empty."""
     if not paths:
         return sample_photos(size, n_default)
@@ -63,7 +68,7 @@ def read_images(paths: List[str], size: int, n_default: int = 4, resize: bool = 
     return images
 
 
-def output_path(path: Optional[str], default: str, overwrite: bool, folder: bool = False) -> Path:
+def output_path(path: str | None, default: str, overwrite: bool, folder: bool = False) -> Path:
     """Where to write; an existing file (or non-empty folder) is refused unless --overwrite."""
     out = Path(path or default)
     exists = out.exists() and (not folder or any(out.iterdir()))

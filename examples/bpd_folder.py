@@ -1,16 +1,15 @@
 """Bits per dim of every image in a folder, with its parts, and which layers hold the information.
 
-    python examples/bpd_folder.py cifar10 my_images/ --samples 16 --chart layers.png
-    python examples/bpd_folder.py --tiny               # scikit-image's sample photos, random-init tiny model
+python examples/bpd_folder.py cifar10 my_images/ --samples 16 --chart layers.png
+python examples/bpd_folder.py --tiny               # scikit-image's sample photos, random-init tiny model
 """
 
 import argparse
 
 import torch
+from _common import add_model_arguments, get_model, output_path, read_images
 
 import vdvae_zoo
-
-from _common import add_model_arguments, get_model, output_path, read_images
 
 
 def main() -> None:
@@ -24,8 +23,10 @@ def main() -> None:
     images = read_images(args.images, model.config.image_size)
     torch.manual_seed(args.seed)
     result = model.likelihood(images, n_samples=args.samples)
-    print(f"{len(images)} images: bpd {result.bpd.mean():.4f} = distortion {result.distortion_bpd.mean():.4f} "
-          f"+ rate {result.rate_bpd.mean():.4f} (bits per dim)")
+    print(
+        f"{len(images)} images: bpd {result.bpd.mean():.4f} = distortion {result.distortion_bpd.mean():.4f} "
+        f"+ rate {result.rate_bpd.mean():.4f} (bits per dim)"
+    )
     if result.bpd_iw is not None:
         print(f"importance-weighted bound with {args.samples} samples: {result.bpd_iw.mean():.4f} bits per dim")
     for r, bits in vdvae_zoo.bits_per_resolution(result.kl, model.layer_resolutions).items():

@@ -1,17 +1,16 @@
 """Latent interpolation between two images: one row per number of interpolated layers.
 
-    python examples/interpolation.py ffhq256 a.png b.png --steps 8 --keep 8 all -o path.png
-    python examples/interpolation.py --tiny
+python examples/interpolation.py ffhq256 a.png b.png --steps 8 --keep 8 all -o path.png
+python examples/interpolation.py --tiny
 """
 
 import argparse
 
 import numpy as np
 import torch
+from _common import add_model_arguments, get_model, output_path, read_images
 
 from vdvae_zoo.data.images import make_grid, save_png
-
-from _common import add_model_arguments, get_model, output_path, read_images
 
 
 def main() -> None:
@@ -32,8 +31,11 @@ def main() -> None:
     for k in args.keep:
         keep = model.num_layers if k == "all" else min(int(k), model.num_layers)
         torch.manual_seed(args.seed)
-        rows.append(model.interpolate(images[0], images[1], args.steps, keep=keep, temperature=args.temperature,
-                                      mode=args.mode).numpy())
+        rows.append(
+            model.interpolate(
+                images[0], images[1], args.steps, keep=keep, temperature=args.temperature, mode=args.mode
+            ).numpy()
+        )
     out = output_path(args.output, "interpolation.png", args.overwrite)
     save_png(make_grid(np.concatenate(rows), ncols=args.steps), out)
     print(f"wrote {out}: {args.steps} steps, rows keep {', '.join(args.keep)}")

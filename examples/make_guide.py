@@ -11,24 +11,31 @@ import json
 
 import numpy as np
 import torch
+from _common import add_model_arguments, get_model, output_path, read_images
 from PIL import Image
 
 import vdvae_zoo
 from vdvae_zoo.data.images import make_grid, save_png
 from vdvae_zoo.nn.inputs import figure4_keeps
 
-from _common import add_model_arguments, get_model, output_path, read_images
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
-    parser.add_argument("--images", nargs="*", default=[], help="Images for reconstructions and the chart "
-                        "(default: scikit-image's sample photos).")
+    parser.add_argument(
+        "--images",
+        nargs="*",
+        default=[],
+        help="Images for reconstructions and the chart (default: scikit-image's sample photos).",
+    )
     parser.add_argument("--out", default="docs/images")
     parser.add_argument("--samples", type=int, default=8, help="Posterior draws for the importance-weighted bound.")
-    parser.add_argument("--zoom", type=int, default=None,
-                        help="Enlarge the pictures this many times (default: up to about 128 pixels per image).")
+    parser.add_argument(
+        "--zoom",
+        type=int,
+        default=None,
+        help="Enlarge the pictures this many times (default: up to about 128 pixels per image).",
+    )
     args = parser.parse_args()
     model = get_model(args)
     zoom = args.zoom or max(1, 128 // model.config.image_size)
@@ -60,16 +67,29 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     result = model.likelihood(images, n_samples=args.samples)
-    vdvae_zoo.kl_chart(result.kl, model.layer_resolutions, out / "bits_per_layer.png",
-                       title=f"bits per layer, mean of {len(images)} photos")
-    summary = {"model": args.model or "tiny (random init)", "images": len(images), "bpd": result.bpd.mean().item(),
-               "distortion_bpd": result.distortion_bpd.mean().item(), "rate_bpd": result.rate_bpd.mean().item(),
-               "bpd_iw": result.bpd_iw.mean().item() if result.bpd_iw is not None else None,
-               "samples": args.samples, "reconstruction_keep": keeps, "temperatures": temperatures,
-               "bits_per_resolution": vdvae_zoo.bits_per_resolution(result.kl, model.layer_resolutions)}
+    vdvae_zoo.kl_chart(
+        result.kl,
+        model.layer_resolutions,
+        out / "bits_per_layer.png",
+        title=f"bits per layer, mean of {len(images)} photos",
+    )
+    summary = {
+        "model": args.model or "tiny (random init)",
+        "images": len(images),
+        "bpd": result.bpd.mean().item(),
+        "distortion_bpd": result.distortion_bpd.mean().item(),
+        "rate_bpd": result.rate_bpd.mean().item(),
+        "bpd_iw": result.bpd_iw.mean().item() if result.bpd_iw is not None else None,
+        "samples": args.samples,
+        "reconstruction_keep": keeps,
+        "temperatures": temperatures,
+        "bits_per_resolution": vdvae_zoo.bits_per_resolution(result.kl, model.layer_resolutions),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote samples_by_temperature.png, reconstructions.png, interpolation.png, bits_per_layer.png, "
-          f"summary.json to {out}")
+    print(
+        f"wrote samples_by_temperature.png, reconstructions.png, interpolation.png, bits_per_layer.png, "
+        f"summary.json to {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Write a small folder of real photo crops (scikit-image's bundled images) to try fine-tuning without data.
 
-    python examples/photo_crops.py crops/ --size 32 -n 400 --tiny-config tiny.json
-    vdvae-zoo finetune --config tiny.json --data crops/ --out runs/tiny --steps 4000
+python examples/photo_crops.py crops/ --size 32 -n 400 --tiny-config tiny.json
+vdvae-zoo finetune --config tiny.json --data crops/ --out runs/tiny --steps 4000
 """
 
 import argparse
@@ -35,6 +35,7 @@ def main() -> None:
     print(f"wrote {args.n} {args.size}x{args.size} crops to {out}")
     if args.tiny_config:
         from vdvae_zoo.config import EXAMPLE_CONFIGS
+
         Path(args.tiny_config).write_text(json.dumps(EXAMPLE_CONFIGS["tiny32"], indent=2) + "\n")
         print(f"wrote {args.tiny_config}")
 

@@ -1,17 +1,16 @@
 """Sample a grid of images from a VDVAE at one or several temperatures.
 
-    python examples/sample_grid.py ffhq256 -n 8 -t 1.0 0.8 0.6 -o samples.png   # one row per temperature
-    python examples/sample_grid.py --tiny -o tiny.png                            # random-init tiny model
+python examples/sample_grid.py ffhq256 -n 8 -t 1.0 0.8 0.6 -o samples.png   # one row per temperature
+python examples/sample_grid.py --tiny -o tiny.png                            # random-init tiny model
 """
 
 import argparse
 
 import numpy as np
 import torch
+from _common import add_model_arguments, get_model, output_path
 
 from vdvae_zoo.data.images import make_grid, save_png
-
-from _common import add_model_arguments, get_model, output_path
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ os.environ.pop("HF_ENDPOINT", None)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from fakehub import FakeHub, FileServer  # noqa: E402
-from helpers import TINY, golden_config, golden_expected as _golden_expected, require_golden, tiny_config_dict  # noqa: E402
+from helpers import TINY, golden_config, require_golden, tiny_config_dict  # noqa: E402
+from helpers import golden_expected as _golden_expected
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -37,12 +37,14 @@ def golden_images():
 @pytest.fixture()
 def golden_model():
     import vdvae_zoo
+
     return vdvae_zoo.load(TINY / "model-ema.th", config=golden_config(), device="cpu")
 
 
 @pytest.fixture()
 def tiny_model():
     import vdvae_zoo
+
     torch.manual_seed(123)
     return vdvae_zoo.VDVAE(vdvae_zoo.VDVAEConfig.from_dict(tiny_config_dict())).eval()
 

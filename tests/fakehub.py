@@ -3,7 +3,6 @@
 import hashlib
 import http.server
 import threading
-from typing import Dict, Optional
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -37,7 +36,7 @@ class _Server(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.route = route
         self.requests = []
-        self.truncate_to: Optional[int] = None
+        self.truncate_to: int | None = None
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -54,13 +53,14 @@ class FakeHub:
     Each `add` makes a new commit; `main` points to the latest one."""
 
     def __init__(self):
-        self.repos: Dict[str, Dict[str, Dict[str, bytes]]] = {}
-        self.heads: Dict[str, str] = {}
+        self.repos: dict[str, dict[str, dict[str, bytes]]] = {}
+        self.heads: dict[str, str] = {}
         self.server = _Server(self._route)
 
-    def add(self, repo_id: str, files: Dict[str, bytes]) -> str:
-        commit = hashlib.sha1(repo_id.encode() + b"".join(sorted(files.values()))
-                              + str(len(self.repos.get(repo_id, {}))).encode()).hexdigest()
+    def add(self, repo_id: str, files: dict[str, bytes]) -> str:
+        commit = hashlib.sha1(
+            repo_id.encode() + b"".join(sorted(files.values())) + str(len(self.repos.get(repo_id, {}))).encode()
+        ).hexdigest()
         self.repos.setdefault(repo_id, {})[commit] = dict(files)
         self.heads[repo_id] = commit
         return commit
@@ -93,7 +93,7 @@ class FileServer:
     """Plays the authors' blob storage: GET /{name} returns the bytes registered under that name.
     `truncate_to` sends only that many bytes while announcing the full length (a broken download)."""
 
-    def __init__(self, files: Dict[str, bytes]):
+    def __init__(self, files: dict[str, bytes]):
         self.files = files
         self.server = _Server(self._route)
 
@@ -111,7 +111,7 @@ class FileServer:
     def requests(self):
         return self.server.requests
 
-    def set_truncate(self, n: Optional[int]):
+    def set_truncate(self, n: int | None):
         self.server.truncate_to = n
 
     def close(self):

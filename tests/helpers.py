@@ -31,8 +31,14 @@ def golden_config() -> dict:
 
 def tiny_config_dict(**overrides):
     """A small, fast architecture (not the golden one) for tests that need a model but no reference numbers."""
-    d = dict(image_size=16, width=16, zdim=4, num_mixtures=2,
-             enc_blocks="16x1,16d2,8x1,8d2,4x1,4d4,1x1", dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x1")
+    d = dict(
+        image_size=16,
+        width=16,
+        zdim=4,
+        num_mixtures=2,
+        enc_blocks="16x1,16d2,8x1,8d2,4x1,4d4,1x1",
+        dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x1",
+    )
     d.update(overrides)
     return d
 
@@ -45,6 +51,7 @@ def image_folder(folder: Path, n: int, size: int = 16, seed: int = 0, config: bo
     """`folder` (made) holding n random PNGs of size x size ({i:02d}.png); with `config`, the tests' tiny config.json
     beside it (folder.parent / "config.json")."""
     from PIL import Image
+
     folder = Path(folder)
     folder.mkdir(parents=True)
     for i, im in enumerate(random_images(n, size=size, seed=seed).numpy()):
@@ -65,11 +72,24 @@ def write_manifest(path: Path, entries):
 
 
 def entry(name, golden_config, *, repo_id="test-org/tiny32", revision=None, sha256=None, url=None, source_sha=None):
-    return {"name": name, "preset": "cifar10", "config": golden_config, "dataset": "golden", "resolution": 32,
-            "bits": 8, "parameters": 135078, "reported_test_bpd": None, "license": "MIT",
-            "hub": {"repo_id": repo_id, "revision": revision, "filenames": ["config.json", "model.safetensors"],
-                    "sha256": sha256},
-            "source": {"url": url, "sha256": source_sha}}
+    return {
+        "name": name,
+        "preset": "cifar10",
+        "config": golden_config,
+        "dataset": "golden",
+        "resolution": 32,
+        "bits": 8,
+        "parameters": 135078,
+        "reported_test_bpd": None,
+        "license": "MIT",
+        "hub": {
+            "repo_id": repo_id,
+            "revision": revision,
+            "filenames": ["config.json", "model.safetensors"],
+            "sha256": sha256,
+        },
+        "source": {"url": url, "sha256": source_sha},
+    }
 
 
 def assert_golden_likelihood(model, golden_expected, golden_images):

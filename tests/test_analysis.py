@@ -5,13 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config_dict
 from PIL import Image
 
 from vdvae_zoo import VDVAE, VDVAEConfig
-from vdvae_zoo.nn.dmol import dmol_nll
 from vdvae_zoo.data.plots import bar_layout, bits_per_layer, bits_per_resolution, kl_caption, kl_chart
-
-from helpers import tiny_config_dict
+from vdvae_zoo.nn.dmol import dmol_nll
 
 
 def iw_bounds(model, images, k, seeds=range(3)):
@@ -97,8 +96,8 @@ def test_posterior_means_are_deterministic_and_differ_from_draws(tiny_model):
     a = tiny_model.encode(images, mean=True)
     b = tiny_model.encode(images, mean=True)
     drawn = tiny_model.encode(images)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert any(not torch.allclose(x, y) for x, y in zip(a, drawn))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=False))
+    assert any(not torch.allclose(x, y) for x, y in zip(a, drawn, strict=False))
 
 
 def test_interpolation_path(tiny_model):
@@ -112,10 +111,10 @@ def test_interpolation_path(tiny_model):
 
     ab = path(a, b)
     assert ab.shape == (5, 16, 16, 3) and ab.dtype == torch.uint8
-    assert torch.equal(ab[0], path(a, c)[0])          # the start depends on a only
-    assert torch.equal(ab[-1], path(b, a)[0])         # and the end is b's start
+    assert torch.equal(ab[0], path(a, c)[0])  # the start depends on a only
+    assert torch.equal(ab[-1], path(b, a)[0])  # and the end is b's start
     assert not torch.equal(ab[0], ab[-1])
-    flat = path(a, b, keep=0)                          # nothing interpolated: the same noise gives one image
+    flat = path(a, b, keep=0)  # nothing interpolated: the same noise gives one image
     assert all(torch.equal(flat[0], flat[i]) for i in range(5))
     batch = tiny_model.interpolate(torch.stack([a, b]), torch.stack([b, c]), 3, keep=L // 2)
     assert batch.shape == (2, 3, 16, 16, 3)
@@ -146,7 +145,7 @@ def test_kl_chart_bar_heights_follow_the_bits(tmp_path):
     pixels = np.asarray(img)
     heights = []
     for left, right in bar_layout(6, 600, 60):
-        column = pixels[40:300 - 70, (left + right) // 2]  # the plot area, without labels or the axis
+        column = pixels[40 : 300 - 70, (left + right) // 2]  # the plot area, without labels or the axis
         heights.append(int((np.abs(column.astype(int) - 255).sum(axis=1) > 0).sum()))
     bar = np.array(heights)
     assert np.argmax(bar) == 1 and bar[4] == 0

@@ -8,17 +8,16 @@ import warnings
 import pytest
 import torch
 from click.testing import CliRunner
+from fakehub import FileServer
+from helpers import entry, tiny_config_dict, write_manifest
 
 import vdvae_zoo
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.cli import main
 from vdvae_zoo.config import PRESETS
 from vdvae_zoo.weights.manifest import load_manifest
-from vdvae_zoo.weights.pretrained import ArchitectureWarning
 from vdvae_zoo.weights.original import match_architectures
-
-from fakehub import FileServer
-from helpers import entry, tiny_config_dict, write_manifest
+from vdvae_zoo.weights.pretrained import ArchitectureWarning
 
 NOTE_A = "the released tiny file holds a 16x16 model"
 NOTE_B = "the released tiny file holds a wider model with two encoder blocks fewer"
@@ -57,8 +56,10 @@ def released(tmp_path, hf_home, architectures):
     def write(*entries):
         return write_manifest(tmp_path / f"m{len(list(tmp_path.glob('m*.json')))}.json", list(entries))
 
-    candidates = [{"name": "A", "config": architectures["A"], "note": NOTE_A},
-                  {"name": "B", "config": architectures["B"], "note": NOTE_B}]
+    candidates = [
+        {"name": "A", "config": architectures["A"], "note": NOTE_A},
+        {"name": "B", "config": architectures["B"], "note": NOTE_B},
+    ]
     yield server, manifest, write, candidates, architectures
     server.close()
 
@@ -72,8 +73,11 @@ def test_a_name_loads_the_architecture_its_file_holds(released, served, expected
         model = vdvae_zoo.load(served, manifest=m, device="cpu")
     said = [str(w.message) for w in caught if issubclass(w.category, ArchitectureWarning)]
     assert model.config == VDVAEConfig.from_dict(architectures[expected])
-    assert said == ([] if note is None else [f"{served}: {note}. The model loaded is the one the file holds "
-                                             f"(`vdvae-zoo info {served}` shows it)."])
+    assert said == (
+        []
+        if note is None
+        else [f"{served}: {note}. The model loaded is the one the file holds (`vdvae-zoo info {served}` shows it)."]
+    )
     size = architectures[expected]["image_size"]
     images = model.sample(2, temperature=0.5)
     assert images.shape == (2, size, size, 3) and torch.isfinite(model.likelihood(images).bpd).all()
@@ -97,8 +101,11 @@ def test_before_the_download_info_says_the_architecture_is_not_yet_known(release
 def test_a_file_matching_no_candidate_fails_with_the_inspect_report(released):
     server, manifest, write, candidates, _ = released
     m = write(manifest("D", candidates))
-    with pytest.raises(ValueError, match=r"D.th matches none of the known architectures\. The closest is .*"
-                                         r"Run `vdvae-zoo inspect .*D.th`"):
+    with pytest.raises(
+        ValueError,
+        match=r"D.th matches none of the known architectures\. The closest is .*"
+        r"Run `vdvae-zoo inspect .*D.th`",
+    ):
         vdvae_zoo.load("D", manifest=m, device="cpu")
 
 
@@ -146,6 +153,7 @@ def test_inspect_download_prints_the_architecture_and_the_source_sha(released):
     out = CliRunner().invoke(main, ["inspect", "A", "--download", "--manifest", str(m)])
     assert out.exit_code == 0, out.output
     import hashlib
+
     sha = hashlib.sha256(server.files["A.th"]).hexdigest()
     assert f"A: architecture A; source sha256 {sha}; 16x16, 7 stochastic layers, 7 encoder blocks" in out.output
 
@@ -158,7 +166,7 @@ def _meta_state(config: VDVAEConfig):
 @pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_full_size_ffhq1024_hypotheses_are_recognised_on_meta():
     entry = load_manifest().get("ffhq1024")
-    a = _meta_state(VDVAEConfig.from_preset("ffhq256"))          # hypothesis A: the ffhq256 architecture
+    a = _meta_state(VDVAEConfig.from_preset("ffhq256"))  # hypothesis A: the ffhq256 architecture
     published = _meta_state(VDVAEConfig.from_preset("ffhq1024"))
     assert match_architectures(a, entry.architectures(), VDVAE.expected_shapes).unique[0] == ["A"]
     assert match_architectures(published, entry.architectures(), VDVAE.expected_shapes).unique[0] == ["published"]

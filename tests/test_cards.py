@@ -5,11 +5,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from helpers import image_folder, tiny_config_dict
-from vdvae_zoo.weights.cards import CardError, card_results, measured_result, merge_card_result, model_card
+
 from vdvae_zoo.cli import main
 from vdvae_zoo.config import VDVAEConfig
+from vdvae_zoo.weights.cards import CardError, card_results, measured_result, merge_card_result, model_card
 
 USER_CARD = """---
 # the user's own comment
@@ -55,6 +55,7 @@ def _user_lines_kept(before: str, after: str) -> None:
 
 def test_a_users_card_keeps_every_line_and_gains_the_result(tmp_path):
     from huggingface_hub import ModelCard
+
     card = tmp_path / "README.md"
     card.write_text(USER_CARD)
     merge_card_result(card, _result(1.5), _new_card(_result(1.5)))
@@ -93,14 +94,20 @@ def test_a_readme_that_is_not_a_card_needs_overwrite_and_keeps_its_text(tmp_path
     assert after.startswith("---\n") and after.endswith(PLAIN_README) and len(card_results(card)) == 1
 
 
-@pytest.mark.parametrize("bad, field", [
-    ("\n  - task: {type: density-estimation}\n    dataset: {name: x}\n    metrics: [{type: bpd, value: 1.0}]\n"
-     "    source: someone", "results[0].source"),
-    ("\n  - dataset: {name: x}\n    metrics: []", "results[0].metrics"),
-    ("\n  - dataset: x\n    metrics: [{type: bpd, value: 1.0}]", "results[0].dataset"),
-    ("\n  - dataset: {name: x}\n    metrics: [{type: bpd, value: high}]", "results[0].metrics[0]"),
-    (" someone", "[0].results"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (
+            "\n  - task: {type: density-estimation}\n    dataset: {name: x}\n    metrics: [{type: bpd, value: 1.0}]\n"
+            "    source: someone",
+            "results[0].source",
+        ),
+        ("\n  - dataset: {name: x}\n    metrics: []", "results[0].metrics"),
+        ("\n  - dataset: x\n    metrics: [{type: bpd, value: 1.0}]", "results[0].dataset"),
+        ("\n  - dataset: {name: x}\n    metrics: [{type: bpd, value: high}]", "results[0].metrics[0]"),
+        (" someone", "[0].results"),
+    ],
+)
 def test_malformed_results_are_refused_naming_the_field_and_nothing_is_written(tmp_path, bad, field):
     card = tmp_path / "README.md"
     text = f"---\nmodel-index:\n- name: m\n  results:{bad}\n---\n# Mine\n"
@@ -112,11 +119,14 @@ def test_malformed_results_are_refused_naming_the_field_and_nothing_is_written(t
     assert card.read_text() == text
 
 
-@pytest.mark.parametrize("text, says", [
-    ("---\nlicense: [mit\n---\n# x\n", "not valid YAML"),
-    ("---\n- a\n- b\n---\n# x\n", "not a mapping"),
-    ("---\nlicense: mit\n# never closed\n", "never closes"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("---\nlicense: [mit\n---\n# x\n", "not valid YAML"),
+        ("---\n- a\n- b\n---\n# x\n", "not a mapping"),
+        ("---\nlicense: mit\n# never closed\n", "never closes"),
+    ],
+)
 def test_broken_front_matter_is_refused_and_kept(tmp_path, text, says):
     card = tmp_path / "README.md"
     card.write_text(text)
@@ -159,12 +169,14 @@ def test_eval_card_refuses_before_any_work(model_and_data, monkeypatch):
     runner, model, data = model_and_data
     (model / "README.md").write_text(PLAIN_README)
     import vdvae_zoo.cli.evaluation as evaluation
+
     monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: pytest.fail("evaluated before the card was checked"))
     result = runner.invoke(main, ["eval", str(model), "--data", str(data), "--card", str(model)])
     assert result.exit_code == 1 and "not a model card" in result.output and "Traceback" not in result.output
     assert (model / "README.md").read_text() == PLAIN_README
-    (model / "README.md").write_text("---\nmodel-index:\n- name: m\n  results:\n  - dataset: {name: x}\n"
-                                     "    metrics: []\n---\n# Mine\n")
+    (model / "README.md").write_text(
+        "---\nmodel-index:\n- name: m\n  results:\n  - dataset: {name: x}\n    metrics: []\n---\n# Mine\n"
+    )
     result = runner.invoke(main, ["eval", str(model), "--data", str(data), "--card", str(model)])
     assert result.exit_code == 1 and "results[0].metrics must be a non-empty list" in result.output
 
@@ -172,10 +184,13 @@ def test_eval_card_refuses_before_any_work(model_and_data, monkeypatch):
 def test_publish_refuses_malformed_results_naming_the_field(tmp_path):
     folder = tmp_path / "measured"
     folder.mkdir()
-    (folder / "README.md").write_text("---\nmodel-index:\n- name: m\n  results:\n  - dataset: {name: x}\n"
-                                      "    metrics: [{type: bpd, value: 1.0}]\n    source: someone\n---\n")
-    result = CliRunner().invoke(main, ["publish", f"x={tmp_path / 'none.th'}", "--org", "o", "--dry-run",
-                                       "--results-from", str(folder)])
+    (folder / "README.md").write_text(
+        "---\nmodel-index:\n- name: m\n  results:\n  - dataset: {name: x}\n"
+        "    metrics: [{type: bpd, value: 1.0}]\n    source: someone\n---\n"
+    )
+    result = CliRunner().invoke(
+        main, ["publish", f"x={tmp_path / 'none.th'}", "--org", "o", "--dry-run", "--results-from", str(folder)]
+    )
     assert result.exit_code == 1 and "results[0].source must be a mapping" in result.output
     assert "Traceback" not in result.output
 

@@ -8,15 +8,22 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import random_images, tiny_config_dict
 from PIL import Image
 
 import vdvae_zoo
-from helpers import random_images, tiny_config_dict
 from vdvae_zoo import VDVAE, VDVAEConfig
-from vdvae_zoo.nn.head import output_channels
 from vdvae_zoo.cli import main
-from vdvae_zoo.nn.dmol import (bernoulli_level_probs, bernoulli_nll, bernoulli_sample, dmol_level_probs, dmol_nll,
-                            dmol_sample, mixture_channels)
+from vdvae_zoo.nn.dmol import (
+    bernoulli_level_probs,
+    bernoulli_nll,
+    bernoulli_sample,
+    dmol_level_probs,
+    dmol_nll,
+    dmol_sample,
+    mixture_channels,
+)
+from vdvae_zoo.nn.head import output_channels
 
 
 def _sigmoid(v):
@@ -30,8 +37,10 @@ def test_a_one_channel_mixture_equals_its_closed_form():
     assert mixture_channels(2, 1) == 6
     x = 30 / 127.5 - 1.0
     weights = np.exp(logits) / np.exp(logits).sum()
-    p = sum(w * (_sigmoid((x + 1 / 255 - m) / math.exp(ls)) - _sigmoid((x - 1 / 255 - m) / math.exp(ls)))
-            for w, m, ls in zip(weights, means, log_scales))
+    p = sum(
+        w * (_sigmoid((x + 1 / 255 - m) / math.exp(ls)) - _sigmoid((x - 1 / 255 - m) / math.exp(ls)))
+        for w, m, ls in zip(weights, means, log_scales, strict=False)
+    )
     nll = dmol_nll(params, torch.tensor([[[[x]]]]), 2)
     assert float(nll) == pytest.approx(-math.log(p), rel=1e-5)
     levels = dmol_level_probs(params, 2, 0, channels=1)[0, 0, 0]
@@ -48,18 +57,19 @@ def test_a_two_channel_mixture_conditions_the_second_channel_on_the_first():
     """One component, C = 2: the second channel's mean is shifted by tanh(coefficient) * x_0."""
     mean, log_scale, coefficient = [-0.68, 0.1], [-2.5, -2.0], 0.8
     params = torch.tensor([0.0] + mean + log_scale + [coefficient], dtype=torch.float32).view(1, 1, 1, 6)
-    x0, x1 = 40 / 127.5 - 1.0, 82 / 127.5 - 1.0   # both in the bulk (the far tail uses the density instead)
+    x0, x1 = 40 / 127.5 - 1.0, 82 / 127.5 - 1.0  # both in the bulk (the far tail uses the density instead)
 
     def bin_mass(x, m, ls):
         return _sigmoid((x + 1 / 255 - m) / math.exp(ls)) - _sigmoid((x - 1 / 255 - m) / math.exp(ls))
+
     p = bin_mass(x0, mean[0], log_scale[0]) * bin_mass(x1, mean[1] + math.tanh(coefficient) * x0, log_scale[1])
     nll = dmol_nll(params, torch.tensor([[[[x0, x1]]]]), 1)
     assert float(nll) * 2 == pytest.approx(-math.log(p), rel=1e-5)  # nats per dim: two dims
 
 
 def test_the_bernoulli_output_in_closed_form():
-    logits = torch.tensor([[[[1.5], [-0.5]]]])                 # (1, 1, 2, 1)
-    target = torch.tensor([[[[1.0], [-1.0]]]])                 # a 255 pixel, then a 0 pixel
+    logits = torch.tensor([[[[1.5], [-0.5]]]])  # (1, 1, 2, 1)
+    target = torch.tensor([[[[1.0], [-1.0]]]])  # a 255 pixel, then a 0 pixel
     expected = (math.log1p(math.exp(-1.5)) + math.log1p(math.exp(-0.5))) / 2
     assert float(bernoulli_nll(logits, target)) == pytest.approx(expected, rel=1e-6)
     u = torch.tensor([[[[0.5], [0.5]]]])
@@ -94,12 +104,15 @@ def test_every_command_works_on_other_channel_counts(tmp_path, channels, output)
     # an RGB file is read as the model's channels
     Image.fromarray(random_images(1, size=32, seed=5).numpy()[0]).save(folder / "rgb.png")
     m = str(tmp_path / "m")
-    for command in (["bpd", "--model", m, str(folder)], ["sample", m, "-n", "2", "-o", str(tmp_path / "s.png")],
-                    ["encode", m, str(folder), "-o", str(tmp_path / "z.safetensors")],
-                    ["reconstruct", m, str(folder / "0.png"), "-o", str(tmp_path / "r.png")],
-                    ["interpolate", m, str(folder / "0.png"), str(folder / "1.png"), "-o", str(tmp_path / "i.png")],
-                    ["eval", m, "--data", str(folder), "-o", str(tmp_path / "e.json")],
-                    ["ood", m, "--in", str(folder), "--ood", str(folder), "-o", str(tmp_path / "o.json")]):
+    for command in (
+        ["bpd", "--model", m, str(folder)],
+        ["sample", m, "-n", "2", "-o", str(tmp_path / "s.png")],
+        ["encode", m, str(folder), "-o", str(tmp_path / "z.safetensors")],
+        ["reconstruct", m, str(folder / "0.png"), "-o", str(tmp_path / "r.png")],
+        ["interpolate", m, str(folder / "0.png"), str(folder / "1.png"), "-o", str(tmp_path / "i.png")],
+        ["eval", m, "--data", str(folder), "-o", str(tmp_path / "e.json")],
+        ["ood", m, "--in", str(folder), "--ood", str(folder), "-o", str(tmp_path / "o.json")],
+    ):
         result = runner.invoke(main, command)
         assert result.exit_code == 0, (command[0], result.output)
     # bits per dim divide by H * W * C: the mean of the per-pixel NLL over C channels
@@ -127,9 +140,30 @@ def test_a_grayscale_folder_goes_from_new_through_finetune_to_bpd_and_sample(tmp
     folder.mkdir()
     for i, im in enumerate(_grey_crops(48, 32, seed=0)):
         Image.fromarray(im, "L").save(folder / f"{i:02d}.png")
-    result = runner.invoke(main, ["finetune", "--model", str(tmp_path / "grey"), "--data", str(folder), "--out",
-                                  str(tmp_path / "run"), "--steps", "60", "--batch-size", "8", "--val-every", "20",
-                                  "--sample-every", "0", "--lr", "3e-3", "--ema-rate", "0.9"])
+    result = runner.invoke(
+        main,
+        [
+            "finetune",
+            "--model",
+            str(tmp_path / "grey"),
+            "--data",
+            str(folder),
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "60",
+            "--batch-size",
+            "8",
+            "--val-every",
+            "20",
+            "--sample-every",
+            "0",
+            "--lr",
+            "3e-3",
+            "--ema-rate",
+            "0.9",
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     val = [r["val_bpd"] for r in records if r.get("val_bpd") is not None]
@@ -146,6 +180,7 @@ def test_a_grayscale_folder_goes_from_new_through_finetune_to_bpd_and_sample(tmp
 def test_compress_round_trips_a_one_channel_model_exactly(tmp_path):
     pytest.importorskip("constriction")
     from vdvae_zoo import compress, decompress
+
     torch.manual_seed(0)
     model = VDVAE(VDVAEConfig.from_dict(tiny_config_dict(image_channels=1))).eval()
     images = [im[..., None] for im in _grey_crops(40, 16, seed=3)]
@@ -153,7 +188,7 @@ def test_compress_round_trips_a_one_channel_model_exactly(tmp_path):
     assert sum(r.mode == "bits-back" for r in report.records) > 0, [r.mode for r in report.records]
     restored, names = decompress(model, archive)
     assert len(restored) == 40
-    for a, b in zip(images, restored):
+    for a, b in zip(images, restored, strict=False):
         assert b.shape == (16, 16, 1) and np.array_equal(a, b)
 
 
@@ -161,6 +196,7 @@ def test_compress_round_trips_a_one_channel_model_exactly(tmp_path):
 def test_compress_round_trips_other_channel_counts_and_binary_images(channels, output):
     pytest.importorskip("constriction")
     from vdvae_zoo import compress, decompress
+
     torch.manual_seed(1)
     model = VDVAE(VDVAEConfig.from_dict(tiny_config_dict(image_channels=channels, output=output))).eval()
     # enough images that the later ones are coded with bits-back (binary WebPs are small: more are needed first)
@@ -175,5 +211,5 @@ def test_compress_round_trips_other_channel_counts_and_binary_images(channels, o
     assert sum(r.mode == "bits-back" for r in report.records) > 0
     restored, _ = decompress(model, archive)
     assert len(restored) == len(images)
-    for a, b in zip(images, restored):
+    for a, b in zip(images, restored, strict=False):
         assert b.shape == (16, 16, channels) and np.array_equal(a, b)

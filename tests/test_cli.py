@@ -12,16 +12,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import TINY, entry, write_manifest
 from PIL import Image
 from safetensors.torch import load_file
 
 import vdvae_zoo
-from vdvae_zoo.compute.batching import image_seed
 from vdvae_zoo.cli import main
+from vdvae_zoo.compute.batching import image_seed
 from vdvae_zoo.data.files import sha256_file
 from vdvae_zoo.data.images import read_image, sample_photos
-
-from helpers import TINY, entry, write_manifest
 
 
 def photos(n=4):
@@ -124,18 +123,25 @@ def test_exif_orientation_is_applied(tmp_path):
     assert out.shape == (40, 20, 3) and out[:15].mean() > 200 and out[25:].mean() < 50
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["bpd", "{empty}"], "no image files found"),
-    (["bpd", "{missing}"], "does not exist"),
-    (["bpd", "{images}", "--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
-    (["sample", "{model}", "-t", "hot"], "is not a number"),
-    (["sample", "{model}", "-t", "1.0,0.5"], "13 decoder layers"),
-    (["sample", "{model}", "-t", "-1"], ">= 0"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["bpd", "{empty}"], "no image files found"),
+        (["bpd", "{missing}"], "does not exist"),
+        (["bpd", "{images}", "--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+        (["sample", "{model}", "-t", "hot"], "is not a number"),
+        (["sample", "{model}", "-t", "1.0,0.5"], "13 decoder layers"),
+        (["sample", "{model}", "-t", "-1"], ">= 0"),
+    ],
+)
 def test_user_errors_are_one_line(tmp_path, image_dir, model_dir, args, fragment):
     (tmp_path / "empty").mkdir()
-    subst = {"{empty}": tmp_path / "empty", "{missing}": tmp_path / "missing", "{images}": image_dir,
-             "{model}": model_dir}
+    subst = {
+        "{empty}": tmp_path / "empty",
+        "{missing}": tmp_path / "missing",
+        "{images}": image_dir,
+        "{model}": model_dir,
+    }
     result = run(*[subst.get(a, a) for a in args])
     assert result.exit_code != 0
     assert "Traceback" not in result.output and fragment in result.output
@@ -144,14 +150,31 @@ def test_user_errors_are_one_line(tmp_path, image_dir, model_dir, args, fragment
 
 def test_auto_model_picks_by_size_and_refuses_mixed_sizes(tmp_path, image_dir, golden_expected, monkeypatch):
     from fakehub import FileServer
+
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     server = FileServer({"t.th": (TINY / "model-ema.th").read_bytes()})
     try:
         manifest = tmp_path / "m.json"
-        manifest.write_text(json.dumps({"models": [{
-            "name": "cifar10", "preset": "cifar10", "config": golden_expected["config"] | golden_expected["preprocess"],
-            "dataset": "golden", "resolution": 32, "bits": 8, "parameters": 135078, "license": "MIT",
-            "hub": {"repo_id": "x/y", "revision": None, "sha256": None}, "source": {"url": server.url + "/t.th"}}]}))
+        manifest.write_text(
+            json.dumps(
+                {
+                    "models": [
+                        {
+                            "name": "cifar10",
+                            "preset": "cifar10",
+                            "config": golden_expected["config"] | golden_expected["preprocess"],
+                            "dataset": "golden",
+                            "resolution": 32,
+                            "bits": 8,
+                            "parameters": 135078,
+                            "license": "MIT",
+                            "hub": {"repo_id": "x/y", "revision": None, "sha256": None},
+                            "source": {"url": server.url + "/t.th"},
+                        }
+                    ]
+                }
+            )
+        )
         result = run("bpd", image_dir, "--manifest", manifest)
         assert result.exit_code == 0, result.output
         assert "model: cifar10 (picked by image size" in result.output and "4 scored" in result.output
@@ -173,7 +196,9 @@ def test_sample_is_reproducible_and_writes_pngs(tmp_path, model_dir):
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     result = run("sample", model_dir, "-n", "3", "-t", "1:1.0,16:0.5", "--outdir", tmp_path / "many")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == [f"00000{i}.png" for i in range(3)] + ["samples.json"]
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == [f"00000{i}.png" for i in range(3)] + [
+        "samples.json"
+    ]
     assert np.asarray(Image.open(tmp_path / "many" / "000000.png")).shape == (32, 32, 3)
 
 
@@ -184,11 +209,13 @@ def test_encode_and_reconstruct(tmp_path, image_dir, model_dir):
     tensors = load_file(str(out))
     assert len(tensors) == 13 and tensors["z.0"].shape == (4, 4, 1, 1)
     from safetensors import safe_open
+
     with safe_open(str(out), "pt") as f:
         assert len(json.loads(f.metadata()["paths"])) == 4
     grid = tmp_path / "fig4.png"
-    result = run("reconstruct", model_dir, image_dir / "astronaut.png", image_dir / "rocket.bmp",
-                 "--keep", "1,4,all", "-o", grid)
+    result = run(
+        "reconstruct", model_dir, image_dir / "astronaut.png", image_dir / "rocket.bmp", "--keep", "1,4,all", "-o", grid
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(grid).size == (4 * 130 + 2, 2 * 130 + 2)  # 32x32 cells shown 4x larger (128 + 2 padding)
 
@@ -215,8 +242,12 @@ def test_installed_console_script(tmp_path, image_dir, model_dir):
     assert exe, "the console script is installed with the package"
     version = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and vdvae_zoo.__version__ in version.stdout
-    result = subprocess.run([exe, "bpd", str(image_dir), "--model", model_dir, "--device", "cpu"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [exe, "bpd", str(image_dir), "--model", model_dir, "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "images: 4 scored" in result.stdout
     missing = subprocess.run([exe, "bpd", str(tmp_path / "nope")], capture_output=True, text=True)
@@ -225,14 +256,32 @@ def test_installed_console_script(tmp_path, image_dir, model_dir):
 
 def test_download_then_offline_and_publish_dry_run(tmp_path, golden_expected, monkeypatch):
     from fakehub import FileServer
+
     from vdvae_zoo.data.files import sha256_file
+
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     server = FileServer({"t.th": (TINY / "model-ema.th").read_bytes()})
     manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"models": [{
-        "name": "tiny", "preset": "cifar10", "config": golden_expected["config"] | golden_expected["preprocess"],
-        "dataset": "golden", "resolution": 32, "bits": 8, "parameters": 135078, "license": "MIT",
-        "hub": {"repo_id": "x/tiny", "revision": None, "sha256": None}, "source": {"url": server.url + "/t.th"}}]}))
+    manifest.write_text(
+        json.dumps(
+            {
+                "models": [
+                    {
+                        "name": "tiny",
+                        "preset": "cifar10",
+                        "config": golden_expected["config"] | golden_expected["preprocess"],
+                        "dataset": "golden",
+                        "resolution": 32,
+                        "bits": 8,
+                        "parameters": 135078,
+                        "license": "MIT",
+                        "hub": {"repo_id": "x/tiny", "revision": None, "sha256": None},
+                        "source": {"url": server.url + "/t.th"},
+                    }
+                ]
+            }
+        )
+    )
     try:
         fetched = run("download", "tiny", "--manifest", manifest)
         assert fetched.exit_code == 0, fetched.output
@@ -241,8 +290,17 @@ def test_download_then_offline_and_publish_dry_run(tmp_path, golden_expected, mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert vdvae_zoo.load("tiny", manifest=manifest).num_layers == 13
     pinned = tmp_path / "pinned.json"
-    result = run("publish", f"tiny={TINY / 'model.th'}", "--org", "test-org", "--dry-run", "--manifest", manifest,
-                 "--manifest-out", pinned)
+    result = run(
+        "publish",
+        f"tiny={TINY / 'model.th'}",
+        "--org",
+        "test-org",
+        "--dry-run",
+        "--manifest",
+        manifest,
+        "--manifest-out",
+        pinned,
+    )
     assert result.exit_code == 0, result.output
     entry = json.loads(pinned.read_text())["models"][0]
     assert entry["source"]["sha256"] == sha256_file(TINY / "model.th")
@@ -256,7 +314,8 @@ def test_bpd_importance_weighted_and_kl_chart(tmp_path, image_dir, model_dir):
     rows = json.loads(out.read_text())["images"]
     images = np.stack([read_image(r["path"]) for r in rows])
     expected = vdvae_zoo.load(model_dir, device="cpu").likelihood(
-        images, n_samples=8, seeds=[image_seed(0, r["index"]) for r in rows])  # the seed rule, as eval
+        images, n_samples=8, seeds=[image_seed(0, r["index"]) for r in rows]
+    )  # the seed rule, as eval
     np.testing.assert_allclose([r["bpd_iw"] for r in rows], expected.bpd_iw.numpy(), rtol=1e-6)
     assert f"mean bpd_iw (8 samples): {expected.bpd_iw.mean().item():.4f}" in result.output
     assert Image.open(chart).size[0] > 0 and f"wrote {chart}" in result.output
@@ -275,7 +334,7 @@ def test_interpolate_command(tmp_path, image_dir, model_dir):
 
 
 def test_every_command_has_help_with_an_example():
-    for name, command in main.commands.items():
+    for name, _command in main.commands.items():
         result = run(name, "--help")
         assert result.exit_code == 0 and "Example" in result.output and "vdvae-zoo" in result.output, name
     assert vdvae_zoo.__version__ in run("--version").output
@@ -286,8 +345,12 @@ def test_existing_outputs_are_refused_before_any_work(tmp_path, image_dir, model
     out = tmp_path / ("z.safetensors" if command == "encode" else "out.png")
     out.write_bytes(b"precious")
     images = [str(Path(image_dir) / "astronaut.png"), str(Path(image_dir) / "rocket.bmp")]
-    args = {"sample": ["sample", model_dir], "encode": ["encode", model_dir, *images],
-            "reconstruct": ["reconstruct", model_dir, *images, "--keep", "1,all"], "interpolate": ["interpolate", model_dir, *images]}
+    args = {
+        "sample": ["sample", model_dir],
+        "encode": ["encode", model_dir, *images],
+        "reconstruct": ["reconstruct", model_dir, *images, "--keep", "1,all"],
+        "interpolate": ["interpolate", model_dir, *images],
+    }
     result = run(*args[command], "-o", out)
     assert result.exit_code != 0 and f"{out} exists; pass --overwrite" in result.output
     assert out.read_bytes() == b"precious"
@@ -307,6 +370,7 @@ def test_publish_uploads_and_pins_a_manifest_that_loads(tmp_path, hf_home, hub, 
     the original file's weights, even after a later commit moves `main`."""
     import huggingface_hub
     from click.testing import CliRunner
+
     from vdvae_zoo.cli import main
 
     calls = []
@@ -318,26 +382,47 @@ def test_publish_uploads_and_pins_a_manifest_that_loads(tmp_path, hf_home, hub, 
         files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
         calls.append(("upload_folder", repo_id, sorted(files)))
         oid = hub.add(repo_id, files)
-        return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}",
-                                          commit_message=commit_message, commit_description="", oid=oid)
+        return huggingface_hub.CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}",
+            commit_message=commit_message,
+            commit_description="",
+            oid=oid,
+        )
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, url="http://127.0.0.1:9/unused")])
     pinned = tmp_path / "pinned.json"
     # model.th was saved from DistributedDataParallel: every key starts with "module.".
-    result = CliRunner().invoke(main, ["publish", f"tiny={TINY / 'model.th'}", "--org", "test-org",
-                                       "--manifest", str(manifest), "--manifest-out", str(pinned)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "publish",
+            f"tiny={TINY / 'model.th'}",
+            "--org",
+            "test-org",
+            "--manifest",
+            str(manifest),
+            "--manifest-out",
+            str(pinned),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert calls == [("create_repo", "test-org/tiny", False, True),
-                     ("upload_folder", "test-org/tiny", ["README.md", "config.json", "model.safetensors"])]
+    assert calls == [
+        ("create_repo", "test-org/tiny", False, True),
+        ("upload_folder", "test-org/tiny", ["README.md", "config.json", "model.safetensors"]),
+    ]
     pin = json.loads(pinned.read_text())["models"][0]
     commit = hub.heads["test-org/tiny"]
     uploaded = hub.repos["test-org/tiny"][commit]
-    assert pin["hub"] == {"repo_id": "test-org/tiny", "revision": commit, "filenames": ["config.json", "model.safetensors"],
-                          "sha256": hashlib.sha256(uploaded["model.safetensors"]).hexdigest()}
+    assert pin["hub"] == {
+        "repo_id": "test-org/tiny",
+        "revision": commit,
+        "filenames": ["config.json", "model.safetensors"],
+        "sha256": hashlib.sha256(uploaded["model.safetensors"]).hexdigest(),
+    }
     assert pin["source"]["sha256"] == sha256_file(TINY / "model.th")
-    assert json.loads(result.output[result.output.index("{"):])["tiny"]["revision"] == commit
+    assert json.loads(result.output[result.output.index("{") :])["tiny"]["revision"] == commit
 
     hub.add("test-org/tiny", {"config.json": b"{}", "model.safetensors": b"not this one"})  # main moves on
     published = vdvae_zoo.load("tiny", manifest=pinned, device="cpu")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import TINY, tiny_config_dict
 from PIL import Image
 
 import vdvae_zoo
@@ -17,12 +18,16 @@ from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.cli import main
 from vdvae_zoo.data.images import photo_crops
 
-from helpers import TINY, tiny_config_dict
-
 pytest.importorskip("constriction")
 C = importlib.import_module("vdvae_zoo.coding.archive")  # the module (vdvae_zoo.coding.archive is also the function)
 B = importlib.import_module("vdvae_zoo.coding.bitsback")  # the coder's mechanics
-ArchiveError, compress, decompress, read_header, _pack = C.ArchiveError, C.compress, C.decompress, C.read_header, C._pack
+ArchiveError, compress, decompress, read_header, _pack = (
+    C.ArchiveError,
+    C.compress,
+    C.decompress,
+    C.read_header,
+    C._pack,
+)
 
 
 def crops(n, size=16, seed=0):
@@ -46,19 +51,23 @@ def edges(size=16):
 def elbo_of_8_draws(model, images):
     """The ELBO in bits per dim, mean over 8 posterior draws and over the images."""
     x = np.stack(images)
-    return float(np.mean([model.likelihood(x, seeds=[1000 * d + i for i in range(len(x))]).bpd.numpy()
-                          for d in range(8)]))
+    return float(
+        np.mean([model.likelihood(x, seeds=[1000 * d + i for i in range(len(x))]).bpd.numpy() for d in range(8)])
+    )
 
 
 def chained_rate(model, images):
     """Round trip, then the bits-back images' mean net cost (bits per dim) and the 8-draw ELBO on them."""
     archive, report = compress(model, images)
     restored, _ = decompress(model, archive)
-    assert all(np.array_equal(a, b) for a, b in zip(restored, images))
+    assert all(np.array_equal(a, b) for a, b in zip(restored, images, strict=False))
     coded = [j for j, r in enumerate(report.records) if r.mode == "bits-back"]
     dims = images[0].size
-    return np.mean([report.records[j].net for j in coded]) / dims, elbo_of_8_draws(model, [images[j] for j in coded]), \
-        report
+    return (
+        np.mean([report.records[j].net for j in coded]) / dims,
+        elbo_of_8_draws(model, [images[j] for j in coded]),
+        report,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +75,15 @@ def golden_noisy():
     """The issue's case: the golden tiny32 model (random weights, 16,324 latents per image), its images plus
     uniform noise in [-12, 12]; today's chaining crashed on these at image 34 and cost 3.6x the ELBO before it."""
     import json as _json
+
     expected = _json.loads((TINY / "expected.json").read_text())
     model = vdvae_zoo.load(TINY / "model-ema.th", config=expected["config"] | expected["preprocess"], device="cpu")
     golden = np.load(TINY / "images.npy")
     rng = np.random.default_rng(5)
-    images = [np.clip(golden[i % len(golden)].astype(int) + rng.integers(-12, 13, golden[0].shape), 0, 255
-                      ).astype(np.uint8) for i in range(60)]
+    images = [
+        np.clip(golden[i % len(golden)].astype(int) + rng.integers(-12, 13, golden[0].shape), 0, 255).astype(np.uint8)
+        for i in range(60)
+    ]
     return model, images
 
 
@@ -81,7 +93,7 @@ def test_round_trips_are_bit_exact(tiny, n):
     archive, report = compress(tiny, images, [f"im{i}.png" for i in range(n)])
     restored, names = decompress(tiny, archive)
     assert names == [f"im{i}.png" for i in range(n)]
-    assert all(np.array_equal(a, b) for a, b in zip(restored, images))
+    assert all(np.array_equal(a, b) for a, b in zip(restored, images, strict=False))
     assert report.images == n and report.webp_images + len(report.net_bits_per_dim) == n
     if n == 1:
         assert report.webp_images == 1  # a single image is all initial bits: lossless WebP
@@ -101,8 +113,14 @@ def test_the_golden_chain_keeps_the_elbo_promise_and_whitening_is_what_cleans_it
 
 def test_another_width_and_zdim_keeps_the_elbo_promise():
     torch.manual_seed(7)
-    config = VDVAEConfig(image_size=16, width=24, zdim=6, num_mixtures=3,
-                         enc_blocks="16x2,16d2,8x1,8d2,4x1,4d4,1x1", dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x2")
+    config = VDVAEConfig(
+        image_size=16,
+        width=24,
+        zdim=6,
+        num_mixtures=3,
+        enc_blocks="16x2,16d2,8x1,8d2,4x1,4d4,1x1",
+        dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x2",
+    )
     model = VDVAE(config).eval()
     with torch.no_grad():  # small values in the zero-initialised last convolutions: the latents matter
         for name, p in model.named_parameters():
@@ -134,7 +152,7 @@ def test_non_finite_images_are_stored_and_nothing_escapes(tiny, monkeypatch):
     images = crops(12) + [white] + crops(6, seed=3)
     archive, report = compress(tiny, images)
     assert report.records[12].mode == "webp" and "not finite" in report.records[12].reason
-    assert all(np.array_equal(a, b) for a, b in zip(decompress(tiny, archive)[0], images))
+    assert all(np.array_equal(a, b) for a, b in zip(decompress(tiny, archive)[0], images, strict=False))
     # a panic of the coder (a BaseException) is caught where the coder is called: the image is stored instead
 
     class Panic(BaseException):
@@ -172,22 +190,34 @@ def _forged(archive, edit=None, raw_header=None):
         edit(header)
     if raw_header is None:
         return _pack(header, crcs + payload)
-    body = C.MAGIC + C.struct.pack("<HI", C.FORMAT_VERSION, len(raw_header)) + raw_header + \
-        C.struct.pack("<I", len(crcs + payload)) + crcs + payload
+    body = (
+        C.MAGIC
+        + C.struct.pack("<HI", C.FORMAT_VERSION, len(raw_header))
+        + raw_header
+        + C.struct.pack("<I", len(crcs + payload))
+        + crcs
+        + payload
+    )
     return body + C.struct.pack("<I", zlib.crc32(body))
 
 
-@pytest.mark.parametrize("what,edit,fragment", [
-    ("a name of 300 characters", lambda h: h.update(names=["a" * 300] + [f"{i}.png" for i in range(1, h["count"])]),
-     "plain name of at most 255"),
-    ("names given as numbers", lambda h: h.update(names=list(range(h["count"]))), "plain name"),
-    ("count as text", lambda h: h.update(count="3"), "'count' must be an integer"),
-    ("stored images as text", lambda h: h.update(stored="abc"), "'stored' must list"),
-    ("one name for several images", lambda h: h.update(names=["a.png"]), "must name its 3 images"),
-    ("a name twice", lambda h: h.update(names=["a.png", "a.png", "b.png"]), "names two images alike"),
-    ("a stored length past the end", lambda h: h.update(stored=[[0, 10 ** 9]]), "'stored' must list"),
-    ("an image size of text", lambda h: h.update(image_size="16"), "'image_size' must be an integer"),
-])
+@pytest.mark.parametrize(
+    "what,edit,fragment",
+    [
+        (
+            "a name of 300 characters",
+            lambda h: h.update(names=["a" * 300] + [f"{i}.png" for i in range(1, h["count"])]),
+            "plain name of at most 255",
+        ),
+        ("names given as numbers", lambda h: h.update(names=list(range(h["count"]))), "plain name"),
+        ("count as text", lambda h: h.update(count="3"), "'count' must be an integer"),
+        ("stored images as text", lambda h: h.update(stored="abc"), "'stored' must list"),
+        ("one name for several images", lambda h: h.update(names=["a.png"]), "must name its 3 images"),
+        ("a name twice", lambda h: h.update(names=["a.png", "a.png", "b.png"]), "names two images alike"),
+        ("a stored length past the end", lambda h: h.update(stored=[[0, 10**9]]), "'stored' must list"),
+        ("an image size of text", lambda h: h.update(image_size="16"), "'image_size' must be an integer"),
+    ],
+)
 def test_an_edited_header_is_one_sentence(tiny, what, edit, fragment):
     archive, _ = compress(tiny, crops(3))
     with pytest.raises(ArchiveError, match=fragment):
@@ -196,10 +226,13 @@ def test_an_edited_header_is_one_sentence(tiny, what, edit, fragment):
 
 def test_headers_that_are_not_deflated_json_objects_or_inflate_to_gigabytes_are_refused(tiny):
     archive, _ = compress(tiny, crops(3))
-    cases = {"not deflated": b"{not deflated}", "a list": zlib.compress(b"[1, 2, 3]"),
-             "deeply nested": zlib.compress(b"[" * 100000 + b"]" * 100000),
-             "a deflate bomb": zlib.compress(b" " * (80 * 2 ** 20), 9)}
-    for what, raw in cases.items():
+    cases = {
+        "not deflated": b"{not deflated}",
+        "a list": zlib.compress(b"[1, 2, 3]"),
+        "deeply nested": zlib.compress(b"[" * 100000 + b"]" * 100000),
+        "a deflate bomb": zlib.compress(b" " * (80 * 2**20), 9),
+    }
+    for _what, raw in cases.items():
         with pytest.raises(ArchiveError, match="header"):
             read_header(_forged(archive, raw_header=raw))
 
@@ -209,7 +242,7 @@ def test_a_machine_or_model_that_computes_differently_is_refused(tiny):
     other = VDVAE(tiny.config).eval()
     other.load_state_dict(tiny.state_dict())
     with torch.no_grad():
-        other.decoder.out_net.out_conv.bias[0] += 1e-6   # a tiny numerical difference
+        other.decoder.out_net.out_conv.bias[0] += 1e-6  # a tiny numerical difference
     with pytest.raises(ArchiveError, match="computes the model's probabilities differently"):
         decompress(other, archive)
 
@@ -227,7 +260,9 @@ def test_an_image_that_decodes_wrongly_is_named(tiny, monkeypatch):
         return np.roll(probs, 1, axis=1) if channel == 2 else probs
 
     monkeypatch.setattr(B, "_pixel_probs", off_by_one)
-    with pytest.raises(ArchiveError, match=rf"c{last:02d}\.png \(image {last}\) (does not decode|could not be decoded)"):
+    with pytest.raises(
+        ArchiveError, match=rf"c{last:02d}\.png \(image {last}\) (does not decode|could not be decoded)"
+    ):
         decompress(tiny, archive)
 
 
@@ -255,15 +290,17 @@ def test_the_cli_round_trip_reports_each_image_and_refuses_hostile_names(tmp_pat
     coded = [line for line in out.output.splitlines() if "draw's KL + distortion" in line]
     assert 0 < stored < 24 and len(coded) == 24 - stored and coded[0].strip().startswith(f"p{stored:02d}.png: ")
     assert "as PNG" in out.output
-    back = runner.invoke(main, ["decompress", str(tmp_path / "a.vdz"), "-o", str(tmp_path / "out"),
-                                "--model", str(folder)])
+    back = runner.invoke(
+        main, ["decompress", str(tmp_path / "a.vdz"), "-o", str(tmp_path / "out"), "--model", str(folder)]
+    )
     assert back.exit_code == 0, back.output
     for i, im in enumerate(images):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"p{i:02d}.png")), im)
     evil = _forged((tmp_path / "a.vdz").read_bytes(), lambda h: h.update(names=["../../evil.png"] + h["names"][1:]))
     (tmp_path / "evil.vdz").write_bytes(evil)
-    result = runner.invoke(main, ["decompress", str(tmp_path / "evil.vdz"), "-o", str(tmp_path / "out2"),
-                                  "--model", str(folder)])
+    result = runner.invoke(
+        main, ["decompress", str(tmp_path / "evil.vdz"), "-o", str(tmp_path / "out2"), "--model", str(folder)]
+    )
     assert result.exit_code == 1 and "not a plain name" in result.output and not (tmp_path / "evil.png").exists()
     assert not (tmp_path / "out2").exists()
     # two files of the same name in different folders: refused before any work

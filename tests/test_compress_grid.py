@@ -12,17 +12,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import TINY, golden_config, tiny_config_dict
 from PIL import Image
 
 import vdvae_zoo
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.cli import main
-from vdvae_zoo.coding.grid import (DEFAULT_GRID, LatentGrid, candidate_grids, fitted_span, ideal_bits,
-                                   parse_grid)
+from vdvae_zoo.coding.grid import DEFAULT_GRID, LatentGrid, candidate_grids, fitted_span, ideal_bits, parse_grid
 from vdvae_zoo.data.images import photo_crops
 from vdvae_zoo.training.trainer import Trainer, TrainOptions
-
-from helpers import TINY, golden_config, tiny_config_dict
 
 pytest.importorskip("constriction")
 C = importlib.import_module("vdvae_zoo.coding.archive")
@@ -34,8 +32,10 @@ def golden_images(n, seed=5):
     """The golden inputs plus uniform noise in [-12, 12], cycled to n images."""
     golden = np.load(TINY / "images.npy")
     rng = np.random.default_rng(seed)
-    return [np.clip(golden[i % len(golden)].astype(int) + rng.integers(-12, 13, golden[0].shape), 0, 255
-                    ).astype(np.uint8) for i in range(n)]
+    return [
+        np.clip(golden[i % len(golden)].astype(int) + rng.integers(-12, 13, golden[0].shape), 0, 255).astype(np.uint8)
+        for i in range(n)
+    ]
 
 
 def far_posterior_model(width=24, zdim=5, mixtures=4, seed=0, posterior_scale=10.0):
@@ -59,15 +59,16 @@ def far_posterior_model(width=24, zdim=5, mixtures=4, seed=0, posterior_scale=10
 def elbo_per_image(model, images, draws=8):
     """Each image's ELBO in bits per dim, the mean of `draws` posterior draws."""
     x = np.stack(images)
-    return np.mean([model.likelihood(x, seeds=[1000 * d + i for i in range(len(x))]).bpd.numpy()
-                    for d in range(draws)], axis=0)
+    return np.mean(
+        [model.likelihood(x, seeds=[1000 * d + i for i in range(len(x))]).bpd.numpy() for d in range(draws)], axis=0
+    )
 
 
 def coded(model, images, grid="auto"):
     """Round trip (asserted exact), then the bits-back images' indices and the report."""
     archive, report = C.compress(model, images, grid=grid)
     restored, _ = C.decompress(model, archive)
-    assert all(np.array_equal(a, b) for a, b in zip(restored, images))
+    assert all(np.array_equal(a, b) for a, b in zip(restored, images, strict=False))
     return [j for j, r in enumerate(report.records) if r.mode == "bits-back"], report, archive
 
 
@@ -120,8 +121,20 @@ def test_a_trained_model_is_within_1_percent_both_ways_and_auto_keeps_todays_rat
         Image.fromarray(im).save(folder / f"{i:03d}.png")
     config = tmp_path / "c.json"
     config.write_text(json.dumps(tiny_config_dict()))
-    Trainer(TrainOptions(data=str(folder), out=str(tmp_path / "run"), config=str(config), steps=150, batch_size=8,
-                         val_fraction=0.0, val_every=0, save_every=0, sample_every=0, device="cpu")).train()
+    Trainer(
+        TrainOptions(
+            data=str(folder),
+            out=str(tmp_path / "run"),
+            config=str(config),
+            steps=150,
+            batch_size=8,
+            val_fraction=0.0,
+            val_every=0,
+            save_every=0,
+            sample_every=0,
+            device="cpu",
+        )
+    ).train()
     model = vdvae_zoo.load(tmp_path / "run", device="cpu")
     images = photo_crops(40, 16, 99, side=96, photos=8)
     idx, auto, auto_archive = coded(model, images)
@@ -146,7 +159,7 @@ def test_the_dry_run_picks_a_candidate_that_codes_cheaper_and_the_decoder_follow
     costs at most 24 bits a latent instead of their KL. The dry run measures that, takes the narrow grid, the header
     names it, decoding follows it, and the whole archive is smaller for it."""
     model = vdvae_zoo.load(TINY / "model-ema.th", config=golden_config(), device="cpu")
-    narrow = LatentGrid(2.0 ** -7, 2.0)
+    narrow = LatentGrid(2.0**-7, 2.0)
     monkeypatch.setattr(C, "candidate_grids", lambda fitted: [DEFAULT_GRID, narrow])
     monkeypatch.setattr(C, "DRY_RUN_IMAGES", 8)  # 4 images leave its ~5% saving short of the t-test's 99%
     images = golden_images(30)
@@ -176,20 +189,23 @@ def test_the_default_stays_unless_a_candidate_beats_it_clearly():
 def test_a_grid_with_a_span_per_layer_and_another_delta_round_trips():
     model = far_posterior_model(width=16, zdim=3, mixtures=2, seed=3, posterior_scale=4.0)
     layers = len(model.layer_resolutions)
-    grid = LatentGrid(2.0 ** -5, tuple(24.0 if i % 2 else 64.0 for i in range(layers)))
+    grid = LatentGrid(2.0**-5, tuple(24.0 if i % 2 else 64.0 for i in range(layers)))
     images = golden_images(16)
     idx, report, archive = coded(model, images, grid=grid)
     assert idx, "some images must be coded with bits-back"
     header, _ = C.read_header(archive)
-    assert header["span"] == list(grid.span) and header["delta"] == 2.0 ** -5 and header["format"] == 3
+    assert header["span"] == list(grid.span) and header["delta"] == 2.0**-5 and header["format"] == 3
 
 
-@pytest.mark.parametrize("edit,fragment", [
-    (lambda h: h.update(span=[24.0, 24.0]), "gives 2 spans"),
-    (lambda h: h.update(delta=2.0), "'delta' must be a number"),
-    (lambda h: h.update(span=-1.0), "'span' must be positive"),
-    (lambda h: h.update(span="24"), "'span' must be positive"),
-])
+@pytest.mark.parametrize(
+    "edit,fragment",
+    [
+        (lambda h: h.update(span=[24.0, 24.0]), "gives 2 spans"),
+        (lambda h: h.update(delta=2.0), "'delta' must be a number"),
+        (lambda h: h.update(span=-1.0), "'span' must be positive"),
+        (lambda h: h.update(span="24"), "'span' must be positive"),
+    ],
+)
 def test_a_header_with_an_unusable_grid_is_one_sentence(edit, fragment):
     tc = importlib.import_module("test_compress")
     torch.manual_seed(5)
@@ -207,7 +223,7 @@ def test_an_archive_of_format_2_still_decodes_exactly():
     header, _ = C.read_header(archive)
     assert header["format"] == 2 and len(header["stored"]) < header["count"]
     restored, _ = C.decompress(model, archive)
-    assert all(np.array_equal(a, b) for a, b in zip(restored, golden_images(12)))
+    assert all(np.array_equal(a, b) for a, b in zip(restored, golden_images(12), strict=False))
 
 
 # ----------------------------------------------------------------------------------------- the arithmetic
@@ -215,11 +231,11 @@ def test_the_ideal_code_is_a_distribution_and_exact_far_in_the_tails():
     k = np.arange(-300, 301)
     for mean, std in ((0.0, 37.5), (12.3, 0.4), (-250.0, 3.0)):
         bits = ideal_bits(k, np.full(k.size, mean), np.full(k.size, std), np.full(k.size, -300), np.full(k.size, 300))
-        assert np.isfinite(bits).all() and np.sum(2.0 ** -bits) == pytest.approx(1.0, abs=1e-9)
+        assert np.isfinite(bits).all() and np.sum(2.0**-bits) == pytest.approx(1.0, abs=1e-9)
     # 200 standard deviations out: -log2 of the bucket's mass, by the normal's tail expansion
-    far = ideal_bits(np.array([200]), np.zeros(1), np.ones(1), np.array([-10 ** 6]), np.array([10 ** 6]))[0]
+    far = ideal_bits(np.array([200]), np.zeros(1), np.ones(1), np.array([-(10**6)]), np.array([10**6]))[0]
     x = 199.5  # mass of [199.5, 200.5] = phi(199.5) / 199.5 (1 - 1/x^2 ...) to first order
-    expected = (x ** 2 / 2 + math.log(x * math.sqrt(2 * math.pi))) / math.log(2)
+    expected = (x**2 / 2 + math.log(x * math.sqrt(2 * math.pi))) / math.log(2)
     assert far == pytest.approx(expected, rel=1e-4)
 
 
@@ -230,7 +246,7 @@ def test_the_candidates_and_the_fitted_spans():
     assert [g.span for g in only_default] == [24.0, 8.0, 24.0, 24.0]
     fitted = candidate_grids([8.0, 128.0])
     assert fitted[1] == LatentGrid(DEFAULT_GRID.delta, (24.0, 128.0)) and len(fitted) == 5
-    assert {g.delta for g in fitted} == {2.0 ** -7, 2.0 ** -5, 2.0 ** -9}
+    assert {g.delta for g in fitted} == {2.0**-7, 2.0**-5, 2.0**-9}
 
 
 def test_window_groups_keep_a_narrow_posterior_far_out_inside_its_own_window():
@@ -246,7 +262,7 @@ def test_window_groups_keep_a_narrow_posterior_far_out_inside_its_own_window():
 
 
 def test_grid_option_grammar():
-    assert parse_grid("auto") == "auto" and parse_grid("2^-5:64") == LatentGrid(2.0 ** -5, 64.0)
+    assert parse_grid("auto") == "auto" and parse_grid("2^-5:64") == LatentGrid(2.0**-5, 64.0)
     assert parse_grid("0.25:8") == LatentGrid(0.25, 8.0)
     assert parse_grid(DEFAULT_GRID.as_option()) == DEFAULT_GRID and DEFAULT_GRID.as_option() == "2^-7:24"
     for bad in ("2^-5", "fine", "2^-5:0", "2^-20:24"):
@@ -262,25 +278,35 @@ def test_compress_report_explains_each_image_and_the_choice(tmp_path):
     folder.mkdir()
     for i, im in enumerate(golden_images(14)):
         Image.fromarray(im).save(folder / f"{i:02d}.png")
-    result = CliRunner().invoke(main, ["compress", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "a.vdz"),
-                                       "--report"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        ["compress", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "a.vdz"), "--report"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert "latent grid: DELTA 2^-7" in result.output and "dry run on the first 4 images" in result.output
     assert result.output.count("    tried DELTA") >= 3
     lines = [line for line in result.output.splitlines() if "against this draw's ELBO" in line]
-    assert lines and all("pixels" in line and "clipping" in line and "tails" in line and "leak" in line
-                         for line in lines)
-    bad = CliRunner().invoke(main, ["compress", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "b.vdz"),
-                                    "--grid", "2^-5"])
+    assert lines and all(
+        "pixels" in line and "clipping" in line and "tails" in line and "leak" in line for line in lines
+    )
+    bad = CliRunner().invoke(
+        main, ["compress", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "b.vdz"), "--grid", "2^-5"]
+    )
     assert bad.exit_code == 2 and "--grid" in bad.output and not (tmp_path / "b.vdz").exists()
-    given = CliRunner().invoke(main, ["compress", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "c.vdz"),
-                                      "--grid", "2^-5:64"], catch_exceptions=False)
+    given = CliRunner().invoke(
+        main,
+        ["compress", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "c.vdz"), "--grid", "2^-5:64"],
+        catch_exceptions=False,
+    )
     assert given.exit_code == 0 and "(given)" in given.output
     header, _ = C.read_header((tmp_path / "c.vdz").read_bytes())
-    assert (header["delta"], header["span"]) == (2.0 ** -5, 64.0)
-    out = CliRunner().invoke(main, ["decompress", str(tmp_path / "c.vdz"), "-o", str(tmp_path / "out")],
-                             catch_exceptions=False)
+    assert (header["delta"], header["span"]) == (2.0**-5, 64.0)
+    out = CliRunner().invoke(
+        main, ["decompress", str(tmp_path / "c.vdz"), "-o", str(tmp_path / "out")], catch_exceptions=False
+    )
     assert out.exit_code == 0, out.output
     for i in range(14):
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"{i:02d}.png")),
-                              np.asarray(Image.open(folder / f"{i:02d}.png")))
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "out" / f"{i:02d}.png")), np.asarray(Image.open(folder / f"{i:02d}.png"))
+        )

@@ -45,8 +45,12 @@ def test_preset_key_names_follow_the_original_module_tree():
     bias_shapes = [tuple(state[f"decoder.bias_xs.{j}"].shape) for j in range(6)]
     assert bias_shapes == [(1, 512, r, r) for r in (1, 4, 8, 16, 32, 64)]
     assert "decoder.bias_xs.6" not in state  # no_bias_above = 64
-    for key in ("encoder.enc_blocks.0.c1.weight", "decoder.dec_blocks.0.enc.c4.weight",
-                "decoder.dec_blocks.0.prior.c4.bias", "decoder.dec_blocks.0.z_proj.weight"):
+    for key in (
+        "encoder.enc_blocks.0.c1.weight",
+        "decoder.dec_blocks.0.enc.c4.weight",
+        "decoder.dec_blocks.0.prior.c4.bias",
+        "decoder.dec_blocks.0.z_proj.weight",
+    ):
         assert key in state
 
 
@@ -97,31 +101,44 @@ def test_list_models_lists_the_presets():
     assert vdvae_zoo.list_presets() == list(PRESETS)
 
 
-@pytest.mark.parametrize("field,value,fragment", [
-    ("enc_blocks", "32x2,32q2", "32q2"),
-    ("enc_blocks", "32x2,32m2", "32m2"),
-    ("dec_blocks", "1x1,4d1", "4d1"),
-    ("dec_blocks", "1x1,4m3,32x1", "4m3"),
-    ("enc_blocks", "32x2,32d3", "32d3"),
-    ("enc_blocks", "16x2", "block 0 is at resolution 16"),
-    ("dec_blocks", "1x1,4m1,4x1,8m4,8x1,16m8,16x1", "must end at the image resolution"),
-    ("dec_blocks", "1x1,3x1,32m1", "resolution 3"),
-    ("enc_blocks", "", "enc_blocks"),
-    ("custom_width_str", "32:16", "image resolution"),
-    ("custom_width_str", "16:8", "must not shrink"),
-    ("custom_width_str", "4:abc", "4:abc"),
-    ("width", 0, "width"),
-])
+@pytest.mark.parametrize(
+    "field,value,fragment",
+    [
+        ("enc_blocks", "32x2,32q2", "32q2"),
+        ("enc_blocks", "32x2,32m2", "32m2"),
+        ("dec_blocks", "1x1,4d1", "4d1"),
+        ("dec_blocks", "1x1,4m3,32x1", "4m3"),
+        ("enc_blocks", "32x2,32d3", "32d3"),
+        ("enc_blocks", "16x2", "block 0 is at resolution 16"),
+        ("dec_blocks", "1x1,4m1,4x1,8m4,8x1,16m8,16x1", "must end at the image resolution"),
+        ("dec_blocks", "1x1,3x1,32m1", "resolution 3"),
+        ("enc_blocks", "", "enc_blocks"),
+        ("custom_width_str", "32:16", "image resolution"),
+        ("custom_width_str", "16:8", "must not shrink"),
+        ("custom_width_str", "4:abc", "4:abc"),
+        ("width", 0, "width"),
+    ],
+)
 def test_invalid_configs_name_the_bad_item(field, value, fragment):
-    d = dict(image_size=32, width=32, zdim=4, enc_blocks="32x2,32d2,16x2,16d2,8x2,8d2,4x2,4d4,1x2",
-             dec_blocks="1x1,4m1,4x2,8m4,8x2,16m8,16x2,32m16,32x2")
+    d = dict(
+        image_size=32,
+        width=32,
+        zdim=4,
+        enc_blocks="32x2,32d2,16x2,16d2,8x2,8d2,4x2,4d4,1x2",
+        dec_blocks="1x1,4m1,4x2,8m4,8x2,16m8,16x2,32m16,32x2",
+    )
     d[field] = value
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):
         VDVAEConfig.from_dict(d)
 
 
 def test_parse_block_string():
-    assert parse_block_string("4x2,8m4,8", "decoder") == [(4, None, None), (4, None, None), (8, None, 4), (8, None, None)]
+    assert parse_block_string("4x2,8m4,8", "decoder") == [
+        (4, None, None),
+        (4, None, None),
+        (8, None, 4),
+        (8, None, None),
+    ]
     assert parse_block_string("32d2", "encoder")[0].down_rate == 2
 
 
@@ -142,6 +159,7 @@ def test_misspelled_config_keys_are_refused_with_the_closest_name():
 
 def test_huge_block_strings_and_widths_are_refused_at_once():
     import time
+
     start = time.perf_counter()
     with pytest.raises(ValueError, match="more than 2048 blocks"):
         VDVAEConfig.from_dict({"image_size": 16, "width": 8, "enc_blocks": "16x100000000", "dec_blocks": "16x1"})

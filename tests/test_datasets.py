@@ -53,8 +53,16 @@ def cifar(tmp_path):
     binary.mkdir()
     for name, x in [("test_batch", test)] + [(f"data_batch_{i + 1}", t) for i, t in enumerate(train)]:
         with open(py / name, "wb") as f:  # as the python version holds them: a dict of bytes keys
-            pickle.dump({b"batch_label": name.encode(), b"labels": list(range(len(x))), b"data": chw_rows(x),
-                         b"filenames": [b"x.png"] * len(x)}, f, protocol=2)
+            pickle.dump(
+                {
+                    b"batch_label": name.encode(),
+                    b"labels": list(range(len(x))),
+                    b"data": chw_rows(x),
+                    b"filenames": [b"x.png"] * len(x),
+                },
+                f,
+                protocol=2,
+            )
         labels = np.arange(len(x), dtype=np.uint8)[:, None]
         (binary / f"{name}.bin").write_bytes(np.concatenate([labels, chw_rows(x)], axis=1).tobytes())
     return tmp_path, test, np.concatenate(train)
@@ -136,7 +144,7 @@ def test_ffhq256_split_matches_the_original(tmp_path, small_splits):
     np.save(tmp_path / "ffhq-256.npy", x)
     train, valid = original_permuted(x, 5, 7)
     test = open_dataset(tmp_path / "ffhq-256.npy", "test")
-    assert test.name == "ffhq256" and np.array_equal(test.read(range(7)), valid)   # the authors report on valid
+    assert test.name == "ffhq256" and np.array_equal(test.read(range(7)), valid)  # the authors report on valid
     assert np.array_equal(open_dataset(tmp_path, "valid").read(range(7)), valid)
     assert np.array_equal(open_dataset(tmp_path / "ffhq-256.npy", "train").read(range(18)), train)
 

@@ -8,12 +8,11 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import interrupt_call
 
 import vdvae_zoo
-from vdvae_zoo.compute.batching import image_seed
 from vdvae_zoo.cli import main
-
-from helpers import interrupt_call
+from vdvae_zoo.compute.batching import image_seed
 
 
 def run(*args):
@@ -42,8 +41,9 @@ def test_each_image_is_scored_once_with_its_own_seed(data, tiny):
     np.testing.assert_allclose(report.per_image["bpd"], direct.bpd.numpy(), rtol=1e-6)
     assert report.mean_bpd == pytest.approx(float(direct.bpd.double().mean()), rel=1e-6)
     se = float(direct.bpd.double().std() / np.sqrt(23))
-    assert report.stderr_bpd == pytest.approx(se, rel=1e-4) and report.ci95_bpd[1] - report.ci95_bpd[0] == \
-        pytest.approx(2 * 1.96 * report.stderr_bpd)
+    assert report.stderr_bpd == pytest.approx(se, rel=1e-4) and report.ci95_bpd[1] - report.ci95_bpd[
+        0
+    ] == pytest.approx(2 * 1.96 * report.stderr_bpd)
     bits = direct.kl.double().mean(0) / np.log(2)
     assert sum(report.bits_per_resolution.values()) == pytest.approx(float(bits.sum()), rel=1e-5)
     assert report.mean_distortion_bpd + report.mean_rate_bpd == pytest.approx(report.mean_bpd, rel=1e-6)
@@ -75,8 +75,21 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(tmp_path, data, t
     a, b = json.loads((tmp_path / "whole.json").read_text()), json.loads(out.read_text())
     assert a["per_image"] == b["per_image"] and not state.exists()
     # a state written for other options is refused, naming them
-    state.write_text(json.dumps({"model": "x", "data": {}, "split": "all", "limit": None, "samples": 1, "seed": 0,
-                                 "chunk": 4, "dtype": "float32"}) + "\n")
+    state.write_text(
+        json.dumps(
+            {
+                "model": "x",
+                "data": {},
+                "split": "all",
+                "limit": None,
+                "samples": 1,
+                "seed": 0,
+                "chunk": 4,
+                "dtype": "float32",
+            }
+        )
+        + "\n"
+    )
     refused = run("eval", tiny, "--data", path, "--chunk", 4, "-o", out, "--overwrite", "--resume")
     assert "holds the progress of another run" in refused.output and "--overwrite" in refused.output
     assert "differing: model, data, positions, options" in refused.output
@@ -85,10 +98,12 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(tmp_path, data, t
 def test_the_report_names_the_paper_number_and_the_model(tmp_path, data, tiny, monkeypatch):
     path, _ = data
     model = vdvae_zoo.load(tiny, device="cpu")
-    report = vdvae_zoo.evaluate(model, path, paper_bpd=2.87, model_info={"name": "tiny", "sha256": "ab" * 32},
-                                progress=False)
+    report = vdvae_zoo.evaluate(
+        model, path, paper_bpd=2.87, model_info={"name": "tiny", "sha256": "ab" * 32}, progress=False
+    )
     assert report.paper_bpd == 2.87 and report.paper_difference_in_stderr == pytest.approx(
-        (report.mean_bpd - 2.87) / report.stderr_bpd)
+        (report.mean_bpd - 2.87) / report.stderr_bpd
+    )
     text = "\n".join(report.lines())
     assert "paper: 2.87 bpd" in text and "standard errors" in text and "tiny sha256 abababab" in text
     assert json.loads(report.to_json())["model"]["name"] == "tiny"
@@ -106,9 +121,30 @@ def test_two_processes_give_the_per_image_numbers_of_one(tmp_path, data, tiny):
     one = run("eval", tiny, "--data", path, "--chunk", 4, "-o", tmp_path / "one.json")
     assert one.exit_code == 0, one.output
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "vdvae_zoo", "eval", str(tiny), "--data", str(path), "--chunk", "4", "-o",
-                        str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "vdvae_zoo",
+            "eval",
+            str(tiny),
+            "--data",
+            str(path),
+            "--chunk",
+            "4",
+            "-o",
+            str(tmp_path / "two.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert a["per_image"]["index"] == b["per_image"]["index"] == list(range(23))  # no duplicates, no dropped tail

@@ -5,18 +5,18 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO
 from PIL import Image
 
 from vdvae_zoo.data.images import sample_photos
-
-from helpers import REPO
 
 EXAMPLES = REPO / "examples"
 
 
 def run(script, *args, cwd):
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -52,8 +52,13 @@ def test_reconstruction_and_interpolation(tmp_path):
 def test_make_guide(tmp_path):
     run("make_guide.py", "--tiny", "--out", tmp_path / "guide", "--samples", 2, cwd=tmp_path)
     names = {p.name for p in (tmp_path / "guide").iterdir()}
-    assert names == {"samples_by_temperature.png", "reconstructions.png", "interpolation.png", "bits_per_layer.png",
-                     "summary.json"}
+    assert names == {
+        "samples_by_temperature.png",
+        "reconstructions.png",
+        "interpolation.png",
+        "bits_per_layer.png",
+        "summary.json",
+    }
     summary = json.loads((tmp_path / "guide" / "summary.json").read_text())
     assert summary["reconstruction_keep"] == [1, 4, 13] and summary["bpd_iw"] > 0
     # The chart's bits per resolution add up to the rate the likelihood reports (bits per dim x 32*32*3 dims).
@@ -62,13 +67,15 @@ def test_make_guide(tmp_path):
     assert abs(summary["bpd"] - summary["distortion_bpd"] - summary["rate_bpd"]) < 1e-4
 
 
-@pytest.mark.parametrize("script", ["sample_grid.py", "bpd_folder.py", "reconstruction.py", "interpolation.py",
-                                    "make_guide.py"])
+@pytest.mark.parametrize(
+    "script", ["sample_grid.py", "bpd_folder.py", "reconstruction.py", "interpolation.py", "make_guide.py"]
+)
 @pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_by_released_name_fails_cleanly_offline(tmp_path, script, monkeypatch):
     # By name the scripts load through the manifest; offline that is one clear message, not a traceback.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), "cifar10"], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "cifar10"], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert proc.returncode != 0
     assert "vdvae-zoo download cifar10" in proc.stderr and "Traceback" not in proc.stderr

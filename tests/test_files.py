@@ -61,7 +61,7 @@ def test_a_crash_between_the_two_renames_is_recovered(tmp_path):
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
-    dead = tmp_path / ".model.safetensors.tmp-999999"   # no such process
+    dead = tmp_path / ".model.safetensors.tmp-999999"  # no such process
     dead.write_bytes(b"x")
     (tmp_path / ".export.staging-999999").mkdir()
     mine = tmp_path / f".config.json.tmp-{os.getpid()}"

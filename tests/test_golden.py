@@ -6,12 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import GOLDEN, SHARED_GOLDEN, TINY
 from safetensors.torch import load_file
 
 import vdvae_zoo
 from vdvae_zoo.nn.dmol import dmol_nll
-
-from helpers import GOLDEN, SHARED_GOLDEN, TINY
 
 
 def assert_uint8_close(ours: np.ndarray, reference: np.ndarray):
@@ -36,8 +35,11 @@ def test_likelihood_matches_original(filename, golden_expected, golden_images):
     np.testing.assert_allclose(r.bpd.numpy(), ref["elbo_bits_per_dim"], rtol=1e-4)
     np.testing.assert_allclose(r.kl.numpy(), ref["kl_nats_per_layer"], rtol=1e-4)
     means = ref["original_forward_means"]
-    np.testing.assert_allclose([r.neg_elbo.mean(), r.distortion.mean(), r.rate.mean()],
-                               [means["elbo"], means["distortion"], means["rate"]], rtol=1e-4)
+    np.testing.assert_allclose(
+        [r.neg_elbo.mean(), r.distortion.mean(), r.rate.mean()],
+        [means["elbo"], means["distortion"], means["rate"]],
+        rtol=1e-4,
+    )
 
 
 def test_latents_match_original(golden_model, golden_expected, golden_images):
@@ -53,8 +55,9 @@ def test_forward_matches_likelihood_and_has_gradients(golden_model, golden_expec
     """The training path (forward, with autograd) computes the same numbers as likelihood."""
     torch.manual_seed(0)
     out = golden_model(golden_images)
-    np.testing.assert_allclose(out["neg_elbo"].detach().numpy(), golden_expected["likelihood"]["elbo_nats_per_dim"],
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        out["neg_elbo"].detach().numpy(), golden_expected["likelihood"]["elbo_nats_per_dim"], rtol=1e-4
+    )
     out["neg_elbo"].mean().backward()
     assert golden_model.decoder.dec_blocks[0].enc.c1.weight.grad.abs().sum() > 0
     assert golden_model.encoder.in_conv.weight.grad.abs().sum() > 0
@@ -115,8 +118,13 @@ def test_the_repository_copy_is_complete_and_equals_the_shared_master_when_prese
     """tests/golden is what every clone tests against; beside a developer's checkout, ../shared/golden is the
     master it was copied from, and the two must not drift apart."""
     ours = _files(GOLDEN)
-    assert {"README.md", "tiny32/expected.json", "tiny32/model-ema.th", "tiny32/images.npy",
-            "dmol/expected.json"} <= set(ours)
+    assert {
+        "README.md",
+        "tiny32/expected.json",
+        "tiny32/model-ema.th",
+        "tiny32/images.npy",
+        "dmol/expected.json",
+    } <= set(ours)
     if not SHARED_GOLDEN.is_dir():
         return  # a user's clone: the copy is all there is
     shared = _files(SHARED_GOLDEN)

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import REPO, TINY, entry, golden_config, write_manifest
 from PIL import Image
 
 import vdvae_zoo
 from vdvae_zoo.cli import main
 from vdvae_zoo.data.images import make_grid, sample_photos
-
-from helpers import REPO, TINY, entry, golden_config, write_manifest
 
 
 def run(*args):
@@ -41,7 +40,7 @@ def _one_line_error(result, fragment):
 def test_a_tiny_png_of_100_megapixels_is_skipped_from_its_header(tmp_path, model_dir):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    Image.new("L", (10000, 10000)).save(folder / "bomb.png")   # 97 kB on disk
+    Image.new("L", (10000, 10000)).save(folder / "bomb.png")  # 97 kB on disk
     Image.fromarray(sample_photos(1, 32)[0]).save(folder / "ok.png")
     result = run("bpd", folder, "--model", model_dir)
     assert result.exit_code == 0 and "skipped" in result.output and "bomb.png: is 10000x10000" in result.output
@@ -58,11 +57,11 @@ def test_a_400_megapixel_png_ends_no_auto_model_run_with_a_traceback(tmp_path):
 
 
 def test_a_th_archive_that_would_inflate_is_refused_before_reading(tmp_path):
-    torch.save({"w": torch.zeros(16 * 2 ** 20)}, tmp_path / "big.th")
+    torch.save({"w": torch.zeros(16 * 2**20)}, tmp_path / "big.th")
     with zipfile.ZipFile(tmp_path / "big.th") as src, zipfile.ZipFile(tmp_path / "bomb.th", "w") as dst:
         for member in src.infolist():
             dst.writestr(member.filename, src.read(member.filename), compress_type=zipfile.ZIP_DEFLATED)
-    assert (tmp_path / "bomb.th").stat().st_size < 2 ** 20
+    assert (tmp_path / "bomb.th").stat().st_size < 2**20
     result = run("inspect", tmp_path / "bomb.th")
     _one_line_error(result, "would inflate to 67,109,")
 
@@ -81,13 +80,19 @@ def test_convert_refuses_an_existing_folder_without_overwrite(tmp_path):
 @pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_examples_never_replace_files_without_overwrite(tmp_path):
     (tmp_path / "samples.png").write_bytes(b"mine")
-    p = subprocess.run([sys.executable, str(REPO / "examples" / "sample_grid.py"), "--tiny", "-n", "2"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "sample_grid.py"), "--tiny", "-n", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode != 0 and "samples.png exists; pass --overwrite" in p.stderr
     assert (tmp_path / "samples.png").read_bytes() == b"mine"
     # make_guide's default output is the committed docs/images: refused when run from the repository root
-    p = subprocess.run([sys.executable, "examples/make_guide.py", "--tiny"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [sys.executable, "examples/make_guide.py", "--tiny"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode != 0 and "docs/images exists; pass --overwrite" in p.stderr
 
 
@@ -105,8 +110,13 @@ def test_an_unreachable_source_is_one_error_with_the_ways_out(tmp_path, hf_home)
     with pytest.raises(ConnectionError) as caught:
         vdvae_zoo.load("tiny", manifest=m)
     text = str(caught.value)
-    for fragment in ("http://127.0.0.1:9/x.th", "about 1 MB", "vdvae-zoo download tiny", "HF_HUB_OFFLINE=1",
-                     "load(FILE, config=...)"):
+    for fragment in (
+        "http://127.0.0.1:9/x.th",
+        "about 1 MB",
+        "vdvae-zoo download tiny",
+        "HF_HUB_OFFLINE=1",
+        "load(FILE, config=...)",
+    ):
         assert fragment in text
     assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no chain of three exceptions
     assert not (hf_home / "hub" / "vdvae-zoo" / "originals").exists()
@@ -185,12 +195,14 @@ def test_grids_of_small_images_are_enlarged_for_viewing():
 
 def test_kl_chart_labels_do_not_overlap():
     from PIL import ImageDraw
+
     from vdvae_zoo.data.plots import bar_layout, resolution_labels
+
     with torch.device("meta"):
         model = vdvae_zoo.VDVAE(vdvae_zoo.VDVAEConfig.from_preset("ffhq256"))
     draw = ImageDraw.Draw(Image.new("RGB", (900, 420)))
     labels = resolution_labels(bar_layout(model.num_layers, 900, 60), model.layer_resolutions, 350, draw.textlength)
     for row in {y for (_, y), _ in labels}:
         spans = sorted((x, x + draw.textlength(t)) for (x, y), t in labels if y == row)
-        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
     assert {"1x1", "32x32", "64x64", "256x256"} <= {t for _, t in labels}

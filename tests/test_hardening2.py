@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import REPO, TINY, interrupt_call, tiny_config_dict
 from PIL import Image
 from safetensors.torch import save_file
 
 import vdvae_zoo
-from vdvae_zoo.data import files as files_module
 from vdvae_zoo.cli import main
+from vdvae_zoo.data import files as files_module
 from vdvae_zoo.data.images import sample_photos
-
-from helpers import REPO, TINY, interrupt_call, tiny_config_dict
 
 
 def run(*args):
@@ -62,17 +61,23 @@ def test_malformed_checkpoints_are_one_sentence(tmp_path, model_dir):
     result = run("inspect", tmp_path / "flat_gain.th")
     assert result.exit_code == 0 and "decoder.gain has shape (32,)" in result.output, result.output
     save_file({"decoder.gain": torch.zeros(1, 4, 1, 1, dtype=torch.complex64)}, str(tmp_path / "complex.safetensors"))
-    one_sentence(run("sample", tmp_path / "complex.safetensors", "--config", "tiny32", "-o", tmp_path / "s.png"),
-                 "complex64", "floating point")
+    one_sentence(
+        run("sample", tmp_path / "complex.safetensors", "--config", "tiny32", "-o", tmp_path / "s.png"),
+        "complex64",
+        "floating point",
+    )
 
 
 # ---------------------------------------------------------------------------------------- malformed configs
-@pytest.mark.parametrize("field,value,fragment", [
-    ("bottleneck_multiple", "0.25", "bottleneck_multiple must be a number"),
-    ("custom_width_str", 3, "custom_width_str must be text"),
-    ("low_bit", 1, "low_bit must be true or false"),
-    ("dec_blocks", ",".join(["32"] * 200000), "200,000 items"),
-])
+@pytest.mark.parametrize(
+    "field,value,fragment",
+    [
+        ("bottleneck_multiple", "0.25", "bottleneck_multiple must be a number"),
+        ("custom_width_str", 3, "custom_width_str must be text"),
+        ("low_bit", 1, "low_bit must be true or false"),
+        ("dec_blocks", ",".join(["32"] * 200000), "200,000 items"),
+    ],
+)
 def test_malformed_config_files_are_one_sentence_and_quick(tmp_path, model_dir, field, value, fragment):
     config = json.loads((model_dir / "config.json").read_text())
     config[field] = value
@@ -107,8 +112,12 @@ def test_broken_npy_files_are_one_sentence(tmp_path, tiny32):
 def test_eval_refuses_to_discard_saved_progress(tmp_path, tiny32):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
     (tmp_path / "ev.json.state.jsonl").write_text('{"model": "m"}\n')
-    one_sentence(run("eval", tiny32, "--data", tmp_path / "x.npy", "-o", tmp_path / "ev.json"),
-                 "ev.json.state.jsonl", "--resume", "--overwrite")
+    one_sentence(
+        run("eval", tiny32, "--data", tmp_path / "x.npy", "-o", tmp_path / "ev.json"),
+        "ev.json.state.jsonl",
+        "--resume",
+        "--overwrite",
+    )
     assert run("eval", tiny32, "--data", tmp_path / "x.npy", "-o", tmp_path / "ev.json", "--overwrite").exit_code == 0
 
 
@@ -211,8 +220,22 @@ def photos(tmp_path):
 
 def train(tmp_path, photos, *extra):
     (tmp_path / "c.json").write_text(json.dumps(tiny_config_dict()))
-    return run("finetune", "--config", tmp_path / "c.json", "--data", photos, "--out", tmp_path / "run",
-               "--device", "cpu", "--val-every", 0, "--sample-every", 0, *extra)
+    return run(
+        "finetune",
+        "--config",
+        tmp_path / "c.json",
+        "--data",
+        photos,
+        "--out",
+        tmp_path / "run",
+        "--device",
+        "cpu",
+        "--val-every",
+        0,
+        "--sample-every",
+        0,
+        *extra,
+    )
 
 
 def test_diverging_weights_stop_the_run_with_a_message(tmp_path, photos):
@@ -271,8 +294,11 @@ def test_running_out_of_gpu_memory_is_one_sentence_with_the_way_out(tmp_path, mo
 
     monkeypatch.setattr(model, "_terms", out_of_memory)
     # halved down to one image per pass (tests/test_memory.py), then one sentence with the ways out
-    with pytest.raises(MemoryError, match=r"the cpu ran out of memory with even one image per pass: free memory "
-                                          r"\(other processes\), use --dtype bfloat16, or a device with more memory"):
+    with pytest.raises(
+        MemoryError,
+        match=r"the cpu ran out of memory with even one image per pass: free memory "
+        r"\(other processes\), use --dtype bfloat16, or a device with more memory",
+    ):
         model.likelihood(np.zeros((3, 16, 16, 3), np.uint8), seeds=[1, 2, 3])
     assert sizes == [8, 4, 2, 1]
 
@@ -287,6 +313,7 @@ def test_ctrl_c_in_a_sample_set_says_what_was_kept_and_how_to_continue(tmp_path,
 @pytest.mark.slow  # a trainer run with DataLoader workers
 def test_training_data_deleted_under_the_workers_is_one_sentence(tmp_path, photos, monkeypatch):
     from vdvae_zoo.training.trainer import Trainer
+
     original = Trainer.train_step
 
     def deleting(self):

@@ -9,12 +9,11 @@ import textwrap
 
 import pytest
 import torch
+from helpers import TINY, assert_golden_likelihood, entry, write_manifest
 
 import vdvae_zoo
 from vdvae_zoo import IntegrityError
 from vdvae_zoo.data.files import sha256_file
-
-from helpers import TINY, assert_golden_likelihood, entry, write_manifest
 
 
 @pytest.fixture()
@@ -22,8 +21,9 @@ def golden_config(golden_config_dict):
     return golden_config_dict
 
 
-def test_load_by_name_from_the_hub_with_pinned_sha(tmp_path, hf_home, hub, golden_files, golden_config,
-                                                   golden_expected, golden_images):
+def test_load_by_name_from_the_hub_with_pinned_sha(
+    tmp_path, hf_home, hub, golden_files, golden_config, golden_expected, golden_images
+):
     commit = hub.add("test-org/tiny32", golden_files)
     sha = hashlib.sha256(golden_files["model.safetensors"]).hexdigest()
     manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, revision=commit, sha256=sha)])
@@ -59,8 +59,9 @@ def test_revision_pinning_and_override(tmp_path, hf_home, hub, golden_files, gol
     assert latest.state_dict()[w].abs().sum() == 0
 
 
-def test_manifest_revision_is_used_when_not_overridden(tmp_path, hf_home, hub, golden_files, golden_config,
-                                                       golden_model):
+def test_manifest_revision_is_used_when_not_overridden(
+    tmp_path, hf_home, hub, golden_files, golden_config, golden_model
+):
     first = hub.add("test-org/tiny32", golden_files)
     hub.add("test-org/tiny32", {"config.json": golden_files["config.json"], "model.safetensors": b"garbage"})
     sha = hashlib.sha256(golden_files["model.safetensors"]).hexdigest()
@@ -75,7 +76,9 @@ def test_sha_mismatch_deletes_the_file_and_says_so(tmp_path, hf_home, hub, golde
     manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, revision=commit, sha256="0" * 64)])
     with pytest.raises(IntegrityError, match="sha256.*deleted"):
         vdvae_zoo.load("tiny", manifest=manifest)
-    blobs = [p for p in hf_home.rglob("*") if p.is_file() and p.stat().st_size == len(golden_files["model.safetensors"])]
+    blobs = [
+        p for p in hf_home.rglob("*") if p.is_file() and p.stat().st_size == len(golden_files["model.safetensors"])
+    ]
     assert blobs == []
 
 
@@ -88,11 +91,13 @@ def test_offline_with_nothing_cached_names_the_fix(tmp_path, hf_home, golden_con
         vdvae_zoo.load("tiny", manifest=manifest)
 
 
-def test_unpublished_entry_downloads_the_original_and_converts_it_once(tmp_path, hf_home, source, golden_config,
-                                                                      golden_expected, golden_images):
+def test_unpublished_entry_downloads_the_original_and_converts_it_once(
+    tmp_path, hf_home, source, golden_config, golden_expected, golden_images
+):
     sha = sha256_file(TINY / "model-ema.th")
-    manifest = write_manifest(tmp_path / "m.json", [
-        entry("tiny", golden_config, url=source.url + "/tiny32-model-ema.th", source_sha=sha)])
+    manifest = write_manifest(
+        tmp_path / "m.json", [entry("tiny", golden_config, url=source.url + "/tiny32-model-ema.th", source_sha=sha)]
+    )
     model = vdvae_zoo.load("tiny", manifest=manifest, device="cpu")
     assert_golden_likelihood(model, golden_expected, golden_images)
     folder = hf_home / "hub" / "vdvae-zoo" / "tiny"
@@ -105,7 +110,9 @@ def test_unpublished_entry_downloads_the_original_and_converts_it_once(tmp_path,
 
 
 def test_interrupted_download_leaves_nothing_in_the_cache(tmp_path, hf_home, source, golden_config):
-    manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, url=source.url + "/tiny32-model-ema.th")])
+    manifest = write_manifest(
+        tmp_path / "m.json", [entry("tiny", golden_config, url=source.url + "/tiny32-model-ema.th")]
+    )
     source.set_truncate(1000)
     with pytest.raises(ConnectionError, match="tiny32-model-ema.th"):
         vdvae_zoo.load("tiny", manifest=manifest)
@@ -116,8 +123,10 @@ def test_interrupted_download_leaves_nothing_in_the_cache(tmp_path, hf_home, sou
 
 
 def test_wrong_source_sha_is_refused(tmp_path, hf_home, source, golden_config):
-    manifest = write_manifest(tmp_path / "m.json", [
-        entry("tiny", golden_config, url=source.url + "/tiny32-model-ema.th", source_sha="c" * 64)])
+    manifest = write_manifest(
+        tmp_path / "m.json",
+        [entry("tiny", golden_config, url=source.url + "/tiny32-model-ema.th", source_sha="c" * 64)],
+    )
     with pytest.raises(IntegrityError, match="does not match"):
         vdvae_zoo.load("tiny", manifest=manifest)
     assert not [p for p in (hf_home / "hub").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
@@ -125,23 +134,30 @@ def test_wrong_source_sha_is_refused(tmp_path, hf_home, source, golden_config):
 
 @pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_two_processes_loading_the_same_name_share_one_download(tmp_path, hf_home, source, golden_config):
-    manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, url=source.url + "/tiny32-model-ema.th")])
+    manifest = write_manifest(
+        tmp_path / "m.json", [entry("tiny", golden_config, url=source.url + "/tiny32-model-ema.th")]
+    )
     script = textwrap.dedent(f"""
         import vdvae_zoo
         m = vdvae_zoo.load("tiny", manifest={str(manifest)!r}, device="cpu")
         print(m.num_layers)
     """)
     env = dict(os.environ, HF_HOME=str(hf_home))
-    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert [o[0].strip() for o in outs] == ["13", "13"]
     assert len(source.requests) == 1, source.requests
 
 
-def test_a_revision_override_on_a_pinned_entry_warns_that_the_pin_is_off(tmp_path, hf_home, hub, golden_files,
-                                                                         golden_config):
+def test_a_revision_override_on_a_pinned_entry_warns_that_the_pin_is_off(
+    tmp_path, hf_home, hub, golden_files, golden_config
+):
     first = hub.add("test-org/tiny32", golden_files)
     second = hub.add("test-org/tiny32", golden_files)
     sha = hashlib.sha256(golden_files["model.safetensors"]).hexdigest()
@@ -150,8 +166,9 @@ def test_a_revision_override_on_a_pinned_entry_warns_that_the_pin_is_off(tmp_pat
         vdvae_zoo.load("tiny", manifest=manifest, revision=second, device="cpu")
 
 
-def test_a_symlinked_cache_file_is_unlinked_never_its_target_outside(tmp_path, hf_home, hub, golden_files,
-                                                                    golden_config):
+def test_a_symlinked_cache_file_is_unlinked_never_its_target_outside(
+    tmp_path, hf_home, hub, golden_files, golden_config
+):
     commit = hub.add("test-org/tiny32", golden_files)
     sha = hashlib.sha256(golden_files["model.safetensors"]).hexdigest()
     manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, revision=commit, sha256=sha)])
@@ -168,6 +185,7 @@ def test_a_symlinked_cache_file_is_unlinked_never_its_target_outside(tmp_path, h
 
 def test_a_download_that_trickles_past_its_deadline_stops_and_leaves_nothing(tmp_path, source):
     from vdvae_zoo.weights.hub import fetch_url
+
     destination = tmp_path / "x.th"
     with pytest.raises(ConnectionError, match="did not finish within 0 s"):
         fetch_url(f"{source.url}/tiny32-model-ema.th", destination, deadline_s=0)
@@ -177,24 +195,47 @@ def test_a_download_that_trickles_past_its_deadline_stops_and_leaves_nothing(tmp
 def test_cache_paths_never_leave_the_cache(tmp_path):
     from vdvae_zoo.weights.hub import converted_folder
     from vdvae_zoo.weights.manifest import ModelEntry
-    evil = ModelEntry(name="../../x", preset="cifar10", dataset="", resolution=32, bits=8, parameters=0,
-                      reported_test_bpd=None, license="", hub={"repo_id": "a/b"}, source={})  # built past validation
+
+    evil = ModelEntry(
+        name="../../x",
+        preset="cifar10",
+        dataset="",
+        resolution=32,
+        bits=8,
+        parameters=0,
+        reported_test_bpd=None,
+        license="",
+        hub={"repo_id": "a/b"},
+        source={},
+    )  # built past validation
     with pytest.raises(ValueError, match="not a plain name"):
         converted_folder(evil, tmp_path)
 
 
-def test_a_cached_name_reads_the_manifest_once_and_hashes_nothing_it_verified(tmp_path, hf_home, hub, source,
-                                                                             golden_files, golden_config, monkeypatch):
+def test_a_cached_name_reads_the_manifest_once_and_hashes_nothing_it_verified(
+    tmp_path, hf_home, hub, source, golden_files, golden_config, monkeypatch
+):
     """How it is measured: count the calls that read a manifest file and that hash a file, over loads by name
     of a published entry (fake Hub, pinned sha256) and of a converted one (fake source server)."""
     from vdvae_zoo.data import files
-    from vdvae_zoo.weights import hub as hub_module, manifest as manifest_module
+    from vdvae_zoo.weights import hub as hub_module
+    from vdvae_zoo.weights import manifest as manifest_module
+
     commit = hub.add("test-org/tiny32", golden_files)
     sha = hashlib.sha256(golden_files["model.safetensors"]).hexdigest()
-    path = write_manifest(tmp_path / "m.json", [
-        entry("published", golden_config, revision=commit, sha256=sha),
-        entry("converted", golden_config, repo_id="test-org/other", url=f"{source.url}/tiny32-model-ema.th",
-              source_sha=sha256_file(TINY / "model-ema.th"))])
+    path = write_manifest(
+        tmp_path / "m.json",
+        [
+            entry("published", golden_config, revision=commit, sha256=sha),
+            entry(
+                "converted",
+                golden_config,
+                repo_id="test-org/other",
+                url=f"{source.url}/tiny32-model-ema.th",
+                source_sha=sha256_file(TINY / "model-ema.th"),
+            ),
+        ],
+    )
     calls = {"hash": 0, "read": 0}
     real_hash, real_read = files.sha256_file, manifest_module.manifest_data
 
@@ -209,7 +250,7 @@ def test_a_cached_name_reads_the_manifest_once_and_hashes_nothing_it_verified(tm
     monkeypatch.setattr(hub_module, "sha256_file", counting_hash)
     monkeypatch.setattr(manifest_module, "manifest_data", counting_read)
     first = {name: vdvae_zoo.load(name, manifest=path, device="cpu") for name in ("published", "converted")}
-    assert calls["read"] == 1 and calls["hash"] >= 2   # the first loads verify what they downloaded
+    assert calls["read"] == 1 and calls["hash"] >= 2  # the first loads verify what they downloaded
     calls.update(hash=0, read=0)
     again = {name: vdvae_zoo.load(name, manifest=path, device="cpu") for name in ("published", "converted")}
     assert calls == {"hash": 0, "read": 0}

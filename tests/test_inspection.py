@@ -2,15 +2,14 @@
 
 import pytest
 import torch
-
-import vdvae_zoo
-from vdvae_zoo import EncoderMismatchError, VDVAE, VDVAEConfig
-from vdvae_zoo.weights.inspection import compare_with_config, inspect_checkpoint
-
 from helpers import TINY, tiny_config_dict
 
+import vdvae_zoo
+from vdvae_zoo import VDVAE, EncoderMismatchError, VDVAEConfig
+from vdvae_zoo.weights.inspection import compare_with_config, inspect_checkpoint
+
 FEWER_ENCODER_BLOCKS = "16x1,16d2,8x1,8d2,4x1,4d4,1x1"
-CONFIG_ENCODER_BLOCKS = "16x1,16d2,8x1,8d2,4x1,4d4,1x3"   # two more blocks at the end, as in ffhq1024's report
+CONFIG_ENCODER_BLOCKS = "16x1,16d2,8x1,8d2,4x1,4d4,1x3"  # two more blocks at the end, as in ffhq1024's report
 
 
 @pytest.fixture()
@@ -35,8 +34,11 @@ def test_encoder_only_mismatch_loads_for_sampling(short_encoder_file):
     assert torch.equal(a, original.sample(2, temperature=0.7))
     assert model.decode([], n=1).shape == (1, 16, 16, 3)
     images = torch.zeros(1, 16, 16, 3, dtype=torch.uint8)
-    for call in (lambda: model.likelihood(images), lambda: model.encode(images),
-                 lambda: model.reconstruct(images, keep=1)):
+    for call in (
+        lambda: model.likelihood(images),
+        lambda: model.encode(images),
+        lambda: model.reconstruct(images, keep=1),
+    ):
         with pytest.raises(EncoderMismatchError, match="enc_blocks.*vdvae-zoo inspect"):
             call()
 
@@ -64,10 +66,12 @@ def test_inspect_names_the_golden_structure():
 
 def test_inspect_finds_the_first_difference(short_encoder_file):
     path, _ = short_encoder_file
-    diffs = compare_with_config(inspect_checkpoint(path),
-                                VDVAEConfig.from_dict(tiny_config_dict(enc_blocks=CONFIG_ENCODER_BLOCKS)))
-    assert diffs == ["encoder block 7: file has nothing, config expects width 16, 1x1 "
-                     "(file: 7 encoder blocks, config: 9)"]
+    diffs = compare_with_config(
+        inspect_checkpoint(path), VDVAEConfig.from_dict(tiny_config_dict(enc_blocks=CONFIG_ENCODER_BLOCKS))
+    )
+    assert diffs == [
+        "encoder block 7: file has nothing, config expects width 16, 1x1 (file: 7 encoder blocks, config: 9)"
+    ]
     ffhq = VDVAEConfig.from_preset("ffhq1024")
     with torch.device("meta"):
         state = VDVAE(ffhq).state_dict()

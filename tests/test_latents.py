@@ -6,11 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import random_images
 
 import vdvae_zoo
 from vdvae_zoo import VDVAE, VDVAEConfig, flatten_latents, unflatten_latents
-
-from helpers import random_images
 
 
 def test_imagenet64s_first_31_layers_are_91168_numbers_and_come_back_unchanged():
@@ -25,7 +24,7 @@ def test_imagenet64s_first_31_layers_are_91168_numbers_and_come_back_unchanged()
     flat = flatten_latents(latents)
     assert flat.shape == (2, 91168)
     back = unflatten_latents(flat, model)
-    assert len(back) == 31 and all(torch.equal(a, b) for a, b in zip(back, latents))
+    assert len(back) == 31 and all(torch.equal(a, b) for a, b in zip(back, latents, strict=False))
     with pytest.raises(ValueError, match="does not end on a layer boundary"):
         unflatten_latents(flat[:, :91000], config)
 
@@ -36,7 +35,7 @@ def test_encode_gives_posterior_means_stds_and_samples(tiny_model):
     layers = tiny_model.encode(images, stats=True, seeds=seeds)
     samples = tiny_model.encode(images, seeds=seeds)
     assert len(layers) == tiny_model.num_layers
-    for layer, z, slot in zip(layers, samples, tiny_model.latent_layout):
+    for layer, z, slot in zip(layers, samples, tiny_model.latent_layout, strict=False):
         assert layer.z.shape == layer.mean.shape == layer.std.shape == (3, *slot.shape)
         assert torch.equal(layer.z, z) and (layer.std > 0).all()
     # with mean=True the sample is the mean, and no random number is drawn
@@ -52,7 +51,7 @@ def test_decoding_from_flat_rows_fixes_the_first_layers(tiny_model):
     images = random_images(2, seed=4)
     layers = tiny_model.encode(images, stats=True, mean=True)
     count = 4
-    flat = flatten_latents(layers[:count])       # LayerLatents are accepted as they are
+    flat = flatten_latents(layers[:count])  # LayerLatents are accepted as they are
     latents = unflatten_latents(flat, tiny_model)
     assert len(latents) == count
     torch.manual_seed(0)
@@ -78,7 +77,9 @@ def test_encode_writes_every_layer_or_flat_rows_at_data_set_scale(tmp_path):
     from click.testing import CliRunner
     from PIL import Image
     from safetensors.torch import load_file
+
     from vdvae_zoo.cli import main
+
     runner = CliRunner()
     assert runner.invoke(main, ["new", "tiny32", "-o", str(tmp_path / "m")]).exit_code == 0
     folder = tmp_path / "imgs"
@@ -86,25 +87,29 @@ def test_encode_writes_every_layer_or_flat_rows_at_data_set_scale(tmp_path):
     for i, im in enumerate(random_images(5, size=32, seed=2).numpy()):
         Image.fromarray(im).save(folder / f"{i}.png")
     (folder / "broken.png").write_bytes(b"no")
-    result = runner.invoke(main, ["encode", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "z.safetensors"),
-                                  "--stats"])
+    result = runner.invoke(
+        main, ["encode", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "z.safetensors"), "--stats"]
+    )
     assert result.exit_code == 0 and "5 images" in result.output and "1 files skipped" in result.output, result.output
     tensors = load_file(str(tmp_path / "z.safetensors"))
     model = vdvae_zoo.load(tmp_path / "m", device="cpu")
     assert {f"z.{i}" for i in range(model.num_layers)} | {f"std.{i}" for i in range(model.num_layers)} <= set(tensors)
-    result = runner.invoke(main, ["encode", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "f.safetensors"),
-                                  "--flat", "4"])
+    result = runner.invoke(
+        main, ["encode", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "f.safetensors"), "--flat", "4"]
+    )
     assert result.exit_code == 0, result.output
     flat = load_file(str(tmp_path / "f.safetensors"))["flat"]
     assert flat.shape == (5, model.latent_layout[3].offset + model.latent_layout[3].size)
     assert torch.equal(flat, vdvae_zoo.flatten_latents([tensors[f"z.{i}"] for i in range(4)]))
     # the seed rule: image i of the folder with image_seed(0, i), whatever the chunking
     from vdvae_zoo.compute.batching import image_seed
+
     images = np.stack([np.asarray(Image.open(folder / f"{i}.png")) for i in range(5)])
     direct = model.encode(images, seeds=[image_seed(0, i) for i in range(5)])
     assert torch.allclose(tensors["z.5"], direct[5], atol=1e-6)
-    result = runner.invoke(main, ["encode", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "f.npy"),
-                                  "--flat", "4"])
+    result = runner.invoke(
+        main, ["encode", str(tmp_path / "m"), str(folder), "-o", str(tmp_path / "f.npy"), "--flat", "4"]
+    )
     assert result.exit_code == 0, result.output
     rows = np.load(tmp_path / "f.npy")
     assert rows.shape == flat.shape and np.allclose(rows, flat.numpy(), atol=1e-6)

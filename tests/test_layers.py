@@ -11,15 +11,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vdvae_zoo"
 #: floor below; wings on the same floor do not import each other.
 FLOORS = [
     ["_version"],
-    ["data"],                                   # files, images, data sets, plots, progress: no models
-    ["config"],                                 # the architecture as data (config.py, blocks.py its grammar)
-    ["nn"],                                     # the network, its output head, draws, runtime
-    ["compute"],                                # batching, memory, distributed
-    ["weights"],                                # hub, manifest, original files, pretrained, cards, registry
-    ["scoring", "coding", "latents"],           # bounds and the scoring engine; bits-back; latent layout
-    ["model"],                                  # the VDVAE facade
-    ["training", "restore"],                    # fine-tuning; restoration with the prior
-    ["__init__", "cli"],                        # the public API and the command line
+    ["data"],  # files, images, data sets, plots, progress: no models
+    ["config"],  # the architecture as data (config.py, blocks.py its grammar)
+    ["nn"],  # the network, its output head, draws, runtime
+    ["compute"],  # batching, memory, distributed
+    ["weights"],  # hub, manifest, original files, pretrained, cards, registry
+    ["scoring", "coding", "latents"],  # bounds and the scoring engine; bits-back; latent layout
+    ["model"],  # the VDVAE facade
+    ["training", "restore"],  # fine-tuning; restoration with the prior
+    ["__init__", "cli"],  # the public API and the command line
 ]
 WING_FLOOR = {wing: level for level, wings in enumerate(FLOORS) for wing in wings}
 #: Root modules that share a room with another: blocks.py is config's grammar; __main__ is the CLI's door.
@@ -99,7 +99,7 @@ def test_no_import_circles():
         state[node] = "open"
         for target in sorted(graph[node]):
             if state.get(target) == "open":
-                circles.append(" -> ".join(path[path.index(target):] + [target]))
+                circles.append(" -> ".join(path[path.index(target) :] + [target]))
             elif target not in state:
                 visit(target, path + [target])
         state[node] = "done"
@@ -118,9 +118,12 @@ def test_the_checker_sees_what_it_must():
     graph = import_graph()
     assert "vdvae_zoo.config" in graph["vdvae_zoo.nn.network"]  # from ..config import VDVAEConfig
     assert "vdvae_zoo.data.files" in graph["vdvae_zoo.latents"]  # a lazy import inside a function
-    for module, target in [("vdvae_zoo.data.files", "vdvae_zoo.model"), ("vdvae_zoo.coding.archive",
-                                                                          "vdvae_zoo.scoring.engine")]:
+    for module, target in [
+        ("vdvae_zoo.data.files", "vdvae_zoo.model"),
+        ("vdvae_zoo.coding.archive", "vdvae_zoo.scoring.engine"),
+    ]:
         bad = {k: set(v) for k, v in graph.items()}
         bad[module].add(target)
-        assert upward_imports(bad) == [f"{module} (floor {WING_FLOOR[wing_of(module)]}) imports {target} "
-                                       f"(floor {WING_FLOOR[wing_of(target)]})"]
+        assert upward_imports(bad) == [
+            f"{module} (floor {WING_FLOOR[wing_of(module)]}) imports {target} (floor {WING_FLOOR[wing_of(target)]})"
+        ]

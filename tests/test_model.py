@@ -5,12 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import random_images, tiny_config_dict
 
 from vdvae_zoo import VDVAE, VDVAEConfig
-
 from vdvae_zoo.compute import batching
-
-from helpers import random_images, tiny_config_dict
 
 
 def test_sample_shape_dtype_and_device(tiny_model):
@@ -55,7 +53,7 @@ def test_micro_batches_give_what_one_batch_gives(tiny_model):
     z_whole = tiny_model.encode(images)
     torch.manual_seed(5)
     z_chunked = tiny_model.encode(images, batch_size=2)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(z_whole, z_chunked))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(z_whole, z_chunked, strict=False))
     torch.manual_seed(6)
     d_whole = tiny_model.decode(z_whole[:3], 0.5)
     torch.manual_seed(6)
@@ -65,8 +63,17 @@ def test_micro_batches_give_what_one_batch_gives(tiny_model):
 def test_huge_batches_fall_back_to_per_chunk_draws(tiny_model, monkeypatch):
     # When the whole batch's draws would not fit the budget, each micro-batch draws its own (as separate calls).
     monkeypatch.setattr(batching, "CPU_BATCH_MEMORY", 4 * 16 * 16 * 3 * 3)  # < the draws of 3 images
-    parts = list(batching.micro_batches(3, 2, config=tiny_model.config, device=tiny_model.device, generator=None,
-                                   sampling_layers=[True] * tiny_model.num_layers, pixels=True))
+    parts = list(
+        batching.micro_batches(
+            3,
+            2,
+            config=tiny_model.config,
+            device=tiny_model.device,
+            generator=None,
+            sampling_layers=[True] * tiny_model.num_layers,
+            pixels=True,
+        )
+    )
     assert [p.size for p in parts] == [2, 1] and all(p.normals is None and p.pixel_uniforms is None for p in parts)
     torch.manual_seed(4)
     chunked = tiny_model.sample(3, batch_size=2)
@@ -105,22 +112,31 @@ def test_per_layer_and_per_resolution_temperatures(tiny_model):
     assert schedule == [expected[r] for r in tiny_model.layer_resolutions]
 
 
-@pytest.mark.parametrize("temperature,fragment", [
-    (-0.1, ">= 0"), ([1.0, 1.0], "7 decoder layers"), ("hot", "a number"), (float("nan"), "finite"),
-])
+@pytest.mark.parametrize(
+    "temperature,fragment",
+    [
+        (-0.1, ">= 0"),
+        ([1.0, 1.0], "7 decoder layers"),
+        ("hot", "a number"),
+        (float("nan"), "finite"),
+    ],
+)
 def test_bad_temperatures_are_refused(tiny_model, temperature, fragment):
     with pytest.raises(ValueError, match=fragment):
         tiny_model.sample(1, temperature=temperature)
 
 
-@pytest.mark.parametrize("images,fragment", [
-    (np.zeros((2, 32, 32, 3), np.uint8), "16x16"),
-    (np.zeros((2, 16, 16, 4), np.uint8), "3 channels"),
-    (np.zeros((2, 16, 16, 3), np.float32), "uint8"),
-    (torch.zeros(2, 16, 16, 3), "uint8"),
-    (np.zeros((16, 16, 3), np.uint8), r"\(N, 16, 16, 3\)"),
-    ([1, 2, 3], "uint8 tensor or numpy array"),
-])
+@pytest.mark.parametrize(
+    "images,fragment",
+    [
+        (np.zeros((2, 32, 32, 3), np.uint8), "16x16"),
+        (np.zeros((2, 16, 16, 4), np.uint8), "3 channels"),
+        (np.zeros((2, 16, 16, 3), np.float32), "uint8"),
+        (torch.zeros(2, 16, 16, 3), "uint8"),
+        (np.zeros((16, 16, 3), np.uint8), r"\(N, 16, 16, 3\)"),
+        ([1, 2, 3], "uint8 tensor or numpy array"),
+    ],
+)
 def test_bad_images_are_refused_with_the_expected_shape(tiny_model, images, fragment):
     with pytest.raises(ValueError, match=fragment):
         tiny_model.likelihood(images)
@@ -165,8 +181,11 @@ def test_initialisation_follows_the_paper():
     torch.manual_seed(0)
     model = VDVAE(cfg)
     state = model.state_dict()
-    assert all(state[k].abs().sum() == 0 for k in state if k.endswith(".bias") and "out_net" not in k
-               and k not in ("decoder.bias",))
+    assert all(
+        state[k].abs().sum() == 0
+        for k in state
+        if k.endswith(".bias") and "out_net" not in k and k not in ("decoder.bias",)
+    )
     assert all(layer.prior.c4.weight.abs().sum() == 0 for layer in model.decoder.dec_blocks)
     assert torch.equal(model.decoder.gain, torch.ones_like(model.decoder.gain))
     # residual scaling: c4 of the encoder is scaled by sqrt(1/N) relative to a default conv of the same shape
@@ -178,8 +197,9 @@ def test_initialisation_follows_the_paper():
 
 
 def test_custom_widths_and_low_bit_end_to_end():
-    cfg = VDVAEConfig.from_dict(tiny_config_dict(width=8, custom_width_str="8:16,4:16,1:24", low_bit=True,
-                                                 no_bias_above=4))
+    cfg = VDVAEConfig.from_dict(
+        tiny_config_dict(width=8, custom_width_str="8:16,4:16,1:24", low_bit=True, no_bias_above=4)
+    )
     torch.manual_seed(0)
     model = VDVAE(cfg)
     images = random_images(3)

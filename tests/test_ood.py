@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import random_images
 from PIL import Image
 
 import vdvae_zoo
-from vdvae_zoo.compute.batching import image_seed
 from vdvae_zoo.cli import main
+from vdvae_zoo.compute.batching import image_seed
 from vdvae_zoo.nn.dmol import dmol_nll
 from vdvae_zoo.scoring.ood import detection_metrics, evaluate_ood, ood_scores, roc_curve
-
-from helpers import random_images
 
 
 def run(*args):
@@ -25,10 +24,18 @@ def run(*args):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(11)
-    config = vdvae_zoo.VDVAEConfig(image_size=16, width=16, zdim=4, num_mixtures=2,
-                                   enc_blocks="16x1,16d2,8x1,8d2,4x1,4d4,1x1", dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x1")
+    config = vdvae_zoo.VDVAEConfig(
+        image_size=16,
+        width=16,
+        zdim=4,
+        num_mixtures=2,
+        enc_blocks="16x1,16d2,8x1,8d2,4x1,4d4,1x1",
+        dec_blocks="1x1,4m1,4x1,8m4,8x1,16m8,16x1",
+    )
     m = vdvae_zoo.VDVAE(config).eval()
-    with torch.no_grad():  # small values in the zero-initialised last convolutions: the prior depends on the layers above
+    with (
+        torch.no_grad()
+    ):  # small values in the zero-initialised last convolutions: the prior depends on the layers above
         for name, p in m.named_parameters():
             if name.endswith("c4.weight") and not p.any():
                 p.normal_(0.0, 0.05)
@@ -39,7 +46,7 @@ def test_llr_at_k0_is_zero_and_keeping_every_layer_is_the_elbo(model):
     images = random_images(5)
     seeds = [image_seed(3, i) for i in range(5)]
     elbo = model.likelihood(images, seeds=seeds)
-    everything, = model.likelihood(images, seeds=seeds, keep=[model.num_layers])
+    (everything,) = model.likelihood(images, seeds=seeds, keep=[model.num_layers])
     assert torch.equal(everything.neg_elbo, elbo.neg_elbo) and torch.equal(everything.kl, elbo.kl)
     scores = ood_scores(model, images, ks=(0, 2), seed=3)
     assert np.array_equal(scores["llr_k0"], np.zeros(5)) and np.array_equal(scores["bpd_k0"], scores["bpd"])
@@ -54,7 +61,7 @@ def test_the_lowest_layers_come_from_the_prior_mean_and_drop_out_of_the_rate(mod
     n = model.num_layers - 2
     elbo, bound = model.likelihood(images, seeds=seeds, keep=[None, n])
     assert model.layer_resolutions[n:] == [16, 16] and max(model.layer_resolutions[:n]) <= 16
-    assert torch.equal(bound.kl[:, :n], elbo.kl[:, :n])          # the same draws for the layers both keep
+    assert torch.equal(bound.kl[:, :n], elbo.kl[:, :n])  # the same draws for the layers both keep
     assert (bound.kl[:, n:] == 0).all() and (elbo.kl[:, n:] > 0).all()
     assert torch.allclose(bound.rate, bound.kl.sum(1) / (16 * 16 * 3))
     # the same bound by hand: the posterior samples of the first n layers, then the prior's means
@@ -64,7 +71,7 @@ def test_the_lowest_layers_come_from_the_prior_mean_and_drop_out_of_the_rate(mod
     expected = dmol_nll(params, target, model.config.num_mixtures)
     np.testing.assert_allclose(bound.distortion.numpy(), expected.numpy(), rtol=1e-5)
     # a prior sample instead (temperature 1) is another, noisier bound
-    sampled, = model.likelihood(images, seeds=seeds, keep=[n], prior_temperature=1.0)
+    (sampled,) = model.likelihood(images, seeds=seeds, keep=[n], prior_temperature=1.0)
     assert not torch.equal(sampled.distortion, bound.distortion)
 
 
@@ -81,8 +88,9 @@ def test_auroc_is_the_rank_statistic_of_the_per_image_scores(tmp_path, model):
     np.save(tmp_path / "in.npy", in_set)
     np.save(tmp_path / "flat.npy", flat)
     np.save(tmp_path / "noise.npy", noise)
-    report, tables = evaluate_ood(model, tmp_path / "in.npy", [tmp_path / "flat.npy", tmp_path / "noise.npy"], ks=(1, 3),
-                                  progress=False)
+    report, tables = evaluate_ood(
+        model, tmp_path / "in.npy", [tmp_path / "flat.npy", tmp_path / "noise.npy"], ks=(1, 3), progress=False
+    )
     assert [s["name"] for s in report.sets] == ["flat", "noise"]
     for s in report.sets:
         for score, metrics in s["metrics"].items():
@@ -110,8 +118,26 @@ def test_the_ood_command_writes_report_csv_and_roc(tmp_path, model):
     (tmp_path / "noise").mkdir()
     for i in range(6):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "noise" / f"{i}.png")
-    args = ["ood", folder, "--in", tmp_path / "in.npy", "--ood", tmp_path / "noise", "-k", 1, "-k", 2,
-            "-o", tmp_path / "r.json", "--csv", tmp_path / "s.csv", "--roc", tmp_path / "roc.png", "--chunk", 8]
+    args = [
+        "ood",
+        folder,
+        "--in",
+        tmp_path / "in.npy",
+        "--ood",
+        tmp_path / "noise",
+        "-k",
+        1,
+        "-k",
+        2,
+        "-o",
+        tmp_path / "r.json",
+        "--csv",
+        tmp_path / "s.csv",
+        "--roc",
+        tmp_path / "roc.png",
+        "--chunk",
+        8,
+    ]
     result = run(*args)
     assert result.exit_code == 0, result.output
     assert "AUROC" in result.output and "LLR>2" in result.output and "ELBO (bpd)" in result.output

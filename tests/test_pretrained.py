@@ -6,10 +6,9 @@ import pickle
 
 import pytest
 import torch
+from helpers import TINY, assert_golden_likelihood, entry, write_manifest
 
 import vdvae_zoo
-
-from helpers import TINY, assert_golden_likelihood, entry, write_manifest
 
 
 @pytest.fixture()
@@ -73,10 +72,13 @@ def test_convert_original_writes_a_loadable_folder(tmp_path, golden_config, gold
     assert_golden_likelihood(vdvae_zoo.load(folder, device="cpu"), golden_expected, golden_images)
 
 
-def test_loading_an_unpublished_name_builds_and_checks_the_model_once(tmp_path, hf_home, source, golden_config,
-                                                                     monkeypatch):
+def test_loading_an_unpublished_name_builds_and_checks_the_model_once(
+    tmp_path, hf_home, source, golden_config, monkeypatch
+):
     from vdvae_zoo import VDVAE
-    from vdvae_zoo.weights import original as weights, pretrained
+    from vdvae_zoo.weights import original as weights
+    from vdvae_zoo.weights import pretrained
+
     builds, checks = [], []
     original_init, original_check = VDVAE.__init__, weights.check_state
 
@@ -87,7 +89,9 @@ def test_loading_an_unpublished_name_builds_and_checks_the_model_once(tmp_path, 
     monkeypatch.setattr(VDVAE, "__init__", counting_init)
     for module in (pretrained, weights):  # the loader's own check and the architecture matcher's
         monkeypatch.setattr(module, "check_state", lambda *a: checks.append(1) or original_check(*a))
-    manifest = write_manifest(tmp_path / "m.json", [entry("tiny", golden_config, url=f"{source.url}/tiny32-model-ema.th")])
+    manifest = write_manifest(
+        tmp_path / "m.json", [entry("tiny", golden_config, url=f"{source.url}/tiny32-model-ema.th")]
+    )
     vdvae_zoo.load("tiny", manifest=manifest, device="cpu")
     assert (builds, checks) == ([1], [1])
 
@@ -105,12 +109,14 @@ def test_from_pretrained_builds_the_class_it_is_called_on_and_reports_the_check(
 
 def test_the_encoder_only_fallback_is_a_decoder_only_model_and_a_report(tmp_path, golden_config):
     from vdvae_zoo import EncoderMismatchError
+
     state = torch.load(TINY / "model-ema.th", map_location="cpu", weights_only=True)
     del state["encoder.enc_blocks.9.c1.weight"]
     torch.save(state, tmp_path / "short.th")
     with pytest.warns(UserWarning, match="encoder tensors do not match"):
-        model, report = vdvae_zoo.load(tmp_path / "short.th", config=golden_config, device="cpu",
-                                       output_loading_info=True)
+        model, report = vdvae_zoo.load(
+            tmp_path / "short.th", config=golden_config, device="cpu", output_loading_info=True
+        )
     assert report.only_under("encoder.") and report.missing == [("encoder.enc_blocks.9.c1.weight", (8, 32, 1, 1))]
     assert model.encoder is None and model.sample(1).shape == (1, 32, 32, 3)
     with pytest.raises(EncoderMismatchError, match="loaded without its encoder"):

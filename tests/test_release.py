@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_one_version_in_the_package_the_changelog_and_the_citation():
     import yaml
+
     changelog = (REPO / "CHANGELOG.md").read_text()
     first = re.search(r"^## (\S+)", changelog, re.M).group(1)
     assert first == vdvae_zoo.__version__
@@ -30,6 +31,7 @@ def test_one_version_in_the_package_the_changelog_and_the_citation():
 
 def test_the_citation_holds_what_cff_1_2_requires():
     import yaml
+
     citation = yaml.safe_load((REPO / "CITATION.cff").read_text())
     assert citation["cff-version"] == "1.2.0"
     for key in ("message", "title", "authors"):
@@ -44,8 +46,9 @@ def test_the_citation_holds_what_cff_1_2_requires():
 def artifacts(tmp_path_factory):
     pytest.importorskip("build")
     out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)], capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(REPO)], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return next(out.glob("*.whl")), next(out.glob("*.tar.gz"))
 
@@ -54,14 +57,24 @@ def artifacts(tmp_path_factory):
 def test_twine_passes_and_the_sdist_carries_the_licence_the_manifest_and_the_tests(artifacts):
     pytest.importorskip("twine")
     wheel, sdist = artifacts
-    check = subprocess.run([sys.executable, "-m", "twine", "check", str(wheel), str(sdist)], capture_output=True,
-                           text=True, timeout=120)
+    check = subprocess.run(
+        [sys.executable, "-m", "twine", "check", str(wheel), str(sdist)], capture_output=True, text=True, timeout=120
+    )
     assert check.returncode == 0 and check.stdout.count("PASSED") == 2, check.stdout + check.stderr
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for needed in ("LICENSE", "README.md", "CHANGELOG.md", "CITATION.cff", "weights_manifest.json",
-                   "tests/golden/tiny32/model-ema.th", "tests/golden/tiny32/expected.json", "tests/conftest.py",
-                   "tests/helpers.py", "tests/golden/dmol/params.npy"):
+    for needed in (
+        "LICENSE",
+        "README.md",
+        "CHANGELOG.md",
+        "CITATION.cff",
+        "weights_manifest.json",
+        "tests/golden/tiny32/model-ema.th",
+        "tests/golden/tiny32/expected.json",
+        "tests/conftest.py",
+        "tests/helpers.py",
+        "tests/golden/dmol/params.npy",
+    ):
         assert needed in names, needed
     with zipfile.ZipFile(wheel) as whl:
         files = whl.namelist()
@@ -74,8 +87,12 @@ def test_twine_passes_and_the_sdist_carries_the_licence_the_manifest_and_the_tes
 def test_the_wheel_works_on_its_own(artifacts, tmp_path):
     wheel, _ = artifacts
     site = tmp_path / "site"
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
-                           str(wheel)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     # -S: no site-packages processing (no .pth, so no editable install of the clone); the dependencies' folders
     # are given after the wheel's, and the working folder is not the clone.
@@ -106,14 +123,29 @@ def test_the_wheel_works_on_its_own(artifacts, tmp_path):
 # ------------------------------------------------------------------------------------- cards with measured numbers
 def test_eval_writes_its_result_into_a_card_the_hub_parser_reads(tmp_path):
     from click.testing import CliRunner
-    from huggingface_hub import ModelCard, metadata_load
     from helpers import image_folder
+    from huggingface_hub import ModelCard, metadata_load
+
     from vdvae_zoo.cli import main
+
     runner = CliRunner()
     assert runner.invoke(main, ["new", "tiny32", "-o", str(tmp_path / "m")]).exit_code == 0
     folder = image_folder(tmp_path / "imgs", 4, size=32, seed=1)
-    result = runner.invoke(main, ["eval", str(tmp_path / "m"), "--data", str(folder), "--seed", "3", "--card",
-                                  str(tmp_path / "m"), "-o", str(tmp_path / "r.json")])
+    result = runner.invoke(
+        main,
+        [
+            "eval",
+            str(tmp_path / "m"),
+            "--data",
+            str(folder),
+            "--seed",
+            "3",
+            "--card",
+            str(tmp_path / "m"),
+            "-o",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     measured = json.loads((tmp_path / "r.json").read_text())["mean_bpd"]
     card = ModelCard.load(tmp_path / "m" / "README.md")
@@ -125,17 +157,33 @@ def test_eval_writes_its_result_into_a_card_the_hub_parser_reads(tmp_path):
     # re-saving the model keeps the measured result; a second eval with other options adds one
     vdvae_zoo.load(tmp_path / "m", device="cpu").save_pretrained(tmp_path / "m")
     assert len(ModelCard.load(tmp_path / "m" / "README.md").data.eval_results) == 1
-    again = runner.invoke(main, ["eval", str(tmp_path / "m"), "--data", str(folder), "--seed", "4", "--card",
-                                 str(tmp_path / "m"), "-o", str(tmp_path / "r2.json"), "--overwrite"])
+    again = runner.invoke(
+        main,
+        [
+            "eval",
+            str(tmp_path / "m"),
+            "--data",
+            str(folder),
+            "--seed",
+            "4",
+            "--card",
+            str(tmp_path / "m"),
+            "-o",
+            str(tmp_path / "r2.json"),
+            "--overwrite",
+        ],
+    )
     assert again.exit_code == 0, again.output
     assert len(ModelCard.load(tmp_path / "m" / "README.md").data.eval_results) == 2
 
 
 def test_released_cards_quote_the_paper_and_say_so(tmp_path):
     from huggingface_hub import ModelCard
+
     from vdvae_zoo import VDVAEConfig
-    from vdvae_zoo.weights.manifest import load_manifest
     from vdvae_zoo.weights.cards import PAPER_SOURCE, measured_result, model_card
+    from vdvae_zoo.weights.manifest import load_manifest
+
     entry = load_manifest().get("cifar10")
     mine = measured_result("cifar10 (python)", "test", 2.9, args={"seed": 0}, command="vdvae-zoo eval cifar10 ...")
     (tmp_path / "README.md").write_text(model_card(VDVAEConfig.from_preset("cifar10"), ["x"], entry, results=[mine]))
@@ -148,20 +196,37 @@ def test_released_cards_quote_the_paper_and_say_so(tmp_path):
 
 def test_publish_carries_the_measured_results(tmp_path, monkeypatch):
     from click.testing import CliRunner
-    from helpers import TINY, golden_config, write_manifest, entry
+    from helpers import TINY, entry, golden_config, write_manifest
+
     from vdvae_zoo.cli import main
     from vdvae_zoo.model import VDVAE
     from vdvae_zoo.weights.cards import measured_result, model_card
+
     folder = tmp_path / "measured"
     folder.mkdir()
-    (folder / "README.md").write_text(model_card(vdvae_zoo.VDVAEConfig.from_preset("cifar10"), [],
-                                                 results=[measured_result("x", "test", 1.5)]))
+    (folder / "README.md").write_text(
+        model_card(vdvae_zoo.VDVAEConfig.from_preset("cifar10"), [], results=[measured_result("x", "test", 1.5)])
+    )
     manifest = tmp_path / "manifest.json"
     write_manifest(manifest, [entry("tiny32", golden_config(), url="https://example.org/tiny32.th")])
     sent = {}
-    monkeypatch.setattr(VDVAE, "push_to_hub", lambda self, repo, **kw: sent.update(kw) or
-                        {"repo_id": repo, "revision": "0" * 40, "sha256": "0" * 64})
-    result = CliRunner().invoke(main, ["publish", f"tiny32={TINY / 'model-ema.th'}", "--org", "me", "--manifest",
-                                       str(manifest), "--results-from", str(folder)])
+    monkeypatch.setattr(
+        VDVAE,
+        "push_to_hub",
+        lambda self, repo, **kw: sent.update(kw) or {"repo_id": repo, "revision": "0" * 40, "sha256": "0" * 64},
+    )
+    result = CliRunner().invoke(
+        main,
+        [
+            "publish",
+            f"tiny32={TINY / 'model-ema.th'}",
+            "--org",
+            "me",
+            "--manifest",
+            str(manifest),
+            "--results-from",
+            str(folder),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert [r["metrics"][0]["value"] for r in sent["results"]] == [1.5]

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import random_images, tiny_config_dict
 from PIL import Image
 
 import vdvae_zoo
-from helpers import random_images, tiny_config_dict
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.cli import main
 from vdvae_zoo.restore import Denoising, Downsampling, Inpainting, _data_step, psnr, restore, ssim
@@ -19,8 +19,9 @@ def _mask(size=16, seed=0):
     return torch.tensor((rng.random((size, size)) > 0.4).astype(np.float32))
 
 
-@pytest.mark.parametrize("operator,small", [(Inpainting(_mask()), 16), (Downsampling(2), 8), (Downsampling(4), 4),
-                                            (Denoising(0.1), 16)])
+@pytest.mark.parametrize(
+    "operator,small", [(Inpainting(_mask()), 16), (Downsampling(2), 8), (Downsampling(4), 4), (Denoising(0.1), 16)]
+)
 def test_each_operators_adjoint_is_its_transpose(operator, small):
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 16, 16, 3, generator=g, dtype=torch.float64).float()
@@ -41,8 +42,8 @@ def test_the_data_step_solves_its_normal_equations():
     op = Downsampling(4)
     small = torch.rand(1, 4, 4, 3, generator=g)
     x = _data_step(op, small, mu, var, 0.5, start=op.initial(small)).double()
-    residual = op.adjoint(op.forward(x.float()) - small).double() / op.sigma ** 2 + 0.5 * (x - mu.double()) / var
-    assert residual.abs().max() < 1e-3 * (1 / op.sigma ** 2)
+    residual = op.adjoint(op.forward(x.float()) - small).double() / op.sigma**2 + 0.5 * (x - mu.double()) / var
+    assert residual.abs().max() < 1e-3 * (1 / op.sigma**2)
 
 
 @pytest.fixture(scope="module")
@@ -121,18 +122,35 @@ def test_the_three_tasks_run_from_the_command_line(folder):
         result = runner.invoke(main, ["restore", m, str(source), "-o", str(out), "--steps", "2", *args])
         assert result.exit_code == 0, result.output
         assert np.asarray(Image.open(out)).shape == (32, 32, 3)
-    result = runner.invoke(main, ["restore", m, str(folder / "face.png"), "-o", str(folder / "s.png"), "--denoise",
-                                  "25", "--steps", "2", "--samples", "3"])
+    result = runner.invoke(
+        main,
+        [
+            "restore",
+            m,
+            str(folder / "face.png"),
+            "-o",
+            str(folder / "s.png"),
+            "--denoise",
+            "25",
+            "--steps",
+            "2",
+            "--samples",
+            "3",
+        ],
+    )
     assert result.exit_code == 0 and (folder / "s.std.png").is_file()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--upscale", "3"], "3 does not divide the model's size 32"),
-    (["--upscale", "2"], "with --upscale 2 it must be 16x16"),
-    (["--mask", "wrong-size"], "the mask must be 32x32"),
-    (["--mask", "grey"], "is not binary"),
-    (["--denoise", "25", "--upscale", "2"], "give exactly one of"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--upscale", "3"], "3 does not divide the model's size 32"),
+        (["--upscale", "2"], "with --upscale 2 it must be 16x16"),
+        (["--mask", "wrong-size"], "the mask must be 32x32"),
+        (["--mask", "grey"], "is not binary"),
+        (["--denoise", "25", "--upscale", "2"], "give exactly one of"),
+    ],
+)
 def test_bad_input_is_one_sentence(folder, args, message):
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "wrong-size.png")
     Image.fromarray(np.arange(32 * 32).reshape(32, 32).astype(np.uint8)).save(folder / "grey.png")

@@ -4,13 +4,12 @@ results within tolerance of the plain float32 path."""
 import numpy as np
 import pytest
 import torch
+from helpers import TINY, seeded, tiny_config_dict
 
 import vdvae_zoo
 from vdvae_zoo import VDVAE, VDVAEConfig
 from vdvae_zoo.compute import batching
 from vdvae_zoo.nn.runtime import compute_dtype
-
-from helpers import TINY, seeded, tiny_config_dict
 
 
 def test_channels_last_matches_the_default_layout(golden_model, golden_images):
@@ -40,7 +39,7 @@ def test_bf16_autocast_stays_close_and_keeps_float32_outputs(golden_model, golde
     plain_z = seeded(lambda: golden_model.encode(golden_images, dtype="float32"))
     fast_z = seeded(lambda: golden_model.encode(golden_images))
     assert all(z.dtype == torch.float32 for z in fast_z)
-    assert max((a - b).abs().max().item() for a, b in zip(plain_z, fast_z)) < 0.1
+    assert max((a - b).abs().max().item() for a, b in zip(plain_z, fast_z, strict=False)) < 0.1
     images = seeded(lambda: golden_model.sample(4, 0.5))
     assert images.dtype == torch.uint8 and images.shape == (4, 32, 32, 3)
 
@@ -64,8 +63,13 @@ def test_dtype_names_are_checked(tiny_model):
 
 
 def test_load_passes_fast_path_options(golden_expected):
-    model = vdvae_zoo.load(TINY / "model-ema.th", config=golden_expected["config"] | golden_expected["preprocess"],
-                           device="cpu", dtype="bfloat16", channels_last=True)
+    model = vdvae_zoo.load(
+        TINY / "model-ema.th",
+        config=golden_expected["config"] | golden_expected["preprocess"],
+        device="cpu",
+        dtype="bfloat16",
+        channels_last=True,
+    )
     assert model.compute_dtype == torch.bfloat16 and model.runtime.memory_format == torch.channels_last
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
@@ -77,6 +81,7 @@ def test_compile_falls_back_to_eager_with_one_warning(tiny_model, monkeypatch):
     def broken_compile(fn, **kwargs):
         def compiled(*args):
             raise RuntimeError("no C++ compiler found\nmore detail")
+
         return compiled
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -117,6 +122,7 @@ def test_full_size_batches_are_bounded():
 def test_keep_freed_memory_sets_glibc_malloc_options():
     import subprocess
     import sys
+
     code = "import sys, vdvae_zoo; sys.exit(0 if vdvae_zoo.keep_freed_memory() else 3)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     expected = 0 if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()) else 3
@@ -132,7 +138,7 @@ def test_in_place_residual_adds_change_nothing(dtype):
     torch.manual_seed(5)
     model = VDVAE(VDVAEConfig.from_dict(tiny_config_dict(enc_blocks="16d2,8x2,8d2,4x1,4d4,1x1"))).eval()
     with torch.no_grad():  # non-zero prior and residual outputs, so every add does something
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if not p.any():
                 p.normal_(0.0, 0.1)
     images = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 import vdvae_zoo
-from vdvae_zoo.compute.batching import image_seed
 from vdvae_zoo.cli import main
+from vdvae_zoo.compute.batching import image_seed
 from vdvae_zoo.data.datasets import files_dataset
 from vdvae_zoo.scoring.engine import ScoreOptions, StateError, score_dataset, score_images
 
@@ -26,9 +26,14 @@ def noisy_model(tmp_path_factory):
     single-draw ELBO moves by more than 1 bit per dim from draw to draw, so any leak of the batch into the draws
     shows."""
     torch.manual_seed(5)
-    config = vdvae_zoo.VDVAEConfig(image_size=32, width=24, zdim=5, num_mixtures=3,
-                                   enc_blocks="32x1,32d2,16x1,16d2,8x1,8d4,2x1,2d2,1x1",
-                                   dec_blocks="1x1,2m1,8m2,8x1,16m8,16x1,32m16,32x1")
+    config = vdvae_zoo.VDVAEConfig(
+        image_size=32,
+        width=24,
+        zdim=5,
+        num_mixtures=3,
+        enc_blocks="32x1,32d2,16x1,16d2,8x1,8d4,2x1,2d2,1x1",
+        dec_blocks="1x1,2m1,8m2,8x1,16m8,16x1,32m16,32x1",
+    )
     model = vdvae_zoo.VDVAE(config).eval()
     with torch.no_grad():  # the zero-initialised last convolutions get small values, and the latents weigh more
         for name, p in model.named_parameters():
@@ -73,8 +78,20 @@ def test_bpd_is_the_same_for_every_batch_size_and_equals_eval(tmp_path, noisy_mo
     np.testing.assert_allclose(scores[4], scores[1], atol=1e-4)
     np.testing.assert_allclose(scores[16], scores[1], atol=1e-4)
     # eval on the same folder with the same seed: the same per-image numbers, and so the same mean
-    result = run("eval", noisy_model, "--data", folder23, "--seed", 3, "--batch-size", 4, "--chunk", 5,
-                 "-o", tmp_path / "ev.json")
+    result = run(
+        "eval",
+        noisy_model,
+        "--data",
+        folder23,
+        "--seed",
+        3,
+        "--batch-size",
+        4,
+        "--chunk",
+        5,
+        "-o",
+        tmp_path / "ev.json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "ev.json").read_text())
     np.testing.assert_allclose(report["per_image"]["bpd"], scores[4], atol=1e-6)
@@ -89,8 +106,10 @@ def test_a_pass_of_fixed_shape_makes_each_score_independent_of_its_companions(no
     seeds = [image_seed(0, i) for i in range(7)]
     together = model.likelihood(images, seeds=seeds, batch_size=4)
     for i in range(7):
-        alone = model.likelihood(images[i:i + 1], seeds=seeds[i:i + 1], batch_size=4)
-        assert torch.equal(alone.neg_elbo, together.neg_elbo[i:i + 1]) and torch.equal(alone.kl, together.kl[i:i + 1])
+        alone = model.likelihood(images[i : i + 1], seeds=seeds[i : i + 1], batch_size=4)
+        assert torch.equal(alone.neg_elbo, together.neg_elbo[i : i + 1]) and torch.equal(
+            alone.kl, together.kl[i : i + 1]
+        )
     reordered = model.likelihood(images.flip(0), seeds=seeds[::-1], batch_size=4)
     assert torch.equal(reordered.neg_elbo.flip(0), together.neg_elbo)
     # the same holds for samples and for the posterior statistics
@@ -142,10 +161,13 @@ def test_damaged_state_files_say_which_line(tmp_path, noisy_model, folder23):
     state.write_text(f"{header}\n{first}\n{first[:40]}")
     assert len(score_dataset(model, data, chunk=5, state=state, resume=True, progress=False)) == 23
     record = json.loads(first)
-    bad_records = {"chunk 10^6": dict(record, chunk=10 ** 6), "a list": [1, 2, 3],
-                   "too few numbers": dict(record, bpd=record["bpd"][:2]),
-                   "other images": dict(record, index=[7, 8, 9, 10, 11])}
-    for why, bad in bad_records.items():
+    bad_records = {
+        "chunk 10^6": dict(record, chunk=10**6),
+        "a list": [1, 2, 3],
+        "too few numbers": dict(record, bpd=record["bpd"][:2]),
+        "other images": dict(record, index=[7, 8, 9, 10, 11]),
+    }
+    for _why, bad in bad_records.items():
         state.write_text(f"{header}\n{json.dumps(bad)}\n")
         with pytest.raises(StateError, match=r"s\.jsonl, line 2: .*--overwrite"):
             score_dataset(model, data, chunk=5, state=state, resume=True, progress=False)

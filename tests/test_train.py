@@ -13,14 +13,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import entry, tiny_config_dict, write_manifest
 from PIL import Image
 from safetensors.torch import load_file
 
 import vdvae_zoo
 from vdvae_zoo.data.images import sample_photos
 from vdvae_zoo.training.trainer import Trainer, TrainOptions
-
-from helpers import entry, tiny_config_dict, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def photo_dir(tmp_path_factory):
         h, w = img.shape[:2]
         for i in range(6):
             y, x = (i * 37) % (h - 96), (i * 53) % (w - 96)
-            crop = Image.fromarray(img[y:y + 96, x:x + 96]).resize((16, 16), Image.BICUBIC)
+            crop = Image.fromarray(img[y : y + 96, x : x + 96]).resize((16, 16), Image.BICUBIC)
             crop.save(folder / f"img{k:02d}.png")
             k += 1
     return folder
@@ -46,8 +45,20 @@ def config_file(tmp_path_factory):
 
 
 def options(photo_dir, config_file, out, **kw):
-    base = dict(data=str(photo_dir), out=str(out), config=config_file, steps=6, batch_size=4, lr=2e-3, warmup=2,
-                val_every=0, save_every=0, sample_every=0, log_every=1, seed=0)
+    base = dict(
+        data=str(photo_dir),
+        out=str(out),
+        config=config_file,
+        steps=6,
+        batch_size=4,
+        lr=2e-3,
+        warmup=2,
+        val_every=0,
+        save_every=0,
+        sample_every=0,
+        log_every=1,
+        seed=0,
+    )
     base.update(kw)
     return TrainOptions(**base)
 
@@ -82,9 +93,9 @@ def test_gradient_spike_and_nan_are_skipped_and_counted(tmp_path, photo_dir, con
     def faulty(images, noise=None):
         out = original(images, noise=noise)
         calls["n"] += 1
-        if calls["n"] == 2:   # a gradient spike
+        if calls["n"] == 2:  # a gradient spike
             out = dict(out, neg_elbo=out["neg_elbo"] * 1e12)
-        if calls["n"] == 3:   # a NaN loss
+        if calls["n"] == 3:  # a NaN loss
             out = dict(out, neg_elbo=out["neg_elbo"] * float("nan"), distortion=out["distortion"] * float("nan"))
         return out
 
@@ -122,22 +133,49 @@ def test_too_few_images_is_a_clear_error(tmp_path, config_file):
 
 
 def _cli(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "vdvae_zoo", "finetune", *map(str, args)], env=env or os.environ.copy(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vdvae_zoo", "finetune", *map(str, args)],
+        env=env or os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.mark.slow  # subprocesses; about 10-30 s each (README: the quick run skips these)
 def test_sigterm_saves_and_resume_finishes_identically(tmp_path, photo_dir, config_file):
-    common = ["--config", config_file, "--data", photo_dir, "--batch-size", 4, "--lr", 2e-3, "--warmup", 2,
-              "--val-every", 0, "--save-every", 0, "--sample-every", 0, "--log-every", 1, "--device", "cpu"]
+    common = [
+        "--config",
+        config_file,
+        "--data",
+        photo_dir,
+        "--batch-size",
+        4,
+        "--lr",
+        2e-3,
+        "--warmup",
+        2,
+        "--val-every",
+        0,
+        "--save-every",
+        0,
+        "--sample-every",
+        0,
+        "--log-every",
+        1,
+        "--device",
+        "cpu",
+    ]
     reference = tmp_path / "ref"
     p = _cli(*common, "--out", reference, "--steps", 30)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     out = tmp_path / "run"
     p = _cli(*common, "--out", out, "--steps", 30)
     deadline = time.time() + 120
-    while time.time() < deadline and not ((out / "log.jsonl").exists() and
-                                          len((out / "log.jsonl").read_text().splitlines()) >= 3):
+    while time.time() < deadline and not (
+        (out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 3
+    ):
         time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=120) == 128 + signal.SIGTERM, p.stderr.read()  # 143, the convention
@@ -153,21 +191,63 @@ def test_sigterm_saves_and_resume_finishes_identically(tmp_path, photo_dir, conf
 
 @pytest.mark.slow  # subprocesses; about 10-30 s each (README: the quick run skips these)
 def test_two_gloo_processes_match_one_process(tmp_path, photo_dir, config_file):
-    common = ["--config", config_file, "--data", photo_dir, "--lr", 2e-3, "--warmup", 2, "--steps", 4,
-              "--val-every", 0, "--save-every", 0, "--sample-every", 0, "--log-every", 1, "--device", "cpu"]
+    common = [
+        "--config",
+        config_file,
+        "--data",
+        photo_dir,
+        "--lr",
+        2e-3,
+        "--warmup",
+        2,
+        "--steps",
+        4,
+        "--val-every",
+        0,
+        "--save-every",
+        0,
+        "--sample-every",
+        0,
+        "--log-every",
+        1,
+        "--device",
+        "cpu",
+    ]
     single = tmp_path / "single"
     p = _cli(*common, "--batch-size", 4, "--out", single)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     multi = tmp_path / "multi"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for attempt in range(2):
+    for _attempt in range(2):
         shutil.rmtree(multi, ignore_errors=True)
-        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                            "-m", "vdvae_zoo", "finetune", *map(str, common), "--batch-size", "2", "--out", str(multi)],
-                           env=env, capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                "-m",
+                "vdvae_zoo",
+                "finetune",
+                *map(str, common),
+                "--batch-size",
+                "2",
+                "--out",
+                str(multi),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         # One retry, only when the local rendezvous itself failed (a port taken between being chosen and bound).
-        if p.returncode == 0 or not re.search(r"Address already in use|EADDRINUSE|Connection (reset|refused)"
-                                              r"|RendezvousConnectionError|RendezvousTimeoutError", p.stderr):
+        if p.returncode == 0 or not re.search(
+            r"Address already in use|EADDRINUSE|Connection (reset|refused)"
+            r"|RendezvousConnectionError|RendezvousTimeoutError",
+            p.stderr,
+        ):
             break
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("done: 4 steps") == 1 and p.stderr.count("training from scratch") == 1  # one speaks
@@ -208,11 +288,13 @@ def golden_config(golden_config_dict):
     return golden_config_dict
 
 
-def test_finetune_by_name_starts_from_the_released_ema_weights(tmp_path, hf_home, hub, golden_files, golden_config,
-                                                             golden_model):
+def test_finetune_by_name_starts_from_the_released_ema_weights(
+    tmp_path, hf_home, hub, golden_files, golden_config, golden_model
+):
     from PIL import Image
-    from vdvae_zoo.training.options import TRAINING_PRESETS
+
     from vdvae_zoo.data.images import sample_photos
+    from vdvae_zoo.training.options import TRAINING_PRESETS
     from vdvae_zoo.training.trainer import Trainer, TrainOptions
 
     commit = hub.add("test-org/tiny32", golden_files)
@@ -222,9 +304,21 @@ def test_finetune_by_name_starts_from_the_released_ema_weights(tmp_path, hf_home
     photos.mkdir()
     for i, img in enumerate(sample_photos(5, 32)):
         Image.fromarray(img).save(photos / f"{i}.png")
-    trainer = Trainer(TrainOptions(data=str(photos), out=str(tmp_path / "run"), model="tiny-released",
-                                   manifest=str(manifest), steps=2, batch_size=2, val_fraction=0.2, val_every=0,
-                                   save_every=0, sample_every=0, device="cpu"))
+    trainer = Trainer(
+        TrainOptions(
+            data=str(photos),
+            out=str(tmp_path / "run"),
+            model="tiny-released",
+            manifest=str(manifest),
+            steps=2,
+            batch_size=2,
+            val_fraction=0.2,
+            val_every=0,
+            save_every=0,
+            sample_every=0,
+            device="cpu",
+        )
+    )
     released = golden_model.state_dict()
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, released[name]), name
@@ -237,7 +331,9 @@ def test_finetune_by_name_starts_from_the_released_ema_weights(tmp_path, hf_home
 
 def test_the_finetune_command_options_are_the_train_options():
     import dataclasses
+
     from vdvae_zoo.cli import main
+
     params = {p.name: p for p in main.commands["finetune"].params if p.name != "as_json"}  # --json: output only
     fields = {f.name: f for f in dataclasses.fields(TrainOptions)}
     assert set(params) == set(fields)
@@ -288,6 +384,7 @@ def test_out_is_checked_writable_before_training(tmp_path, photo_dir, config_fil
 
 def test_two_trainers_cannot_share_a_run_folder(tmp_path):
     from vdvae_zoo.training.run_folder import RunFolder, RunFolderInUse
+
     first = RunFolder(tmp_path / "run")
     first.prepare(resume=False, source=None, start={})
     with pytest.raises(RunFolderInUse, match="another trainer is using"):
@@ -296,8 +393,16 @@ def test_two_trainers_cannot_share_a_run_folder(tmp_path):
     RunFolder(tmp_path / "run").prepare(resume=True, source=None, start={})  # free again
 
 
-@pytest.mark.parametrize("option,value", [("grad_clip", -1.0), ("lr", float("inf")), ("weight_decay", float("nan")),
-                                          ("skip_threshold", float("nan")), ("ema_rate", 1.0)])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("grad_clip", -1.0),
+        ("lr", float("inf")),
+        ("weight_decay", float("nan")),
+        ("skip_threshold", float("nan")),
+        ("ema_rate", 1.0),
+    ],
+)
 def test_option_ranges_are_checked(tmp_path, photo_dir, config_file, option, value):
     with pytest.raises(ValueError, match=f"--{option.replace('_', '-')} must be"):
         Trainer(options(photo_dir, config_file, tmp_path / "run", **{option: value}))
@@ -305,8 +410,11 @@ def test_option_ranges_are_checked(tmp_path, photo_dir, config_file, option, val
 
 def test_a_run_that_skips_every_update_stops_with_a_message_and_valid_json(tmp_path, photo_dir, config_file):
     from vdvae_zoo.training.trainer import TrainingStalled
+
     out = tmp_path / "run"
-    with pytest.raises(TrainingStalled, match="3 updates in a row were skipped .* resume with a higher --skip-threshold"):
+    with pytest.raises(
+        TrainingStalled, match="3 updates in a row were skipped .* resume with a higher --skip-threshold"
+    ):
         Trainer(options(photo_dir, config_file, out, steps=10, skip_threshold=1e-9, stop_after_skips=3)).train()
     meta = json.loads((out / "checkpoint" / "meta.json").read_text())
     assert meta["step"] == 3 and meta["updates"] == 0
@@ -332,10 +440,13 @@ def test_resume_checks_the_architecture_and_the_options(tmp_path, photo_dir, con
     other.write_text(json.dumps(tiny_config_dict(zdim=8)))
     with pytest.raises(ValueError, match=r"another architecture \(differing: zdim\)"):
         Trainer(options(photo_dir, other, out, steps=4, resume=True)).train()
-    with pytest.raises(ValueError, match=r"options differ from the run's \(--lr 0.002 -> 0.005\).*--allow-changed-options"):
+    with pytest.raises(
+        ValueError, match=r"options differ from the run's \(--lr 0.002 -> 0.005\).*--allow-changed-options"
+    ):
         Trainer(options(photo_dir, config_file, out, steps=4, resume=True, lr=5e-3)).train()
-    summary = Trainer(options(photo_dir, config_file, out, steps=4, resume=True, lr=5e-3,
-                              allow_changed_options=True)).train()
+    summary = Trainer(
+        options(photo_dir, config_file, out, steps=4, resume=True, lr=5e-3, allow_changed_options=True)
+    ).train()
     assert summary["step"] == 4
     # Resuming at the same --steps does nothing and adds no second end record.
     again = Trainer(options(photo_dir, config_file, out, steps=4, resume=True, lr=5e-3, allow_changed_options=True))
@@ -359,7 +470,7 @@ def test_images_of_another_size_follow_the_same_rule_as_bpd(tmp_path, photo_dir,
     shutil.copytree(photo_dir, data)
     Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(data / "big.png")
     trainer = Trainer(options(data, config_file, tmp_path / "a"))
-    assert len(trainer.train_set) + len(trainer.val_set) == 24      # skipped, as bpd skips it
+    assert len(trainer.train_set) + len(trainer.val_set) == 24  # skipped, as bpd skips it
     trainer = Trainer(options(data, config_file, tmp_path / "b", resize="center-crop"))
     assert len(trainer.train_set) + len(trainer.val_set) == 25
 
@@ -367,9 +478,20 @@ def test_images_of_another_size_follow_the_same_rule_as_bpd(tmp_path, photo_dir,
 @pytest.mark.slow  # several seconds (processes, training, long chains): the quick run skips it
 def test_a_short_from_scratch_run_visibly_learns_with_the_default_options(tmp_path, photo_dir, config_file):
     # Defaults for custom configs (GENERIC_DEFAULTS); measured in README: 8.95 -> 8.35 bpd in 100 steps.
-    trainer = Trainer(TrainOptions(data=str(photo_dir), out=str(tmp_path / "run"), config=config_file, steps=40,
-                                   batch_size=8, val_fraction=0.25, val_every=0, save_every=0, sample_every=0,
-                                   device="cpu"))
+    trainer = Trainer(
+        TrainOptions(
+            data=str(photo_dir),
+            out=str(tmp_path / "run"),
+            config=config_file,
+            steps=40,
+            batch_size=8,
+            val_fraction=0.25,
+            val_every=0,
+            save_every=0,
+            sample_every=0,
+            device="cpu",
+        )
+    )
     before = trainer.validate()
     after = trainer.train()["final_val_bpd"]
     assert after < before - 0.1, (before, after)

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from helpers import image_folder, random_images, tiny_config_dict
+
 from vdvae_zoo import VDVAE, VDVAEConfig
-from vdvae_zoo.training.trainer import Trainer, TrainingStalled, TrainOptions
 from vdvae_zoo.training.rules import objective
+from vdvae_zoo.training.trainer import Trainer, TrainingStalled, TrainOptions
 
 BITS = 1 / math.log(2)
 
@@ -23,8 +23,18 @@ def data(tmp_path):
 
 def trainer(tmp_path, data, name, **options):
     folder, config = data
-    defaults = dict(data=str(folder), out=str(tmp_path / name), config=str(config), steps=10, batch_size=4,
-                    val_every=0, sample_every=0, save_every=0, log_every=1, val_fraction=0.25)
+    defaults = dict(
+        data=str(folder),
+        out=str(tmp_path / name),
+        config=str(config),
+        steps=10,
+        batch_size=4,
+        val_every=0,
+        sample_every=0,
+        save_every=0,
+        log_every=1,
+        val_fraction=0.25,
+    )
     return Trainer(TrainOptions(**dict(defaults, **options)))
 
 
@@ -37,8 +47,9 @@ def test_auto_keeps_learning_where_a_fixed_threshold_skips_every_step(tmp_path, 
     with pytest.raises(TrainingStalled):
         fixed.train()
     assert fixed.updates == 0 and fixed.skipped == 15
-    auto = trainer(tmp_path, data, "auto", steps=40, skip_threshold="auto", stop_after_skips=15, lr=3e-3, warmup=0,
-                   val_every=40)
+    auto = trainer(
+        tmp_path, data, "auto", steps=40, skip_threshold="auto", stop_after_skips=15, lr=3e-3, warmup=0, val_every=40
+    )
     auto.train()
     assert auto.updates >= 38
     losses = [r["loss_bpd"] for r in records(tmp_path, "auto") if "loss_bpd" in r]
@@ -48,7 +59,7 @@ def test_auto_keeps_learning_where_a_fixed_threshold_skips_every_step(tmp_path, 
 def test_auto_skips_an_outlier_of_the_recent_norms(tmp_path, data):
     t = trainer(tmp_path, data, "rule", skip_threshold="auto")
     assert not any(t.skip_rule.too_big(1.0 + 0.01 * i) for i in range(30))  # 30 ordinary norms: none skipped
-    assert t.skip_rule.too_big(1000.0)                                      # far above 3 x the 90th percentile
+    assert t.skip_rule.too_big(1000.0)  # far above 3 x the 90th percentile
     assert not t.skip_rule.too_big(1.2)
     assert t.skip_rule.too_big(float("nan"))
 
@@ -65,6 +76,7 @@ def test_kl_warmup_weights_the_kl_term_as_defined_and_validation_stays_the_elbo(
     assert steps[0]["loss_bpd"] < steps[0]["neg_elbo_bpd"]
     # the validation number is the true bound of the EMA weights, as scoring them directly gives
     from vdvae_zoo.scoring.engine import ScoreOptions, score_images
+
     images = torch.stack([t.val_set[i] for i in range(len(t.val_set))])
     values, _ = score_images(t.ema, images, range(len(images)), ScoreOptions(seed=0))
     val = [r["val_bpd"] for r in records(tmp_path, "warm") if r.get("val_bpd") is not None]
@@ -78,15 +90,16 @@ def test_free_bits_count_each_layer_at_least_lambda_nats(data):
     out = model(images, generator=torch.Generator().manual_seed(2), free_nats=0.5)
     assert (out["kl_free"] >= out["kl"] - 1e-6).all() and (out["kl_free"] >= 0.5 - 1e-5).all()
     big = model(images, generator=torch.Generator().manual_seed(2), free_nats=1e4)
-    assert torch.allclose(big["kl_free"], torch.full_like(big["kl"], 1e4))   # every element below its share
+    assert torch.allclose(big["kl_free"], torch.full_like(big["kl"], 1e4))  # every element below its share
     tiny = model(images, generator=torch.Generator().manual_seed(2), free_nats=1e-12)
     assert torch.allclose(tiny["kl_free"], tiny["kl"], rtol=1e-5, atol=1e-6)
 
 
 def test_free_bits_change_the_training_loss_as_defined(tmp_path, data):
     t = trainer(tmp_path, data, "free", steps=2, free_bits=2.0)
-    out = t.model(torch.stack([t.train_set[i] for i in range(3)]), generator=torch.Generator().manual_seed(0),
-                  free_nats=2.0)
+    out = t.model(
+        torch.stack([t.train_set[i] for i in range(3)]), generator=torch.Generator().manual_seed(0), free_nats=2.0
+    )
     expected = out["distortion"] + out["kl_free"].sum(dim=1) / t.config.dims_per_image
     assert torch.allclose(objective(out, 1.0, 2.0, t.config.dims_per_image), expected)
     assert (objective(out, 1.0, 2.0, t.config.dims_per_image) >= out["neg_elbo"] - 1e-6).all()
@@ -102,12 +115,13 @@ def test_validation_logs_active_units_per_layer(tmp_path, data):
     assert val and len(val[0]["active_units"]) == t.config.num_layers
     assert val[0]["active_units_total"] == sum(val[0]["active_units"])
     sizes = [t.config.zdim * r * r for r in t.config.layer_resolutions]
-    assert all(0 <= a <= s for a, s in zip(val[0]["active_units"], sizes))
+    assert all(0 <= a <= s for a, s in zip(val[0]["active_units"], sizes, strict=False))
 
 
 def test_tensorboard_scalars_match_the_log(tmp_path, data):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     t = trainer(tmp_path, data, "tb", steps=4, val_every=2, sample_every=4, log_to=("tensorboard",))
     t.train()
     events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
@@ -136,6 +150,7 @@ def test_wandb_offline_writes_its_run_folder(tmp_path, data, monkeypatch):
 
 def test_a_missing_extra_is_one_sentence_before_anything_is_written(tmp_path, data, monkeypatch):
     import importlib.util
+
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ImportError, match=r'--log-to wandb needs the wandb package: pip install "vdvae-zoo\[wandb\]"'):
@@ -145,14 +160,50 @@ def test_a_missing_extra_is_one_sentence_before_anything_is_written(tmp_path, da
 
 def test_the_cli_takes_the_new_options(tmp_path, data):
     from click.testing import CliRunner
+
     from vdvae_zoo.cli import main
+
     folder, config = data
-    result = CliRunner().invoke(main, ["finetune", "--config", str(config), "--data", str(folder), "--out",
-                                       str(tmp_path / "cli"), "--steps", "2", "--batch-size", "2", "--skip-threshold",
-                                       "auto", "--kl-warmup", "10", "--free-bits", "0.1", "--val-every", "0",
-                                       "--sample-every", "0"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "finetune",
+            "--config",
+            str(config),
+            "--data",
+            str(folder),
+            "--out",
+            str(tmp_path / "cli"),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--skip-threshold",
+            "auto",
+            "--kl-warmup",
+            "10",
+            "--free-bits",
+            "0.1",
+            "--val-every",
+            "0",
+            "--sample-every",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "skip threshold auto, KL warm-up 10 steps, free bits 0.1 nats per layer" in result.output
-    bad = CliRunner().invoke(main, ["finetune", "--config", str(config), "--data", str(folder), "--out",
-                                    str(tmp_path / "bad"), "--skip-threshold", "sometimes"])
+    bad = CliRunner().invoke(
+        main,
+        [
+            "finetune",
+            "--config",
+            str(config),
+            "--data",
+            str(folder),
+            "--out",
+            str(tmp_path / "bad"),
+            "--skip-threshold",
+            "sometimes",
+        ],
+    )
     assert bad.exit_code == 2 and "neither a number nor auto" in bad.output

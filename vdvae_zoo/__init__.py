@@ -10,25 +10,24 @@ cli -> training, restore -> model -> scoring, coding, latents -> weights -> comp
 """
 
 from ._version import __version__
-
 from .blocks import parse_block_string
-from .config import VDVAEConfig, list_presets
-from .weights.hub import IntegrityError
 from .coding.archive import compress, decompress
-from .scoring.evaluate import EvalReport, evaluate
-from .weights.inspection import inspect_checkpoint
-from .weights.manifest import Manifest, UnknownModelError, load_manifest
+from .config import VDVAEConfig, list_presets
+from .data.plots import bits_per_layer, bits_per_resolution, kl_chart
 from .latents import flatten_latents, latent_layout, unflatten_latents
 from .model import VDVAE, EncoderMismatchError, LayerLatents, LikelihoodResult, load
-from .scoring.ood import detection_metrics, evaluate_ood, ood_scores
-from .weights.provenance import Provenance
-from .restore import Denoising, Downsampling, Inpainting, RestoreResult, restore
-from .scoring.sample_sets import write_sample_set
-from .scoring.engine import ScoreOptions, score_dataset
-from .data.plots import bits_per_layer, bits_per_resolution, kl_chart
 from .nn.runtime import keep_freed_memory
-from .training.trainer import TrainOptions, Trainer, finetune
+from .restore import Denoising, Downsampling, Inpainting, RestoreResult, restore
+from .scoring.engine import ScoreOptions, score_dataset
+from .scoring.evaluate import EvalReport, evaluate
+from .scoring.ood import detection_metrics, evaluate_ood, ood_scores
+from .scoring.sample_sets import write_sample_set
+from .training.trainer import Trainer, TrainOptions, finetune
+from .weights.hub import IntegrityError
+from .weights.inspection import inspect_checkpoint
+from .weights.manifest import Manifest, UnknownModelError, load_manifest
 from .weights.original import LoadReport, read_checkpoint
+from .weights.provenance import Provenance
 
 download = VDVAE.download
 convert_original = VDVAE.convert_original
@@ -39,10 +38,50 @@ def list_models() -> list:
     return load_manifest().names
 
 
-__all__ = ["VDVAE", "VDVAEConfig", "LikelihoodResult", "LayerLatents", "LoadReport", "Provenance",
-           "flatten_latents", "unflatten_latents", "latent_layout", "ood_scores", "evaluate_ood", "detection_metrics",
-           "write_sample_set", "ScoreOptions", "score_dataset", "EncoderMismatchError", "IntegrityError",
-           "UnknownModelError", "Manifest", "load", "download", "load_manifest", "read_checkpoint",
-           "convert_original", "inspect_checkpoint", "evaluate", "EvalReport", "compress", "decompress", "list_models", "list_presets", "parse_block_string", "Trainer",
-           "TrainOptions", "finetune", "bits_per_layer", "bits_per_resolution", "kl_chart", "keep_freed_memory",
-           "restore", "RestoreResult", "Inpainting", "Downsampling", "Denoising", "__version__"]
+__all__ = [
+    "VDVAE",
+    "VDVAEConfig",
+    "LikelihoodResult",
+    "LayerLatents",
+    "LoadReport",
+    "Provenance",
+    "flatten_latents",
+    "unflatten_latents",
+    "latent_layout",
+    "ood_scores",
+    "evaluate_ood",
+    "detection_metrics",
+    "write_sample_set",
+    "ScoreOptions",
+    "score_dataset",
+    "EncoderMismatchError",
+    "IntegrityError",
+    "UnknownModelError",
+    "Manifest",
+    "load",
+    "download",
+    "load_manifest",
+    "read_checkpoint",
+    "convert_original",
+    "inspect_checkpoint",
+    "evaluate",
+    "EvalReport",
+    "compress",
+    "decompress",
+    "list_models",
+    "list_presets",
+    "parse_block_string",
+    "Trainer",
+    "TrainOptions",
+    "finetune",
+    "bits_per_layer",
+    "bits_per_resolution",
+    "kl_chart",
+    "keep_freed_memory",
+    "restore",
+    "RestoreResult",
+    "Inpainting",
+    "Downsampling",
+    "Denoising",
+    "__version__",
+]

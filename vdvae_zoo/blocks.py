@@ -10,10 +10,17 @@ Block strings (read left to right):
 from __future__ import annotations
 
 import re
-from typing import Dict, List, NamedTuple, Optional
+from typing import NamedTuple
 
-__all__ = ["BlockSpec", "parse_block_string", "parse_custom_widths", "kernel_size", "MAX_BLOCKS", "MAX_RESOLUTION",
-           "MAX_WIDTH"]
+__all__ = [
+    "BlockSpec",
+    "parse_block_string",
+    "parse_custom_widths",
+    "kernel_size",
+    "MAX_BLOCKS",
+    "MAX_RESOLUTION",
+    "MAX_WIDTH",
+]
 
 
 class BlockSpec(NamedTuple):
@@ -21,8 +28,8 @@ class BlockSpec(NamedTuple):
     resolution (decoder), or None."""
 
     resolution: int
-    down_rate: Optional[int] = None
-    mixin: Optional[int] = None
+    down_rate: int | None = None
+    mixin: int | None = None
 
 
 _ITEM = re.compile(r"^(\d+)(?:([xdm])(\d+))?$")
@@ -34,7 +41,7 @@ MAX_RESOLUTION = 8192
 MAX_WIDTH = 65536
 
 
-def parse_block_string(spec: str, kind: str = "decoder") -> List[BlockSpec]:
+def parse_block_string(spec: str, kind: str = "decoder") -> list[BlockSpec]:
     """Parse an encoder (``kind="encoder"``) or decoder block string into one BlockSpec per block.
 
     Raises ValueError naming the offending item when an item is malformed, uses ``m`` in an encoder
@@ -46,16 +53,21 @@ def parse_block_string(spec: str, kind: str = "decoder") -> List[BlockSpec]:
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"{name} must be a non-empty block string such as '32x2,32d2,16x2', got {spec!r:.80}")
     if spec.count(",") >= MAX_BLOCKS:
-        raise ValueError(f"{name} lists {spec.count(',') + 1:,} items, more than the {MAX_BLOCKS} blocks any VDVAE "
-                         "has (the released ones have at most 78); write runs as RxN")
-    blocks: List[BlockSpec] = []
+        raise ValueError(
+            f"{name} lists {spec.count(',') + 1:,} items, more than the {MAX_BLOCKS} blocks any VDVAE "
+            "has (the released ones have at most 78); write runs as RxN"
+        )
+    blocks: list[BlockSpec] = []
     for item in spec.split(","):
         text = item.strip()
         m = _ITEM.match(text)
         if m is None:
-            raise ValueError(f"{name}: cannot parse item {item!r} of {spec!r}; expected RxN, "
-                             + ("RdK" if kind == "encoder" else "RmS") + " or R with integers R, N, "
-                             + ("K" if kind == "encoder" else "S"))
+            raise ValueError(
+                f"{name}: cannot parse item {item!r} of {spec!r}; expected RxN, "
+                + ("RdK" if kind == "encoder" else "RmS")
+                + " or R with integers R, N, "
+                + ("K" if kind == "encoder" else "S")
+            )
         res, op, arg = int(m.group(1)), m.group(2), m.group(3)
         if not 0 < res <= MAX_RESOLUTION:
             raise ValueError(f"{name}: item {item!r} has resolution {res}; resolutions must be in 1..{MAX_RESOLUTION}")
@@ -68,25 +80,35 @@ def parse_block_string(spec: str, kind: str = "decoder") -> List[BlockSpec]:
         if value <= 0:
             raise ValueError(f"{name}: item {item!r} has a zero count or rate")
         if op == "x" and len(blocks) + value > MAX_BLOCKS:
-            raise ValueError(f"{name}: item {item!r} makes more than {MAX_BLOCKS} blocks; no VDVAE has that many "
-                             "(the released ones have at most 78)")
+            raise ValueError(
+                f"{name}: item {item!r} makes more than {MAX_BLOCKS} blocks; no VDVAE has that many "
+                "(the released ones have at most 78)"
+            )
         if op == "x":
             blocks.extend(BlockSpec(res) for _ in range(value))
         elif op == "d":
             if kind != "encoder":
-                raise ValueError(f"{name}: item {item!r} down-samples ('d'), which only encoder blocks do; "
-                                 "decoder blocks use RmS to mix in a lower resolution")
+                raise ValueError(
+                    f"{name}: item {item!r} down-samples ('d'), which only encoder blocks do; "
+                    "decoder blocks use RmS to mix in a lower resolution"
+                )
             if value < 2 or res % value:
-                raise ValueError(f"{name}: item {item!r} down-samples {res} by {value}, which does not give "
-                                 "a whole resolution (need K >= 2 dividing R)")
+                raise ValueError(
+                    f"{name}: item {item!r} down-samples {res} by {value}, which does not give "
+                    "a whole resolution (need K >= 2 dividing R)"
+                )
             blocks.append(BlockSpec(res, down_rate=value))
         else:  # "m"
             if kind != "decoder":
-                raise ValueError(f"{name}: item {item!r} mixes in ('m'), which only decoder blocks do; "
-                                 "encoder blocks use RdK to down-sample")
+                raise ValueError(
+                    f"{name}: item {item!r} mixes in ('m'), which only decoder blocks do; "
+                    "encoder blocks use RdK to down-sample"
+                )
             if value >= res or res % value:
-                raise ValueError(f"{name}: item {item!r} mixes resolution {value} into {res}; the mixin must be "
-                                 "a lower resolution that divides R")
+                raise ValueError(
+                    f"{name}: item {item!r} mixes resolution {value} into {res}; the mixin must be "
+                    "a lower resolution that divides R"
+                )
             blocks.append(BlockSpec(res, mixin=value))
     return blocks
 
@@ -96,9 +118,9 @@ def kernel_size(resolution: int) -> int:
     return 3 if resolution > 2 else 1
 
 
-def parse_custom_widths(spec: str) -> Dict[int, int]:
+def parse_custom_widths(spec: str) -> dict[int, int]:
     """Parse ``"R:W,R:W,..."`` into {resolution: width}. Empty string gives {}."""
-    widths: Dict[int, int] = {}
+    widths: dict[int, int] = {}
     if not isinstance(spec, str):
         raise ValueError(f"custom_width_str must be text such as '32:512,16:512' (or empty), got {spec!r:.80}")
     if not spec:
@@ -112,10 +134,14 @@ def parse_custom_widths(spec: str) -> Dict[int, int]:
             if len(parts) != 2:
                 raise ValueError
         except (ValueError, IndexError):
-            raise ValueError(f"custom_width_str: cannot parse item {item!r} of {spec!r}; expected R:W "
-                             "with integer resolution R and width W") from None
+            raise ValueError(
+                f"custom_width_str: cannot parse item {item!r} of {spec!r}; expected R:W "
+                "with integer resolution R and width W"
+            ) from None
         if not (0 < res <= MAX_RESOLUTION and 0 < width <= MAX_WIDTH):
-            raise ValueError(f"custom_width_str: item {item!r} needs a resolution in 1..{MAX_RESOLUTION} and a width "
-                             f"in 1..{MAX_WIDTH}")
+            raise ValueError(
+                f"custom_width_str: item {item!r} needs a resolution in 1..{MAX_RESOLUTION} and a width "
+                f"in 1..{MAX_WIDTH}"
+            )
         widths[res] = width
     return widths

@@ -10,9 +10,10 @@ Example (docs/latents.md): the first 31 layers of the imagenet64 architecture ar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,12 +30,12 @@ class LatentSlot:
 
     index: int
     resolution: int
-    shape: Tuple[int, int, int]
+    shape: tuple[int, int, int]
     offset: int
     size: int
 
 
-def latent_layout(config: VDVAEConfig) -> List[LatentSlot]:
+def latent_layout(config: VDVAEConfig) -> list[LatentSlot]:
     """Every decoder layer's place in a flat row, top (lowest resolution) first."""
     slots, offset = [], 0
     for i, r in enumerate(config.layer_resolutions):
@@ -47,12 +48,14 @@ def latent_layout(config: VDVAEConfig) -> List[LatentSlot]:
 def _tensor(layer) -> torch.Tensor:
     z = getattr(layer, "z", layer)  # a LayerLatents (encode(stats=True)) or a tensor
     if not isinstance(z, torch.Tensor) or z.ndim != 4:
-        raise ValueError(f"each latent must be a tensor (N, zdim, r, r) or encode(stats=True)'s LayerLatents, "
-                         f"got {type(layer).__name__}" + (f" of shape {tuple(z.shape)}" if isinstance(z, torch.Tensor) else ""))
+        raise ValueError(
+            f"each latent must be a tensor (N, zdim, r, r) or encode(stats=True)'s LayerLatents, "
+            f"got {type(layer).__name__}" + (f" of shape {tuple(z.shape)}" if isinstance(z, torch.Tensor) else "")
+        )
     return z
 
 
-def flatten_latents(latents: Sequence[Union[torch.Tensor, object]]) -> torch.Tensor:
+def flatten_latents(latents: Sequence[torch.Tensor | object]) -> torch.Tensor:
     """(N, D) rows from the first layers' latents (e.g. `model.encode(x)[:31]`): each layer flattened in
     (zdim, r, r) order, concatenated top to bottom. D is the sum of the layers' zdim * r * r."""
     layers = [_tensor(z) for z in latents]
@@ -64,7 +67,7 @@ def flatten_latents(latents: Sequence[Union[torch.Tensor, object]]) -> torch.Ten
     return torch.cat([z.reshape(n, -1) for z in layers], dim=1)
 
 
-def unflatten_latents(flat: torch.Tensor, model_or_config) -> List[torch.Tensor]:
+def unflatten_latents(flat: torch.Tensor, model_or_config) -> list[torch.Tensor]:
     """The inverse of `flatten_latents`: (N, D) rows -> the list of the first layers' latents that D covers,
     which `model.decode(latents, temperature=...)` takes (the layers after them are drawn from the prior). D must
     end on a layer boundary of `latent_layout`."""
@@ -78,10 +81,12 @@ def unflatten_latents(flat: torch.Tensor, model_or_config) -> List[torch.Tensor]
     boundaries = [s.offset + s.size for s in layout]
     if d not in boundaries:
         near = ", ".join(f"{b} ({i + 1} layers)" for i, b in enumerate(boundaries) if abs(b - d) <= max(d, 1))
-        raise ValueError(f"D = {d} numbers per row does not end on a layer boundary of this model; the first "
-                         f"layers end at {near or boundaries[:6]}")
+        raise ValueError(
+            f"D = {d} numbers per row does not end on a layer boundary of this model; the first "
+            f"layers end at {near or boundaries[:6]}"
+        )
     count = boundaries.index(d) + 1
-    return [flat[:, s.offset:s.offset + s.size].reshape(-1, *s.shape).float() for s in layout[:count]]
+    return [flat[:, s.offset : s.offset + s.size].reshape(-1, *s.shape).float() for s in layout[:count]]
 
 
 # ----------------------------------------------------------------------------------------- data-set scale
@@ -90,10 +95,11 @@ ENCODE_OUTPUT_RULE = (
     "without --flat: .safetensors with z.i of every decoder layer (--stats adds mean.i and std.i); with --flat N: the "
     "first N layers as rows, (images, D), instead of the per-layer tensors: 'flat' (--stats adds 'flat_mean' and "
     "'flat_std') in a .safetensors, or 'flat' alone as an .npy (one array per file, so no --stats) with "
-    "OUTPUT.json beside it; every output also records the images, the seed and the model")
+    "OUTPUT.json beside it; every output also records the images, the seed and the model"
+)
 
 
-def encode_outputs(output, flat: Optional[int] = None, stats: bool = False) -> List[Path]:
+def encode_outputs(output, flat: int | None = None, stats: bool = False) -> list[Path]:
     """The files `encode_dataset(output, flat=, stats=)` writes, after checking that the combination is one
     `ENCODE_OUTPUT_RULE` allows (ValueError naming `output` otherwise): check them before any work starts."""
     output = Path(output)
@@ -101,17 +107,33 @@ def encode_outputs(output, flat: Optional[int] = None, stats: bool = False) -> L
     if suffix not in (".safetensors", ".npy"):
         raise ValueError(f"{output}: latents are written as .safetensors or .npy ({ENCODE_OUTPUT_RULE})")
     if suffix == ".npy" and flat is None:
-        raise ValueError(f"{output}: an .npy holds one array, the flat rows of the first layers: give --flat N "
-                         "(flat=N), or write a .safetensors for every layer")
+        raise ValueError(
+            f"{output}: an .npy holds one array, the flat rows of the first layers: give --flat N "
+            "(flat=N), or write a .safetensors for every layer"
+        )
     if suffix == ".npy" and stats:
-        raise ValueError(f"{output}: an .npy holds one array (the flat rows), so --stats (stats=True) has nowhere to "
-                         "go: write a .safetensors to get 'flat_mean' and 'flat_std' with the rows")
+        raise ValueError(
+            f"{output}: an .npy holds one array (the flat rows), so --stats (stats=True) has nowhere to "
+            "go: write a .safetensors to get 'flat_mean' and 'flat_std' with the rows"
+        )
     return [output, output.with_name(output.name + ".json")] if suffix == ".npy" else [output]
 
 
-def encode_dataset(model, dataset, output, *, flat: Optional[int] = None, stats: bool = False, mean: bool = False,
-                   seed: int = 0, batch_size: Optional[int] = None, chunk: int = 256, resize: Optional[str] = None,
-                   overwrite: bool = False, progress: bool = True) -> Dict[str, Any]:
+def encode_dataset(
+    model,
+    dataset,
+    output,
+    *,
+    flat: int | None = None,
+    stats: bool = False,
+    mean: bool = False,
+    seed: int = 0,
+    batch_size: int | None = None,
+    chunk: int = 256,
+    resize: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Encode every image of `dataset` (datasets.py) in chunks, image i with `image_seed(seed, i)` as every
     score is computed, and write them to `output` by `ENCODE_OUTPUT_RULE`:
 
@@ -126,8 +148,10 @@ def encode_dataset(model, dataset, output, *, flat: Optional[int] = None, stats:
     `mean`: posterior means instead of samples. Unreadable images are skipped (listed). Returns a summary."""
     import contextlib
     import json
+
     from .compute.batching import image_seed
     from .data.files import atomic_write, refuse_existing, staged_file, write_npy
+
     files = encode_outputs(output, flat, stats)
     output = files[0]
     if flat is not None and not 1 <= flat <= model.num_layers:
@@ -140,6 +164,7 @@ def encode_dataset(model, dataset, output, *, flat: Optional[int] = None, stats:
     size = model.config.image_size
     names, skipped, pieces = [], [], {}
     from .data.progress import progress_bar
+
     with contextlib.ExitStack() as stack:
         rows_file = stack.enter_context(staged_file(output, overwrite=overwrite)) if flat and files[1:] else None
         memmap = None
@@ -151,14 +176,16 @@ def encode_dataset(model, dataset, output, *, flat: Optional[int] = None, stats:
                 bar.update(len(idx))
                 if not kept:
                     continue
-                layers = model.encode(images, stats=True, mean=mean, batch_size=batch_size,
-                                      seeds=[image_seed(seed, i) for i in kept])
+                layers = model.encode(
+                    images, stats=True, mean=mean, batch_size=batch_size, seeds=[image_seed(seed, i) for i in kept]
+                )
                 names += [str(dataset.files[i]) if dataset.files is not None else str(i) for i in kept]
                 if rows_file is not None:
                     if memmap is None:  # the staged file was created exclusively: nothing else is opened here
-                        memmap = np.lib.format.open_memmap(rows_file, mode="w+", dtype=np.float32,
-                                                           shape=(len(dataset), width))
-                    memmap[len(names) - len(kept):len(names)] = flatten_latents(layers[:flat]).numpy()
+                        memmap = np.lib.format.open_memmap(
+                            rows_file, mode="w+", dtype=np.float32, shape=(len(dataset), width)
+                        )
+                    memmap[len(names) - len(kept) : len(names)] = flatten_latents(layers[:flat]).numpy()
                     continue
                 for f in fields:
                     if flat:
@@ -169,23 +196,35 @@ def encode_dataset(model, dataset, output, *, flat: Optional[int] = None, stats:
                             pieces.setdefault(f"{f}.{i}", []).append(getattr(layer, f))
         if not names:
             raise ValueError(f"none of the {len(dataset)} images of {dataset.name} could be read at {size}x{size}")
-        meta = {"images": names, "skipped": [[str(dataset.files[i]) if dataset.files is not None else i, why]
-                                             for i, why in skipped],
-                "model": model.provenance.to_dict(), "seed": seed, "mean": mean,
-                "seeds": "image i of the data set: vdvae_zoo.batching.image_seed(seed, i)",
-                "layout": [vars(s) for s in layout[:flat or len(layout)]]}
+        meta = {
+            "images": names,
+            "skipped": [[str(dataset.files[i]) if dataset.files is not None else i, why] for i, why in skipped],
+            "model": model.provenance.to_dict(),
+            "seed": seed,
+            "mean": mean,
+            "seeds": "image i of the data set: vdvae_zoo.batching.image_seed(seed, i)",
+            "layout": [vars(s) for s in layout[: flat or len(layout)]],
+        }
         if rows_file is not None:
             memmap.flush()
             del memmap
             if len(names) < len(dataset):  # skipped images: keep only the rows written
-                write_npy(output, np.load(rows_file, mmap_mode="r")[:len(names)], overwrite=overwrite)
+                write_npy(output, np.load(rows_file, mmap_mode="r")[: len(names)], overwrite=overwrite)
                 rows_file.unlink()  # the full-size staged file: removed, so it is not placed
             atomic_write(files[1], json.dumps(meta, indent=1) + "\n", overwrite=overwrite)
     if rows_file is None:
         from safetensors.torch import save_file
+
         tensors = {k: torch.cat(v).contiguous() for k, v in pieces.items()}
-        metadata = {"vdvae_zoo": json.dumps({k: v for k, v in meta.items() if k != "layout"}),
-                    "paths": json.dumps(names)}
+        metadata = {
+            "vdvae_zoo": json.dumps({k: v for k, v in meta.items() if k != "layout"}),
+            "paths": json.dumps(names),
+        }
         atomic_write(output, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), overwrite=overwrite)
-    return {"output": str(output), "images": len(names), "skipped": len(skipped), "flat_width": width or None,
-            "layers": flat or model.num_layers}
+    return {
+        "output": str(output),
+        "images": len(names),
+        "skipped": len(skipped),
+        "flat_width": width or None,
+        "layers": flat or model.num_layers,
+    }

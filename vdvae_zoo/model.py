@@ -14,50 +14,71 @@ sampling pixels, two uniform tensors in the output distribution (see dmol.py).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
-import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .compute.batching import MicroBatch, PassSizeReduced, auto_batch_size, draw_normals, in_batches
-from .scoring.bounds import LayerLatents, LikelihoodResult, importance_weighted, joined_result, log_prior_over_posterior
 from .config import VDVAEConfig
-from .nn.head import OutputHead
-from .nn.inputs import (ImageBatch, Temperature, check_count, check_image_pair, check_images, check_keep,
-                     check_latents, layer_temperatures, preprocess)
 from .latents import LatentSlot, latent_layout
-from .nn.draws import standard_normal
 from .nn import network
-from .weights import registry
+from .nn.draws import standard_normal
+from .nn.head import OutputHead
+from .nn.inputs import (
+    ImageBatch,
+    Temperature,
+    check_count,
+    check_image_pair,
+    check_images,
+    check_keep,
+    check_latents,
+    layer_temperatures,
+    preprocess,
+)
 from .nn.network import Block, Decoder, Encoder, LayerOutput
-from .weights.pretrained import PretrainedMixin
 from .nn.runtime import DTypeLike, Runtime, compute_dtype
+from .scoring.bounds import LayerLatents, LikelihoodResult, importance_weighted, joined_result, log_prior_over_posterior
+from .weights import registry
+from .weights.pretrained import PretrainedMixin
 
-__all__ = ["VDVAE", "LikelihoodResult", "LayerLatents", "Temperature", "EncoderMismatchError", "PassSizeReduced", "load"]
+__all__ = [
+    "VDVAE",
+    "LikelihoodResult",
+    "LayerLatents",
+    "Temperature",
+    "EncoderMismatchError",
+    "PassSizeReduced",
+    "load",
+]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The model and its public API
 # ----------------------------------------------------------------------------------------------------------------
 
+
 class EncoderMismatchError(RuntimeError):
     """The model was loaded without its encoder: only the decoder (sample, decode) can be used."""
 
 
-NO_ENCODER = ("this model was loaded without its encoder (the file's encoder tensors do not match its config), so "
-              "likelihood, encode and reconstruct are unavailable; sample() and decode() work. Load again with a "
-              "config whose enc_blocks matches the file (`vdvae-zoo inspect FILE` shows the file's structure).")
+NO_ENCODER = (
+    "this model was loaded without its encoder (the file's encoder tensors do not match its config), so "
+    "likelihood, encode and reconstruct are unavailable; sample() and decode() work. Load again with a "
+    "config whose enc_blocks matches the file (`vdvae-zoo inspect FILE` shows the file's structure)."
+)
 
 
 def _inference(method: Callable) -> Callable:
     """Run a public method in eval mode under torch.inference_mode, restoring the train/eval mode after."""
 
     @functools.wraps(method)
-    def wrapper(self: "VDVAE", *args, **kwargs):
+    def wrapper(self: VDVAE, *args, **kwargs):
         was_training = self.training
         self.eval()
         try:
@@ -94,22 +115,26 @@ class VDVAE(nn.Module, PretrainedMixin):
     # The loaders' hooks (pretrained.py): what is VDVAE's own about its files.
     model_type = VDVAEConfig.model_type
     optional_part, optional_part_off = network.ENCODER_PREFIX, {"with_encoder": False}
-    optional_part_note = ("The decoder was loaded: sample() and decode() work; likelihood(), encode() and "
-                          "reconstruct() raise until the model is loaded with the encoder's real enc_blocks (see "
-                          "`vdvae-zoo inspect FILE`).")
+    optional_part_note = (
+        "The decoder was loaded: sample() and decode() work; likelihood(), encode() and "
+        "reconstruct() raise until the model is loaded with the encoder's real enc_blocks (see "
+        "`vdvae-zoo inspect FILE`)."
+    )
     signature = staticmethod(network.state_signature)
     config_signature = staticmethod(network.config_signature)
 
     @staticmethod
-    def card_lines(config: VDVAEConfig) -> List[str]:
-        return ["A Very Deep VAE (Child, *Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them "
-                "on Images*, ICLR 2021), packaged for [vdvae-zoo](https://github.com/vdvae-zoo/vdvae-zoo): "
-                f"{config.image_size}x{config.image_size} images, {config.num_layers} stochastic layers."]
+    def card_lines(config: VDVAEConfig) -> list[str]:
+        return [
+            "A Very Deep VAE (Child, *Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them "
+            "on Images*, ICLR 2021), packaged for [vdvae-zoo](https://github.com/vdvae-zoo/vdvae-zoo): "
+            f"{config.image_size}x{config.image_size} images, {config.num_layers} stochastic layers."
+        ]
 
-    def __init__(self, config: Union[VDVAEConfig, Dict[str, Any]], with_encoder: bool = True):
+    def __init__(self, config: VDVAEConfig | dict[str, Any], with_encoder: bool = True):
         super().__init__()
         self.config = VDVAEConfig.from_dict(config) if isinstance(config, dict) else config
-        self.encoder: Optional[Encoder] = Encoder(self.config) if with_encoder else None
+        self.encoder: Encoder | None = Encoder(self.config) if with_encoder else None
         self.decoder = Decoder(self.config)
         self.head = OutputHead(self.config)  # p(x | z) from the decoder's output (nn/head.py)
         self.runtime = Runtime()
@@ -120,7 +145,7 @@ class VDVAE(nn.Module, PretrainedMixin):
         return len(self.decoder.dec_blocks)
 
     @property
-    def layer_resolutions(self) -> List[int]:
+    def layer_resolutions(self) -> list[int]:
         """Resolution of each decoder layer, top to bottom."""
         return self.config.layer_resolutions
 
@@ -142,8 +167,9 @@ class VDVAE(nn.Module, PretrainedMixin):
         """True when optimize(compile=True) is in effect and compilation has not fallen back to eager."""
         return self.runtime.compiled
 
-    def optimize(self, *, dtype: DTypeLike = None, channels_last: Optional[bool] = None,
-                 compile: Optional[bool] = None) -> "VDVAE":
+    def optimize(
+        self, *, dtype: DTypeLike = None, channels_last: bool | None = None, compile: bool | None = None
+    ) -> VDVAE:
         """Choose how inference runs; returns self (None leaves a setting). `dtype`: precision of the convolutions,
         'float32' (exact) or 'bfloat16'/'float16' (autocast; the latent distributions and the likelihood stay
         float32); `channels_last`: NHWC convolutions; `compile`: torch.compile each block, falling back to eager
@@ -156,7 +182,7 @@ class VDVAE(nn.Module, PretrainedMixin):
             self.runtime.set_compile((m for m in self.modules() if isinstance(m, Block)), compile)
         return self
 
-    def set_grad_checkpointing(self, enable: bool = True) -> "VDVAE":
+    def set_grad_checkpointing(self, enable: bool = True) -> VDVAE:
         """Gradient checkpointing for training (timm's name): the encoder keeps only each block's input and the
         decoder each stochastic layer's input state and outputs; the rest is recomputed in the backward pass
         (non-reentrant torch.utils.checkpoint). Same loss, same gradients, same random draws; much less memory
@@ -179,7 +205,7 @@ class VDVAE(nn.Module, PretrainedMixin):
         """uint8 NHWC -> (encoder input, float NCHW; likelihood target, float NHWC in [-1, 1]) (docs/config.md: shift, scale, low_bit)."""
         return preprocess(images, self.config, self.device, self.runtime.memory_format, self.dtype)
 
-    def layer_temperatures(self, temperature: Temperature) -> List[float]:
+    def layer_temperatures(self, temperature: Temperature) -> list[float]:
         """One temperature per decoder layer from a number, a list of L, or a {resolution: t} schedule."""
         return layer_temperatures(temperature, self.layer_resolutions)
 
@@ -187,22 +213,45 @@ class VDVAE(nn.Module, PretrainedMixin):
         if self.encoder is None:
             raise EncoderMismatchError(NO_ENCODER)
 
-    def _in_batches(self, n: int, batch_size: Optional[int], dtype: DTypeLike, generator: Optional[torch.Generator],
-                    step: Callable[[MicroBatch], Any], sampling_layers: Sequence[bool], pixels: bool = False,
-                    seeds: Optional[Sequence[int]] = None) -> list:
+    def _in_batches(
+        self,
+        n: int,
+        batch_size: int | None,
+        dtype: DTypeLike,
+        generator: torch.Generator | None,
+        step: Callable[[MicroBatch], Any],
+        sampling_layers: Sequence[bool],
+        pixels: bool = False,
+        seeds: Sequence[int] | None = None,
+    ) -> list:
         """The one batch loop (`batching.in_batches`) with this model's config, device and runtime."""
-        return in_batches(n, step, config=self.config, device=self.device, runtime=self.runtime,
-                          weights_dtype=self.dtype, batch_size=batch_size, dtype=dtype, generator=generator,
-                          sampling_layers=sampling_layers, pixels=pixels, seeds=seeds)
+        return in_batches(
+            n,
+            step,
+            config=self.config,
+            device=self.device,
+            runtime=self.runtime,
+            weights_dtype=self.dtype,
+            batch_size=batch_size,
+            dtype=dtype,
+            generator=generator,
+            sampling_layers=sampling_layers,
+            pixels=pixels,
+            seeds=seeds,
+        )
 
-    def _decoder(self, n: int, **kwargs: Any) -> tuple[torch.Tensor, List[Any]]:
+    def _decoder(self, n: int, **kwargs: Any) -> tuple[torch.Tensor, list[Any]]:
         """The decoder with this model's runtime settings (see `Decoder.forward` for the arguments)."""
         return self.decoder(n, memory_format=self.runtime.memory_format, **kwargs)
 
     # ------------------------------------------------------------------------------------------- training
-    def forward(self, images: ImageBatch, generator: Optional[torch.Generator] = None,
-                noise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                free_nats: Optional[float] = None) -> Dict[str, torch.Tensor]:
+    def forward(
+        self,
+        images: ImageBatch,
+        generator: torch.Generator | None = None,
+        noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        free_nats: float | None = None,
+    ) -> dict[str, torch.Tensor]:
         """The loss terms with autograd, per image (N,): `neg_elbo`, `distortion`, `rate` in nats per dim, and `kl`
         (N, L) in nats. The training loss is `neg_elbo.mean()`. `noise(like)` may supply the posterior draws
         (the trainer uses it to make them independent of how a batch is split across processes).
@@ -214,13 +263,22 @@ class VDVAE(nn.Module, PretrainedMixin):
         x_in, target = self.preprocess(check_images(images, self.config))
         return self._terms(self.encoder(x_in), target, x_in.shape[0], generator, noise, free_nats=free_nats)
 
-    def _terms(self, activations: Dict[int, torch.Tensor], target: torch.Tensor, n: int,
-               generator: Optional[torch.Generator] = None, noise: Optional[Callable] = None,
-               log_weight: bool = False, keep: Optional[int] = None,
-               prior_temperature: float = 0.0, free_nats: Optional[float] = None) -> Dict[str, torch.Tensor]:
+    def _terms(
+        self,
+        activations: dict[int, torch.Tensor],
+        target: torch.Tensor,
+        n: int,
+        generator: torch.Generator | None = None,
+        noise: Callable | None = None,
+        log_weight: bool = False,
+        keep: int | None = None,
+        prior_temperature: float = 0.0,
+        free_nats: float | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Run the decoder on the posterior (layers from `keep` on: on their conditional prior at
         `prior_temperature`) and score `target`. With `log_weight`, also the importance weight
         log p(x, z) - log q(z | x) of the draw, in nats per image, float64 (N,)."""
+
         def summarize(o: LayerOutput):  # per image: the layer's KL (0 from the prior), log p(z) - log q(z | x), free
             kl = o.kl.sum(dim=(1, 2, 3)) if o.kl is not None else torch.zeros(n, device=target.device)
             free = None
@@ -229,8 +287,15 @@ class VDVAE(nn.Module, PretrainedMixin):
             return kl, log_prior_over_posterior(o) if log_weight else None, free
 
         temperatures = None if keep is None else [prior_temperature] * self.num_layers
-        params, per_layer = self._decoder(n, activations=activations, generator=generator, noise=noise,
-                                          summarize=summarize, keep=keep, temperatures=temperatures)
+        params, per_layer = self._decoder(
+            n,
+            activations=activations,
+            generator=generator,
+            noise=noise,
+            summarize=summarize,
+            keep=keep,
+            temperatures=temperatures,
+        )
         distortion = self.head.nll(params, target)
         kl = torch.stack([layer_kl for layer_kl, _, _ in per_layer], dim=1)
         rate = kl.sum(dim=1) / self.config.dims_per_image
@@ -244,10 +309,18 @@ class VDVAE(nn.Module, PretrainedMixin):
 
     # ------------------------------------------------------------------------------------------ inference
     @_inference
-    def likelihood(self, images: ImageBatch, *, n_samples: int = 1, generator: Optional[torch.Generator] = None,
-                   batch_size: Optional[int] = None, dtype: DTypeLike = None, seeds: Optional[Sequence[int]] = None,
-                   keep: Union[None, int, Sequence[Optional[int]]] = None,
-                   prior_temperature: float = 0.0) -> Union[LikelihoodResult, List[LikelihoodResult]]:
+    def likelihood(
+        self,
+        images: ImageBatch,
+        *,
+        n_samples: int = 1,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        dtype: DTypeLike = None,
+        seeds: Sequence[int] | None = None,
+        keep: None | int | Sequence[int | None] = None,
+        prior_temperature: float = 0.0,
+    ) -> LikelihoodResult | list[LikelihoodResult]:
         """Negative ELBO of uint8 NHWC images and its parts, a LikelihoodResult: `bpd` (bits per dim), `neg_elbo`,
         `distortion`, `rate` (nats per dim), `kl` (N, L, nats); with `n_samples` = K > 1 also `bpd_iw`, the
         importance-weighted bound -log (1/K) sum_k p(x, z_k) / q(z_k | x) (Burda et al.), in bits per dim.
@@ -269,32 +342,65 @@ class VDVAE(nn.Module, PretrainedMixin):
         if not keeps:
             raise ValueError("keep is an empty list; give None, a number of layers, or a list of them")
         if n_samples > 1 and any(k != self.num_layers for k in keeps):
-            raise ValueError("n_samples > 1 (the importance-weighted bound) is computed for the ELBO only: use keep=None")
-        if isinstance(prior_temperature, bool) or not isinstance(prior_temperature, (int, float)) \
-                or not 0 <= prior_temperature < math.inf:
+            raise ValueError(
+                "n_samples > 1 (the importance-weighted bound) is computed for the ELBO only: use keep=None"
+            )
+        if (
+            isinstance(prior_temperature, bool)
+            or not isinstance(prior_temperature, (int, float))
+            or not 0 <= prior_temperature < math.inf
+        ):
             raise ValueError(f"prior_temperature must be a number >= 0, got {prior_temperature!r}")
         bounds = [None if k == self.num_layers else k for k in keeps]
 
-        def step(mb: MicroBatch) -> List[Dict[str, torch.Tensor]]:
+        def step(mb: MicroBatch) -> list[dict[str, torch.Tensor]]:
             x_in, target = self.preprocess(mb.take(images))
             activations = self.encoder(x_in)
             if n_samples > 1:
-                return [importance_weighted(self, activations, target, n_samples, max(1, mb.per_pass // mb.size),
-                                             generator, mb.seeds)]
+                return [
+                    importance_weighted(
+                        self, activations, target, n_samples, max(1, mb.per_pass // mb.size), generator, mb.seeds
+                    )
+                ]
             if mb.normals is None and len(bounds) > 1:  # several passes share one draw per layer
                 mb = dataclasses.replace(mb, normals=draw_normals(self.config, mb.size, self.device, generator))
-            return [self._terms(activations, target, mb.size, generator, mb.noise(), keep=k,
-                                prior_temperature=float(prior_temperature)) for k in bounds]
+            return [
+                self._terms(
+                    activations,
+                    target,
+                    mb.size,
+                    generator,
+                    mb.noise(),
+                    keep=k,
+                    prior_temperature=float(prior_temperature),
+                )
+                for k in bounds
+            ]
 
-        parts = self._in_batches(images.shape[0], batch_size, dtype, generator, step,
-                                 sampling_layers=[n_samples == 1] * self.num_layers, seeds=seeds)
+        parts = self._in_batches(
+            images.shape[0],
+            batch_size,
+            dtype,
+            generator,
+            step,
+            sampling_layers=[n_samples == 1] * self.num_layers,
+            seeds=seeds,
+        )
         results = [joined_result([p[j] for p in parts], keep=b) for j, b in enumerate(bounds)]
         return results if several else results[0]
 
     @_inference
-    def encode(self, images: ImageBatch, *, mean: bool = False, stats: bool = False,
-               generator: Optional[torch.Generator] = None, batch_size: Optional[int] = None, dtype: DTypeLike = None,
-               seeds: Optional[Sequence[int]] = None) -> Union[List[torch.Tensor], List[LayerLatents]]:
+    def encode(
+        self,
+        images: ImageBatch,
+        *,
+        mean: bool = False,
+        stats: bool = False,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        dtype: DTypeLike = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[torch.Tensor] | list[LayerLatents]:
         """Latents of every decoder layer for uint8 NHWC images: a list of L CPU float tensors, layer i of shape
         (N, zdim, r_i, r_i), top (lowest resolution) first. Posterior samples, or with `mean=True` the posterior
         means (each layer's mean given the means above it; no random numbers are drawn). With `stats=True`, a list
@@ -311,26 +417,43 @@ class VDVAE(nn.Module, PretrainedMixin):
         def step(mb: MicroBatch) -> list:
             x_in, _ = self.preprocess(mb.take(images))
             noise = (lambda like: torch.zeros_like(like)) if mean else mb.noise()
-            return self._decoder(mb.size, activations=self.encoder(x_in), generator=generator, noise=noise,
-                                 summarize=keep)[1]
+            return self._decoder(
+                mb.size, activations=self.encoder(x_in), generator=generator, noise=noise, summarize=keep
+            )[1]
 
-        pieces = self._in_batches(images.shape[0], batch_size, dtype, generator, step,
-                                  sampling_layers=[not mean] * self.num_layers, seeds=seeds)
+        pieces = self._in_batches(
+            images.shape[0],
+            batch_size,
+            dtype,
+            generator,
+            step,
+            sampling_layers=[not mean] * self.num_layers,
+            seeds=seeds,
+        )
         if stats:
-            return [LayerLatents(*(torch.cat([getattr(o, f) for o in layer]) for f in ("z", "mean", "std")))
-                    for layer in zip(*pieces)]
-        return [torch.cat(layer) for layer in zip(*pieces)]
+            return [
+                LayerLatents(*(torch.cat([getattr(o, f) for o in layer]) for f in ("z", "mean", "std")))
+                for layer in zip(*pieces, strict=False)
+            ]
+        return [torch.cat(layer) for layer in zip(*pieces, strict=False)]
 
     @property
-    def latent_layout(self) -> List[LatentSlot]:
+    def latent_layout(self) -> list[LatentSlot]:
         """Where each decoder layer's latent sits in a flat vector of `flatten_latents`: index, resolution, shape
         (zdim, r, r), offset and size, top (lowest resolution) first."""
         return latent_layout(self.config)
 
     @_inference
-    def sample(self, n: int, temperature: Temperature = 1.0, *, generator: Optional[torch.Generator] = None,
-               batch_size: Optional[int] = None, dtype: DTypeLike = None,
-               seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        temperature: Temperature = 1.0,
+        *,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        dtype: DTypeLike = None,
+        seeds: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """Draw `n` images from the prior at `temperature` (see `layer_temperatures`); uint8 (n, H, W, 3) on the CPU.
         Only the decoder's prior path runs. `batch_size`: images per pass (None: `auto_batch_size()`). `seeds`: one
         per image; image i is then the same whatever else is drawn with it (dataset-scale sample sets)."""
@@ -338,30 +461,52 @@ class VDVAE(nn.Module, PretrainedMixin):
         return self._decode(n, [], self.layer_temperatures(temperature), generator, batch_size, dtype, seeds)
 
     @_inference
-    def decode(self, latents: Sequence[Optional[torch.Tensor]], temperature: Temperature = 1.0, *,
-               n: Optional[int] = None, generator: Optional[torch.Generator] = None,
-               batch_size: Optional[int] = None, dtype: DTypeLike = None) -> torch.Tensor:
+    def decode(
+        self,
+        latents: Sequence[torch.Tensor | None],
+        temperature: Temperature = 1.0,
+        *,
+        n: int | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        dtype: DTypeLike = None,
+    ) -> torch.Tensor:
         """Images from given latents: `latents[i]` fixes decoder layer i (None or a missing tail: sampled from the
         prior at `temperature`). Usually `model.encode(x)[:k]`. Returns uint8 (N, H, W, 3) on the CPU."""
         latents, n = check_latents(latents, n, self.config)
         return self._decode(n, latents, self.layer_temperatures(temperature), generator, batch_size, dtype)
 
-    def _decode(self, n: int, latents: List[Optional[torch.Tensor]], temperatures: List[float],
-                generator: Optional[torch.Generator], batch_size: Optional[int], dtype: DTypeLike,
-                seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
+    def _decode(
+        self,
+        n: int,
+        latents: list[torch.Tensor | None],
+        temperatures: list[float],
+        generator: torch.Generator | None,
+        batch_size: int | None,
+        dtype: DTypeLike,
+        seeds: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         def step(mb: MicroBatch) -> torch.Tensor:
             chunk_latents = [None if z is None else mb.take(z).to(self.device, torch.float32) for z in latents]
-            params, _ = self._decoder(mb.size, temperatures=temperatures, latents=chunk_latents, generator=generator,
-                                      noise=mb.noise(), summarize=lambda o: None)
+            params, _ = self._decoder(
+                mb.size,
+                temperatures=temperatures,
+                latents=chunk_latents,
+                generator=generator,
+                noise=mb.noise(),
+                summarize=lambda o: None,
+            )
             return self.head.sample(params, generator, uniforms=mb.pixel_uniforms).cpu()
 
         sampling = [i >= len(latents) or latents[i] is None for i in range(self.num_layers)]
-        return torch.cat(self._in_batches(n, batch_size, dtype, generator, step, sampling_layers=sampling, pixels=True,
-                                          seeds=seeds))
+        return torch.cat(
+            self._in_batches(n, batch_size, dtype, generator, step, sampling_layers=sampling, pixels=True, seeds=seeds)
+        )
 
     @_inference
-    def decode_with(self, choose: Callable[[int, LayerOutput], torch.Tensor], images: Optional[ImageBatch] = None,
-                    n: int = 1) -> torch.Tensor:
+    def decode_with(
+        self, choose: Callable[[int, LayerOutput], torch.Tensor], images: ImageBatch | None = None, n: int = 1
+    ) -> torch.Tensor:
         """One pass of the decoder in which `choose(i, layer)` picks layer i's latent (N, zdim, r, r) after seeing
         its prior (`layer.p_mean`, `layer.p_logstd`) and, given uint8 NHWC `images`, its posterior (`q_mean`,
         `q_logstd`). Returns the output distribution's parameters, float32 (N, H, W, 10M). Bits-back coding
@@ -375,9 +520,15 @@ class VDVAE(nn.Module, PretrainedMixin):
         return self._decoder(n, activations=activations, latents=latents, summarize=lambda o: None)[0]
 
     @_inference
-    def reconstruct(self, images: ImageBatch, keep: Union[None, int, Sequence[Optional[int]]] = None,
-                    temperature: Temperature = 1.0, *, generator: Optional[torch.Generator] = None,
-                    dtype: DTypeLike = None) -> torch.Tensor:
+    def reconstruct(
+        self,
+        images: ImageBatch,
+        keep: None | int | Sequence[int | None] = None,
+        temperature: Temperature = 1.0,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: DTypeLike = None,
+    ) -> torch.Tensor:
         """Encode uint8 NHWC images, keep the first `keep` layers' latents (all when None) and sample the rest
         from the prior at `temperature`. Returns uint8 (N, H, W, 3) on the CPU.
 
@@ -387,14 +538,24 @@ class VDVAE(nn.Module, PretrainedMixin):
         keeps = [check_keep(k, self.num_layers) for k in (keep if several else [keep])]
         images = check_images(images, self.config)
         latents = self.encode(images, generator=generator, dtype=dtype)
-        out = [self.decode(latents[:k], temperature, n=images.shape[0], generator=generator, dtype=dtype)
-               for k in keeps]
+        out = [
+            self.decode(latents[:k], temperature, n=images.shape[0], generator=generator, dtype=dtype) for k in keeps
+        ]
         return torch.stack(out, dim=1) if several else out[0]
 
     @_inference
-    def interpolate(self, a: ImageBatch, b: ImageBatch, steps: int = 8, *, keep: Optional[int] = None,
-                    temperature: Temperature = 1.0, mode: str = "linear", generator: Optional[torch.Generator] = None,
-                    dtype: DTypeLike = None) -> torch.Tensor:
+    def interpolate(
+        self,
+        a: ImageBatch,
+        b: ImageBatch,
+        steps: int = 8,
+        *,
+        keep: int | None = None,
+        temperature: Temperature = 1.0,
+        mode: str = "linear",
+        generator: torch.Generator | None = None,
+        dtype: DTypeLike = None,
+    ) -> torch.Tensor:
         """`steps` images along the latent path from image a to image b (uint8 (H, W, 3), or batches (N, H, W, 3)).
         Both are encoded to posterior means; the first `keep` layers (all when None) are interpolated ('linear' or
         'slerp'), the rest drawn from the prior at `temperature` with the same noise at every step. Returns uint8
@@ -415,9 +576,14 @@ class VDVAE(nn.Module, PretrainedMixin):
         paths = []
         with self.runtime.autocast(self.device, self.dtype, dtype):
             for i in range(a.shape[0]):
-                latents = [_mix(za_l[i], zb_l[i], ts, mode).to(self.device) for za_l, zb_l in zip(za, zb)]
-                params, _ = self._decoder(steps, temperatures=temperatures, latents=latents,
-                                          noise=same_noise_each_step, summarize=lambda o: None)
+                latents = [_mix(za_l[i], zb_l[i], ts, mode).to(self.device) for za_l, zb_l in zip(za, zb, strict=False)]
+                params, _ = self._decoder(
+                    steps,
+                    temperatures=temperatures,
+                    latents=latents,
+                    noise=same_noise_each_step,
+                    summarize=lambda o: None,
+                )
                 paths.append(self.head.sample(params, generator, same_noise=True).cpu())
         out = torch.stack(paths)
         return out[0] if single else out
@@ -425,14 +591,26 @@ class VDVAE(nn.Module, PretrainedMixin):
     def extra_repr(self) -> str:
         c = self.config
         encoder = len(self.encoder.enc_blocks) if self.encoder is not None else "none (decoder only)"
-        return (f"image_size={c.image_size}, width={c.width}, zdim={c.zdim}, layers={self.num_layers}, "
-                f"encoder_blocks={encoder}")
+        return (
+            f"image_size={c.image_size}, width={c.width}, zdim={c.zdim}, layers={self.num_layers}, "
+            f"encoder_blocks={encoder}"
+        )
 
 
-def load(name_or_path: Union[str, "os.PathLike[str]"], *, device: Union[None, str, torch.device] = None,
-         dtype: DTypeLike = None, channels_last: Optional[bool] = None, compile: bool = False,
-         config: Any = None, revision: Optional[str] = None, cache_dir: Union[None, str, "os.PathLike[str]"] = None,
-         local_files_only: bool = False, manifest: Any = None, output_loading_info: bool = False) -> VDVAE:
+def load(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: None | str | torch.device = None,
+    dtype: DTypeLike = None,
+    channels_last: bool | None = None,
+    compile: bool = False,
+    config: Any = None,
+    revision: str | None = None,
+    cache_dir: None | str | os.PathLike[str] = None,
+    local_files_only: bool = False,
+    manifest: Any = None,
+    output_loading_info: bool = False,
+) -> VDVAE:
     """Load a VDVAE ready for inference: `VDVAE.from_pretrained` (a manifest name, a folder, a file, a Hub
     repository id; see there), then `optimize(dtype=, channels_last=, compile=)`.
 
@@ -444,9 +622,16 @@ def load(name_or_path: Union[str, "os.PathLike[str]"], *, device: Union[None, st
       never touches the network); `manifest`: another weights manifest (a private zoo).
     - `output_loading_info`: return (model, LoadReport)."""
     compute_dtype(dtype)  # a wrong value fails before any download
-    loaded = VDVAE.from_pretrained(name_or_path, config=config, device=device, revision=revision, cache_dir=cache_dir,
-                                   local_files_only=local_files_only, manifest=manifest,
-                                   output_loading_info=output_loading_info)
+    loaded = VDVAE.from_pretrained(
+        name_or_path,
+        config=config,
+        device=device,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        manifest=manifest,
+        output_loading_info=output_loading_info,
+    )
     model = loaded[0] if output_loading_info else loaded
     model.optimize(dtype=dtype, channels_last=channels_last, compile=compile or None)
     return loaded

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,8 +39,7 @@ import torch.nn.functional as F
 
 from .compute.batching import image_seed
 
-__all__ = ["Operator", "Inpainting", "Downsampling", "Denoising", "restore", "RestoreResult", "psnr", "ssim",
-           "METHODS"]
+__all__ = ["Operator", "Inpainting", "Downsampling", "Denoising", "restore", "RestoreResult", "psnr", "ssim", "METHODS"]
 
 METHODS = ("pnp-hvae", "encode-decode")
 #: The decoder's variance per sub-pixel is clamped to this range ([0, 1] units), as PnP-HVAE's code does.
@@ -50,7 +49,7 @@ VARIANCE_RANGE = (0.004, 0.5)
 class Operator(Protocol):
     """A linear degradation of float images (N, H, W, C) in [0, 1]."""
 
-    sigma: float                               # the noise's standard deviation, in [0, 1] units
+    sigma: float  # the noise's standard deviation, in [0, 1] units
 
     def forward(self, x: torch.Tensor) -> torch.Tensor: ...
     def adjoint(self, y: torch.Tensor) -> torch.Tensor: ...
@@ -91,7 +90,7 @@ class Downsampling:
         return F.avg_pool2d(x.permute(0, 3, 1, 2), self.factor).permute(0, 2, 3, 1)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(y.permute(0, 3, 1, 2), scale_factor=self.factor, mode="nearest") / self.factor ** 2
+        up = F.interpolate(y.permute(0, 3, 1, 2), scale_factor=self.factor, mode="nearest") / self.factor**2
         return up.permute(0, 2, 3, 1)
 
     def initial(self, y: torch.Tensor) -> torch.Tensor:
@@ -123,21 +122,22 @@ class RestoreResult:
     `samples`: uint8 (N, S, H, W, C); `seconds_per_image`; `options`."""
 
     images: np.ndarray
-    std: Optional[np.ndarray]
+    std: np.ndarray | None
     samples: np.ndarray
     seconds_per_image: float
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _latent_step(model, x: torch.Tensor, coupling: float, temperature: float,
-                 generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+def _latent_step(
+    model, x: torch.Tensor, coupling: float, temperature: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One encoder pass on x and a decoder pass whose z_l minimises -coupling log q - (1/T^2 - coupling) log p
     (or, with a generator, is drawn from that product of Gaussians). Returns the decoder's mean and variance."""
-    a, b = coupling, 1.0 / temperature ** 2 - coupling
+    a, b = coupling, 1.0 / temperature**2 - coupling
 
     def choose(i, layer):
         q_precision, p_precision = torch.exp(-2 * layer.q_logstd), torch.exp(-2 * layer.p_logstd)
@@ -152,8 +152,15 @@ def _latent_step(model, x: torch.Tensor, coupling: float, temperature: float,
     return mean.cpu(), var.clamp(*VARIANCE_RANGE).cpu()
 
 
-def _data_step(operator, y: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, coupling: float, start: torch.Tensor,
-               iterations: int = 50) -> torch.Tensor:
+def _data_step(
+    operator,
+    y: torch.Tensor,
+    mu: torch.Tensor,
+    var: torch.Tensor,
+    coupling: float,
+    start: torch.Tensor,
+    iterations: int = 50,
+) -> torch.Tensor:
     """argmin_x ||A x - y||^2 / (2 s^2) + coupling ||x - mu||^2_{1/var} / 2: the system
     (A^T A / s^2 + coupling / var) x = A^T y / s^2 + coupling mu / var, by conjugate gradients (float64)."""
     s2 = float(operator.sigma) ** 2
@@ -177,8 +184,19 @@ def _data_step(operator, y: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, c
     return x.float()
 
 
-def restore(model, y, operator, *, steps: int = 30, temperature: float = 0.8, coupling: float = 1.0,
-            seed: int = 0, samples: int = 1, method: str = "pnp-hvae", keep: Optional[int] = None) -> RestoreResult:
+def restore(
+    model,
+    y,
+    operator,
+    *,
+    steps: int = 30,
+    temperature: float = 0.8,
+    coupling: float = 1.0,
+    seed: int = 0,
+    samples: int = 1,
+    method: str = "pnp-hvae",
+    keep: int | None = None,
+) -> RestoreResult:
     """Restore the observations `y` (uint8 (N, h, w, C), or float in [0, 1]; for super-resolution the small images)
     degraded by `operator` (Inpainting, Downsampling, Denoising or any object with forward/adjoint/sigma), with
     `model` as the prior. `steps` iterations of PnP-HVAE at `temperature` (0 < T <= 1 / sqrt(coupling)) with
@@ -194,8 +212,10 @@ def restore(model, y, operator, *, steps: int = 30, temperature: float = 0.8, co
         if not (isinstance(temperature, (int, float)) and 0 <= temperature < math.inf):
             raise ValueError(f"temperature must be a number >= 0 (0: the prior's mean), got {temperature!r}")
     elif not (isinstance(temperature, (int, float)) and 0 < temperature <= 1 / math.sqrt(coupling)):
-        raise ValueError(f"temperature must be in (0, 1/sqrt(coupling)] = (0, {1 / math.sqrt(coupling):.3g}], got "
-                         f"{temperature!r}: the prior's weight 1/T^2 - coupling cannot be negative")
+        raise ValueError(
+            f"temperature must be in (0, 1/sqrt(coupling)] = (0, {1 / math.sqrt(coupling):.3g}], got "
+            f"{temperature!r}: the prior's weight 1/T^2 - coupling cannot be negative"
+        )
     if not (isinstance(coupling, (int, float)) and coupling > 0):
         raise ValueError(f"coupling must be a positive number, got {coupling!r}")
     y = torch.as_tensor(np.asarray(y))
@@ -206,14 +226,15 @@ def restore(model, y, operator, *, steps: int = 30, temperature: float = 0.8, co
     initial = operator.initial(y) if hasattr(operator, "initial") else operator.adjoint(y).clamp(0, 1)
     size, channels = model.config.image_size, model.config.image_channels
     if initial.shape[1:] != (size, size, channels):
-        raise ValueError(f"the observation gives images of {tuple(initial.shape[1:])}; this model restores "
-                         f"{size}x{size}x{channels}")
+        raise ValueError(
+            f"the observation gives images of {tuple(initial.shape[1:])}; this model restores {size}x{size}x{channels}"
+        )
     results = []
     for i in range(y.shape[0]):
         per_sample = []
         for j in range(samples):
             generator = None if samples == 1 else torch.Generator().manual_seed(image_seed(image_seed(seed, i), j))
-            x = initial[i:i + 1]
+            x = initial[i : i + 1]
             if method == "encode-decode":
                 k = model.num_layers // 2 if keep is None else keep
                 latents = model.encode(_to_uint8(x), mean=True)[:k]
@@ -223,27 +244,38 @@ def restore(model, y, operator, *, steps: int = 30, temperature: float = 0.8, co
             else:
                 for _ in range(steps):
                     mu, var = _latent_step(model, x, coupling, temperature, generator)
-                    x = _data_step(operator, y[i:i + 1], mu, var, coupling, start=x).clamp(0, 1)
+                    x = _data_step(operator, y[i : i + 1], mu, var, coupling, start=x).clamp(0, 1)
             if hasattr(operator, "project"):
-                x = operator.project(x, y[i:i + 1])
+                x = operator.project(x, y[i : i + 1])
             per_sample.append(x[0])
         results.append(torch.stack(per_sample))
-    stacked = torch.stack(results)                                            # (N, S, H, W, C) in [0, 1]
+    stacked = torch.stack(results)  # (N, S, H, W, C) in [0, 1]
     mean = stacked.mean(dim=1)
     if hasattr(operator, "project"):
         mean = operator.project(mean, y)
-    return RestoreResult(images=_to_uint8(mean).numpy(), std=stacked.std(dim=1).numpy() if samples > 1 else None,
-                         samples=_to_uint8(stacked).numpy(),
-                         seconds_per_image=(time.perf_counter() - start_time) / y.shape[0],
-                         options=dict(method=method, steps=steps, temperature=temperature, coupling=coupling,
-                                      seed=seed, samples=samples, keep=keep, sigma=float(operator.sigma)))
+    return RestoreResult(
+        images=_to_uint8(mean).numpy(),
+        std=stacked.std(dim=1).numpy() if samples > 1 else None,
+        samples=_to_uint8(stacked).numpy(),
+        seconds_per_image=(time.perf_counter() - start_time) / y.shape[0],
+        options=dict(
+            method=method,
+            steps=steps,
+            temperature=temperature,
+            coupling=coupling,
+            seed=seed,
+            samples=samples,
+            keep=keep,
+            sigma=float(operator.sigma),
+        ),
+    )
 
 
 # ------------------------------------------------------------------------------------------------- metrics
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio of two uint8 images, in dB (peak 255)."""
     mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -251,16 +283,16 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     K1 0.01, K2 0.03, each channel, averaged)."""
     x = torch.as_tensor(np.asarray(a, np.float64)).permute(2, 0, 1)[:, None]
     y = torch.as_tensor(np.asarray(b, np.float64)).permute(2, 0, 1)[:, None]
-    g = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5 ** 2))
+    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
     window = (g[:, None] * g[None, :] / g.sum() ** 2)[None, None]
     size = min(11, x.shape[-1], x.shape[-2])
-    window = window[..., (11 - size) // 2:(11 - size) // 2 + size, (11 - size) // 2:(11 - size) // 2 + size]
+    window = window[..., (11 - size) // 2 : (11 - size) // 2 + size, (11 - size) // 2 : (11 - size) // 2 + size]
     window = window / window.sum()
     blur = lambda t: F.conv2d(t, window)  # noqa: E731
     mx, my = blur(x), blur(y)
-    vx, vy, cov = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     return float(s.mean())
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import click
 
@@ -11,13 +10,23 @@ from .._version import __version__
 from ..model import EncoderMismatchError, load
 
 #: What MODEL means, for every command that takes one (shown at the end of their --help).
-MODEL_HELP = ("MODEL is a released name (see `vdvae-zoo list`), a folder with config.json + model.safetensors (what "
-              "save_pretrained, a finetune run and `vdvae-zoo new` write), a .safetensors or original .th file (its "
-              "architecture is recognised from its tensors, or give --config), or a Hub repository id owner/name. "
-              "To try things without downloading: `vdvae-zoo new tiny32 -o tiny/`, then use tiny/ as MODEL.")
+MODEL_HELP = (
+    "MODEL is a released name (see `vdvae-zoo list`), a folder with config.json + model.safetensors (what "
+    "save_pretrained, a finetune run and `vdvae-zoo new` write), a .safetensors or original .th file (its "
+    "architecture is recognised from its tensors, or give --config), or a Hub repository id owner/name. "
+    "To try things without downloading: `vdvae-zoo new tiny32 -o tiny/`, then use tiny/ as MODEL."
+)
 
-_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ConnectionError, EncoderMismatchError,
-                ImportError, MemoryError)
+_USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    KeyError,
+    ConnectionError,
+    EncoderMismatchError,
+    ImportError,
+    MemoryError,
+)
 
 
 def _one_line(e: BaseException) -> str:
@@ -29,13 +38,18 @@ def _one_line(e: BaseException) -> str:
 def _system_error(e: OSError) -> str:
     """A file-system failure (read-only or unwritable folder, full disk) in one sentence that says what to do."""
     import errno
+
     where = e.filename or "the file being written (see the command's output)"
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return (f"cannot write {where}: {e.strerror or 'not writable'}. Choose a writable place: another output, "
-                "or another cache with --cache-dir or HF_HOME=/a/writable/folder")
+        return (
+            f"cannot write {where}: {e.strerror or 'not writable'}. Choose a writable place: another output, "
+            "or another cache with --cache-dir or HF_HOME=/a/writable/folder"
+        )
     if e.errno == errno.ENOSPC:
-        return (f"no space left on the device of {where}; nothing partial was kept. Free some space (the message "
-                f"above says what was being written) or choose another folder, then run again")
+        return (
+            f"no space left on the device of {where}; nothing partial was kept. Free some space (the message "
+            f"above says what was being written) or choose another folder, then run again"
+        )
     if e.errno == errno.ENAMETOOLONG:
         return f"a name is too long for the file system: {str(where)[:120]}..."
     return f"{e.strerror or type(e).__name__}: {str(where)[:200]}"
@@ -63,46 +77,74 @@ def parse_temperature(text: str):
             return {int(k): float(v) for k, v in (item.split(":") for item in text.split(","))}
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a number, a comma-separated list of numbers (one per layer) "
-                                 "or a list of resolution:temperature pairs", param_hint="'-t'") from None
+        raise click.BadParameter(
+            f"{text!r} is not a number, a comma-separated list of numbers (one per layer) "
+            "or a list of resolution:temperature pairs",
+            param_hint="'-t'",
+        ) from None
     return values[0] if len(values) == 1 else values
 
 
-def load_model(model: str, config: Optional[str], device: str, manifest: Optional[str], dtype: str = "float32"):
+def load_model(model: str, config: str | None, device: str, manifest: str | None, dtype: str = "float32"):
     """MODEL as the commands' options name it (see MODEL_HELP)."""
     return load(model, config=config, device=None if device == "auto" else device, manifest=manifest, dtype=dtype)
 
 
 # Options that several commands share: each is stated once here.
-manifest_option = click.option("--manifest", default=None, type=click.Path(dir_okay=False),
-                               help="Another weights manifest (a private zoo) instead of the shipped one.")
+manifest_option = click.option(
+    "--manifest",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Another weights manifest (a private zoo) instead of the shipped one.",
+)
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-batch_size_option = click.option("--batch-size", default=None, type=click.IntRange(min=1),
-                                 help="Images per pass through the network (default: automatic for the device). "
-                                      "Memory only: per-image results do not depend on it beyond float rounding.")
-resize_option = click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True,
-                             help="center-crop: resize images of another size (short side, then the centre) instead "
-                                  "of skipping them; the default never changes pixels.")
+batch_size_option = click.option(
+    "--batch-size",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Images per pass through the network (default: automatic for the device). "
+    "Memory only: per-image results do not depend on it beyond float rounding.",
+)
+resize_option = click.option(
+    "--resize",
+    type=click.Choice(["none", "center-crop"]),
+    default="none",
+    show_default=True,
+    help="center-crop: resize images of another size (short side, then the centre) instead "
+    "of skipping them; the default never changes pixels.",
+)
 
 
 def model_options(fn):
     """MODEL's options: --device, --dtype, --config, --manifest."""
-    fn = click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1")(fn)
-    fn = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-                      show_default=True, help="Compute precision of the convolutions (bfloat16: faster on GPUs and "
-                      "CPUs with bf16 units; the likelihood head stays float32).")(fn)
-    fn = click.option("--config", default=None, help="Architecture of an original .th file: preset name or config.json.")(fn)
+    fn = click.option(
+        "--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1"
+    )(fn)
+    fn = click.option(
+        "--dtype",
+        type=click.Choice(["float32", "bfloat16", "float16"]),
+        default="float32",
+        show_default=True,
+        help="Compute precision of the convolutions (bfloat16: faster on GPUs and "
+        "CPUs with bf16 units; the likelihood head stays float32).",
+    )(fn)
+    fn = click.option(
+        "--config", default=None, help="Architecture of an original .th file: preset name or config.json."
+    )(fn)
     return manifest_option(fn)
 
 
 def picture_options(default_output: str):
     """The options of the commands that turn input images into one picture: --output, --resize, --seed, --overwrite."""
+
     def decorate(fn):
         fn = overwrite_option(fn)
         fn = click.option("--seed", default=0, show_default=True, help="Seed of the random draws.")(fn)
         fn = resize_option(fn)
-        return click.option("-o", "--output", default=default_output, show_default=True,
-                            type=click.Path(dir_okay=False))(fn)
+        return click.option(
+            "-o", "--output", default=default_output, show_default=True, type=click.Path(dir_okay=False)
+        )(fn)
+
     return decorate
 
 
@@ -125,6 +167,7 @@ def stop_interrupted(kept: str) -> None:
     """After Ctrl-C or SIGTERM: say what was kept and the command that continues, then exit with 128 + the
     signal's number (130, or 143 for SIGTERM; no "Aborted!")."""
     import sys
+
     click.echo(f"\ninterrupted: {kept}; continue with:\n  {resume_hint()}", err=True)
     sys.exit(interrupted_status())
 
@@ -132,6 +175,7 @@ def stop_interrupted(kept: str) -> None:
 def _arguments_as_run() -> list:
     """The arguments the running command was given (recorded by the group), or sys.argv's outside a command."""
     import sys
+
     ctx = click.get_current_context(silent=True)
     recorded = ctx.find_root().meta.get(_ARGV_KEY) if ctx is not None else None
     return list(sys.argv[1:] if recorded is None else recorded)
@@ -140,12 +184,14 @@ def _arguments_as_run() -> list:
 def command_as_run() -> str:
     """The command line exactly as it was run (`vdvae-zoo ARGS...`, shell-quoted): what a card or report records."""
     import shlex
+
     return shlex.join(["vdvae-zoo", *_arguments_as_run()])
 
 
-def resume_hint(argv: Optional[list] = None) -> str:
+def resume_hint(argv: list | None = None) -> str:
     """The command line that was run, with --resume added: what continues an interrupted run."""
     import shlex
+
     args = list(_arguments_as_run() if argv is None else argv)
     if "--resume" not in args:
         args.append("--resume")
@@ -179,6 +225,7 @@ def main(ctx: click.Context):
     import signal
     import threading
     import warnings
+
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     ctx.call_on_close(lambda: setattr(warnings, "showwarning", previous))

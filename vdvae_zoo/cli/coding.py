@@ -8,21 +8,32 @@ from pathlib import Path
 
 import click
 
-from ..coding.grid import DEFAULT_GRID, parse_grid
 from ..coding.archive import ArchiveError, compress, decompress_iter, read_header, require_coder
+from ..coding.grid import DEFAULT_GRID, parse_grid
 from ..data.files import atomic_write, refuse_existing
 from ..data.images import find_images, load_images, save_png
 from ..scoring.engine import printable_path
-from .base import (MODEL_HELP, interrupted_status, load_model, main, manifest_option, overwrite_option, resize_option,
-                   user_errors)
+from .base import (
+    MODEL_HELP,
+    interrupted_status,
+    load_model,
+    main,
+    manifest_option,
+    overwrite_option,
+    resize_option,
+    user_errors,
+)
 
-_CPU_NOTE = ("The coder runs the model on the CPU in float64, one thread (both sides must compute bit-identical "
-             "probabilities), whatever GPU or precision other commands use.")
+_CPU_NOTE = (
+    "The coder runs the model on the CPU in float64, one thread (both sides must compute bit-identical "
+    "probabilities), whatever GPU or precision other commands use."
+)
 
 
 def _webp_and_png_bytes(image) -> tuple:
     """Bytes of one image as lossless WebP and as PNG (Pillow's best settings), for the comparison line."""
     from PIL import Image
+
     sizes = []
     for fmt, kwargs in (("WEBP", dict(lossless=True, quality=100, method=6)), ("PNG", dict(optimize=True))):
         buf = io.BytesIO()
@@ -38,12 +49,22 @@ def _webp_and_png_bytes(image) -> tuple:
 @resize_option
 @overwrite_option
 @click.option("--config", default=None, help="Architecture of an original .th file: preset name or config.json.")
-@click.option("--grid", "grid_text", default="auto", show_default=True, metavar="auto|default|DELTA:SPAN",
-              help=f"The latents' grid: chosen by a dry run on the first images (auto), the default "
-                   f"{DEFAULT_GRID.as_option()}, or given (bucket width and span in prior standard deviations, e.g. "
-                   "2^-5:64). The archive records it.")
-@click.option("--report", is_flag=True, help="Also show, per image, its coded bits against the ELBO of the same "
-                                             "draw and where the difference goes, and each grid the dry run tried.")
+@click.option(
+    "--grid",
+    "grid_text",
+    default="auto",
+    show_default=True,
+    metavar="auto|default|DELTA:SPAN",
+    help=f"The latents' grid: chosen by a dry run on the first images (auto), the default "
+    f"{DEFAULT_GRID.as_option()}, or given (bucket width and span in prior standard deviations, e.g. "
+    "2^-5:64). The archive records it.",
+)
+@click.option(
+    "--report",
+    is_flag=True,
+    help="Also show, per image, its coded bits against the ELBO of the same "
+    "draw and where the difference goes, and each grid the dry run tried.",
+)
 @manifest_option
 @user_errors
 def compress_command(model_name, paths, output, resize, overwrite, config, grid_text, report, manifest):
@@ -64,13 +85,15 @@ def compress_command(model_name, paths, output, resize, overwrite, config, grid_
     refuse_existing(output, overwrite)
     files = find_images(paths)
     if Path(output).resolve() in {p.resolve() for p in files}:
-        raise click.BadParameter(f"{output} is one of the images to compress; write the archive elsewhere",
-                                 param_hint="'-o'")
+        raise click.BadParameter(
+            f"{output} is one of the images to compress; write the archive elsewhere", param_hint="'-o'"
+        )
     names = [p.name for p in files]
     doubles = sorted({n for n in names if names.count(n) > 1})
     if doubles:
-        raise click.ClickException(f"two images are named {doubles[0]!r}; an archive stores names without folders, "
-                                   "so rename one of them")
+        raise click.ClickException(
+            f"two images are named {doubles[0]!r}; an archive stores names without folders, so rename one of them"
+        )
     if not files:
         raise click.ClickException(f"no image files in {', '.join(paths)}")
     model = load_model(model_name, config, "cpu", manifest, "float32")
@@ -81,8 +104,9 @@ def compress_command(model_name, paths, output, resize, overwrite, config, grid_
 
     def read():  # one image at a time: memory does not grow with the folder
         for p in files:
-            images, kept, skipped = load_images([p], size=size, resize=None if resize == "none" else resize,
-                                                channels=model.config.image_channels)
+            images, kept, skipped = load_images(
+                [p], size=size, resize=None if resize == "none" else resize, channels=model.config.image_channels
+            )
             if skipped:
                 click.echo(f"warning: skipped {printable_path(p)}: {skipped[0][1]}", err=True)
                 continue
@@ -93,13 +117,17 @@ def compress_command(model_name, paths, output, resize, overwrite, config, grid_
             yield p.name, images[0]
 
     from ..data.progress import progress_bar
+
     with progress_bar(total=len(files), unit="img", desc="compressing") as bar:
+
         def show(r):
             with bar.external_write_mode():
                 if r.mode == "bits-back":  # every figure in bits per dim of this image (H x W x C numbers)
-                    click.echo(f"  {r.name}: {r.net / dims:.3f} bits/dim net = pixels {r.pixels / dims:.3f} + latents "
-                               f"pushed {r.pushed / dims:.3f} - latents popped back {r.popped / dims:.3f} (bits per "
-                               f"dim of this image; its draw's KL + distortion: {(r.kl + r.distortion) / dims:.3f})")
+                    click.echo(
+                        f"  {r.name}: {r.net / dims:.3f} bits/dim net = pixels {r.pixels / dims:.3f} + latents "
+                        f"pushed {r.pushed / dims:.3f} - latents popped back {r.popped / dims:.3f} (bits per "
+                        f"dim of this image; its draw's KL + distortion: {(r.kl + r.distortion) / dims:.3f})"
+                    )
                     if report:
                         click.echo("    " + _excess_line(r, dims))
                 else:
@@ -107,20 +135,31 @@ def compress_command(model_name, paths, output, resize, overwrite, config, grid_
             bar.update(1)
 
         try:
-            archive, summary = compress(model, read(), model_name=model_name, grid=grid,
-                                        model_sha256=model.provenance.sha256 or "", progress=show)
+            archive, summary = compress(
+                model,
+                read(),
+                model_name=model_name,
+                grid=grid,
+                model_sha256=model.provenance.sha256 or "",
+                progress=show,
+            )
         except KeyboardInterrupt:
-            click.echo(f"\ninterrupted: nothing was written ({output} is written only when every image is coded)",
-                       err=True)
+            click.echo(
+                f"\ninterrupted: nothing was written ({output} is written only when every image is coded)", err=True
+            )
             sys.exit(interrupted_status())
     if totals["n"] == 0:
         raise click.ClickException(f"no image of {size}x{size} to compress (--resize center-crop resizes others)")
     atomic_write(output, archive, overwrite=overwrite)
     all_dims = dims * summary.images
-    click.echo(f"wrote {output}: {summary.images} images, {summary.archive_bytes:,} bytes = {summary.bits_per_dim:.3f} "
-               f"bits per dim ({summary.seconds_per_image:.2f} s per image)")
-    click.echo(f"  {summary.webp_images} stored as lossless WebP ({summary.webp_bytes:,} bytes), "
-               f"{len(summary.net_bits_per_dim)} with bits-back")
+    click.echo(
+        f"wrote {output}: {summary.images} images, {summary.archive_bytes:,} bytes = {summary.bits_per_dim:.3f} "
+        f"bits per dim ({summary.seconds_per_image:.2f} s per image)"
+    )
+    click.echo(
+        f"  {summary.webp_images} stored as lossless WebP ({summary.webp_bytes:,} bytes), "
+        f"{len(summary.net_bits_per_dim)} with bits-back"
+    )
     click.echo("  " + _grid_line(summary.grid_choice, summary.grid["description"]))
     if report:
         for candidate in summary.grid_choice.get("candidates", []):
@@ -130,38 +169,51 @@ def compress_command(model_name, paths, output, resize, overwrite, config, grid_
     if coded:
         net = sum(r.net for r in coded) / (dims * len(coded))
         draw = sum(r.kl + r.distortion for r in coded) / (dims * len(coded))
-        click.echo(f"  bits-back images: {net:.3f} bits per dim each on average; KL + distortion of their draws "
-                   f"{draw:.3f}")
-    click.echo(f"  the same images as lossless WebP: {totals['webp']:,} bytes = {8 * totals['webp'] / all_dims:.3f} "
-               f"bits per dim; as PNG: {totals['png']:,} bytes = {8 * totals['png'] / all_dims:.3f} bits per dim")
+        click.echo(
+            f"  bits-back images: {net:.3f} bits per dim each on average; KL + distortion of their draws {draw:.3f}"
+        )
+    click.echo(
+        f"  the same images as lossless WebP: {totals['webp']:,} bytes = {8 * totals['webp'] / all_dims:.3f} "
+        f"bits per dim; as PNG: {totals['png']:,} bytes = {8 * totals['png'] / all_dims:.3f} bits per dim"
+    )
     best = min(("lossless WebP", totals["webp"]), ("PNG", totals["png"]), key=lambda t: t[1])
     verdict = "smaller" if summary.archive_bytes < best[1] else "larger"
-    click.echo(f"  the archive is {summary.archive_bytes / best[1]:.3f}x the size of {best[0]}, the best of the two: "
-               f"{verdict}" + ("" if verdict == "smaller" else " (a model that fits these images better pays off)"))
+    click.echo(
+        f"  the archive is {summary.archive_bytes / best[1]:.3f}x the size of {best[0]}, the best of the two: "
+        f"{verdict}" + ("" if verdict == "smaller" else " (a model that fits these images better pays off)")
+    )
 
 
 def _grid_line(choice: dict, description: str) -> str:
     """How the archive's latent grid was chosen, in one line."""
     if choice.get("chosen") == "given":
         return f"latent grid: {description} (given)"
-    return (f"latent grid: {description}, chosen from {len(choice['candidates'])} candidates by a dry run on the first "
-            f"{choice['images']} images ({choice['seconds']:.1f} s)")
+    return (
+        f"latent grid: {description}, chosen from {len(choice['candidates'])} candidates by a dry run on the first "
+        f"{choice['images']} images ({choice['seconds']:.1f} s)"
+    )
 
 
 def _excess_line(r, dims: int) -> str:
     """A bits-back image's coded bits against the ELBO of its own draw, and where the difference goes (bits/dim)."""
     elbo = (r.kl + r.distortion) / dims
     parts = " + ".join(f"{name} {bits / dims:+.4f}" for name, bits in r.excess.items())
-    return (f"coded {r.net / dims:.3f} against this draw's ELBO {elbo:.3f} (KL {r.kl / dims:.3f} + distortion "
-            f"{r.distortion / dims:.3f}): {r.net / dims - elbo:+.4f} = {parts}"
-            + (f"; {r.clipped} latents lay beyond the grid" if r.clipped else ""))
+    return (
+        f"coded {r.net / dims:.3f} against this draw's ELBO {elbo:.3f} (KL {r.kl / dims:.3f} + distortion "
+        f"{r.distortion / dims:.3f}): {r.net / dims - elbo:+.4f} = {parts}"
+        + (f"; {r.clipped} latents lay beyond the grid" if r.clipped else "")
+    )
 
 
 @main.command("decompress")
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False), help="Folder for the images.")
-@click.option("--model", "model_name", default=None, help="The model the archive was made with (default: the name "
-                                                          "recorded in it).")
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="The model the archive was made with (default: the name recorded in it).",
+)
 @overwrite_option
 @click.option("--config", default=None, help="Architecture of an original .th file.")
 @manifest_option
@@ -189,9 +241,12 @@ def decompress_command(archive, outdir, model_name, overwrite, config, manifest)
     model = load_model(model_name, config, "cpu", manifest, "float32")
     expected, actual = header.get("model_sha256"), model.provenance.sha256
     if expected and actual and expected != actual:
-        raise click.ClickException(f"{archive} was made with weights of sha256 {expected[:12]}..., but {model_name} "
-                                   f"has {actual[:12]}...; pass --model with the right weights")
+        raise click.ClickException(
+            f"{archive} was made with weights of sha256 {expected[:12]}..., but {model_name} "
+            f"has {actual[:12]}...; pass --model with the right weights"
+        )
     from ..data.progress import progress_bar
+
     written = 0
     try:
         with progress_bar(total=header["count"], unit="img", desc="decompressing") as bar:

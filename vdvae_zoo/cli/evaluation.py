@@ -7,39 +7,89 @@ from pathlib import Path
 import click
 
 from ..data.datasets import SPLITS
-from ..scoring.evaluate import evaluate
 from ..data.files import CARD_NAME, CONFIG_NAME, atomic_write, refuse_existing
-from ..weights.cards import add_card_result, check_card
 from ..scoring.engine import MAX_PRIOR_TEMPERATURE, refuse_existing_state
-from .base import MODEL_HELP, batch_size_option, command_as_run, load_model, main, model_options, overwrite_option, stop_interrupted, user_errors
+from ..scoring.evaluate import evaluate
+from ..weights.cards import add_card_result, check_card
+from .base import (
+    MODEL_HELP,
+    batch_size_option,
+    command_as_run,
+    load_model,
+    main,
+    model_options,
+    overwrite_option,
+    stop_interrupted,
+    user_errors,
+)
 
 
 @main.command("eval", epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
-@click.option("--data", required=True, type=click.Path(exists=True),
-              help="cifar-10-batches-py/ or -bin/, imagenet{32,64}-valid.npy (or its folder), valid_32x32/, "
-                   "ffhq-256.npy, an FFHQ-1024 folder of PNGs, or any folder / .npy of images (docs/evaluate.md).")
-@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
-              help="Where the data defines one: the authors' split (docs/evaluate.md).")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True),
+    help="cifar-10-batches-py/ or -bin/, imagenet{32,64}-valid.npy (or its folder), valid_32x32/, "
+    "ffhq-256.npy, an FFHQ-1024 folder of PNGs, or any folder / .npy of images (docs/evaluate.md).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="test",
+    show_default=True,
+    help="Where the data defines one: the authors' split (docs/evaluate.md).",
+)
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="A random subset of this many images (--seed).")
-@click.option("--samples", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Posterior draws per image; K > 1 adds the importance-weighted bound (tighter than the paper's).")
+@click.option(
+    "--samples",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Posterior draws per image; K > 1 adds the importance-weighted bound (tighter than the paper's).",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the posterior draws and of --limit's subset.")
 @batch_size_option
-@click.option("--chunk", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Images per saved chunk (the unit of --resume and of sharing among processes).")
+@click.option(
+    "--chunk",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per saved chunk (the unit of --resume and of sharing among processes).",
+)
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted evaluation from its state file.")
-@click.option("--card", "card_folder", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Also record the result in this model folder's card (README.md model-index: dataset, split, "
-                   "bits per dim, seed, the command, the vdvae-zoo version); the Hub shows it. The result is merged "
-                   "into the card: every other line of README.md is kept. A README.md without front matter is "
-                   "changed only with --overwrite (front matter is added above its text).")
+@click.option(
+    "--card",
+    "card_folder",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Also record the result in this model folder's card (README.md model-index: dataset, split, "
+    "bits per dim, seed, the command, the vdvae-zoo version); the Hub shows it. The result is merged "
+    "into the card: every other line of README.md is kept. A README.md without front matter is "
+    "changed only with --overwrite (front matter is added above its text).",
+)
 @overwrite_option
 @model_options
 @user_errors
-def eval_command(model_name, data, split, limit, samples, seed, batch_size, chunk, output, resume, card_folder,
-                 overwrite, config, device, dtype, manifest):
+def eval_command(
+    model_name,
+    data,
+    split,
+    limit,
+    samples,
+    seed,
+    batch_size,
+    chunk,
+    output,
+    resume,
+    card_folder,
+    overwrite,
+    config,
+    device,
+    dtype,
+    manifest,
+):
     """Bits per dim of a data set's test split, next to the paper's number.
 
     Progress is kept in OUTPUT.state.jsonl (vdvae-zoo-eval.state.jsonl without -o): after Ctrl-C, the same
@@ -52,16 +102,30 @@ def eval_command(model_name, data, split, limit, samples, seed, batch_size, chun
     if output:
         refuse_existing(output, overwrite)
     if card_folder and not (Path(card_folder) / CONFIG_NAME).is_file():
-        raise click.BadParameter(f"{card_folder} is not a model folder (no {CONFIG_NAME}); give the folder whose "
-                                 "README.md should carry the result", param_hint="'--card'")
+        raise click.BadParameter(
+            f"{card_folder} is not a model folder (no {CONFIG_NAME}); give the folder whose "
+            "README.md should carry the result",
+            param_hint="'--card'",
+        )
     if card_folder:
         check_card(Path(card_folder) / CARD_NAME, overwrite=overwrite)  # before any work: a card we would refuse
     state = Path(f"{output or 'vdvae-zoo-eval'}.state.jsonl")
     refuse_existing_state(state, resume, overwrite)
     model = load_model(model_name, config, device, manifest, dtype)
     try:
-        report = evaluate(model, data, split=split, limit=limit, samples=samples, seed=seed, batch_size=batch_size,
-                          chunk=chunk, state=state, resume=resume, overwrite=overwrite)
+        report = evaluate(
+            model,
+            data,
+            split=split,
+            limit=limit,
+            samples=samples,
+            seed=seed,
+            batch_size=batch_size,
+            chunk=chunk,
+            state=state,
+            resume=resume,
+            overwrite=overwrite,
+        )
     except KeyboardInterrupt:
         stop_interrupted(f"the finished chunks are kept in {state}")
     if report is None:  # not rank 0
@@ -72,28 +136,62 @@ def eval_command(model_name, data, split, limit, samples, seed, batch_size, chun
         atomic_write(output, report.to_json(), overwrite=True)
         click.echo(f"wrote {output}")
     if card_folder:
-        card = add_card_result(Path(card_folder), report.card_result(command_as_run()), model.card_lines(model.config),
-                               overwrite=overwrite)
+        card = add_card_result(
+            Path(card_folder), report.card_result(command_as_run()), model.card_lines(model.config), overwrite=overwrite
+        )
         click.echo(f"recorded the result in {card}")
 
 
 @main.command("ood", epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
-@click.option("--in", "in_data", required=True, type=click.Path(exists=True),
-              help="The in-distribution data: anything --data of `eval` reads (a CIFAR-10 folder, an .npy, images).")
-@click.option("--ood", "ood_data", required=True, multiple=True, type=click.Path(exists=True),
-              help="An out-of-distribution data set, read alike; repeat for several.")
-@click.option("-k", "ks", multiple=True, type=click.IntRange(min=0), default=(1, 2), show_default=True,
-              help="LLR>k: the k lowest decoder layers (the highest resolutions) come from their prior; repeat.")
-@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
-              help="Where the data defines one: the authors' split (docs/evaluate.md).")
+@click.option(
+    "--in",
+    "in_data",
+    required=True,
+    type=click.Path(exists=True),
+    help="The in-distribution data: anything --data of `eval` reads (a CIFAR-10 folder, an .npy, images).",
+)
+@click.option(
+    "--ood",
+    "ood_data",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True),
+    help="An out-of-distribution data set, read alike; repeat for several.",
+)
+@click.option(
+    "-k",
+    "ks",
+    multiple=True,
+    type=click.IntRange(min=0),
+    default=(1, 2),
+    show_default=True,
+    help="LLR>k: the k lowest decoder layers (the highest resolutions) come from their prior; repeat.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="test",
+    show_default=True,
+    help="Where the data defines one: the authors' split (docs/evaluate.md).",
+)
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="A random subset of each set (--seed).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the posterior draws and of --limit's subsets.")
-@click.option("--prior-temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0, max=MAX_PRIOR_TEMPERATURE),
-              help="The replaced layers: 0 takes their conditional prior's mean (as Havtorn et al.), 1 a sample.")
+@click.option(
+    "--prior-temperature",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, max=MAX_PRIOR_TEMPERATURE),
+    help="The replaced layers: 0 takes their conditional prior's mean (as Havtorn et al.), 1 a sample.",
+)
 @batch_size_option
-@click.option("--chunk", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Images per saved chunk (the unit of --resume and of sharing among processes).")
+@click.option(
+    "--chunk",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per saved chunk (the unit of --resume and of sharing among processes).",
+)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The report, JSON.")
 @click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False), help="Per-image scores, CSV.")
 @click.option("--roc", default=None, type=click.Path(dir_okay=False), help="ROC curves, PNG.")
@@ -101,16 +199,36 @@ def eval_command(model_name, data, split, limit, samples, seed, batch_size, chun
 @overwrite_option
 @model_options
 @user_errors
-def ood_command(model_name, in_data, ood_data, ks, split, limit, seed, prior_temperature, batch_size, chunk, output,
-                csv_path, roc, resume, overwrite, config, device, dtype, manifest):
+def ood_command(
+    model_name,
+    in_data,
+    ood_data,
+    ks,
+    split,
+    limit,
+    seed,
+    prior_temperature,
+    batch_size,
+    chunk,
+    output,
+    csv_path,
+    roc,
+    resume,
+    overwrite,
+    config,
+    device,
+    dtype,
+    manifest,
+):
     """Out-of-distribution scores: the ELBO and Havtorn et al.'s likelihood ratios LLR>k (docs/ood.md), with
     AUROC, AUPRC and the FPR at 95% TPR for each OOD set (OOD is the positive class).
 
     Example: vdvae-zoo ood cifar10 --in cifar-10-batches-py/ --ood svhn-test.npy -k 1 -k 2 -o ood.json --roc roc.png
     """
-    from ..scoring.ood import evaluate_ood, roc_points
     from ..data.plots import roc_chart
     from ..scoring.engine import write_scores
+    from ..scoring.ood import evaluate_ood, roc_points
+
     outputs = [Path(p).resolve() for p in (output, csv_path, roc) if p]
     if len(set(outputs)) < len(outputs):
         raise click.UsageError("-o, --csv and --roc must be three different files")
@@ -126,10 +244,22 @@ def ood_command(model_name, in_data, ood_data, ks, split, limit, seed, prior_tem
         refuse_existing_state(f"{state}.{j}", resume, overwrite)
     model = load_model(model_name, config, device, manifest, dtype)
     try:
-        report, tables = evaluate_ood(model, in_data, list(ood_data), tuple(dict.fromkeys(ks)), split=split,
-                                      limit=limit, seed=seed, prior_temperature=prior_temperature,
-                                      batch_size=batch_size, dtype=dtype, chunk=chunk, state=state, resume=resume,
-                                      overwrite=overwrite)
+        report, tables = evaluate_ood(
+            model,
+            in_data,
+            list(ood_data),
+            tuple(dict.fromkeys(ks)),
+            split=split,
+            limit=limit,
+            seed=seed,
+            prior_temperature=prior_temperature,
+            batch_size=batch_size,
+            dtype=dtype,
+            chunk=chunk,
+            state=state,
+            resume=resume,
+            overwrite=overwrite,
+        )
     except KeyboardInterrupt:
         stop_interrupted(f"the finished chunks are kept beside {output}")
     if report is None:  # not rank 0

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import click
 
-from ..weights import hub
 from .._version import __version__
 from ..config import OUTPUTS, resolve_config
 from ..data.files import CARD_NAME, CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, atomic_write, refuse_existing
+from ..model import VDVAE, load
+from ..training.run_folder import RunFolder
+from ..weights import hub
+from ..weights.cards import card_results
 from ..weights.inspection import compare_with_config, inspect_checkpoint
 from ..weights.manifest import load_manifest, manifest_data, pin_entries
-from ..model import VDVAE, load
-from ..weights.cards import card_results
-from ..weights.provenance import named_provenance
-from ..training.run_folder import RunFolder
 from ..weights.original import read_checkpoint
+from ..weights.provenance import named_provenance
 from .base import MODEL_HELP, main, manifest_option, overwrite_option, user_errors
 
 
@@ -35,11 +35,20 @@ def list_cmd(manifest):
     for e in man.entries:
         cached = "yes" if hub.is_cached(e) else "no"
         names = e.name + (f" ({', '.join(e.aliases)})" if e.aliases else "")
-        rows.append((names, f"{e.resolution}", f"{e.bits}", f"{e.parameters / 1e6:.1f}M",
-                     f"{e.reported_test_bpd}", cached, "verified" if e.encoder_verified else "UNVERIFIED"))
+        rows.append(
+            (
+                names,
+                f"{e.resolution}",
+                f"{e.bits}",
+                f"{e.parameters / 1e6:.1f}M",
+                f"{e.reported_test_bpd}",
+                cached,
+                "verified" if e.encoder_verified else "UNVERIFIED",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
 def _cache_path(entry) -> Path:
@@ -61,10 +70,15 @@ def info(model, manifest):
         config = entry.resolve_config()
         click.echo(f"name: {entry.name}" + (f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""))
         click.echo(f"dataset: {entry.dataset}, {entry.resolution}x{entry.resolution}, {entry.bits}-bit targets")
-        click.echo(f"parameters: {entry.parameters:,}; reported test bpd: {entry.reported_test_bpd}; licence: {entry.license}")
+        click.echo(
+            f"parameters: {entry.parameters:,}; reported test bpd: {entry.reported_test_bpd}; licence: {entry.license}"
+        )
         click.echo(f"hub: {entry.hub['repo_id']}@{entry.hub.get('revision') or 'unpublished'}")
         click.echo(f"source: {entry.source.get('url')}")
-        click.echo(f"encoder: {'verified' if entry.encoder_verified else 'UNVERIFIED'}" + (f" ({entry.notes})" if entry.notes else ""))
+        click.echo(
+            f"encoder: {'verified' if entry.encoder_verified else 'UNVERIFIED'}"
+            + (f" ({entry.notes})" if entry.notes else "")
+        )
         click.echo(f"cache: {_cache_path(entry)} ({'cached' if hub.is_cached(entry) else 'not downloaded'})")
         config = _found_architecture(entry) or config
     elif Path(model).exists():
@@ -76,8 +90,11 @@ def info(model, manifest):
     per_res = {}
     for b in config.decoder_blocks:
         per_res[b.resolution] = per_res.get(b.resolution, 0) + 1
-    click.echo("stochastic layers per resolution: " + ", ".join(f"{r}: {n}" for r, n in per_res.items())
-               + f" (total {config.num_layers})")
+    click.echo(
+        "stochastic layers per resolution: "
+        + ", ".join(f"{r}: {n}" for r, n in per_res.items())
+        + f" (total {config.num_layers})"
+    )
     click.echo("config: " + json.dumps(config.to_dict()))
 
 
@@ -85,10 +102,18 @@ def info(model, manifest):
 @click.argument("config")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
-@click.option("--image-channels", type=click.IntRange(1, 4), default=None,
-              help="1 grey, 2 grey + alpha, 3 RGB, 4 RGBA (default: the config's, 3 for every preset).")
-@click.option("--output-distribution", type=click.Choice(OUTPUTS), default=None,
-              help="dmol: the paper's mixture of logistics; bernoulli: binary images (pixels 0 or 255).")
+@click.option(
+    "--image-channels",
+    type=click.IntRange(1, 4),
+    default=None,
+    help="1 grey, 2 grey + alpha, 3 RGB, 4 RGBA (default: the config's, 3 for every preset).",
+)
+@click.option(
+    "--output-distribution",
+    type=click.Choice(OUTPUTS),
+    default=None,
+    help="dmol: the paper's mixture of logistics; bernoulli: binary images (pixels 0 or 255).",
+)
 @overwrite_option
 @user_errors
 def new(config, output, seed, image_channels, output_distribution, overwrite):
@@ -100,15 +125,19 @@ def new(config, output, seed, image_channels, output_distribution, overwrite):
     Example: vdvae-zoo new tiny32 -o tiny/ && vdvae-zoo sample tiny/ -n 16 -o noise.png
     """
     import dataclasses
+
     import torch
+
     resolved = resolve_config(config)
     changes = {k: v for k, v in (("image_channels", image_channels), ("output", output_distribution)) if v is not None}
     resolved = dataclasses.replace(resolved, **changes) if changes else resolved
     torch.manual_seed(seed)
     folder = VDVAE(resolved).save_pretrained(output, overwrite=overwrite)
-    click.echo(f"wrote {folder}: a random-init {config} model, {resolved.num_layers} stochastic "
-               f"layers, {resolved.image_size}x{resolved.image_size}x{resolved.image_channels}"
-               + (f", {resolved.output} output" if resolved.output != "dmol" else ""))
+    click.echo(
+        f"wrote {folder}: a random-init {config} model, {resolved.num_layers} stochastic "
+        f"layers, {resolved.image_size}x{resolved.image_size}x{resolved.image_channels}"
+        + (f", {resolved.output} output" if resolved.output != "dmol" else "")
+    )
 
 
 def _found_architecture(entry):
@@ -121,8 +150,10 @@ def _found_architecture(entry):
         click.echo(f"architecture: not yet known (not downloaded){maybe}")
         return None
     provenance = named_provenance(entry, folder)
-    click.echo(f"architecture: {provenance.architecture} (read off the downloaded file)"
-               + (f"; source sha256 {provenance.source_sha256}" if provenance.source_sha256 else ""))
+    click.echo(
+        f"architecture: {provenance.architecture} (read off the downloaded file)"
+        + (f"; source sha256 {provenance.source_sha256}" if provenance.source_sha256 else "")
+    )
     return resolve_config(folder / CONFIG_NAME)
 
 
@@ -146,10 +177,12 @@ def inspect(checkpoint, config, download, manifest, as_json):
         model = load(checkpoint, device="cpu", manifest=manifest)
         found, provenance = model.config, model.provenance
         sha = provenance.source_sha256 or provenance.sha256
-        click.echo(f"{provenance.entry}: architecture {provenance.architecture}; "
-                   f"{'source' if provenance.source_sha256 else WEIGHTS_NAME} sha256 {sha}; "
-                   f"{found.image_size}x{found.image_size}, {found.num_layers} stochastic layers, "
-                   f"{len(found.encoder_blocks)} encoder blocks, vdvae-zoo {__version__}")
+        click.echo(
+            f"{provenance.entry}: architecture {provenance.architecture}; "
+            f"{'source' if provenance.source_sha256 else WEIGHTS_NAME} sha256 {sha}; "
+            f"{found.image_size}x{found.image_size}, {found.num_layers} stochastic layers, "
+            f"{len(found.encoder_blocks)} encoder blocks, vdvae-zoo {__version__}"
+        )
         checkpoint = provenance.weights
     elif Path(checkpoint).is_dir():  # a model folder (or a training run's): its weights, and its config to compare
         folder = Path(checkpoint)
@@ -160,8 +193,10 @@ def inspect(checkpoint, config, download, manifest, as_json):
         config = config or (str(folder / CONFIG_NAME) if (folder / CONFIG_NAME).is_file() else None)
         checkpoint = str(folder / WEIGHTS_NAME)
     elif not Path(checkpoint).is_file():
-        raise click.BadParameter(f"{checkpoint} is not a file or a model folder (for a model name, add --download)",
-                                 param_hint="FILE_OR_NAME")
+        raise click.BadParameter(
+            f"{checkpoint} is not a file or a model folder (for a model name, add --download)",
+            param_hint="FILE_OR_NAME",
+        )
     state = read_checkpoint(checkpoint)
     info_ = inspect_checkpoint(state)
     match = VDVAE.identify(state, manifest)
@@ -186,8 +221,11 @@ def inspect(checkpoint, config, download, manifest, as_json):
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--config", default=None,
-              help="Preset name or config.json the file was trained with (default: recognised from its tensors).")
+@click.option(
+    "--config",
+    default=None,
+    help="Preset name or config.json the file was trained with (default: recognised from its tensors).",
+)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @overwrite_option
 @manifest_option
@@ -220,12 +258,20 @@ def download_cmd(names, cache_dir, revision, manifest):
 @main.command()
 @click.argument("pairs", nargs=-1, required=True, metavar="NAME=FILE.th...")
 @click.option("--org", required=True, help="Hub namespace, e.g. vdvae-zoo.")
-@click.option("--manifest-out", default=None, type=click.Path(dir_okay=False),
-              help="Write an updated manifest here (default: print the fields to pin).")
+@click.option(
+    "--manifest-out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write an updated manifest here (default: print the fields to pin).",
+)
 @click.option("--dry-run", is_flag=True, help="Convert and hash, but upload nothing.")
-@click.option("--results-from", default=None, type=click.Path(exists=True, file_okay=False),
-              help="A model folder whose card's measured results (written by `eval --card`) the published cards "
-                   "carry; the paper's numbers are added as quoted, whatever this holds.")
+@click.option(
+    "--results-from",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="A model folder whose card's measured results (written by `eval --card`) the published cards "
+    "carry; the paper's numbers are added as quoted, whatever this holds.",
+)
 @manifest_option
 @overwrite_option
 @user_errors
@@ -235,6 +281,7 @@ def publish(pairs, org, manifest_out, dry_run, results_from, manifest, overwrite
     Example: vdvae-zoo publish ffhq256=ffhq256-iter-1700000-model-ema.th --org vdvae-zoo
     """
     import tempfile
+
     man = load_manifest(manifest)
     if manifest_out:
         refuse_existing(manifest_out, overwrite)
@@ -248,13 +295,17 @@ def publish(pairs, org, manifest_out, dry_run, results_from, manifest, overwrite
         with tempfile.TemporaryDirectory() as tmp:
             folder = VDVAE.convert_original(path, None, Path(tmp) / "model", entry=entry)
             if dry_run:
-                pin = {"repo_id": f"{org}/{entry.name}", "revision": None,
-                       "sha256": hub.file_sha256(folder / WEIGHTS_NAME)}
+                pin = {
+                    "repo_id": f"{org}/{entry.name}",
+                    "revision": None,
+                    "sha256": hub.file_sha256(folder / WEIGHTS_NAME),
+                }
             else:
                 pin = load(folder, device="cpu").push_to_hub(f"{org}/{entry.name}", entry=entry, results=results)
             pins[entry.name] = dict(pin, source_sha256=hub.file_sha256(path))
     if manifest_out:
-        atomic_write(manifest_out, json.dumps(pin_entries(manifest_data(manifest), pins), indent=2) + "\n",
-                     overwrite=overwrite)
+        atomic_write(
+            manifest_out, json.dumps(pin_entries(manifest_data(manifest), pins), indent=2) + "\n", overwrite=overwrite
+        )
         click.echo(f"wrote {manifest_out}")
     click.echo(json.dumps(pins, indent=2))

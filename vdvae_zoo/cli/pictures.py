@@ -11,20 +11,37 @@ import numpy as np
 from ..data.datasets import files_dataset
 from ..data.files import refuse_existing
 from ..data.images import find_images, load_images, make_grid, save_png
-from ..nn.inputs import figure4_keeps
 from ..data.plots import kl_chart as kl_chart_image
-from ..scoring.sample_sets import write_sample_set
+from ..nn.inputs import figure4_keeps
 from ..scoring.engine import ScoreOptions, model_for_images, printable_path, score_dataset, write_scores
-from .base import (MODEL_HELP, batch_size_option, interrupted_status, load_model, main, model_options, overwrite_option,
-                   parse_temperature, picture_options, resize_option, stop_interrupted, user_errors)
+from ..scoring.sample_sets import write_sample_set
+from .base import (
+    MODEL_HELP,
+    batch_size_option,
+    interrupted_status,
+    load_model,
+    main,
+    model_options,
+    overwrite_option,
+    parse_temperature,
+    picture_options,
+    resize_option,
+    stop_interrupted,
+    user_errors,
+)
 
 
 # ---------------------------------------------------------------------------------------------------- bpd
 @main.command(epilog=MODEL_HELP)
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--model", "model_name", default="auto", show_default=True,
-              help="auto (the manifest's first model of the images' size: 32 cifar10, 64 imagenet64, 256 ffhq256, "
-                   "1024 ffhq1024), a name, or a path.")
+@click.option(
+    "--model",
+    "model_name",
+    default="auto",
+    show_default=True,
+    help="auto (the manifest's first model of the images' size: 32 cifar10, 64 imagenet64, 256 ffhq256, "
+    "1024 ffhq1024), a name, or a path.",
+)
 @model_options
 @batch_size_option
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="Per-image rows: .csv or .json.")
@@ -32,15 +49,44 @@ from .base import (MODEL_HELP, batch_size_option, interrupted_status, load_model
 @resize_option
 @click.option("--strict", is_flag=True, help="Exit non-zero if any file was skipped.")
 @overwrite_option
-@click.option("--seed", default=0, show_default=True,
-              help="Seed of the posterior draws: image i of PATHS draws with image_seed(seed, i), as in eval.")
-@click.option("--samples", "n_samples", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Posterior draws per image; K > 1 adds the importance-weighted bound bpd_iw (tighter).")
-@click.option("--kl-chart", default=None, type=click.Path(dir_okay=False),
-              help="Write a PNG bar chart of the bits in each decoder layer (mean over the images).")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    help="Seed of the posterior draws: image i of PATHS draws with image_seed(seed, i), as in eval.",
+)
+@click.option(
+    "--samples",
+    "n_samples",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Posterior draws per image; K > 1 adds the importance-weighted bound bpd_iw (tighter).",
+)
+@click.option(
+    "--kl-chart",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write a PNG bar chart of the bits in each decoder layer (mean over the images).",
+)
 @user_errors
-def bpd(paths, model_name, config, device, dtype, manifest, batch_size, output, recursive, resize, strict, overwrite,
-        seed, n_samples, kl_chart):
+def bpd(
+    paths,
+    model_name,
+    config,
+    device,
+    dtype,
+    manifest,
+    batch_size,
+    output,
+    recursive,
+    resize,
+    strict,
+    overwrite,
+    seed,
+    n_samples,
+    kl_chart,
+):
     """Bits per dim (negative ELBO) of every image in PATHS (files and folders).
 
     Each image's number depends only on the image, the model, --seed and --samples (scoring.py's seed rule):
@@ -68,27 +114,46 @@ def bpd(paths, model_name, config, device, dtype, manifest, batch_size, output, 
     def show(record):  # each skipped file once (stderr), then each image as it is scored (stdout)
         for i, why in record["skipped"]:
             click.echo(f"warning: skipped {printable_path(dataset.files[i])}: {why}", err=True)
-        for i, value in zip(record["index"], record["bpd"]):
+        for i, value in zip(record["index"], record["bpd"], strict=False):
             click.echo(f"{value:.4f}  {printable_path(dataset.files[i])}")
 
-    table = score_dataset(model, dataset, options, resize=None if resize == "none" else resize, on_chunk=show,
-                          keep_partial=True, desc="scoring")
+    table = score_dataset(
+        model,
+        dataset,
+        options,
+        resize=None if resize == "none" else resize,
+        on_chunk=show,
+        keep_partial=True,
+        desc="scoring",
+    )
     summary = table.summary()
     if len(table) and output:
-        about = {"model": model.provenance.to_dict(), "options": dict(options.record(), resize=resize),
-                 "summary": summary, "skipped": [{"path": printable_path(dataset.files[i]), "reason": why}
-                                                 for i, why in table.skipped]}
+        about = {
+            "model": model.provenance.to_dict(),
+            "options": dict(options.record(), resize=resize),
+            "summary": summary,
+            "skipped": [{"path": printable_path(dataset.files[i]), "reason": why} for i, why in table.skipped],
+        }
         write_scores(output, table.rows(dataset), about, overwrite=overwrite)
-    click.echo(f"images: {len(table)} scored, {len(table.skipped)} skipped" + (" (interrupted)" if table.interrupted else ""))
+    click.echo(
+        f"images: {len(table)} scored, {len(table.skipped)} skipped" + (" (interrupted)" if table.interrupted else "")
+    )
     for name in ("bpd", "bpd_iw"):
         if f"mean_{name}" in summary:
             what = name if name == "bpd" else f"{name} ({n_samples} samples)"
             err = summary[f"stderr_{name}"]
-            click.echo(f"mean {what}: {summary[f'mean_{name}']:.4f} "
-                       + (f"± {err:.4f} (standard error)" if err is not None else "(one image: no standard error)"))
+            click.echo(
+                f"mean {what}: {summary[f'mean_{name}']:.4f} "
+                + (f"± {err:.4f} (standard error)" if err is not None else "(one image: no standard error)")
+            )
     if len(table) and kl_chart:
-        kl_chart_image(table.kl_sum_nats / len(table), model.layer_resolutions, kl_chart, overwrite=overwrite,
-                       title=f"bits per layer, mean of {len(table)} images ({model_name})")
+        kl_chart_image(
+            table.kl_sum_nats / len(table),
+            model.layer_resolutions,
+            kl_chart,
+            overwrite=overwrite,
+            title=f"bits per layer, mean of {len(table)} images ({model_name})",
+        )
         click.echo(f"wrote {kl_chart}")
     click.echo(f"model: {model_name}")
     if table.interrupted:
@@ -103,31 +168,46 @@ def _refuse_model_as_path(paths, manifest) -> None:
     """`vdvae-zoo bpd cifar10 imgs/` (MODEL first, as the other commands take it): say how bpd names its model."""
     from ..data.files import CONFIG_NAME
     from ..weights.manifest import load_manifest
+
     first = Path(paths[0])
     is_name = not first.exists() and paths[0] in load_manifest(manifest)
     is_folder = len(paths) > 1 and (first / CONFIG_NAME).is_file()
     if is_name or is_folder:
-        raise click.UsageError(f"{paths[0]} is a model, not images: bpd takes the model as an option. Did you mean "
-                               f"`vdvae-zoo bpd --model {paths[0]} {' '.join(paths[1:]) or 'IMAGES...'}`?")
+        raise click.UsageError(
+            f"{paths[0]} is a model, not images: bpd takes the model as an option. Did you mean "
+            f"`vdvae-zoo bpd --model {paths[0]} {' '.join(paths[1:]) or 'IMAGES...'}`?"
+        )
 
 
 # -------------------------------------------------------------------------------------------------- sample
 @main.command(epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
 @click.option("-n", "--num", default=16, show_default=True, type=click.IntRange(min=1), help="Number of images.")
-@click.option("-t", "--temperature", default="1.0", show_default=True,
-              help="One number, one per layer (comma-separated), or resolution:t pairs such as 1:1.0,4:0.9,32:0.6.")
-@click.option("--seed", default=None, type=int, help="Makes the samples reproducible (with --outdir: 0 when not given).")
+@click.option(
+    "-t",
+    "--temperature",
+    default="1.0",
+    show_default=True,
+    help="One number, one per layer (comma-separated), or resolution:t pairs such as 1:1.0,4:0.9,32:0.6.",
+)
+@click.option(
+    "--seed", default=None, type=int, help="Makes the samples reproducible (with --outdir: 0 when not given)."
+)
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="A PNG grid.")
-@click.option("--outdir", default=None, type=click.Path(file_okay=False),
-              help="A sample set: 000000.png, 000001.png, ... and samples.json; image i depends only on (seed, i).")
+@click.option(
+    "--outdir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="A sample set: 000000.png, 000001.png, ... and samples.json; image i depends only on (seed, i).",
+)
 @batch_size_option
 @click.option("--resume", is_flag=True, help="With --outdir: keep the files there and draw only the missing ones.")
 @overwrite_option
 @model_options
 @user_errors
-def sample(model_name, num, temperature, seed, output, outdir, batch_size, resume, overwrite, config, device, dtype,
-           manifest):
+def sample(
+    model_name, num, temperature, seed, output, outdir, batch_size, resume, overwrite, config, device, dtype, manifest
+):
     """Draw images from the prior: a grid (-o), or a sample set of any size (--outdir), e.g. for FID.
 
     Example: vdvae-zoo sample ffhq256 -n 4 -t 0.8 --seed 0 -o faces.png
@@ -135,17 +215,27 @@ def sample(model_name, num, temperature, seed, output, outdir, batch_size, resum
     Example: vdvae-zoo sample ffhq1024 --num 50000 -t 0.9 --outdir fid/ --batch-size 8   (Ctrl-C, then --resume)
     """
     import torch
+
     t = parse_temperature(temperature)
     if output and outdir:
         raise click.UsageError("give -o (a grid) or --outdir (one PNG per sample), not both")
     if outdir:
         if Path(outdir).is_dir() and any(Path(outdir).iterdir()) and not (resume or overwrite):
-            raise click.ClickException(f"{outdir} is not empty; --resume continues the sample set in it, --overwrite "
-                                       "replaces its files")
+            raise click.ClickException(
+                f"{outdir} is not empty; --resume continues the sample set in it, --overwrite replaces its files"
+            )
         model = load_model(model_name, config, device, manifest, dtype)
         try:
-            report = write_sample_set(model, outdir, num, temperature=t, seed=0 if seed is None else seed,
-                                      batch_size=batch_size, resume=resume, overwrite=overwrite)
+            report = write_sample_set(
+                model,
+                outdir,
+                num,
+                temperature=t,
+                seed=0 if seed is None else seed,
+                batch_size=batch_size,
+                resume=resume,
+                overwrite=overwrite,
+            )
         except KeyboardInterrupt:
             stop_interrupted(f"the finished images are kept in {outdir}")
         for note in report.notes:
@@ -165,14 +255,19 @@ def sample(model_name, num, temperature, seed, output, outdir, batch_size, resum
 
 def _read_images_for(model, paths, resize: str):
     """Images of PATHS at the model's size; skipped files warned about one line each; none readable is an error."""
-    images, kept, skipped = load_images(find_images(paths), size=model.config.image_size,
-                                        resize=None if resize == "none" else resize,
-                                        channels=model.config.image_channels)
+    images, kept, skipped = load_images(
+        find_images(paths),
+        size=model.config.image_size,
+        resize=None if resize == "none" else resize,
+        channels=model.config.image_channels,
+    )
     for p, why in skipped:
         click.echo(f"warning: skipped {p}: {why}", err=True)
     if not kept:
-        raise click.ClickException(f"no image in {', '.join(map(str, paths))} could be read at "
-                                   f"{model.config.image_size}x{model.config.image_size} (try --resize center-crop)")
+        raise click.ClickException(
+            f"no image in {', '.join(map(str, paths))} could be read at "
+            f"{model.config.image_size}x{model.config.image_size} (try --resize center-crop)"
+        )
     return images, kept
 
 
@@ -180,14 +275,27 @@ def _read_images_for(model, paths, resize: str):
 @main.command(epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help=".safetensors (every layer: z.0 ... z.{L-1}; with --flat: 'flat' rows) or .npy (needs --flat; "
-                   "writes OUTPUT.json beside it).")
-@click.option("--flat", default=None, type=click.IntRange(min=1),
-              help="The first N layers flattened, one row per image, instead of the per-layer tensors "
-                   "(docs/latents.md; imagenet64 and 31: 91,168 numbers).")
-@click.option("--stats", is_flag=True, help="Also the posterior mean and std: mean.i and std.i, or with --flat "
-                                            "flat_mean and flat_std (.safetensors only).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help=".safetensors (every layer: z.0 ... z.{L-1}; with --flat: 'flat' rows) or .npy (needs --flat; "
+    "writes OUTPUT.json beside it).",
+)
+@click.option(
+    "--flat",
+    default=None,
+    type=click.IntRange(min=1),
+    help="The first N layers flattened, one row per image, instead of the per-layer tensors "
+    "(docs/latents.md; imagenet64 and 31: 91,168 numbers).",
+)
+@click.option(
+    "--stats",
+    is_flag=True,
+    help="Also the posterior mean and std: mean.i and std.i, or with --flat "
+    "flat_mean and flat_std (.safetensors only).",
+)
 @click.option("--mean", "use_mean", is_flag=True, help="Posterior means instead of samples.")
 @resize_option
 @click.option("--seed", default=0, show_default=True, help="Image i draws with image_seed(seed, i), as in bpd.")
@@ -195,8 +303,22 @@ def _read_images_for(model, paths, resize: str):
 @overwrite_option
 @model_options
 @user_errors
-def encode(model_name, paths, output, flat, stats, use_mean, resize, seed, batch_size, overwrite, config, device, dtype,
-           manifest):
+def encode(
+    model_name,
+    paths,
+    output,
+    flat,
+    stats,
+    use_mean,
+    resize,
+    seed,
+    batch_size,
+    overwrite,
+    config,
+    device,
+    dtype,
+    manifest,
+):
     """Posterior latents of images (files and folders), at any scale: read and encoded in chunks.
 
     Example: vdvae-zoo encode ffhq256 faces/ -o latents.safetensors --stats
@@ -204,6 +326,7 @@ def encode(model_name, paths, output, flat, stats, use_mean, resize, seed, batch
     Example: vdvae-zoo encode imagenet64 stimuli/ -o features.npy --flat 31
     """
     from ..latents import encode_dataset, encode_outputs
+
     try:
         for path in encode_outputs(output, flat, stats):  # every file it writes, before any work
             refuse_existing(path, overwrite)
@@ -211,20 +334,36 @@ def encode(model_name, paths, output, flat, stats, use_mean, resize, seed, batch
         raise click.BadParameter(str(e), param_hint="'--output'") from None
     dataset = files_dataset(paths)
     model = load_model(model_name, config, device, manifest, dtype)
-    summary = encode_dataset(model, dataset, output, flat=flat, stats=stats, mean=use_mean, seed=seed,
-                             batch_size=batch_size, resize=None if resize == "none" else resize, overwrite=overwrite)
+    summary = encode_dataset(
+        model,
+        dataset,
+        output,
+        flat=flat,
+        stats=stats,
+        mean=use_mean,
+        seed=seed,
+        batch_size=batch_size,
+        resize=None if resize == "none" else resize,
+        overwrite=overwrite,
+    )
     width = f", {summary['flat_width']:,} numbers per image in the flat rows" if summary["flat_width"] else ""
-    click.echo(f"wrote {output}: {summary['layers']} layers x {summary['images']} images{width}"
-               + (f" ({summary['skipped']} files skipped)" if summary["skipped"] else ""))
+    click.echo(
+        f"wrote {output}: {summary['layers']} layers x {summary['images']} images{width}"
+        + (f" ({summary['skipped']} files skipped)" if summary["skipped"] else "")
+    )
 
 
 # ----------------------------------------------------------------------------------------------- reconstruct
 @main.command(epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--keep", default="auto", show_default=True,
-              help="Numbers of layers to keep, comma-separated, 'all' for every layer; auto: the paper's 1,4,16,all "
-                   "where the model has that many layers.")
+@click.option(
+    "--keep",
+    default="auto",
+    show_default=True,
+    help="Numbers of layers to keep, comma-separated, 'all' for every layer; auto: the paper's 1,4,16,all "
+    "where the model has that many layers.",
+)
 @click.option("-t", "--temperature", default="0.1", show_default=True, help="Temperature of the layers not kept.")
 @picture_options("reconstructions.png")
 @model_options
@@ -235,17 +374,21 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
     Example: vdvae-zoo reconstruct ffhq256 face.png --keep 1,4,16,all -o fig4.png
     """
     import torch
+
     t = parse_temperature(temperature)
     refuse_existing(output, overwrite)
     model = load_model(model_name, config, device, manifest, dtype)
     try:
-        ks = figure4_keeps(model.num_layers) if keep.strip() == "auto" else \
-            [model.num_layers if k.strip() == "all" else int(k) for k in keep.split(",")]
+        ks = (
+            figure4_keeps(model.num_layers)
+            if keep.strip() == "auto"
+            else [model.num_layers if k.strip() == "all" else int(k) for k in keep.split(",")]
+        )
     except ValueError:
         raise click.BadParameter(f"{keep!r} must be comma-separated integers or 'all'", param_hint="'--keep'") from None
     images, kept = _read_images_for(model, paths, resize)
     torch.manual_seed(seed)
-    rows = model.reconstruct(images, keep=ks, temperature=t).numpy()      # (N, len(ks), H, W, 3)
+    rows = model.reconstruct(images, keep=ks, temperature=t).numpy()  # (N, len(ks), H, W, 3)
     grid = np.concatenate([images[:, None], rows], axis=1).reshape(-1, *images.shape[1:])
     save_png(make_grid(grid, ncols=len(ks) + 1, zoom=None), output, overwrite=overwrite)
     click.echo(f"wrote {output}: {len(kept)} rows, columns original + keep {', '.join(map(str, ks))}")
@@ -256,20 +399,38 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
 @click.argument("model_name", metavar="MODEL")
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
-@click.option("--steps", default=8, show_default=True, type=click.IntRange(min=2), help="Images on the path, ends included.")
+@click.option(
+    "--steps", default=8, show_default=True, type=click.IntRange(min=2), help="Images on the path, ends included."
+)
 @click.option("--keep", default="all", show_default=True, help="Layers to interpolate (the rest: prior, same noise).")
 @click.option("-t", "--temperature", default="0.1", show_default=True, help="Temperature of the layers not kept.")
 @click.option("--mode", type=click.Choice(["linear", "slerp"]), default="linear", show_default=True)
 @picture_options("interpolation.png")
 @model_options
 @user_errors
-def interpolate(model_name, image_a, image_b, steps, keep, temperature, mode, output, resize, seed, overwrite,
-                config, device, dtype, manifest):
+def interpolate(
+    model_name,
+    image_a,
+    image_b,
+    steps,
+    keep,
+    temperature,
+    mode,
+    output,
+    resize,
+    seed,
+    overwrite,
+    config,
+    device,
+    dtype,
+    manifest,
+):
     """A row of images along the latent path from IMAGE_A to IMAGE_B.
 
     Example: vdvae-zoo interpolate ffhq256 a.png b.png --steps 8 --keep 20 -o path.png
     """
     import torch
+
     t = parse_temperature(temperature)
     refuse_existing(output, overwrite)
     model = load_model(model_name, config, device, manifest, dtype)

@@ -24,12 +24,17 @@ def _mask(path: str, size: int) -> np.ndarray:
     """A binary mask of the model's size: white (or 1) = observed, black (0) = missing."""
     mask = _read(path, 1, "'--mask'")[..., 0]
     if mask.shape != (size, size):
-        raise click.BadParameter(f"{path} is {mask.shape[1]}x{mask.shape[0]}; the mask must be {size}x{size}, the "
-                                 "model's size", param_hint="'--mask'")
+        raise click.BadParameter(
+            f"{path} is {mask.shape[1]}x{mask.shape[0]}; the mask must be {size}x{size}, the model's size",
+            param_hint="'--mask'",
+        )
     values = set(np.unique(mask).tolist())
     if not values <= {0, 255} and not values <= {0, 1}:
-        raise click.BadParameter(f"{path} is not binary (it holds {len(values)} grey levels); use black (0) for "
-                                 "missing pixels and white (255) for observed ones", param_hint="'--mask'")
+        raise click.BadParameter(
+            f"{path} is not binary (it holds {len(values)} grey levels); use black (0) for "
+            "missing pixels and white (255) for observed ones",
+            param_hint="'--mask'",
+        )
     return (mask > 0).astype(np.float32)
 
 
@@ -37,28 +42,79 @@ def _mask(path: str, size: int) -> np.ndarray:
 @click.argument("model_name", metavar="MODEL")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The restored image (PNG).")
-@click.option("--mask", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Inpainting: a black-and-white PNG of the model's size, white = observed.")
-@click.option("--upscale", default=None, type=click.IntRange(min=2),
-              help="Super-resolution: IMAGE is the model's size divided by this.")
-@click.option("--denoise", default=None, type=click.FloatRange(min=0.0, min_open=True),
-              help="Denoising: IMAGE holds Gaussian noise of this standard deviation, on the 0..255 scale.")
-@click.option("--method", type=click.Choice(METHODS), default="pnp-hvae", show_default=True,
-              help="pnp-hvae (Prost et al. 2023) or encode-decode (keep the top layers of the degraded image).")
+@click.option(
+    "--mask",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Inpainting: a black-and-white PNG of the model's size, white = observed.",
+)
+@click.option(
+    "--upscale",
+    default=None,
+    type=click.IntRange(min=2),
+    help="Super-resolution: IMAGE is the model's size divided by this.",
+)
+@click.option(
+    "--denoise",
+    default=None,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Denoising: IMAGE holds Gaussian noise of this standard deviation, on the 0..255 scale.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="pnp-hvae",
+    show_default=True,
+    help="pnp-hvae (Prost et al. 2023) or encode-decode (keep the top layers of the degraded image).",
+)
 @click.option("--steps", default=30, show_default=True, type=click.IntRange(min=1), help="PnP-HVAE iterations.")
-@click.option("-t", "--temperature", default=0.8, show_default=True, type=float,
-              help="The prior's temperature (PnP-HVAE: its weight is 1/T^2 - coupling).")
-@click.option("--coupling", default=1.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
-              help="PnP-HVAE's weight of the encoder's posterior against the decoder.")
+@click.option(
+    "-t",
+    "--temperature",
+    default=0.8,
+    show_default=True,
+    type=float,
+    help="The prior's temperature (PnP-HVAE: its weight is 1/T^2 - coupling).",
+)
+@click.option(
+    "--coupling",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="PnP-HVAE's weight of the encoder's posterior against the decoder.",
+)
 @click.option("--keep", default=None, type=click.IntRange(min=0), help="encode-decode: layers kept (default half).")
-@click.option("--samples", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Posterior samples; with more than one, OUTPUT is their mean and OUTPUT.std.png their spread.")
+@click.option(
+    "--samples",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Posterior samples; with more than one, OUTPUT is their mean and OUTPUT.std.png their spread.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the draws (with --samples or encode-decode).")
 @overwrite_option
 @model_options
 @user_errors
-def restore_command(model_name, image, output, mask, upscale, denoise, method, steps, temperature, coupling, keep,
-                    samples, seed, overwrite, config, device, dtype, manifest):
+def restore_command(
+    model_name,
+    image,
+    output,
+    mask,
+    upscale,
+    denoise,
+    method,
+    steps,
+    temperature,
+    coupling,
+    keep,
+    samples,
+    seed,
+    overwrite,
+    config,
+    device,
+    dtype,
+    manifest,
+):
     """Restore IMAGE with MODEL as the prior: one of --mask, --upscale, --denoise (docs/restore.md).
 
     Example: vdvae-zoo restore ffhq256 face.png --mask holes.png -o restored.png
@@ -67,8 +123,10 @@ def restore_command(model_name, image, output, mask, upscale, denoise, method, s
     """
     given = [name for name, value in (("--mask", mask), ("--upscale", upscale), ("--denoise", denoise)) if value]
     if len(given) != 1:
-        raise click.UsageError("give exactly one of --mask (inpainting), --upscale (super-resolution) and --denoise"
-                               + (f"; got {' and '.join(given)}" if given else ""))
+        raise click.UsageError(
+            "give exactly one of --mask (inpainting), --upscale (super-resolution) and --denoise"
+            + (f"; got {' and '.join(given)}" if given else "")
+        )
     std_path = Path(output).with_suffix(".std.png")
     for path in [output] + ([std_path] if samples > 1 else []):
         refuse_existing(path, overwrite)
@@ -77,20 +135,43 @@ def restore_command(model_name, image, output, mask, upscale, denoise, method, s
     observed = _read(image, channels, "'IMAGE'")
     if upscale:
         if size % upscale:
-            raise click.BadParameter(f"{upscale} does not divide the model's size {size}; choose a divisor such as "
-                                     f"{', '.join(str(f) for f in (2, 4, 8) if size % f == 0)}", param_hint="'--upscale'")
+            raise click.BadParameter(
+                f"{upscale} does not divide the model's size {size}; choose a divisor such as "
+                f"{', '.join(str(f) for f in (2, 4, 8) if size % f == 0)}",
+                param_hint="'--upscale'",
+            )
         expected = size // upscale
     else:
         expected = size
     if observed.shape[:2] != (expected, expected):
-        raise click.BadParameter(f"{image} is {observed.shape[1]}x{observed.shape[0]}; "
-                                 + (f"with --upscale {upscale} it must be {expected}x{expected} (the model's {size} / "
-                                    f"{upscale})" if upscale else f"it must be {size}x{size}, the model's size"),
-                                 param_hint="'IMAGE'")
-    operator = operator_for("mask", _mask(mask, size), size) if mask else \
-        operator_for("upscale", upscale, size) if upscale else operator_for("denoise", denoise, size)
-    result = restore(model, observed[None], operator, steps=steps, temperature=temperature, coupling=coupling,
-                     seed=seed, samples=samples, method=method, keep=keep)
+        raise click.BadParameter(
+            f"{image} is {observed.shape[1]}x{observed.shape[0]}; "
+            + (
+                f"with --upscale {upscale} it must be {expected}x{expected} (the model's {size} / {upscale})"
+                if upscale
+                else f"it must be {size}x{size}, the model's size"
+            ),
+            param_hint="'IMAGE'",
+        )
+    operator = (
+        operator_for("mask", _mask(mask, size), size)
+        if mask
+        else operator_for("upscale", upscale, size)
+        if upscale
+        else operator_for("denoise", denoise, size)
+    )
+    result = restore(
+        model,
+        observed[None],
+        operator,
+        steps=steps,
+        temperature=temperature,
+        coupling=coupling,
+        seed=seed,
+        samples=samples,
+        method=method,
+        keep=keep,
+    )
     save_png(result.images[0], output, overwrite=overwrite)
     click.echo(f"wrote {output} ({method}, {result.seconds_per_image:.1f} s)")
     if samples > 1:

@@ -9,9 +9,9 @@ import sys
 
 import click
 
+from ..training.options import TrainOptions
 from ..training.run_folder import RunFolderInUse
 from ..training.trainer import TrainingDiverged, TrainingStalled, finetune
-from ..training.options import TrainOptions
 from .base import main, user_errors
 
 
@@ -40,8 +40,9 @@ def _train_options(fn):
             fn = click.option(name, f.name, is_flag=True, default=f.default, help=meta["help"])(fn)
             continue
         if meta.get("multiple"):
-            fn = click.option(name, f.name, type=click.Choice(meta["choices"]), multiple=True, default=f.default,
-                              help=meta["help"])(fn)
+            fn = click.option(
+                name, f.name, type=click.Choice(meta["choices"]), multiple=True, default=f.default, help=meta["help"]
+            )(fn)
             continue
         if "choices" in meta:
             type_ = click.Choice(meta["choices"])
@@ -54,8 +55,15 @@ def _train_options(fn):
             type_ = range_type(min=meta.get("min"), max=meta.get("max"))
         else:
             type_ = kind
-        fn = click.option(name, f.name, type=type_, required=required, default=f.default,
-                          show_default=f.default is not None, help=meta["help"])(fn)
+        fn = click.option(
+            name,
+            f.name,
+            type=type_,
+            required=required,
+            default=f.default,
+            show_default=f.default is not None,
+            help=meta["help"],
+        )(fn)
     return fn
 
 
@@ -83,11 +91,16 @@ def finetune_command(as_json, **options):
         click.echo(json.dumps(summary))
     out = options["out"]
     if summary.get("stopped_by_signal"):
-        click.echo(f"stopped by signal {summary['stopped_by_signal']} at step {summary['step']}; the checkpoint is "
-                   "saved: run the same command with --resume to continue", err=True)
+        click.echo(
+            f"stopped by signal {summary['stopped_by_signal']} at step {summary['step']}; the checkpoint is "
+            "saved: run the same command with --resume to continue",
+            err=True,
+        )
         sys.exit(128 + summary["stopped_by_signal"])
     if not as_json and "final_val_bpd" in summary:
         val = summary.get("final_val_bpd")
-        click.echo(f"done: {summary['step']} steps ({summary['updates']} updates applied, {summary['skipped']} "
-                   f"skipped); validation bpd {'n/a' if val is None else f'{val:.4f}'}")
+        click.echo(
+            f"done: {summary['step']} steps ({summary['updates']} updates applied, {summary['skipped']} "
+            f"skipped); validation bpd {'n/a' if val is None else f'{val:.4f}'}"
+        )
         click.echo(f'the EMA weights are in {out}/model: vdvae_zoo.load("{out}") or vdvae-zoo sample {out}')

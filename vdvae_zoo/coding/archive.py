@@ -44,25 +44,56 @@ import math
 import struct
 import time
 import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
 
 from .._version import __version__
-from .bitsback import (GRID, ArchiveError, ImageRecord, _constriction, _decode_bits_back, _decode_webp,
-                       _encode_bits_back, _encode_webp, _exact, _probe_fingerprint, _Reject, _Stack, _webp, dry_run,
-                       require_coder, whiten_words)
-from .grid import DEFAULT_GRID, LatentGrid, candidate_grids, fitted_span
 from ..blocks import MAX_RESOLUTION
+from .bitsback import (
+    GRID,
+    ArchiveError,
+    ImageRecord,
+    _constriction,
+    _decode_bits_back,
+    _decode_webp,
+    _encode_bits_back,
+    _encode_webp,
+    _exact,
+    _probe_fingerprint,
+    _Reject,
+    _Stack,
+    _webp,
+    dry_run,
+    require_coder,
+    whiten_words,
+)
+from .grid import DEFAULT_GRID, LatentGrid, candidate_grids, fitted_span
 
-__all__ = ["compress", "decompress", "decompress_iter", "read_header", "ArchiveError", "CompressReport",
-           "ImageRecord", "require_coder", "MAGIC", "LatentGrid", "DEFAULT_GRID", "choose_grid"]
+__all__ = [
+    "compress",
+    "decompress",
+    "decompress_iter",
+    "read_header",
+    "ArchiveError",
+    "CompressReport",
+    "ImageRecord",
+    "require_coder",
+    "MAGIC",
+    "LatentGrid",
+    "DEFAULT_GRID",
+    "choose_grid",
+]
 
 MAGIC, FORMAT_VERSION = b"VDZ\x01", 3
-READABLE_FORMATS = (2, 3)  # format 2 (vdvae-zoo 0.x before the grid was chosen per archive): one grid, whole-layer windows
-MAX_HEADER_BYTES = 64 * 2 ** 20   # an inflated header larger than this is refused (a 1.5 MB deflate bomb is not read)
+READABLE_FORMATS = (
+    2,
+    3,
+)  # format 2 (vdvae-zoo 0.x before the grid was chosen per archive): one grid, whole-layer windows
+MAX_HEADER_BYTES = 64 * 2**20  # an inflated header larger than this is refused (a 1.5 MB deflate bomb is not read)
 MAX_NAME_CHARS = 255
 
 
@@ -72,23 +103,24 @@ class CompressReport:
 
     images: int
     archive_bytes: int
-    bits_per_dim: float                 # the whole archive
-    webp_images: int                    # images stored as lossless WebP (the first ones pay the initial bits)
+    bits_per_dim: float  # the whole archive
+    webp_images: int  # images stored as lossless WebP (the first ones pay the initial bits)
     webp_bytes: int
-    net_bits_per_dim: List[float]       # each bits-back image: what it added to the archive
+    net_bits_per_dim: list[float]  # each bits-back image: what it added to the archive
     seconds_per_image: float
     whiten_words: int = 0
-    records: List[ImageRecord] = field(default_factory=list)   # every image, in order
-    grid: Dict[str, Any] = field(default_factory=dict)         # the latent grid the archive uses (its header's)
-    grid_choice: Dict[str, Any] = field(default_factory=dict)  # how it was chosen: choose_grid's account
-    extra: Dict[str, Any] = field(default_factory=dict)
+    records: list[ImageRecord] = field(default_factory=list)  # every image, in order
+    grid: dict[str, Any] = field(default_factory=dict)  # the latent grid the archive uses (its header's)
+    grid_choice: dict[str, Any] = field(default_factory=dict)  # how it was chosen: choose_grid's account
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _versions() -> Dict[str, str]:
+def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         coder = version("constriction")
     except PackageNotFoundError:
@@ -96,19 +128,19 @@ def _versions() -> Dict[str, str]:
     return {"vdvae_zoo": __version__, "torch": torch.__version__, "numpy": np.__version__, "constriction": coder}
 
 
-def _default_names(n: int) -> List[str]:
+def _default_names(n: int) -> list[str]:
     return [f"{i:06d}.png" for i in range(n)]
 
 
-DRY_RUN_IMAGES = 4      # images the grid is chosen on (the first ones of the archive)
-MIN_GAIN = 0.01         # a candidate replaces the default grid only if it saves more than this fraction of net bits
-                        # on the dry run's images, and its per-image savings pass a one-sided t-test at 99%
+DRY_RUN_IMAGES = 4  # images the grid is chosen on (the first ones of the archive)
+MIN_GAIN = 0.01  # a candidate replaces the default grid only if it saves more than this fraction of net bits
+# on the dry run's images, and its per-image savings pass a one-sided t-test at 99%
 T_99 = {1: 31.82, 2: 6.965, 3: 4.541, 4: 3.747, 5: 3.365, 6: 3.143, 7: 2.998, 8: 2.896, 9: 2.821}  # by degrees
-                        # of freedom; 2.33 beyond. A dry run's image costs vary by a few percent from draw to draw,
-                        # and a 4-image run once found a 2% "saving" on a trained model that the archive did not see
+# of freedom; 2.33 beyond. A dry run's image costs vary by a few percent from draw to draw,
+# and a 4-image run once found a 2% "saving" on a trained model that the archive did not see
 
 
-def choose_grid(model, images: Sequence[np.ndarray], c=None) -> Tuple[LatentGrid, Dict[str, Any]]:
+def choose_grid(model, images: Sequence[np.ndarray], c=None) -> tuple[LatentGrid, dict[str, Any]]:
     """The latent grid for an archive of `images` (uint8 (H, W, C), the first images of it), by measurement: each
     candidate (coding_grid.candidate_grids: the default, each layer's span fitted to the posteriors the default's
     dry run saw, a coarser and a finer DELTA) codes the images onto the same random bits, and the cheapest in net
@@ -119,7 +151,7 @@ def choose_grid(model, images: Sequence[np.ndarray], c=None) -> Tuple[LatentGrid
     return grid, account
 
 
-def _dry_runs(model, images: Sequence[np.ndarray], grid: LatentGrid, c) -> Tuple[List[Optional[ImageRecord]], list]:
+def _dry_runs(model, images: Sequence[np.ndarray], grid: LatentGrid, c) -> tuple[list[ImageRecord | None], list]:
     """Each image's dry-run record on `grid` (None where the coder refused it) and each coded image's layer reach."""
     records, reach = [], []
     for j, image in enumerate(images):
@@ -133,12 +165,12 @@ def _dry_runs(model, images: Sequence[np.ndarray], grid: LatentGrid, c) -> Tuple
     return records, reach
 
 
-def _choose_grid(model, images, c) -> Tuple[LatentGrid, Dict[str, Any], List[Optional[ImageRecord]]]:
+def _choose_grid(model, images, c) -> tuple[LatentGrid, dict[str, Any], list[ImageRecord | None]]:
     start = time.perf_counter()
     dims = model.config.dims_per_image
     records, reach = _dry_runs(model, images, DEFAULT_GRID, c)
     tried = {DEFAULT_GRID: records}
-    fitted = [fitted_span(np.array(layer)) for layer in zip(*reach)] if reach else []
+    fitted = [fitted_span(np.array(layer)) for layer in zip(*reach, strict=False)] if reach else []
     for grid in candidate_grids(fitted)[1:]:
         tried[grid] = _dry_runs(model, images, grid, c)[0]
     nets = {g: [r.net / dims if r else None for r in rs] for g, rs in tried.items()}
@@ -153,16 +185,29 @@ def _choose_grid(model, images, c) -> Tuple[LatentGrid, Dict[str, Any], List[Opt
         critical = T_99.get(len(saving) - 1, 2.33)
         if best != DEFAULT_GRID and saving.mean() > max(MIN_GAIN * whole[DEFAULT_GRID], critical * error):
             chosen = best
-    account = {"chosen": chosen.describe(), "images": len(images), "seconds": time.perf_counter() - start,
-               "candidates": [{"grid": g.describe(), **g.to_header(), "net_bits_per_dim": n, "mean": whole.get(g)}
-                              for g, n in nets.items()]}
+    account = {
+        "chosen": chosen.describe(),
+        "images": len(images),
+        "seconds": time.perf_counter() - start,
+        "candidates": [
+            {"grid": g.describe(), **g.to_header(), "net_bits_per_dim": n, "mean": whole.get(g)}
+            for g, n in nets.items()
+        ],
+    }
     return chosen, account, tried[chosen]
 
 
 # ------------------------------------------------------------------------------------------------- the API
-def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]] = None, *,
-             model_name: str = "", model_sha256: str = "", grid: Union[str, LatentGrid] = "auto",
-             progress: Optional[Callable[[ImageRecord], None]] = None) -> Tuple[bytes, CompressReport]:
+def compress(
+    model,
+    images: Iterable[np.ndarray],
+    names: Sequence[str] | None = None,
+    *,
+    model_name: str = "",
+    model_sha256: str = "",
+    grid: str | LatentGrid = "auto",
+    progress: Callable[[ImageRecord], None] | None = None,
+) -> tuple[bytes, CompressReport]:
     """Losslessly compress uint8 (H, W, C) images of the model's size and channels into one archive (bytes). `images` may be
     any iterable, read one at a time: of arrays (named by `names`, default 000000.png, ...) or of (name, array)
     pairs. Returns the archive and a report, one ImageRecord per image. `model_name` / `model_sha256` are recorded
@@ -172,12 +217,13 @@ def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]]
     c = _constriction()
     size = model.config.image_size
     if model.config.low_bit:
-        raise ValueError("this model's likelihood is over 5-bit pixels (low_bit): it cannot code 8-bit images "
-                         "losslessly")
+        raise ValueError(
+            "this model's likelihood is over 5-bit pixels (low_bit): it cannot code 8-bit images losslessly"
+        )
     given = list(names) if names is not None else None
     names = given if given is not None else []
     iterator = iter(_named_items(images, names, given is not None))
-    head: List[np.ndarray] = []
+    head: list[np.ndarray] = []
     start = time.perf_counter()
     with _exact(model) as exact:
         fingerprint = _probe_fingerprint(exact)
@@ -218,22 +264,41 @@ def compress(model, images: Iterable[np.ndarray], names: Optional[Sequence[str]]
     all_names = names if len(names) == count else _default_names(count)
     if len(set(all_names)) != count:
         raise ValueError("two images have the same name; an archive stores names without folders")
-    header = {"model": model_name, "model_sha256": model_sha256, "fingerprint": fingerprint, "versions": _versions(),
-              **grid.to_header(), "grid": GRID, "whiten_words": whiten, "push_words": push_words,
-              "image_size": size, "count": count, "stored": [[j, n] for j, n in sorted(stored.items())],
-              "names": None if all_names == _default_names(count) else all_names}
+    header = {
+        "model": model_name,
+        "model_sha256": model_sha256,
+        "fingerprint": fingerprint,
+        "versions": _versions(),
+        **grid.to_header(),
+        "grid": GRID,
+        "whiten_words": whiten,
+        "push_words": push_words,
+        "image_size": size,
+        "count": count,
+        "stored": [[j, n] for j, n in sorted(stored.items())],
+        "names": None if all_names == _default_names(count) else all_names,
+    }
     archive = _pack(header, np.array(crcs, dtype="<u4").tobytes() + payload)
     dims = model.config.dims_per_image
     net = [r.net / dims for r in records if r.mode == "bits-back"]
-    report = CompressReport(images=count, archive_bytes=len(archive), bits_per_dim=8 * len(archive) / (dims * count),
-                            webp_images=len(stored), webp_bytes=sum(stored.values()), net_bits_per_dim=net,
-                            seconds_per_image=(time.perf_counter() - start) / count, whiten_words=whiten,
-                            records=records, extra={"container_bytes": len(archive) - len(payload)},
-                            grid={"description": grid.describe(), **grid.to_header()}, grid_choice=choice)
+    report = CompressReport(
+        images=count,
+        archive_bytes=len(archive),
+        bits_per_dim=8 * len(archive) / (dims * count),
+        webp_images=len(stored),
+        webp_bytes=sum(stored.values()),
+        net_bits_per_dim=net,
+        seconds_per_image=(time.perf_counter() - start) / count,
+        whiten_words=whiten,
+        records=records,
+        extra={"container_bytes": len(archive) - len(payload)},
+        grid={"description": grid.describe(), **grid.to_header()},
+        grid_choice=choice,
+    )
     return archive, report
 
 
-def _grid_for(model, head: List[np.ndarray], grid: Union[str, LatentGrid], c) -> Tuple[LatentGrid, Dict[str, Any]]:
+def _grid_for(model, head: list[np.ndarray], grid: str | LatentGrid, c) -> tuple[LatentGrid, dict[str, Any]]:
     """The archive's grid and the account of its choice, with the dry run's records on it (their pops size the
     whitening)."""
     if grid == "auto":
@@ -246,7 +311,7 @@ def _grid_for(model, head: List[np.ndarray], grid: Union[str, LatentGrid], c) ->
     return grid, {**choice, "records": [r for r in records if r is not None]}
 
 
-def _named_items(images: Iterable, names: List[str], named: bool) -> Iterator[np.ndarray]:
+def _named_items(images: Iterable, names: list[str], named: bool) -> Iterator[np.ndarray]:
     """The arrays of `images`; (name, array) pairs have their names appended to `names` as they come."""
     for item in images:
         if not named and isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
@@ -260,18 +325,20 @@ def _checked(image, j: int, names, size: int, channels: int = 3) -> np.ndarray:
     if image.ndim == 2 and channels == 1:
         image = image[..., None]
     if image.shape != (size, size, channels):
-        raise ValueError(f"image {j} ({names[j] if j < len(names) else j}) is {image.shape}; "
-                         f"this model codes {size}x{size}x{channels}")
+        raise ValueError(
+            f"image {j} ({names[j] if j < len(names) else j}) is {image.shape}; "
+            f"this model codes {size}x{size}x{channels}"
+        )
     return image
 
 
-def _chain(head: List[np.ndarray], rest: Iterator, names, size: int, channels: int) -> Iterator[np.ndarray]:
+def _chain(head: list[np.ndarray], rest: Iterator, names, size: int, channels: int) -> Iterator[np.ndarray]:
     yield from head
     for j, image in enumerate(rest, start=len(head)):
         yield _checked(image, j, names, size, channels)
 
 
-def _pack(header: Dict[str, Any], payload: bytes) -> bytes:
+def _pack(header: dict[str, Any], payload: bytes) -> bytes:
     """The archive: `payload` is the images' CRC32s (4 bytes each) followed by the ANS words."""
     head = zlib.compress(json.dumps(header, sort_keys=True).encode(), 9)
     body = MAGIC + struct.pack("<HI", FORMAT_VERSION, len(head)) + head + struct.pack("<I", len(payload)) + payload
@@ -285,20 +352,20 @@ def _inflate(data: bytes) -> bytes:
     except zlib.error as e:
         raise ArchiveError(f"the archive's header is not deflated data ({e})") from None
     if inflater.unconsumed_tail:
-        raise ArchiveError(f"the archive's header inflates to more than {MAX_HEADER_BYTES // 2 ** 20} MiB; refused")
+        raise ArchiveError(f"the archive's header inflates to more than {MAX_HEADER_BYTES // 2**20} MiB; refused")
     if not inflater.eof:
         raise ArchiveError("the archive's header is cut short")
     return out
 
 
-def _int(header: Dict[str, Any], key: str, low: int, high: int) -> int:
+def _int(header: dict[str, Any], key: str, low: int, high: int) -> int:
     value = header.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ArchiveError(f"the archive's header field {key!r} must be an integer in {low}..{high}, got {value!r:.60}")
     return value
 
 
-def read_header(archive: bytes) -> Tuple[Dict[str, Any], bytes]:
+def read_header(archive: bytes) -> tuple[dict[str, Any], bytes]:
     """The header (with `names` filled in and `crc32`, one per image) and the ANS words of an archive, after
     checking its magic, version, lengths, CRC32 and every header field's type and range."""
     if archive[:4] != MAGIC:
@@ -307,26 +374,27 @@ def read_header(archive: bytes) -> Tuple[Dict[str, Any], bytes]:
         raise ArchiveError("the archive is damaged or truncated (its CRC32 does not match)")
     version, head_len = struct.unpack("<HI", archive[4:10])
     if version not in READABLE_FORMATS:
-        raise ArchiveError(f"archive format {version}; this vdvae-zoo reads formats "
-                           f"{', '.join(map(str, READABLE_FORMATS))}")
+        raise ArchiveError(
+            f"archive format {version}; this vdvae-zoo reads formats {', '.join(map(str, READABLE_FORMATS))}"
+        )
     if 10 + head_len + 4 > len(archive) - 4:
         raise ArchiveError("the archive is truncated (its header is longer than the file)")
     try:
-        header = json.loads(_inflate(archive[10:10 + head_len]))
+        header = json.loads(_inflate(archive[10 : 10 + head_len]))
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
         if isinstance(e, ArchiveError):
             raise
         raise ArchiveError(f"the archive's header is not JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
         raise ArchiveError("the archive's header is not a JSON object")
-    (payload_len,) = struct.unpack("<I", archive[10 + head_len:14 + head_len])
-    payload = archive[14 + head_len:len(archive) - 4]
+    (payload_len,) = struct.unpack("<I", archive[10 + head_len : 14 + head_len])
+    payload = archive[14 + head_len : len(archive) - 4]
     if len(payload) != payload_len:
         raise ArchiveError("the archive is truncated (payload shorter than its header says)")
-    n = _int(header, "count", 1, 10 ** 9)
+    n = _int(header, "count", 1, 10**9)
     _int(header, "image_size", 1, MAX_RESOLUTION)
-    _int(header, "whiten_words", 0, 2 ** 28)
-    _int(header, "push_words", 0, 2 ** 31)
+    _int(header, "whiten_words", 0, 2**28)
+    _int(header, "push_words", 0, 2**31)
     if len(payload) % 4 or len(payload) < 4 * n:
         raise ArchiveError("the archive is truncated (fewer bytes than one CRC32 per image)")
     for key in ("model", "model_sha256", "fingerprint"):
@@ -338,32 +406,51 @@ def read_header(archive: bytes) -> Tuple[Dict[str, Any], bytes]:
         if not isinstance(header.get(key), (int, float)) or isinstance(header.get(key), bool):
             raise ArchiveError(f"the archive's header field {key!r} must be a number")
     stored = header.get("stored")
-    if not isinstance(stored, list) or not all(
-            isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in s)
-            and 0 <= s[0] < n and 1 <= s[1] <= len(payload) for s in stored) \
-            or len({s[0] for s in stored}) != len(stored):
+    if (
+        not isinstance(stored, list)
+        or not all(
+            isinstance(s, list)
+            and len(s) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in s)
+            and 0 <= s[0] < n
+            and 1 <= s[1] <= len(payload)
+            for s in stored
+        )
+        or len({s[0] for s in stored}) != len(stored)
+    ):
         raise ArchiveError("the archive's header field 'stored' must list [image, bytes] pairs of its images")
     names = header.get("names")
     if names is None:
         names = _default_names(n)
     elif not isinstance(names, list) or len(names) != n:
-        raise ArchiveError(f"the archive's header must name its {n} images (got {len(names) if isinstance(names, list) else type(names).__name__})")
+        raise ArchiveError(
+            f"the archive's header must name its {n} images (got {len(names) if isinstance(names, list) else type(names).__name__})"
+        )
     for name in names:
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS or "/" in name or "\\" in name \
-                or name.startswith(".") or "\0" in name:
-            raise ArchiveError(f"the archive holds a file name that is not a plain name of at most {MAX_NAME_CHARS} "
-                               f"characters ({str(name)[:60]!r}); refused")
+        if (
+            not isinstance(name, str)
+            or not name
+            or len(name) > MAX_NAME_CHARS
+            or "/" in name
+            or "\\" in name
+            or name.startswith(".")
+            or "\0" in name
+        ):
+            raise ArchiveError(
+                f"the archive holds a file name that is not a plain name of at most {MAX_NAME_CHARS} "
+                f"characters ({str(name)[:60]!r}); refused"
+            )
     stems = [name.rsplit(".", 1)[0] if "." in name else name for name in names]
     if len(set(stems)) != len(stems):
         raise ArchiveError("the archive names two images alike; refused (nothing was written)")
     header["names"] = names
     header["stored"] = {s[0]: s[1] for s in stored}
-    header["crc32"] = np.frombuffer(payload[:4 * n], dtype="<u4").tolist()
+    header["crc32"] = np.frombuffer(payload[: 4 * n], dtype="<u4").tolist()
     header["format"] = version
-    return header, payload[4 * n:]
+    return header, payload[4 * n :]
 
 
-def decompress_iter(model, archive: bytes) -> Iterator[Tuple[int, str, np.ndarray]]:
+def decompress_iter(model, archive: bytes) -> Iterator[tuple[int, str, np.ndarray]]:
     """The images of `archive` as (index, name, uint8 image), bit-exact, one at a time and last first (the ANS
     stack gives them back in reverse). Raises ArchiveError when the archive is damaged, when this machine computes
     the model differently from the one that wrote it (the probes), or when an image does not decode to what was
@@ -371,25 +458,33 @@ def decompress_iter(model, archive: bytes) -> Iterator[Tuple[int, str, np.ndarra
     c = _constriction()
     header, payload = read_header(archive)
     if header["image_size"] != model.config.image_size:
-        raise ArchiveError(f"the archive holds {header['image_size']}x{header['image_size']} images; this model codes "
-                           f"{model.config.image_size}x{model.config.image_size}")
+        raise ArchiveError(
+            f"the archive holds {header['image_size']}x{header['image_size']} images; this model codes "
+            f"{model.config.image_size}x{model.config.image_size}"
+        )
     if header["grid"] != GRID:
-        raise ArchiveError("the archive was written with other discretisation settings; use the vdvae-zoo version "
-                           f"that wrote it ({header['versions'].get('vdvae_zoo')})")
+        raise ArchiveError(
+            "the archive was written with other discretisation settings; use the vdvae-zoo version "
+            f"that wrote it ({header['versions'].get('vdvae_zoo')})"
+        )
     windows = "layer" if header["format"] == 2 else "per-latent"
     try:
         grid = LatentGrid.from_header(header, len(model.layer_resolutions), windows)
     except ValueError as e:
-        raise ArchiveError(f"{e}: the archive was made for another model, or it is damaged (decode it with the "
-                           f"model it names: {header['model'] or 'not recorded'})") from None
+        raise ArchiveError(
+            f"{e}: the archive was made for another model, or it is damaged (decode it with the "
+            f"model it names: {header['model'] or 'not recorded'})"
+        ) from None
     names, stored, whiten = header["names"], header["stored"], header["whiten_words"]
     stack = _Stack(c, whiten, np.frombuffer(payload, dtype="<u4").astype(np.uint32), whiten_head=header["format"] >= 3)
     with _exact(model) as exact:
         if len(stored) < header["count"] and _probe_fingerprint(exact, windows) != header["fingerprint"]:
-            raise ArchiveError("this machine (or model) computes the model's probabilities differently from the one "
-                               f"that wrote the archive ({header['model'] or 'model'} sha256 "
-                               f"{header['model_sha256'][:12] or '?'}, {header['versions']}); decoding would give "
-                               "wrong pixels, so it is refused")
+            raise ArchiveError(
+                "this machine (or model) computes the model's probabilities differently from the one "
+                f"that wrote the archive ({header['model'] or 'model'} sha256 "
+                f"{header['model_sha256'][:12] or '?'}, {header['versions']}); decoding would give "
+                "wrong pixels, so it is refused"
+            )
         for j in reversed(range(header["count"])):
             try:
                 if j in stored:
@@ -398,21 +493,25 @@ def decompress_iter(model, archive: bytes) -> Iterator[Tuple[int, str, np.ndarra
                     image = _decode_bits_back(stack, exact, j, whiten, header["push_words"], c, grid)
             except _Reject as e:
                 raise ArchiveError(f"{names[j]} (image {j}) could not be decoded: {e}") from None
-            if image.shape != (header["image_size"],) * 2 + (model.config.image_channels,) or zlib.crc32(np.ascontiguousarray(image).tobytes()) \
-                    != header["crc32"][j]:
-                raise ArchiveError(f"{names[j]} (image {j}) does not decode to the image that was stored (CRC32 "
-                                   "mismatch): the archive is damaged, or this machine rounds the model's arithmetic "
-                                   "differently where the probes did not look (docs/compress.md, cross-machine)")
+            if (
+                image.shape != (header["image_size"],) * 2 + (model.config.image_channels,)
+                or zlib.crc32(np.ascontiguousarray(image).tobytes()) != header["crc32"][j]
+            ):
+                raise ArchiveError(
+                    f"{names[j]} (image {j}) does not decode to the image that was stored (CRC32 "
+                    "mismatch): the archive is damaged, or this machine rounds the model's arithmetic "
+                    "differently where the probes did not look (docs/compress.md, cross-machine)"
+                )
             yield j, names[j], image
     if stack.total_words() != 0:
         raise ArchiveError("the archive holds more data than its images (damaged)")
 
 
-def decompress(model, archive: bytes) -> Tuple[List[np.ndarray], List[str]]:
+def decompress(model, archive: bytes) -> tuple[list[np.ndarray], list[str]]:
     """The images and names stored in `archive`, bit-exact, in their order (all held in memory; the CLI and large
     archives use `decompress_iter`)."""
     header, _ = read_header(archive)
-    images: List[Optional[np.ndarray]] = [None] * header["count"]
+    images: list[np.ndarray | None] = [None] * header["count"]
     for j, _name, image in decompress_iter(model, archive):
         images[j] = image
     return images, header["names"]

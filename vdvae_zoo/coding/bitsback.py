@@ -18,18 +18,18 @@ import copy
 import hashlib
 import io
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .grid import DEFAULT_GRID, WINDOW, LatentGrid, latent_breakdown
 from ..nn.head import OutputHead
+from .grid import DEFAULT_GRID, WINDOW, LatentGrid, latent_breakdown
 
-GRID = 2.0 ** -24     # distribution parameters are rounded to this before they become probabilities
-KEY = 0x56445A31      # the whitening keystream's key ("VDZ1")
+GRID = 2.0**-24  # distribution parameters are rounded to this before they become probabilities
+KEY = 0x56445A31  # the whitening keystream's key ("VDZ1")
 
 
 class ArchiveError(ValueError):
@@ -52,7 +52,7 @@ class ImageRecord:
     For stored images: `net` = the WebP bits, and `reason`."""
 
     name: str
-    mode: str                 # "bits-back" or "webp"
+    mode: str  # "bits-back" or "webp"
     net: float
     popped: float = 0.0
     pixels: float = 0.0
@@ -67,17 +67,24 @@ class ImageRecord:
     clipped: int = 0
 
     @property
-    def excess(self) -> Dict[str, float]:
+    def excess(self) -> dict[str, float]:
         """Bits above the ELBO of the coded draw, by cause (they add up to net - kl - distortion)."""
-        return {"pixels": self.pixels - self.distortion, "quantisation": self.quantisation,
-                "clipping": self.clipping, "tails": self.tails, "leak": self.leak}
+        return {
+            "pixels": self.pixels - self.distortion,
+            "quantisation": self.quantisation,
+            "clipping": self.clipping,
+            "tails": self.tails,
+            "leak": self.leak,
+        }
 
 
 def _constriction():
     try:
         import constriction
     except ImportError:
-        raise ImportError('compress needs the optional coder: pip install "vdvae-zoo[compress]" (constriction)') from None
+        raise ImportError(
+            'compress needs the optional coder: pip install "vdvae-zoo[compress]" (constriction)'
+        ) from None
     return constriction
 
 
@@ -93,8 +100,9 @@ def _coder_call(fn: Callable, *args):
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as e:  # noqa: BLE001 - pyo3's PanicException derives from BaseException
-        raise _Reject(f"the coder refused it ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
-                      ) from None
+        raise _Reject(
+            f"the coder refused it ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -136,8 +144,9 @@ class _Latents:
             self.posterior = ((q_mean - self.mu) / step, q_std / step)
             if not (_finite(*self.posterior) and (self.posterior[1] > 0).all()):
                 raise _Reject("its posterior is not finite")
-            self.kl_per_latent = (np.log(self.sigma / q_std) + (q_std ** 2 + (q_mean - self.mu) ** 2)
-                                  / (2 * self.sigma ** 2) - 0.5) / math.log(2)
+            self.kl_per_latent = (
+                np.log(self.sigma / q_std) + (q_std**2 + (q_mean - self.mu) ** 2) / (2 * self.sigma**2) - 0.5
+            ) / math.log(2)
             self.kl_bits = float(np.sum(self.kl_per_latent))
 
     def value(self, k: np.ndarray) -> torch.Tensor:
@@ -150,15 +159,16 @@ class _Latents:
         _coder_call(coder.encode_reverse, k, self.prior_model(c), np.zeros(k.size), np.full(k.size, 1.0 / self.delta))
 
     def pop_prior(self, coder, c) -> np.ndarray:
-        return _coder_call(coder.decode, self.prior_model(c), np.zeros(self.mu.size),
-                           np.full(self.mu.size, 1.0 / self.delta))
+        return _coder_call(
+            coder.decode, self.prior_model(c), np.zeros(self.mu.size), np.full(self.mu.size, 1.0 / self.delta)
+        )
 
-    def windows(self) -> Tuple[np.ndarray, np.ndarray]:
+    def windows(self) -> tuple[np.ndarray, np.ndarray]:
         """Each latent's window half-width and centre (buckets): the posterior is popped from
         centre +- width, which lies inside the grid (coding_grid.LatentGrid.window_groups)."""
         return self._windows()[1:]
 
-    def _windows(self) -> Tuple[List[Tuple[np.ndarray, int]], np.ndarray, np.ndarray]:
+    def _windows(self) -> tuple[list[tuple[np.ndarray, int]], np.ndarray, np.ndarray]:
         if not hasattr(self, "_plan"):
             mean, std = self.posterior
             groups = self.grid.window_groups(std, self.k_max)
@@ -183,8 +193,10 @@ class _Latents:
         groups, _, centres = self._windows()
         k = np.empty(mean.size, np.int64)
         for idx, w in groups:
-            k[idx] = _coder_call(coder.decode, c.stream.model.QuantizedGaussian(-w, w), mean[idx] - centres[idx],
-                                 std[idx]) + centres[idx]
+            k[idx] = (
+                _coder_call(coder.decode, c.stream.model.QuantizedGaussian(-w, w), mean[idx] - centres[idx], std[idx])
+                + centres[idx]
+            )
         return k.astype(np.int32)
 
     def push_posterior(self, coder, k: np.ndarray, c) -> None:
@@ -192,13 +204,18 @@ class _Latents:
         mean, std = self.posterior
         groups, _, centres = self._windows()
         for idx, w in reversed(groups):
-            _coder_call(coder.encode_reverse, (k[idx] - centres[idx]).astype(np.int32),
-                        c.stream.model.QuantizedGaussian(-w, w), mean[idx] - centres[idx], std[idx])
+            _coder_call(
+                coder.encode_reverse,
+                (k[idx] - centres[idx]).astype(np.int32),
+                c.stream.model.QuantizedGaussian(-w, w),
+                mean[idx] - centres[idx],
+                std[idx],
+            )
 
 
 def _models(c):
     """The pixels' and the stored images' models (the latents' depend on the layer: _Latents)."""
-    return c.stream.model.Categorical(perfect=False), c.stream.model.Uniform(2 ** 16)
+    return c.stream.model.Categorical(perfect=False), c.stream.model.Uniform(2**16)
 
 
 def _pixel_probs(params: torch.Tensor, config, channel: int, levels: np.ndarray) -> np.ndarray:
@@ -216,8 +233,9 @@ def _probe_fingerprint(model, windows: str = DEFAULT_GRID.windows) -> str:
     mean, and the posterior path for a mid-grey image (z = its windows' centres on the default grid)."""
     probe_grid = LatentGrid(windows=windows)
     digest = hashlib.sha256()
-    grey = torch.full((1, model.config.image_size, model.config.image_size, model.config.image_channels), 128,
-                      dtype=torch.uint8)
+    grey = torch.full(
+        (1, model.config.image_size, model.config.image_size, model.config.image_channels), 128, dtype=torch.uint8
+    )
 
     def prior_mean(i, layer):
         grid = _Latents(layer, DEFAULT_GRID, i)
@@ -241,18 +259,18 @@ def _probe_fingerprint(model, windows: str = DEFAULT_GRID.windows) -> str:
 def _keystream(j: int, n: int, stream: int = 0) -> np.ndarray:
     """n words of image j's keystream (stream 0 for the words below the head, 2 for the head)."""
     seed = [KEY, j] if stream == 0 else [KEY, j, stream]
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed))).integers(0, 2 ** 32, n, dtype=np.uint32)
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed))).integers(0, 2**32, n, dtype=np.uint32)
 
 
 class _Stack:
     """The ANS stack, of which only the top (the live coder, a few times `reserve` words) is in the coder; the
     words below it never change again and are kept aside (`frozen`), so no operation costs more as it grows."""
 
-    def __init__(self, c, reserve: int, words: Optional[np.ndarray] = None, whiten_head: bool = True):
+    def __init__(self, c, reserve: int, words: np.ndarray | None = None, whiten_head: bool = True):
         self.c, self.reserve, self.whiten_head = c, max(int(reserve), 64), whiten_head
         words = np.zeros(0, np.uint32) if words is None else words
         cut = max(0, len(words) - 4 * self.reserve)
-        self.frozen: List[np.ndarray] = [words[:cut]] if cut else []
+        self.frozen: list[np.ndarray] = [words[:cut]] if cut else []
         self.frozen_words = cut
         self.coder = c.stream.stack.AnsCoder(words[cut:].copy()) if len(words) else c.stream.stack.AnsCoder()
 
@@ -278,12 +296,12 @@ class _Stack:
         self.refill(n + 2)
         words = self.words()
         if n:
-            words[-(n + 2):-2] ^= _keystream(j, n)
+            words[-(n + 2) : -2] ^= _keystream(j, n)
         if self.whiten_head and len(words) >= 2:
             low, key = _keystream(j, 2, stream=2)
             odd = int(key) | 1
             words[-2] ^= low
-            words[-1] = np.uint32(int(words[-1]) * (pow(odd, -1, 2 ** 32) if undo else odd) % 2 ** 32)
+            words[-1] = np.uint32(int(words[-1]) * (pow(odd, -1, 2**32) if undo else odd) % 2**32)
         if n or (self.whiten_head and len(words) >= 2):
             self.restore(words)
         return n
@@ -304,17 +322,26 @@ class _Stack:
             return
         below = np.concatenate(self.frozen) if len(self.frozen) > 1 else self.frozen[0]
         take = min(len(below), max(need - len(words), 2 * self.reserve))
-        self.frozen = [below[:len(below) - take]] if len(below) > take else []
+        self.frozen = [below[: len(below) - take]] if len(below) > take else []
         self.frozen_words = len(below) - take
-        self.restore(np.concatenate([below[len(below) - take:], words]))
+        self.restore(np.concatenate([below[len(below) - take :], words]))
 
     def payload(self) -> np.ndarray:
         return np.concatenate(self.frozen + [self.words()]) if self.frozen else self.words()
 
 
 # ------------------------------------------------------------------------------------------- one image each
-def _encode_bits_back(stack: _Stack, model, image: np.ndarray, j: int, whiten_words: int, c, name: str,
-                      grid: LatentGrid = DEFAULT_GRID, layers_seen: Optional[list] = None) -> ImageRecord:
+def _encode_bits_back(
+    stack: _Stack,
+    model,
+    image: np.ndarray,
+    j: int,
+    whiten_words: int,
+    c,
+    name: str,
+    grid: LatentGrid = DEFAULT_GRID,
+    layers_seen: list | None = None,
+) -> ImageRecord:
     """Code `image` with bits-back onto `stack` (image number j) on `grid`; raises _Reject (the stack then
     unchanged). Each layer's buckets are appended to `layers_seen` when given."""
     categorical, _ = _models(c)
@@ -342,10 +369,14 @@ def _encode_bits_back(stack: _Stack, model, image: np.ndarray, j: int, whiten_wo
         levels = image[None]
         after_pops = stack.coder.num_bits()
         for channel in reversed(range(model.config.image_channels)):  # the decoder pops the first channel first
-            _coder_call(stack.coder.encode_reverse, image[..., channel].ravel().astype(np.int32), categorical,
-                        _pixel_probs(params, model.config, channel, levels))
+            _coder_call(
+                stack.coder.encode_reverse,
+                image[..., channel].ravel().astype(np.int32),
+                categorical,
+                _pixel_probs(params, model.config, channel, levels),
+            )
         after_pixels = stack.coder.num_bits()
-        for buckets, k in reversed(list(zip(grids, popped))):  # the decoder pops z_1 first
+        for buckets, k in reversed(list(zip(grids, popped, strict=False))):  # the decoder pops z_1 first
             buckets.push_prior(stack.coder, k, c)
     except _Reject:
         stack.restore(snapshot)
@@ -354,8 +385,17 @@ def _encode_bits_back(stack: _Stack, model, image: np.ndarray, j: int, whiten_wo
     distortion = float(model.head.nll(params, target)) * image.size / math.log(2)
     pixels, pushed = after_pixels - after_pops, stack.coder.num_bits() - after_pixels
     kl = sum(g.kl_bits for g in grids)
-    return ImageRecord(name, "bits-back", pixels + pushed - popped_bits, popped_bits, pixels, pushed, kl, distortion,
-                       **latent_breakdown(pushed - popped_bits, list(zip(grids, popped))))
+    return ImageRecord(
+        name,
+        "bits-back",
+        pixels + pushed - popped_bits,
+        popped_bits,
+        pixels,
+        pushed,
+        kl,
+        distortion,
+        **latent_breakdown(pushed - popped_bits, list(zip(grids, popped, strict=False))),
+    )
 
 
 def _encode_webp(stack: _Stack, webp: bytes, c) -> None:
@@ -375,11 +415,12 @@ def _decode_webp(stack: _Stack, nbytes: int, c, name: str, channels: int = 3) ->
         raise ArchiveError(f"{name}: its stored WebP does not decode (damaged data)") from None
 
 
-def _decode_bits_back(stack: _Stack, model, j: int, whiten_words: int, push_words: int, c,
-                      grid: LatentGrid = DEFAULT_GRID) -> np.ndarray:
+def _decode_bits_back(
+    stack: _Stack, model, j: int, whiten_words: int, push_words: int, c, grid: LatentGrid = DEFAULT_GRID
+) -> np.ndarray:
     categorical, _ = _models(c)
     stack.refill(push_words + whiten_words + 64)
-    ks: List[np.ndarray] = []
+    ks: list[np.ndarray] = []
 
     def from_prior(i, layer):
         buckets = _Latents(layer, grid, i)
@@ -393,14 +434,14 @@ def _decode_bits_back(stack: _Stack, model, j: int, whiten_words: int, push_word
     for channel in range(model.config.image_channels):
         probs = _pixel_probs(params, model.config, channel, levels)
         levels[..., channel] = _coder_call(stack.coder.decode, categorical, probs).reshape(1, size, size)
-    layers: List[_Latents] = []
+    layers: list[_Latents] = []
 
     def known(i, layer):
         layers.append(_Latents(layer, grid, i))
         return layers[-1].value(ks[i])
 
     model.decode_with(known, images=torch.from_numpy(levels))
-    for k, buckets in reversed(list(zip(ks, layers))):  # the bits the encoder popped
+    for k, buckets in reversed(list(zip(ks, layers, strict=False))):  # the bits the encoder popped
         buckets.push_posterior(stack.coder, k, c)
     stack.whiten(j, whiten_words, undo=True)
     return levels[0]
@@ -422,7 +463,7 @@ def _from_webp(img: Image.Image, channels: int) -> np.ndarray:
     return rgba[..., {1: [0], 2: [0, 3], 3: [0, 1, 2], 4: [0, 1, 2, 3]}[channels]].copy()
 
 
-def dry_run(model, image: np.ndarray, j: int, grid: LatentGrid, c) -> Tuple[ImageRecord, List[float]]:
+def dry_run(model, image: np.ndarray, j: int, grid: LatentGrid, c) -> tuple[ImageRecord, list[float]]:
     """Code `image` (number j) on `grid` onto a stack of random words seeded by (KEY, j, 1) and thrown away: what it
     would cost (its record) and how far each layer's posterior reached (prior stds, for fitting spans). The same
     words for every grid, so that candidates are compared on common random bits (enough for the finest grid a
@@ -430,8 +471,8 @@ def dry_run(model, image: np.ndarray, j: int, grid: LatentGrid, c) -> Tuple[Imag
     latents = sum(model.config.zdim * r * r for r in model.layer_resolutions)
     words = int(math.ceil(latents * 40 / 32)) + 1024
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([KEY, j, 1])))
-    stack = _Stack(c, words, rng.integers(0, 2 ** 32, words + 2, dtype=np.uint32))
-    seen: List[_Latents] = []
+    stack = _Stack(c, words, rng.integers(0, 2**32, words + 2, dtype=np.uint32))
+    seen: list[_Latents] = []
     record = _encode_bits_back(stack, model, image, j, words, c, f"dry run {j}", grid, seen)
     return record, [buckets.reach() for buckets in seen]
 

@@ -15,15 +15,16 @@ from every other bucket, and rounding).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
 
-WINDOW = 8.0          # a latent is popped from its posterior within mu_q +- WINDOW posterior standard deviations
-PRECISION = 24        # bits of the coder's probabilities: every symbol of a support has at least 2^-24
-MAX_BUCKETS = 2 ** 18  # per side of a layer's grid: a header asking for more is refused (the coder's tables)
+WINDOW = 8.0  # a latent is popped from its posterior within mu_q +- WINDOW posterior standard deviations
+PRECISION = 24  # bits of the coder's probabilities: every symbol of a support has at least 2^-24
+MAX_BUCKETS = 2**18  # per side of a layer's grid: a header asking for more is refused (the coder's tables)
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,8 @@ class LatentGrid:
     """Bucket width `delta` (prior standard deviations) and the span of every layer's grid (its buckets cover
     mu_p +- span prior standard deviations): one number for all layers, or a tuple with one per layer."""
 
-    delta: float = 2.0 ** -7
-    span: Union[float, Tuple[float, ...]] = 24.0
+    delta: float = 2.0**-7
+    span: float | tuple[float, ...] = 24.0
     windows: str = "per-latent"  # or "layer": format-2 archives popped a whole layer from its widest window
 
     def span_of(self, layer: int) -> float:
@@ -51,10 +52,10 @@ class LatentGrid:
         """The grid as `--grid` takes it (one span for all layers), e.g. 2^-7:24."""
         return f"2^{math.log2(self.delta):g}:{self.span_of(0):g}"
 
-    def to_header(self) -> Dict[str, Any]:
+    def to_header(self) -> dict[str, Any]:
         return {"delta": self.delta, "span": list(self.span) if isinstance(self.span, tuple) else self.span}
 
-    def window_groups(self, std: np.ndarray, k_max: int) -> List[Tuple[np.ndarray, int]]:
+    def window_groups(self, std: np.ndarray, k_max: int) -> list[tuple[np.ndarray, int]]:
         """Which latents of a layer are popped together, and the half-width (buckets) of their window: each
         latent's +-WINDOW posterior stds (`std` in buckets) rounded up to a power of two, one group per width, so
         that a narrow posterior far out on the grid is not truncated by a wide one elsewhere in its layer."""
@@ -65,21 +66,23 @@ class LatentGrid:
         return [(np.flatnonzero(widths == w), int(w)) for w in np.unique(widths)]
 
     @classmethod
-    def from_header(cls, header: Dict[str, Any], layers: int, windows: str = "per-latent") -> "LatentGrid":
+    def from_header(cls, header: dict[str, Any], layers: int, windows: str = "per-latent") -> LatentGrid:
         """The grid an archive names; ValueError (with the field) when it is not one this coder can use."""
         delta, span = header.get("delta"), header.get("span")
-        if not _number(delta) or not 2.0 ** -16 <= delta <= 1.0:
+        if not _number(delta) or not 2.0**-16 <= delta <= 1.0:
             raise ValueError(f"the archive's header field 'delta' must be a number in [2^-16, 1], got {delta!r:.60}")
         spans = span if isinstance(span, list) else [span]
         if isinstance(span, list) and len(span) != layers:
             raise ValueError(f"the archive's header gives {len(span)} spans; this model has {layers} latent layers")
         if not all(_number(s) and 0 < s and s / delta <= MAX_BUCKETS for s in spans):
-            raise ValueError(f"the archive's header field 'span' must be positive numbers of at most {MAX_BUCKETS} "
-                             f"buckets, got {str(span)[:60]}")
+            raise ValueError(
+                f"the archive's header field 'span' must be positive numbers of at most {MAX_BUCKETS} "
+                f"buckets, got {str(span)[:60]}"
+            )
         return cls(float(delta), tuple(float(s) for s in span) if isinstance(span, list) else float(span), windows)
 
 
-def parse_grid(text: str) -> Union[str, LatentGrid]:
+def parse_grid(text: str) -> str | LatentGrid:
     """'auto', 'default', or 'DELTA:SPAN' with DELTA a number or a power of two written 2^-7 (prior stds)."""
     if text in ("auto", "default"):
         return text
@@ -100,7 +103,7 @@ def _number(value) -> bool:
 DEFAULT_GRID = LatentGrid()
 
 
-def candidate_grids(fitted_spans: Sequence[float]) -> List[LatentGrid]:
+def candidate_grids(fitted_spans: Sequence[float]) -> list[LatentGrid]:
     """What the dry run tries: the default first; the default's DELTA with each layer's span fitted to the first
     images' posteriors (when some reach beyond the default span), and with a narrow span of +-8 (clipping far
     posteriors can cost less than coding them: the coder then charges at most PRECISION bits per latent); and a
@@ -109,7 +112,7 @@ def candidate_grids(fitted_spans: Sequence[float]) -> List[LatentGrid]:
     covering = fitted if any(s > DEFAULT_GRID.span_of(0) for s in fitted) else DEFAULT_GRID.span
     grids = [DEFAULT_GRID] + ([LatentGrid(DEFAULT_GRID.delta, covering)] if covering != DEFAULT_GRID.span else [])
     grids += [LatentGrid(DEFAULT_GRID.delta, 8.0)]
-    grids += [LatentGrid(delta, covering) for delta in (2.0 ** -5, 2.0 ** -9)]
+    grids += [LatentGrid(delta, covering) for delta in (2.0**-5, 2.0**-9)]
     return grids
 
 
@@ -140,7 +143,7 @@ def ideal_bits(k: np.ndarray, mean: np.ndarray, std: np.ndarray, low: np.ndarray
     return (total - mass) / math.log(2)
 
 
-def latent_breakdown(coded_bits: float, layers: Sequence[Tuple[Any, np.ndarray]]) -> Dict[str, float]:
+def latent_breakdown(coded_bits: float, layers: Sequence[tuple[Any, np.ndarray]]) -> dict[str, float]:
     """Where the latents' coded bits (`coded_bits` = pushed - popped) differ from their analytic KL. `layers`:
     (the layer's _Latents, its coded buckets k) in order. Returns bits that add up to coded_bits - KL:
     quantisation (on-grid latents: ideal code - KL), clipping (latents whose posterior mean lies beyond the grid:
@@ -151,8 +154,13 @@ def latent_breakdown(coded_bits: float, layers: Sequence[Tuple[Any, np.ndarray]]
     for grid, k in layers:
         mean, std = grid.posterior
         width, centres = grid.windows()
-        prior = ideal_bits(k, np.zeros(k.size), np.full(k.size, 1.0 / grid.delta), np.full(k.size, -grid.k_max),
-                           np.full(k.size, grid.k_max))
+        prior = ideal_bits(
+            k,
+            np.zeros(k.size),
+            np.full(k.size, 1.0 / grid.delta),
+            np.full(k.size, -grid.k_max),
+            np.full(k.size, grid.k_max),
+        )
         posterior = ideal_bits(k, mean, std, centres - width, centres + width)
         cost = prior - posterior
         outside = np.abs(mean) > grid.k_max
@@ -161,5 +169,10 @@ def latent_breakdown(coded_bits: float, layers: Sequence[Tuple[Any, np.ndarray]]
         quantisation += float((cost - grid.kl_per_latent)[~outside].sum())
         clipping += float((cost - grid.kl_per_latent)[outside].sum())
         clipped += int(outside.sum())
-    return {"quantisation": quantisation, "clipping": clipping, "tails": capped - ideal, "leak": coded_bits - capped,
-            "clipped": clipped}
+    return {
+        "quantisation": quantisation,
+        "clipping": clipping,
+        "tails": capped - ideal,
+        "leak": coded_bits - capped,
+        "clipped": clipped,
+    }

@@ -22,28 +22,44 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 import warnings
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import VDVAEConfig
-from ..nn.head import OutputHead
 from ..nn.draws import uniform
+from ..nn.head import OutputHead
 from ..nn.runtime import DTypeLike, Runtime
 from .memory import inference_bytes_per_image
 
-__all__ = ["CPU_BATCH_MEMORY", "CUDA_BATCH_MEMORY_FRACTION", "SEEDED_PASS_IMAGES", "memory_budget", "auto_batch_size",
-           "seeded_pass_size", "MicroBatch", "micro_batches", "check_batch_size", "image_seed", "seeded_draws",
-           "trim_rows", "draw_normals", "split_when_out_of_memory", "PassSizeReduced", "in_batches"]
+__all__ = [
+    "CPU_BATCH_MEMORY",
+    "CUDA_BATCH_MEMORY_FRACTION",
+    "SEEDED_PASS_IMAGES",
+    "memory_budget",
+    "auto_batch_size",
+    "seeded_pass_size",
+    "MicroBatch",
+    "micro_batches",
+    "check_batch_size",
+    "image_seed",
+    "seeded_draws",
+    "trim_rows",
+    "draw_normals",
+    "split_when_out_of_memory",
+    "PassSizeReduced",
+    "in_batches",
+]
 
 
 def image_seed(seed: int, index: int) -> int:
     """A 63-bit seed for image `index` of a run seeded with `seed` (numpy's SeedSequence: stable across platforms)."""
     a, b = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
-    return (int(a) << 31 | int(b) >> 1) & (2 ** 63 - 1)
+    return (int(a) << 31 | int(b) >> 1) & (2**63 - 1)
 
 
 def pixel_shapes(config: VDVAEConfig, n: int) -> list:
@@ -51,22 +67,29 @@ def pixel_shapes(config: VDVAEConfig, n: int) -> list:
     return OutputHead(config).uniform_shapes(n)
 
 
-def seeded_draws(seeds: Sequence[int], config: VDVAEConfig, device: torch.device, sampling_layers: Sequence[bool],
-                 pixels: bool) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
+def seeded_draws(
+    seeds: Sequence[int], config: VDVAEConfig, device: torch.device, sampling_layers: Sequence[bool], pixels: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """The draws of a batch whose image i draws from a generator seeded by seeds[i]: a standard normal per
     sampling layer (top to bottom, each (N, zdim, r, r)), then the pixel uniforms when `pixels`."""
     per_image_normals, per_image_uniforms = [], []
     for seed in seeds:
         g = torch.Generator(device=device).manual_seed(int(seed))
-        per_image_normals.append([torch.empty((1, config.zdim, r, r), device=device).normal_(generator=g)
-                                  for r, sampling in zip(config.layer_resolutions, sampling_layers) if sampling])
+        per_image_normals.append(
+            [
+                torch.empty((1, config.zdim, r, r), device=device).normal_(generator=g)
+                for r, sampling in zip(config.layer_resolutions, sampling_layers, strict=False)
+                if sampling
+            ]
+        )
         if pixels:
             per_image_uniforms.append([uniform(shape, device, g) for shape in pixel_shapes(config, 1)])
-    normals = [torch.cat(layer) for layer in zip(*per_image_normals)]
-    return normals, [torch.cat(u) for u in zip(*per_image_uniforms)] if pixels else None
+    normals = [torch.cat(layer) for layer in zip(*per_image_normals, strict=False)]
+    return normals, [torch.cat(u) for u in zip(*per_image_uniforms, strict=False)] if pixels else None
+
 
 #: Memory budget of one automatic micro-batch on the CPU, in bytes.
-CPU_BATCH_MEMORY = 2 * 2 ** 30
+CPU_BATCH_MEMORY = 2 * 2**30
 #: The same on CUDA, as a fraction of the device's total memory.
 CUDA_BATCH_MEMORY_FRACTION = 0.25
 #: Images per pass of a seeded call when no batch size is given, by device type (fewer when the memory budget
@@ -91,8 +114,7 @@ def seeded_pass_size(config: VDVAEConfig, device: torch.device) -> int:
     return max(1, min(auto_batch_size(config, device), SEEDED_PASS_IMAGES.get(device.type, SEEDED_PASS_IMAGES["cpu"])))
 
 
-def check_batch_size(batch_size: Optional[int], config: VDVAEConfig, device: torch.device,
-                     seeded: bool = False) -> int:
+def check_batch_size(batch_size: int | None, config: VDVAEConfig, device: torch.device, seeded: bool = False) -> int:
     """`batch_size` (images per pass) checked, or the default when None: `seeded_pass_size` for seeded calls,
     else the automatic one."""
     if batch_size is None:
@@ -109,10 +131,10 @@ class MicroBatch:
 
     part: slice
     pad: int = 0
-    normals: Optional[List[torch.Tensor]] = None          # one standard normal per sampling layer, top to bottom
-    pixel_uniforms: Optional[List[torch.Tensor]] = None   # the output distribution's uniforms
-    seeds: Optional[List[int]] = None                     # per-image seeds, padding included
-    per_pass: int = 0                                     # the pass size in effect (images per pass at most)
+    normals: list[torch.Tensor] | None = None  # one standard normal per sampling layer, top to bottom
+    pixel_uniforms: list[torch.Tensor] | None = None  # the output distribution's uniforms
+    seeds: list[int] | None = None  # per-image seeds, padding included
+    per_pass: int = 0  # the pass size in effect (images per pass at most)
 
     @property
     def count(self) -> int:
@@ -129,7 +151,7 @@ class MicroBatch:
         rows = batch[self.part]
         return torch.cat([rows, rows[-1:].expand(self.pad, *rows.shape[1:])]) if self.pad else rows
 
-    def noise(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    def noise(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The decoder's draw hook over the prepared normals (a fresh one per call, so that several passes of the
         decoder over these images use the same numbers), or None to draw as it goes."""
         if self.normals is None:
@@ -145,16 +167,25 @@ def trim_rows(value: Any, n: int) -> Any:
     if isinstance(value, dict):
         return {k: trim_rows(v, n) for k, v in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: trim_rows(getattr(value, f.name), n)
-                                             for f in dataclasses.fields(value)})
+        return dataclasses.replace(
+            value, **{f.name: trim_rows(getattr(value, f.name), n) for f in dataclasses.fields(value)}
+        )
     if isinstance(value, (list, tuple)):
         return type(value)(trim_rows(v, n) for v in value)
     return value
 
 
-def micro_batches(n: int, batch_size: int, *, config: VDVAEConfig, device: torch.device,
-                  generator: Optional[torch.Generator], sampling_layers: Sequence[bool],
-                  pixels: bool = False, seeds: Optional[Sequence[int]] = None) -> Iterator[MicroBatch]:
+def micro_batches(
+    n: int,
+    batch_size: int,
+    *,
+    config: VDVAEConfig,
+    device: torch.device,
+    generator: torch.Generator | None,
+    sampling_layers: Sequence[bool],
+    pixels: bool = False,
+    seeds: Sequence[int] | None = None,
+) -> Iterator[MicroBatch]:
     """Split n images into passes of at most `batch_size`. When there are several and the whole batch's draws
     fit the budget, they are drawn now, in the original's order: a standard normal for each decoder layer i with
     `sampling_layers[i]` true (false: its latent is given, or nothing is random), then the pixel uniforms when
@@ -171,7 +202,11 @@ def micro_batches(n: int, batch_size: int, *, config: VDVAEConfig, device: torch
     if len(parts) == 1:
         yield MicroBatch(parts[0], per_pass=batch_size)
         return
-    normal_shapes = [(n, config.zdim, r, r) for r, sampling in zip(config.layer_resolutions, sampling_layers) if sampling]
+    normal_shapes = [
+        (n, config.zdim, r, r)
+        for r, sampling in zip(config.layer_resolutions, sampling_layers, strict=False)
+        if sampling
+    ]
     uniform_shapes = pixel_shapes(config, n) if pixels else []
     floats = sum(math.prod(shape) for shape in normal_shapes + uniform_shapes)
     if not floats or 4 * floats > memory_budget(device):
@@ -187,14 +222,14 @@ class PassSizeReduced(UserWarning):
     """A pass ran out of memory and was split: the warning names the pass size the call settled on."""
 
 
-def _random_state(generator: Optional[torch.Generator], device: torch.device) -> tuple:
+def _random_state(generator: torch.Generator | None, device: torch.device) -> tuple:
     """What a retried call restores so that it draws the same numbers: the generator's state, or the global ones."""
     if generator is not None:
         return (generator.get_state(),)
     return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
 
 
-def _restore_random_state(state: tuple, generator: Optional[torch.Generator], device: torch.device) -> None:
+def _restore_random_state(state: tuple, generator: torch.Generator | None, device: torch.device) -> None:
     if generator is not None:
         generator.set_state(state[0])
         return
@@ -203,8 +238,9 @@ def _restore_random_state(state: tuple, generator: Optional[torch.Generator], de
         torch.cuda.set_rng_state(state[1], device)
 
 
-def split_when_out_of_memory(run: Callable[[int], list], per_pass: int, device: torch.device,
-                             generator: Optional[torch.Generator]) -> Tuple[list, int]:
+def split_when_out_of_memory(
+    run: Callable[[int], list], per_pass: int, device: torch.device, generator: torch.Generator | None
+) -> tuple[list, int]:
     """`run(per_pass)`, and when a pass runs out of memory (torch.OutOfMemoryError, or MemoryError on the CPU) again
     with half the pass size, down to one image, from the random state it started with (so the draws are the same).
     Returns the results and the pass size that ran; one image that does not fit is a MemoryError in one sentence."""
@@ -214,26 +250,42 @@ def split_when_out_of_memory(run: Callable[[int], list], per_pass: int, device: 
             return run(per_pass), per_pass
         except (torch.OutOfMemoryError, MemoryError):
             if per_pass == 1:
-                raise MemoryError(f"the {device} ran out of memory with even one image per pass: free memory "
-                                  "(other processes), use --dtype bfloat16, or a device with more memory") from None
+                raise MemoryError(
+                    f"the {device} ran out of memory with even one image per pass: free memory "
+                    "(other processes), use --dtype bfloat16, or a device with more memory"
+                ) from None
             per_pass //= 2
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             _restore_random_state(state, generator, device)
 
 
-def draw_normals(config: VDVAEConfig, n: int, device: torch.device, generator: Optional[torch.Generator]
-                 ) -> List[torch.Tensor]:
+def draw_normals(
+    config: VDVAEConfig, n: int, device: torch.device, generator: torch.Generator | None
+) -> list[torch.Tensor]:
     """A standard normal for every decoder layer, top to bottom, (n, zdim, r, r) each: the numbers a decoder pass
     drawing as it goes would take from `generator`, drawn ahead so that several passes can share them."""
-    return [torch.empty((n, config.zdim, r, r), device=device).normal_(generator=generator)
-            for r in config.layer_resolutions]
+    return [
+        torch.empty((n, config.zdim, r, r), device=device).normal_(generator=generator)
+        for r in config.layer_resolutions
+    ]
 
 
-def in_batches(n: int, step: Callable[[MicroBatch], Any], *, config: VDVAEConfig, device: torch.device,
-               runtime: Runtime, weights_dtype: torch.dtype, batch_size: Optional[int], dtype: DTypeLike,
-               generator: Optional[torch.Generator], sampling_layers: Sequence[bool], pixels: bool = False,
-               seeds: Optional[Sequence[int]] = None) -> list:
+def in_batches(
+    n: int,
+    step: Callable[[MicroBatch], Any],
+    *,
+    config: VDVAEConfig,
+    device: torch.device,
+    runtime: Runtime,
+    weights_dtype: torch.dtype,
+    batch_size: int | None,
+    dtype: DTypeLike,
+    generator: torch.Generator | None,
+    sampling_layers: Sequence[bool],
+    pixels: bool = False,
+    seeds: Sequence[int] | None = None,
+) -> list:
     """The one batch loop of a model's methods: `step` on each micro-batch (with its prepared draws), under the
     compute dtype; the rows of a seeded pass's padding are dropped from what `step` returns.
 
@@ -247,14 +299,26 @@ def in_batches(n: int, step: Callable[[MicroBatch], Any], *, config: VDVAEConfig
         raise ValueError(f"seeds must have one seed per image ({n}), got {len(seeds)}")
 
     def run(per_pass: int) -> list:
-        parts = micro_batches(n, per_pass, config=config, device=device, generator=generator,
-                              sampling_layers=sampling_layers, pixels=pixels, seeds=seeds)
+        parts = micro_batches(
+            n,
+            per_pass,
+            config=config,
+            device=device,
+            generator=generator,
+            sampling_layers=sampling_layers,
+            pixels=pixels,
+            seeds=seeds,
+        )
         with runtime.autocast(device, weights_dtype, dtype):
             return [trim_rows(step(mb), mb.count) if mb.pad else step(mb) for mb in parts]
 
     results, used = split_when_out_of_memory(run, min(requested, runtime.pass_limit or requested), device, generator)
     if used < requested and used != runtime.pass_limit:
         runtime.pass_limit = used
-        warnings.warn(f"the {device} ran out of memory with {requested} images per pass; continuing with "
-                      f"{used} (pass --batch-size {used} to start there)", PassSizeReduced)
+        warnings.warn(
+            f"the {device} ran out of memory with {requested} images per pass; continuing with "
+            f"{used} (pass --batch-size {used} to start there)",
+            PassSizeReduced,
+            stacklevel=2,
+        )
     return results

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from typing import Any, List, Tuple
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -13,10 +13,13 @@ import torch.distributed as dist
 __all__ = ["launched_world", "join", "world_and_rank", "any_across_ranks", "barrier", "gather_objects", "leave"]
 
 
-def launched_world() -> Tuple[int, int, int]:
+def launched_world() -> tuple[int, int, int]:
     """(world size, rank, local rank) as torchrun set them in the environment; (1, 0, 0) without torchrun."""
-    return (int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
-            int(os.environ.get("LOCAL_RANK", "0")))
+    return (
+        int(os.environ.get("WORLD_SIZE", "1")),
+        int(os.environ.get("RANK", "0")),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
 
 
 def join(use_cuda: bool) -> None:
@@ -26,7 +29,7 @@ def join(use_cuda: bool) -> None:
         atexit.register(leave)  # a group still open at interpreter exit aborts the process (gloo's threads)
 
 
-def world_and_rank() -> Tuple[int, int]:
+def world_and_rank() -> tuple[int, int]:
     """(world size, rank) of the joined group, joining it first when torchrun started several processes."""
     join(torch.cuda.is_available())
     if dist.is_available() and dist.is_initialized():
@@ -49,11 +52,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def gather_objects(obj: Any) -> List[Any]:
+def gather_objects(obj: Any) -> list[Any]:
     """Every process's `obj`, in rank order (a one-item list in a single process)."""
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]
-    gathered: List[Any] = [None] * dist.get_world_size()
+    gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
 

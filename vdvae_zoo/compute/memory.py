@@ -20,13 +20,20 @@ How close the estimate comes to measured peaks: benchmarks/README.md, "Training 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from ..config import VDVAEConfig
 
-__all__ = ["inference_bytes_per_image", "TrainingMemory", "training_memory", "largest_batch", "fitting_advice", "gib",
-           "available_memory"]
+__all__ = [
+    "inference_bytes_per_image",
+    "TrainingMemory",
+    "training_memory",
+    "largest_batch",
+    "fitting_advice",
+    "gib",
+    "available_memory",
+]
 
 #: Floats saved per image for the backward pass: (encoder block W r^2, decoder layer W r^2, decoder layer zdim r^2,
 #: output M H W, output H W), without and with gradient checkpointing (module docstring).
@@ -34,14 +41,14 @@ SAVED_FLOATS = {False: (4.18, 14.12, 6.42, 49.3, 4.0), True: (1.17, 1.29, 0.0, 4
 #: Weights, AdamW's moments, EMA (4 bytes each), and the gradients alive at the activations' peak (measured).
 STATE_BYTES_PER_PARAMETER = 17
 #: Resident memory of a Python process with torch loaded, before any model (CPU only).
-PROCESS_BYTES = 0.45 * 2 ** 30
+PROCESS_BYTES = 0.45 * 2**30
 #: bfloat16 autocast saves the convolutions' inputs in half the bytes; the residual stream stays float32.
 BF16_ACTIVATION_FACTOR = 0.6
 
 
 def gib(n: float) -> str:
     """Bytes for a person: GiB, or MiB below one GiB."""
-    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MiB"
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def inference_bytes_per_image(config: VDVAEConfig) -> float:
@@ -49,10 +56,10 @@ def inference_bytes_per_image(config: VDVAEConfig) -> float:
     (checked against measured peak RSS on the cifar10 and imagenet64 presets: benchmarks/README.md)."""
     layer_resolutions = config.layer_resolutions
     per_resolution = [config.width_at(r) * r * r for r in sorted(set(layer_resolutions))]
-    states = 2 * sum(per_resolution)                  # encoder activations and decoder states, one per resolution
-    working = 8 * max(per_resolution)                 # one layer's intermediates at the top resolution
+    states = 2 * sum(per_resolution)  # encoder activations and decoder states, one per resolution
+    working = 8 * max(per_resolution)  # one layer's intermediates at the top resolution
     latents = 6 * config.zdim * sum(r * r for r in layer_resolutions)  # z, prior, posterior, KL of every layer
-    output = 40 * config.num_mixtures * config.image_size ** 2         # the mixture of logistics, intermediates
+    output = 40 * config.num_mixtures * config.image_size**2  # the mixture of logistics, intermediates
     return 4 * (states + working + latents + output) * 1.25  # + allocator slack
 
 
@@ -60,9 +67,9 @@ def inference_bytes_per_image(config: VDVAEConfig) -> float:
 class TrainingMemory:
     """The estimated peak of one training step, in bytes, and its parts."""
 
-    state: float                 # weights, optimizer moments, EMA, gradients alive at the peak
-    per_image: float             # activations saved for the backward pass, and its working memory, per image
-    process: float               # the process itself (CPU), 0 on CUDA
+    state: float  # weights, optimizer moments, EMA, gradients alive at the peak
+    per_image: float  # activations saved for the backward pass, and its working memory, per image
+    process: float  # the process itself (CPU), 0 on CUDA
     batch_size: int
 
     @property
@@ -70,16 +77,18 @@ class TrainingMemory:
         return self.state + self.per_image * self.batch_size + self.process
 
     def describe(self) -> str:
-        return (f"about {gib(self.total)} at the peak: {gib(self.state)} of weights, optimizer state, EMA and "
-                f"gradients, and {gib(self.per_image)} per image x {self.batch_size}")
+        return (
+            f"about {gib(self.total)} at the peak: {gib(self.state)} of weights, optimizer state, EMA and "
+            f"gradients, and {gib(self.per_image)} per image x {self.batch_size}"
+        )
 
 
 def _activation_floats(config: VDVAEConfig, grad_checkpoint: bool) -> float:
     enc_w, dec_w, dec_z, out_m, out_px = SAVED_FLOATS[grad_checkpoint]
-    encoder = sum(config.width_at(s.resolution) * s.resolution ** 2 for s in config.encoder_blocks)
+    encoder = sum(config.width_at(s.resolution) * s.resolution**2 for s in config.encoder_blocks)
     decoder_w = sum(config.width_at(r) * r * r for r in config.layer_resolutions)
     decoder_z = sum(config.zdim * r * r for r in config.layer_resolutions)
-    pixels = config.image_size ** 2
+    pixels = config.image_size**2
     saved = enc_w * encoder + dec_w * decoder_w + dec_z * decoder_z + (out_m * config.num_mixtures + out_px) * pixels
     top = config.width_at(config.image_size) * pixels
     working = 6 * top  # gradients of the states at the top resolution during the backward pass
@@ -89,15 +98,23 @@ def _activation_floats(config: VDVAEConfig, grad_checkpoint: bool) -> float:
     return saved + working
 
 
-def training_memory(config: VDVAEConfig, parameters: int, batch_size: int, *, grad_checkpoint: bool = False,
-                    dtype: str = "float32", device_type: str = "cpu") -> TrainingMemory:
+def training_memory(
+    config: VDVAEConfig,
+    parameters: int,
+    batch_size: int,
+    *,
+    grad_checkpoint: bool = False,
+    dtype: str = "float32",
+    device_type: str = "cpu",
+) -> TrainingMemory:
     """The estimated peak of one training step of `batch_size` images (per process and micro-batch) of a model
     with `parameters` parameters."""
     per_image = 4 * _activation_floats(config, grad_checkpoint)
     if dtype == "bfloat16":
         per_image *= BF16_ACTIVATION_FACTOR
-    return TrainingMemory(STATE_BYTES_PER_PARAMETER * parameters, per_image,
-                          PROCESS_BYTES if device_type == "cpu" else 0.0, batch_size)
+    return TrainingMemory(
+        STATE_BYTES_PER_PARAMETER * parameters, per_image, PROCESS_BYTES if device_type == "cpu" else 0.0, batch_size
+    )
 
 
 def largest_batch(plan: TrainingMemory, available: float) -> int:
@@ -106,20 +123,30 @@ def largest_batch(plan: TrainingMemory, available: float) -> int:
     return max(0, int(room // plan.per_image)) if room > 0 else 0
 
 
-def fitting_advice(plan_for: Callable[..., TrainingMemory], available: Optional[float], batch_size: int,
-                   images_per_update: int, grad_checkpoint: bool, dtype: str) -> str:
+def fitting_advice(
+    plan_for: Callable[..., TrainingMemory],
+    available: float | None,
+    batch_size: int,
+    images_per_update: int,
+    grad_checkpoint: bool,
+    dtype: str,
+) -> str:
     """The options that make a training step fit in `available` bytes, with the numbers the plan gives:
     `plan_for(batch_size=None, grad_checkpoint=None)` is the run's plan with either changed."""
     tips = []
     if not grad_checkpoint:
         fits = largest_batch(plan_for(grad_checkpoint=True), available) if available else 0
-        tips.append("add --grad-checkpoint (same numbers, a recomputed forward pass" +
-                    (f"; then up to {fits} images per micro-batch fit)" if fits else ")"))
+        tips.append(
+            "add --grad-checkpoint (same numbers, a recomputed forward pass"
+            + (f"; then up to {fits} images per micro-batch fit)" if fits else ")")
+        )
     fits = largest_batch(plan_for(), available) if available else 0
     if 0 < fits < batch_size:
         accumulate = -(-images_per_update // fits)
-        tips.append(f"use --batch-size {fits} --grad-accumulation {accumulate} (the update then sees "
-                    f"{fits * accumulate} images per process instead of {images_per_update})")
+        tips.append(
+            f"use --batch-size {fits} --grad-accumulation {accumulate} (the update then sees "
+            f"{fits * accumulate} images per process instead of {images_per_update})"
+        )
     else:
         tips.append("lower --batch-size and raise --grad-accumulation to keep the images per update")
     if dtype == "float32":
@@ -127,10 +154,11 @@ def fitting_advice(plan_for: Callable[..., TrainingMemory], available: Optional[
     return "; or ".join(tips)
 
 
-def available_memory(device) -> Optional[float]:
+def available_memory(device) -> float | None:
     """Bytes free for this process on `device`: the GPU's free memory, or the CPU's MemAvailable (Linux);
     None when unknown."""
     import torch
+
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return float(free)

@@ -23,16 +23,25 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .images import as_channels, find_images, load_images, read_image
 
-__all__ = ["Dataset", "open_dataset", "files_dataset", "DatasetError", "SPLITS", "CIFAR_VALID_SEED", "IMAGENET_SPLIT_SEED",
-           "FFHQ256_SPLIT_SEED", "FFHQ1024_TEST"]
+__all__ = [
+    "Dataset",
+    "open_dataset",
+    "files_dataset",
+    "DatasetError",
+    "SPLITS",
+    "CIFAR_VALID_SEED",
+    "IMAGENET_SPLIT_SEED",
+    "FFHQ256_SPLIT_SEED",
+    "FFHQ1024_TEST",
+]
 
 #: The authors' split constants (their data.py and setup scripts).
 CIFAR_VALID_SEED, CIFAR_VALID_SIZE = 11172018, 5000
@@ -50,20 +59,21 @@ class DatasetError(ValueError):
 class Dataset:
     """`count` images of `size` x `size`, image i read by `read([i, ...])` as uint8 (n, H, W, 3)."""
 
-    name: str            # e.g. "cifar10 (python)"
-    split: str           # test, valid, train, or all
+    name: str  # e.g. "cifar10 (python)"
+    split: str  # test, valid, train, or all
     count: int
-    size: Optional[int]  # None: images may differ in size (a plain folder)
+    size: int | None  # None: images may differ in size (a plain folder)
     read: Callable[[Sequence[int]], np.ndarray]
-    fingerprint: Dict[str, object]   # what identifies the data (for resuming): paths, sizes, times, count
-    rule: str            # the split rule, in words
-    files: Optional[List[Path]] = None   # data sets of image files: image i is files[i], read on demand
+    fingerprint: dict[str, object]  # what identifies the data (for resuming): paths, sizes, times, count
+    rule: str  # the split rule, in words
+    files: list[Path] | None = None  # data sets of image files: image i is files[i], read on demand
 
     def __len__(self) -> int:
         return self.count
 
-    def read_checked(self, idx: Sequence[int], size: int, resize: Optional[str] = None, channels: int = 3
-                     ) -> Tuple[np.ndarray, List[int], List[Tuple[int, str]]]:
+    def read_checked(
+        self, idx: Sequence[int], size: int, resize: str | None = None, channels: int = 3
+    ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
         """Images `idx` for a model of `size` x `size` and `channels` channels: uint8 (m, size, size, C) of those
         that could be read, their positions, and (position, reason) for each one skipped. Files that are not
         readable images, or of another size (unless `resize="center-crop"`), are skipped; arrays were checked as a
@@ -86,15 +96,23 @@ class Dataset:
 class _CifarUnpickler(pickle.Unpickler):
     """Only what the CIFAR-10 python batches hold: builtin containers and numpy arrays."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
-            raise DatasetError(f"refused to read {self.path}: it asks to load {module}.{name}, which no CIFAR-10 "
-                               "batch holds (only dicts, lists, bytes, ints and numpy arrays are accepted); nothing "
-                               "in it was run")
+            raise DatasetError(
+                f"refused to read {self.path}: it asks to load {module}.{name}, which no CIFAR-10 "
+                "batch holds (only dicts, lists, bytes, ints and numpy arrays are accepted); nothing "
+                "in it was run"
+            )
         if module.startswith("numpy") and name in ("_reconstruct", "scalar"):
             multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
             return getattr(multiarray, name)
@@ -151,10 +169,18 @@ def _cifar(folder: Path, split: str, binary: bool) -> Dataset:
         images = np.concatenate([read_one(f) for f in files])  # 150 MB at most
         order = np.random.RandomState(CIFAR_VALID_SEED).permutation(len(images))  # sklearn's train_test_split
         indices = order[:CIFAR_VALID_SIZE] if split == "valid" else order[CIFAR_VALID_SIZE:]
-        rule = (f"data_batch_1..5, RandomState({CIFAR_VALID_SEED}).permutation({len(images)}): "
-                + ("its first 5000 (the authors' valid)" if split == "valid" else "all but its first 5000"))
-    return Dataset(f"cifar10 ({kind})", split, len(indices), 32, lambda idx: np.asarray(images[indices[list(idx)]]),
-                   _fingerprint(files), rule)
+        rule = f"data_batch_1..5, RandomState({CIFAR_VALID_SEED}).permutation({len(images)}): " + (
+            "its first 5000 (the authors' valid)" if split == "valid" else "all but its first 5000"
+        )
+    return Dataset(
+        f"cifar10 ({kind})",
+        split,
+        len(indices),
+        32,
+        lambda idx: np.asarray(images[indices[list(idx)]]),
+        _fingerprint(files),
+        rule,
+    )
 
 
 # ------------------------------------------------------------------------------------------------- arrays
@@ -163,7 +189,9 @@ def _npy(path: Path) -> np.ndarray:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - a damaged header fails inside numpy's parser in many ways
         why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise DatasetError(f"cannot read {path} as a plain .npy array ({why}); pickled .npy files are refused") from None
+        raise DatasetError(
+            f"cannot read {path} as a plain .npy array ({why}); pickled .npy files are refused"
+        ) from None
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3 or array.shape[1] != array.shape[2]:
         raise DatasetError(f"{path}: expected uint8 N x S x S x 3 images, got {array.dtype} {array.shape}")
     if array.shape[0] == 0:
@@ -174,15 +202,30 @@ def _npy(path: Path) -> np.ndarray:
 def _permuted_split(path: Path, array: np.ndarray, split: str, seed: int, held_out: int, name: str) -> Dataset:
     order = np.random.RandomState(seed).permutation(array.shape[0])  # = their np.random.seed + permutation
     indices = order[-held_out:] if split in ("valid", "test") else order[:-held_out]
-    rule = (f"{path.name}: np.random.seed({seed}) permutation of {array.shape[0]}, "
-            + (f"its last {held_out}" if split != "train" else f"all but its last {held_out}"))
-    return Dataset(name, split, len(indices), array.shape[1], lambda idx: np.asarray(array[indices[list(idx)]]),
-                   _fingerprint([path]), rule)
+    rule = f"{path.name}: np.random.seed({seed}) permutation of {array.shape[0]}, " + (
+        f"its last {held_out}" if split != "train" else f"all but its last {held_out}"
+    )
+    return Dataset(
+        name,
+        split,
+        len(indices),
+        array.shape[1],
+        lambda idx: np.asarray(array[indices[list(idx)]]),
+        _fingerprint([path]),
+        rule,
+    )
 
 
 def _whole(name: str, path: Path, array: np.ndarray, split: str) -> Dataset:
-    return Dataset(name, split, array.shape[0], array.shape[1], lambda idx: np.asarray(array[list(idx)]),
-                   _fingerprint([path]), f"{path.name}: all {array.shape[0]} images")
+    return Dataset(
+        name,
+        split,
+        array.shape[0],
+        array.shape[1],
+        lambda idx: np.asarray(array[list(idx)]),
+        _fingerprint([path]),
+        f"{path.name}: all {array.shape[0]} images",
+    )
 
 
 def _imagenet(folder: Path, res: int, split: str) -> Dataset:
@@ -195,14 +238,16 @@ def _imagenet(folder: Path, res: int, split: str) -> Dataset:
 
 
 # ------------------------------------------------------------------------------------------------ folders
-def _folder(name: str, files: List[Path], split: str, rule: str, size: Optional[int] = None) -> Dataset:
+def _folder(name: str, files: list[Path], split: str, rule: str, size: int | None = None) -> Dataset:
     def read(idx: Sequence[int]) -> np.ndarray:
         return np.stack([read_image(files[i]) for i in idx])
-    return Dataset(name, split, len(files), size, read, _fingerprint(files[:1] + files[-1:], count=len(files)), rule,
-                   files)
+
+    return Dataset(
+        name, split, len(files), size, read, _fingerprint(files[:1] + files[-1:], count=len(files)), rule, files
+    )
 
 
-def files_dataset(paths: Sequence[Union[str, os.PathLike]], recursive: bool = True) -> Dataset:
+def files_dataset(paths: Sequence[str | os.PathLike], recursive: bool = True) -> Dataset:
     """The image files in `paths` (files and folders, searched as `images.find_images` does), in that order:
     what `vdvae-zoo bpd` scores. A single folder gives the same images, in the same order, as `open_dataset` on
     it, so the two score them alike."""
@@ -213,22 +258,28 @@ def files_dataset(paths: Sequence[Union[str, os.PathLike]], recursive: bool = Tr
     return _folder(name, files, "all", f"{len(files)} image files", None)
 
 
-def _ffhq1024(files: List[Path], split: str) -> Dataset:
+def _ffhq1024(files: list[Path], split: str) -> Dataset:
     numbered = {int(f.stem): f for f in files if re.fullmatch(r"\d{5}", f.stem)}
     wanted = FFHQ1024_TEST if split in ("test", "valid") else range(0, FFHQ1024_TEST.start)
     chosen = [numbered[i] for i in wanted if i in numbered]
-    rule = (f"files named {wanted.start:05d}..{wanted.stop - 1:05d} (the authors' setup_ffhq1024.sh); "
-            f"{len(chosen)} of them here")
+    rule = (
+        f"files named {wanted.start:05d}..{wanted.stop - 1:05d} (the authors' setup_ffhq1024.sh); "
+        f"{len(chosen)} of them here"
+    )
     return _folder("ffhq1024", chosen, split, rule, 1024)
 
 
 # ---------------------------------------------------------------------------------------------- detection
-def _fingerprint(files: Sequence[Path], count: Optional[int] = None) -> Dict[str, object]:
-    return {"files": [str(Path(f).resolve()) for f in files], "bytes": [Path(f).stat().st_size for f in files],
-            "mtimes": [int(Path(f).stat().st_mtime) for f in files], "count": count}
+def _fingerprint(files: Sequence[Path], count: int | None = None) -> dict[str, object]:
+    return {
+        "files": [str(Path(f).resolve()) for f in files],
+        "bytes": [Path(f).stat().st_size for f in files],
+        "mtimes": [int(Path(f).stat().st_mtime) for f in files],
+        "count": count,
+    }
 
 
-def open_dataset(path: Union[str, os.PathLike], split: str = "test") -> Dataset:
+def open_dataset(path: str | os.PathLike, split: str = "test") -> Dataset:
     """The images of `split` in the data at `path` (see the table above). Raises DatasetError naming what is
     missing or not defined."""
     if split not in SPLITS:
@@ -248,31 +299,47 @@ def open_dataset(path: Union[str, os.PathLike], split: str = "test") -> Dataset:
             return open_dataset(path / "ffhq-256.npy", split)
         files = find_images([path])
         if not files:
-            raise DatasetError(f"{path} holds no data set this reads (CIFAR-10 batches, ImageNet .npy files, "
-                               "ffhq-256.npy, or image files)")
-        if sum(bool(re.fullmatch(r"\d{5}", f.stem)) for f in files) > len(files) // 2 and \
-                any(int(f.stem) >= FFHQ1024_TEST.start for f in files if re.fullmatch(r"\d{5}", f.stem)):
+            raise DatasetError(
+                f"{path} holds no data set this reads (CIFAR-10 batches, ImageNet .npy files, "
+                "ffhq-256.npy, or image files)"
+            )
+        if sum(bool(re.fullmatch(r"\d{5}", f.stem)) for f in files) > len(files) // 2 and any(
+            int(f.stem) >= FFHQ1024_TEST.start for f in files if re.fullmatch(r"\d{5}", f.stem)
+        ):
             return _ffhq1024(files, split)
         match = re.fullmatch(r"valid_(32|64)x\1", path.name)
         name = f"imagenet{match.group(1)}" if match else path.name
-        return _only_all(_folder(name, files, split if split == "test" else "all", f"{path.name}/: all {len(files)} "
-                                 "images", int(match.group(1)) if match else None), split, path)
+        return _only_all(
+            _folder(
+                name,
+                files,
+                split if split == "test" else "all",
+                f"{path.name}/: all {len(files)} images",
+                int(match.group(1)) if match else None,
+            ),
+            split,
+            path,
+        )
     if path.suffix == ".npy":
         array = _npy(path)
         match = re.fullmatch(r"imagenet(32|64)-(valid|train)\.npy", path.name)
         if match and (match.group(2) == "valid") == (split == "test"):
             return _imagenet(path.parent, int(match.group(1)), split)
         if match:
-            raise DatasetError(f"{path.name} holds ImageNet's {'validation' if match.group(2) == 'valid' else 'training'}"
-                               f" images; split {split!r} comes from imagenet{match.group(1)}-"
-                               f"{'train' if split != 'test' else 'valid'}.npy (give its folder)")
+            raise DatasetError(
+                f"{path.name} holds ImageNet's {'validation' if match.group(2) == 'valid' else 'training'}"
+                f" images; split {split!r} comes from imagenet{match.group(1)}-"
+                f"{'train' if split != 'test' else 'valid'}.npy (give its folder)"
+            )
         if path.name == "ffhq-256.npy":
             return _permuted_split(path, array, split, FFHQ256_SPLIT_SEED, FFHQ256_VALID_SIZE, "ffhq256")
         return _only_all(_whole(path.stem, path, array, "test"), split, path)
     if path.name in ("test_batch", "test_batch.bin"):
         return _cifar(path.parent, split, binary=path.suffix == ".bin")
-    raise DatasetError(f"{path} is not a data set this reads: give a folder (CIFAR-10 batches, ImageNet .npy files, "
-                       "images) or an .npy file")
+    raise DatasetError(
+        f"{path} is not a data set this reads: give a folder (CIFAR-10 batches, ImageNet .npy files, "
+        "images) or an .npy file"
+    )
 
 
 def _only_all(data: Dataset, split: str, path: Path) -> Dataset:

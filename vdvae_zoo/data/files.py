@@ -21,12 +21,27 @@ import secrets
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Union
 
-__all__ = ["atomic_write", "staged_file", "write_npy", "append_line", "read_small_text", "atomic_folder",
-           "recover_folder", "sha256_file", "remove_stale_temporaries",
-           "refuse_existing", "disk_full_as_oserror", "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "MODEL_SUBFOLDER"]
+__all__ = [
+    "atomic_write",
+    "staged_file",
+    "write_npy",
+    "append_line",
+    "read_small_text",
+    "atomic_folder",
+    "recover_folder",
+    "sha256_file",
+    "remove_stale_temporaries",
+    "refuse_existing",
+    "disk_full_as_oserror",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "CARD_NAME",
+    "MODEL_SUBFOLDER",
+]
 
 # The layout of a model folder (Hugging Face's): the one statement of these names.
 CONFIG_NAME = "config.json"
@@ -123,6 +138,7 @@ def write_npy(path: PathLike, array, *, overwrite: bool = True) -> Path:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.lib.format.write_array(f, np.asarray(array))
+
     return atomic_write(path, write, overwrite=overwrite)
 
 
@@ -134,8 +150,10 @@ def append_line(path: PathLike, line: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError:
         if path.is_symlink():
-            raise FileExistsError(f"{path} is a symbolic link; vdvae-zoo appends only to its own files there. Remove "
-                                  "the link and run again") from None
+            raise FileExistsError(
+                f"{path} is a symbolic link; vdvae-zoo appends only to its own files there. Remove "
+                "the link and run again"
+            ) from None
         raise
     with os.fdopen(fd, "a", encoding="utf-8") as f:
         with disk_full_as_oserror(path):
@@ -187,8 +205,10 @@ def _place_new(tmp: Path, path: Path) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise FileExistsError(f"{path} exists: another process wrote it while this one worked; it was not "
-                              "replaced (pass --overwrite to replace it)") from None
+        raise FileExistsError(
+            f"{path} exists: another process wrote it while this one worked; it was not "
+            "replaced (pass --overwrite to replace it)"
+        ) from None
     except OSError:  # a file system without hard links: check, then rename
         refuse_existing(path, False)
         os.replace(tmp, path)
@@ -231,8 +251,10 @@ def recover_folder(path: PathLike) -> bool:
     path = Path(path)
     if path.exists() or not path.parent.is_dir():
         return False
-    aside = sorted((p for p in path.parent.glob(f".{path.name}.old-*") if p.is_dir() and not p.is_symlink()),
-                   key=lambda p: p.stat().st_mtime)
+    aside = sorted(
+        (p for p in path.parent.glob(f".{path.name}.old-*") if p.is_dir() and not p.is_symlink()),
+        key=lambda p: p.stat().st_mtime,
+    )
     if not aside:
         return False
     os.replace(aside[-1], path)

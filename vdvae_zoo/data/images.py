@@ -12,20 +12,33 @@ Rules (documented for users in README):
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .files import atomic_write
 
-__all__ = ["IMAGE_EXTENSIONS", "SAMPLE_PHOTOS", "sample_photos", "photo_crops", "ImageReadError", "find_images", "read_image", "center_crop_resize", "load_images",
-           "image_size", "make_grid", "save_png"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SAMPLE_PHOTOS",
+    "sample_photos",
+    "photo_crops",
+    "ImageReadError",
+    "find_images",
+    "read_image",
+    "center_crop_resize",
+    "load_images",
+    "image_size",
+    "make_grid",
+    "save_png",
+]
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 #: Images larger than this many pixels are refused before they are decoded (a 97 kB PNG can hold 100 Mpx).
-MAX_IMAGE_PIXELS = 64 * 2 ** 20
+MAX_IMAGE_PIXELS = 64 * 2**20
 PathLike = Union[str, os.PathLike]
 
 
@@ -41,16 +54,17 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def find_images(paths: Sequence[PathLike], recursive: bool = True) -> List[Path]:
+def find_images(paths: Sequence[PathLike], recursive: bool = True) -> list[Path]:
     """Expand files and folders into a sorted list of image files. A missing path raises FileNotFoundError."""
-    found: List[Path] = []
+    found: list[Path] = []
     for p in map(Path, paths):
         if p.is_file():
             found.append(p)
         elif p.is_dir():
             pattern = p.rglob("*") if recursive else p.glob("*")
-            found.extend(sorted(f for f in pattern if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                                and not _hidden(f, p)))
+            found.extend(
+                sorted(f for f in pattern if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(f, p))
+            )
         else:
             raise FileNotFoundError(f"{p} does not exist")
     return found
@@ -92,8 +106,11 @@ def as_channels(images: np.ndarray, channels: int) -> np.ndarray:
 def _check_pixels(path: PathLike, img: Image.Image, max_pixels: int) -> None:
     w, h = img.size
     if w * h > max_pixels:
-        raise ImageReadError(path, f"is {w}x{h} ({w * h / 2 ** 20:.0f} Mpx), more than the {max_pixels / 2 ** 20:.0f} Mpx "
-                                   "this reads; downscale it first")
+        raise ImageReadError(
+            path,
+            f"is {w}x{h} ({w * h / 2**20:.0f} Mpx), more than the {max_pixels / 2**20:.0f} Mpx "
+            "this reads; downscale it first",
+        )
 
 
 def read_image(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS, channels: int = 3) -> np.ndarray:
@@ -121,7 +138,7 @@ def _reason(e: Exception) -> str:
     return "not an image Pillow can read" if "cannot identify" in str(e) else f"unreadable ({e})"
 
 
-def image_size(path: PathLike) -> Tuple[int, int]:
+def image_size(path: PathLike) -> tuple[int, int]:
     """(width, height) after EXIF orientation, read from the header only."""
     try:
         with Image.open(path) as img:
@@ -140,15 +157,17 @@ def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     grey = image.ndim == 3 and image.shape[2] == 1
-    resized = np.asarray(Image.fromarray(image[..., 0] if grey else image).resize((nw, nh), Image.BICUBIC,
-                                                                                   reducing_gap=None))
+    resized = np.asarray(
+        Image.fromarray(image[..., 0] if grey else image).resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+    )
     resized = resized[..., None] if grey else resized
     top, left = (nh - size) // 2, (nw - size) // 2
-    return resized[top:top + size, left:left + size].copy()
+    return resized[top : top + size, left : left + size].copy()
 
 
-def load_images(paths: Iterable[PathLike], size: Optional[int] = None, resize: Optional[str] = None,
-                channels: int = 3) -> Tuple[np.ndarray, List[Path], List[Tuple[Path, str]]]:
+def load_images(
+    paths: Iterable[PathLike], size: int | None = None, resize: str | None = None, channels: int = 3
+) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
     """Read files into one uint8 (N, H, W, C) array (C = `channels`: see `read_image`).
 
     With `size`, images of another size are skipped ("is WxH, the model needs SxS") unless
@@ -178,7 +197,7 @@ def load_images(paths: Iterable[PathLike], size: Optional[int] = None, resize: O
     return stacked, kept, skipped
 
 
-def make_grid(images: np.ndarray, ncols: Optional[int] = None, padding: int = 2, zoom: Optional[int] = 1) -> Image.Image:
+def make_grid(images: np.ndarray, ncols: int | None = None, padding: int = 2, zoom: int | None = 1) -> Image.Image:
     """Tile uint8 (N, H, W, 3) images into one RGB picture, `ncols` per row (default: about square). `zoom`
     enlarges each image that many times (nearest neighbour, pixels stay visible); None: enough for about 128
     pixels per image, so that 32x32 samples can be looked at."""
@@ -196,11 +215,11 @@ def make_grid(images: np.ndarray, ncols: Optional[int] = None, padding: int = 2,
     for i, img in enumerate(images):
         r, c = divmod(i, ncols)
         y, x = padding + r * (h + padding), padding + c * (w + padding)
-        grid[y:y + h, x:x + w] = img
+        grid[y : y + h, x : x + w] = img
     return Image.fromarray(grid)
 
 
-def save_png(image: Union[Image.Image, np.ndarray], path: PathLike, overwrite: bool = True) -> Path:
+def save_png(image: Image.Image | np.ndarray, path: PathLike, overwrite: bool = True) -> Path:
     """Write a PNG atomically (temporary file, then rename). Refuses to replace a file unless `overwrite`."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
@@ -209,11 +228,20 @@ def save_png(image: Union[Image.Image, np.ndarray], path: PathLike, overwrite: b
 
 #: Images bundled with scikit-image (the optional extra `photos`), in the order `sample_photos` gives them: eight
 #: photographs, then a synthetic colour wheel. examples/photo_crops.py cuts the guide's training crops from these.
-SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
-                 "retina", "colorwheel")
+SAMPLE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "cat",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+)
 
 
-def sample_photos(n: Optional[int] = None, size: Optional[int] = None) -> List[np.ndarray]:
+def sample_photos(n: int | None = None, size: int | None = None) -> list[np.ndarray]:
     """The first `n` (default: all) of SAMPLE_PHOTOS as uint8 (H, W, 3), centre-cropped to `size` x `size` when
     given: real photos for examples, tests and benchmarks. Needs scikit-image (`pip install "vdvae-zoo[photos]"`)."""
     try:
@@ -224,8 +252,9 @@ def sample_photos(n: Optional[int] = None, size: Optional[int] = None) -> List[n
     return [center_crop_resize(p, size) if size else p for p in photos]
 
 
-def photo_crops(n: int, size: int, seed: int = 0, side: Optional[int] = None, photos: Optional[int] = None
-                ) -> List[np.ndarray]:
+def photo_crops(
+    n: int, size: int, seed: int = 0, side: int | None = None, photos: int | None = None
+) -> list[np.ndarray]:
     """n square crops of the sample photos (the first `photos` of them, default all, in turn), each resized to
     `size` x `size` (bicubic), uint8 (size, size, 3): real but small images to train and test on. Crops are `side`
     pixels at random places, or (side=None) of a random side between 2 x size and half the photo."""
@@ -239,5 +268,5 @@ def photo_crops(n: int, size: int, seed: int = 0, side: Optional[int] = None, ph
             y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
         else:
             s, y, x = side, int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
-        out.append(np.asarray(Image.fromarray(p[y:y + s, x:x + s]).resize((size, size), Image.BICUBIC)))
+        out.append(np.asarray(Image.fromarray(p[y : y + s, x : x + s]).resize((size, size), Image.BICUBIC)))
     return out

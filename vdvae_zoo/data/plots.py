@@ -6,15 +6,23 @@ Each function returns the PIL image and, given `path`, also writes it as a PNG (
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, ImageDraw
 
 from .images import save_png
 
-__all__ = ["bits_per_layer", "bits_per_resolution", "kl_caption", "kl_chart", "line_chart", "roc_chart", "resolution_labels"]
+__all__ = [
+    "bits_per_layer",
+    "bits_per_resolution",
+    "kl_caption",
+    "kl_chart",
+    "line_chart",
+    "roc_chart",
+    "resolution_labels",
+]
 
 # Alternating colours for the groups of layers that share a resolution.
 _GROUP_COLOURS = ("steelblue", "darkorange")
@@ -31,23 +39,27 @@ def bits_per_layer(kl: torch.Tensor) -> torch.Tensor:
     return kl / math.log(2)
 
 
-def bits_per_resolution(kl: torch.Tensor, resolutions: Sequence[int]) -> Dict[int, float]:
+def bits_per_resolution(kl: torch.Tensor, resolutions: Sequence[int]) -> dict[int, float]:
     """Total bits per image held by the layers of each resolution, {resolution: bits}, lowest first."""
     bits = bits_per_layer(kl)
     if len(resolutions) != len(bits):
         raise ValueError(f"got {len(resolutions)} resolutions for {len(bits)} layers")
-    totals: Dict[int, float] = {}
-    for r, b in zip(resolutions, bits.tolist()):
+    totals: dict[int, float] = {}
+    for r, b in zip(resolutions, bits.tolist(), strict=False):
         totals[r] = totals.get(r, 0.0) + b
     return dict(sorted(totals.items()))
 
 
-def bar_layout(num_layers: int, width: int, margin: int) -> List[Tuple[int, int]]:
+def bar_layout(num_layers: int, width: int, margin: int) -> list[tuple[int, int]]:
     """(left, right) pixel columns of each layer's bar in a chart `width` pixels wide."""
     span = (width - 2 * margin) / num_layers
-    return [(int(margin + i * span + 0.15 * span), max(int(margin + i * span + 0.15 * span),
-                                                        int(margin + (i + 1) * span - 0.15 * span) - 1))
-            for i in range(num_layers)]
+    return [
+        (
+            int(margin + i * span + 0.15 * span),
+            max(int(margin + i * span + 0.15 * span), int(margin + (i + 1) * span - 0.15 * span) - 1),
+        )
+        for i in range(num_layers)
+    ]
 
 
 def kl_caption(kl: torch.Tensor, resolutions: Sequence[int]) -> str:
@@ -58,14 +70,15 @@ def kl_caption(kl: torch.Tensor, resolutions: Sequence[int]) -> str:
     return f"share of {total:.4g} bits per image: {shares}"
 
 
-def resolution_labels(layout: Sequence[Tuple[float, float]], resolutions: Sequence[int], y0: float,
-                      text_width) -> List[Tuple[Tuple[float, float], str]]:
+def resolution_labels(
+    layout: Sequence[tuple[float, float]], resolutions: Sequence[int], y0: float, text_width
+) -> list[tuple[tuple[float, float], str]]:
     """Where each resolution group's label goes under the bars: at the group's first bar, in the first of two rows
     where it does not overlap the label before it; a label that fits in neither row is left out (the caption
     gives every resolution's share)."""
     rows_end = [float("-inf"), float("-inf")]
     placed, previous = [], None
-    for (left, _), r in zip(layout, resolutions):
+    for (left, _), r in zip(layout, resolutions, strict=False):
         if r == previous:
             continue
         previous, text = r, f"{r}x{r}"
@@ -77,8 +90,16 @@ def resolution_labels(layout: Sequence[Tuple[float, float]], resolutions: Sequen
     return placed
 
 
-def kl_chart(kl: torch.Tensor, resolutions: Sequence[int], path: Union[None, str, Path] = None, *,
-             title: Optional[str] = None, width: int = 900, height: int = 420, overwrite: bool = True) -> Image.Image:
+def kl_chart(
+    kl: torch.Tensor,
+    resolutions: Sequence[int],
+    path: None | str | Path = None,
+    *,
+    title: str | None = None,
+    width: int = 900,
+    height: int = 420,
+    overwrite: bool = True,
+) -> Image.Image:
     """A bar chart of bits per image in each decoder layer (top layer on the left), grouped by resolution.
 
     `kl`: (N, L) or (L,) nats, e.g. `model.likelihood(images).kl`; `resolutions`: `model.layer_resolutions`.
@@ -98,7 +119,7 @@ def kl_chart(kl: torch.Tensor, resolutions: Sequence[int], path: Union[None, str
     layout = bar_layout(len(bits), width, margin)
     for (x, y), text in resolution_labels(layout, resolutions, y0, d.textlength):
         d.text((x, y), text, fill="black")
-    for (left, right), b, r in zip(layout, bits.tolist(), resolutions):
+    for (left, right), b, r in zip(layout, bits.tolist(), resolutions, strict=False):
         if r != previous:
             colour_index, previous = colour_index + 1, r
         h = max(0.0, b) / peak * (y0 - y1)
@@ -110,10 +131,18 @@ def kl_chart(kl: torch.Tensor, resolutions: Sequence[int], path: Union[None, str
     return img
 
 
-def line_chart(series: Dict[str, Sequence[Tuple[float, float]]], path: Union[None, str, Path] = None, *,
-               x_label: str = "step", width: int = 640, height: int = 360, overwrite: bool = True,
-               x_range: Optional[Tuple[float, float]] = None, y_range: Optional[Tuple[float, float]] = None,
-               diagonal: bool = False) -> Image.Image:
+def line_chart(
+    series: dict[str, Sequence[tuple[float, float]]],
+    path: None | str | Path = None,
+    *,
+    x_label: str = "step",
+    width: int = 640,
+    height: int = 360,
+    overwrite: bool = True,
+    x_range: tuple[float, float] | None = None,
+    y_range: tuple[float, float] | None = None,
+    diagonal: bool = False,
+) -> Image.Image:
     """Lines of (x, y) points, one colour per named series, on shared linear axes (non-finite points skipped);
     `x_range` / `y_range` fix the axes, `diagonal` draws the line y = x (a ROC chart's chance level)."""
     pad = 50
@@ -148,8 +177,18 @@ def line_chart(series: Dict[str, Sequence[Tuple[float, float]]], path: Union[Non
     return img
 
 
-def roc_chart(series: Dict[str, Sequence[Tuple[float, float]]], path: Union[None, str, Path] = None, *,
-              overwrite: bool = True) -> Image.Image:
+def roc_chart(
+    series: dict[str, Sequence[tuple[float, float]]], path: None | str | Path = None, *, overwrite: bool = True
+) -> Image.Image:
     """ROC curves: true positive rate against false positive rate, both 0..1, one named series each."""
-    return line_chart(series, path, x_label="false positive rate (x) against true positive rate (y)", width=640,
-                      height=480, overwrite=overwrite, x_range=(0.0, 1.0), y_range=(0.0, 1.0), diagonal=True)
+    return line_chart(
+        series,
+        path,
+        x_label="false positive rate (x) against true positive rate (y)",
+        width=640,
+        height=480,
+        overwrite=overwrite,
+        x_range=(0.0, 1.0),
+        y_range=(0.0, 1.0),
+        diagonal=True,
+    )

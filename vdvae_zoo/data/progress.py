@@ -14,4 +14,5 @@ from typing import Any
 def progress_bar(*, enabled: bool = True, **kwargs: Any):
     """A tqdm bar (same arguments) on stderr, shown when `enabled` and stderr is a terminal."""
     from huggingface_hub.utils import tqdm
+
     return tqdm(file=sys.stderr, disable=None if enabled else True, **kwargs)

@@ -17,16 +17,27 @@ Everything here is computed in float32 whatever the dtype of the network that ma
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .draws import uniform
 
-__all__ = ["dmol_nll", "dmol_sample", "dmol_level_probs", "dmol_mean_var", "pixel_uniform_shapes", "MIN_LOG_SCALE",
-           "mixture_channels", "coefficient_index", "bernoulli_nll", "bernoulli_sample", "bernoulli_level_probs",
-           "bernoulli_mean_var"]
+__all__ = [
+    "dmol_nll",
+    "dmol_sample",
+    "dmol_level_probs",
+    "dmol_mean_var",
+    "pixel_uniform_shapes",
+    "MIN_LOG_SCALE",
+    "mixture_channels",
+    "coefficient_index",
+    "bernoulli_nll",
+    "bernoulli_sample",
+    "bernoulli_level_probs",
+    "bernoulli_mean_var",
+]
 
 MIN_LOG_SCALE = -7.0
 
@@ -46,17 +57,19 @@ def _unpack(params: torch.Tensor, num_mixtures: int, channels: int = 3):
     n, h, w, c = params.shape
     m = num_mixtures
     if c != mixture_channels(m, channels):
-        raise ValueError(f"expected {mixture_channels(m, channels)} parameter channels for {m} mixtures of "
-                         f"{channels} channels, got {c}")
+        raise ValueError(
+            f"expected {mixture_channels(m, channels)} parameter channels for {m} mixtures of "
+            f"{channels} channels, got {c}"
+        )
     logits = params[..., :m]
     if channels == 3:  # the original layout: per colour channel [M means, M log-scales, M coefficients]
         rest = params[..., m:].reshape(n, h, w, 3, 3 * m)
-        means, log_scales, coeffs = rest[..., :m], rest[..., m:2 * m], rest[..., 2 * m:]
+        means, log_scales, coeffs = rest[..., :m], rest[..., m : 2 * m], rest[..., 2 * m :]
     else:
         k = channels * (channels - 1) // 2
-        means = params[..., m:m + channels * m].reshape(n, h, w, channels, m)
-        log_scales = params[..., m + channels * m:m + 2 * channels * m].reshape(n, h, w, channels, m)
-        coeffs = params[..., m + 2 * channels * m:].reshape(n, h, w, k, m)
+        means = params[..., m : m + channels * m].reshape(n, h, w, channels, m)
+        log_scales = params[..., m + channels * m : m + 2 * channels * m].reshape(n, h, w, channels, m)
+        coeffs = params[..., m + 2 * channels * m :].reshape(n, h, w, k, m)
     return logits, means, log_scales.clamp(min=MIN_LOG_SCALE), torch.tanh(coeffs)
 
 
@@ -94,33 +107,43 @@ def _dmol_nll(params: torch.Tensor, target: torch.Tensor, num_mixtures: int, low
     plus = inv_scale * (centred + half_bin)
     minus = inv_scale * (centred - half_bin)
     cdf_delta = torch.sigmoid(plus) - torch.sigmoid(minus)
-    log_cdf_plus = plus - F.softplus(plus)            # left edge: P(X <= x + h)
-    log_one_minus_cdf_minus = -F.softplus(minus)      # right edge: P(X > x - h)
+    log_cdf_plus = plus - F.softplus(plus)  # left edge: P(X <= x + h)
+    log_one_minus_cdf_minus = -F.softplus(minus)  # right edge: P(X > x - h)
     mid = inv_scale * centred
     log_pdf_mid = mid - log_scales - 2.0 * F.softplus(mid)
 
     log_probs = torch.where(
-        x < -0.999, log_cdf_plus,
-        torch.where(x > 0.999, log_one_minus_cdf_minus,
-                    torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)),
-                                log_pdf_mid - log_bin_centre_norm)))
+        x < -0.999,
+        log_cdf_plus,
+        torch.where(
+            x > 0.999,
+            log_one_minus_cdf_minus,
+            torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid - log_bin_centre_norm),
+        ),
+    )
     log_probs = log_probs.sum(dim=3) + torch.log_softmax(logits, dim=-1)  # (N, H, W, M)
     log_prob_per_pixel = torch.logsumexp(log_probs, dim=-1)
     dims = target.shape[1] * target.shape[2] * target.shape[3]
     return -log_prob_per_pixel.sum(dim=(1, 2)) / dims
 
 
-def pixel_uniform_shapes(n: int, h: int, w: int, num_mixtures: int, channels: int = 3,
-                         output: str = "dmol") -> List[Tuple[int, ...]]:
+def pixel_uniform_shapes(
+    n: int, h: int, w: int, num_mixtures: int, channels: int = 3, output: str = "dmol"
+) -> list[tuple[int, ...]]:
     """Shapes of the uniform draws of `dmol_sample` (or `bernoulli_sample`), in the order it draws them."""
     if output == "bernoulli":
         return [(n, h, w, channels)]
     return [(n, h, w, num_mixtures), (n, h, w, channels)]
 
 
-def dmol_sample(params: torch.Tensor, num_mixtures: int, generator: Optional[torch.Generator] = None,
-                same_noise: bool = False, uniforms: Optional[Sequence[torch.Tensor]] = None,
-                channels: int = 3) -> torch.Tensor:
+def dmol_sample(
+    params: torch.Tensor,
+    num_mixtures: int,
+    generator: torch.Generator | None = None,
+    same_noise: bool = False,
+    uniforms: Sequence[torch.Tensor] | None = None,
+    channels: int = 3,
+) -> torch.Tensor:
     """Draw one image per parameter map; returns uint8 (N, H, W, C) pixels.
 
     Random draws, in order: a uniform (N, H, W, M) picks the component (Gumbel-max), then a uniform
@@ -134,8 +157,10 @@ def dmol_sample(params: torch.Tensor, num_mixtures: int, generator: Optional[tor
     logits, means, log_scales, coeffs = _unpack(params, num_mixtures, channels)
     draws = 1 if same_noise else n
     if uniforms is None:
-        uniforms = [uniform(shape, params.device, generator)
-                    for shape in pixel_uniform_shapes(draws, h, w, num_mixtures, channels)]
+        uniforms = [
+            uniform(shape, params.device, generator)
+            for shape in pixel_uniform_shapes(draws, h, w, num_mixtures, channels)
+        ]
     gumbel_u = uniforms[0].expand(n, -1, -1, -1)
     component = torch.argmax(logits - torch.log(-torch.log(gumbel_u)), dim=3)  # (N, H, W)
     mean = means.gather(4, component[:, :, :, None, None].expand(n, h, w, channels, 1)).squeeze(4)
@@ -153,16 +178,16 @@ def dmol_sample(params: torch.Tensor, num_mixtures: int, generator: Optional[tor
     return ((pixels + 1.0) * 127.5).clamp(0.0, 255.0).to(torch.uint8)
 
 
-def dmol_mean_var(params: torch.Tensor, num_mixtures: int, channels: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
+def dmol_mean_var(params: torch.Tensor, num_mixtures: int, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance of each sub-pixel under the mixture, in the target's units ([-1, 1]), float32
     (N, H, W, C) each. A channel's mean is conditioned on the earlier channels' component means (the mixture's
     coefficients applied to them); a logistic of scale s has variance s^2 pi^2 / 3; clamping to [-1, 1] is ignored."""
     logits, means, log_scales, coeffs = _unpack(params.float(), num_mixtures, channels)
-    weights = torch.softmax(logits, dim=-1)[..., None, :]                       # (N, H, W, 1, M)
-    component_means = _means_given_means(means, coeffs)                         # (N, H, W, C, M)
-    second = torch.exp(2 * log_scales) * (math.pi ** 2 / 3) + component_means ** 2
+    weights = torch.softmax(logits, dim=-1)[..., None, :]  # (N, H, W, 1, M)
+    component_means = _means_given_means(means, coeffs)  # (N, H, W, C, M)
+    second = torch.exp(2 * log_scales) * (math.pi**2 / 3) + component_means**2
     mean = (weights * component_means).sum(-1)
-    return mean, ((weights * second).sum(-1) - mean ** 2).clamp_min(0.0)
+    return mean, ((weights * second).sum(-1) - mean**2).clamp_min(0.0)
 
 
 def _means_given_means(means: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
@@ -187,8 +212,12 @@ def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nll.sum(dim=(1, 2, 3)) / (target.shape[1] * target.shape[2] * target.shape[3])
 
 
-def bernoulli_sample(logits: torch.Tensor, generator: Optional[torch.Generator] = None, same_noise: bool = False,
-                     uniforms: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+def bernoulli_sample(
+    logits: torch.Tensor,
+    generator: torch.Generator | None = None,
+    same_noise: bool = False,
+    uniforms: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """uint8 (N, H, W, C) pixels of 0 or 255: 255 where a uniform (N, H, W, C) falls below sigmoid(logit)."""
     logits = logits.float()
     n = logits.shape[0]
@@ -198,7 +227,7 @@ def bernoulli_sample(logits: torch.Tensor, generator: Optional[torch.Generator] 
     return torch.where(u < torch.sigmoid(logits), 255, 0).to(torch.uint8)
 
 
-def bernoulli_mean_var(logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def bernoulli_mean_var(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance of each sub-pixel in the target's units: values -1 or 1, P(1) = sigmoid(logit)."""
     p = torch.sigmoid(logits.float())
     return 2 * p - 1, 4 * p * (1 - p)
@@ -228,8 +257,9 @@ def _log_bin_probs(value: torch.Tensor, mean: torch.Tensor, log_scale: torch.Ten
     return edges.clamp(min=-700.0)
 
 
-def dmol_level_probs(params: torch.Tensor, num_mixtures: int, channel: int,
-                     earlier: Optional[torch.Tensor] = None, channels: int = 3) -> torch.Tensor:
+def dmol_level_probs(
+    params: torch.Tensor, num_mixtures: int, channel: int, earlier: torch.Tensor | None = None, channels: int = 3
+) -> torch.Tensor:
     """P(x_c = level k | z, the earlier channels) for the 256 levels of channel `channel` (for RGB 0 R, 1 G, 2 B),
     float64 (N, H, W, 256): the same mixture as `dmol_nll`, each level a bin of half-width 1/255 around
     k / 127.5 - 1, the two end bins open. `earlier`: the values in [-1, 1] of the channels before it, (N, H, W, c).
@@ -242,17 +272,17 @@ def dmol_level_probs(params: torch.Tensor, num_mixtures: int, channel: int,
     def channel_mean(c: int) -> torch.Tensor:
         mean = means[..., c, :]
         for j in range(c):
-            mean = mean + coeffs[..., coefficient_index(c, j), :] * earlier[..., j:j + 1]
+            mean = mean + coeffs[..., coefficient_index(c, j), :] * earlier[..., j : j + 1]
         return mean
 
-    log_weights = torch.log_softmax(logits, dim=-1)                                   # (N, H, W, M)
+    log_weights = torch.log_softmax(logits, dim=-1)  # (N, H, W, M)
     for c in range(channel):  # the components that explained the earlier channels weigh more
-        log_weights = log_weights + _log_bin_probs(earlier[..., c:c + 1], channel_mean(c), log_scales[..., c, :])
-    weights = torch.softmax(log_weights, dim=-1)[..., None, :]                          # (N, H, W, 1, M)
+        log_weights = log_weights + _log_bin_probs(earlier[..., c : c + 1], channel_mean(c), log_scales[..., c, :])
+    weights = torch.softmax(log_weights, dim=-1)[..., None, :]  # (N, H, W, 1, M)
     mean = channel_mean(channel)
-    inv_scale = torch.exp(-log_scales[..., channel, :])                              # (N, H, W, M)
+    inv_scale = torch.exp(-log_scales[..., channel, :])  # (N, H, W, M)
     upper = torch.arange(255, dtype=torch.float64, device=params.device) / 127.5 - 1.0 + 1.0 / 255.0
     cdf = torch.sigmoid(inv_scale[..., None, :] * (upper[:, None] - mean[..., None, :]))  # (N, H, W, 255, M)
     zeros, ones = torch.zeros_like(cdf[..., :1, :]), torch.ones_like(cdf[..., :1, :])
-    bins = torch.diff(torch.cat([zeros, cdf, ones], dim=-2), dim=-2)                 # (N, H, W, 256, M)
+    bins = torch.diff(torch.cat([zeros, cdf, ones], dim=-2), dim=-2)  # (N, H, W, 256, M)
     return (bins * weights).sum(-1)

@@ -9,20 +9,20 @@ time, batching.py), so that the math does not depend on the scheduler.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
 __all__ = ["standard_normal", "uniform"]
 
 
-def standard_normal(like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+def standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normals shaped like `like`, always made in contiguous NCHW whatever the memory format of
     `like`: the same generator state then gives the same numbers at the same positions as the original."""
     return torch.empty(like.shape, dtype=like.dtype, device=like.device).normal_(generator=generator)
 
 
-def uniform(shape: Sequence[int], device, generator: Optional[torch.Generator]) -> torch.Tensor:
+def uniform(shape: Sequence[int], device, generator: torch.Generator | None) -> torch.Tensor:
     """Uniforms in [1e-5, 1 - 1e-5], float32. `uniform_` on a float32 tensor: the same floats as the original
     (rand * a + b is not)."""
     return torch.empty(tuple(shape), dtype=torch.float32, device=device).uniform_(1e-5, 1.0 - 1e-5, generator=generator)

@@ -4,13 +4,23 @@ sub-pixel). The model, the coder and restoration call this one object; dmol.py h
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
 from ..config import VDVAEConfig
-from .dmol import (bernoulli_level_probs, bernoulli_mean_var, bernoulli_nll, bernoulli_sample, dmol_level_probs,
-                   dmol_mean_var, dmol_nll, dmol_sample, mixture_channels, pixel_uniform_shapes)
+from .dmol import (
+    bernoulli_level_probs,
+    bernoulli_mean_var,
+    bernoulli_nll,
+    bernoulli_sample,
+    dmol_level_probs,
+    dmol_mean_var,
+    dmol_nll,
+    dmol_sample,
+    mixture_channels,
+    pixel_uniform_shapes,
+)
 
 __all__ = ["OutputHead", "output_channels"]
 
@@ -40,23 +50,30 @@ class OutputHead:
             return bernoulli_nll(params, target)
         return dmol_nll(params, target, self.config.num_mixtures, self.config.low_bit)
 
-    def mean_var(self, params: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def mean_var(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of each sub-pixel, in pixel units / 255 ([0, 1]), float32 (N, H, W, C) each
         (restoration's x-step uses them as a Gaussian decoder)."""
         c = self.config
-        mean, var = bernoulli_mean_var(params) if self.bernoulli else \
-            dmol_mean_var(params, c.num_mixtures, c.image_channels)
+        mean, var = (
+            bernoulli_mean_var(params) if self.bernoulli else dmol_mean_var(params, c.num_mixtures, c.image_channels)
+        )
         return (mean + 1) / 2, var / 4
 
-    def sample(self, params: torch.Tensor, generator: Optional[torch.Generator] = None, same_noise: bool = False,
-               uniforms: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+    def sample(
+        self,
+        params: torch.Tensor,
+        generator: torch.Generator | None = None,
+        same_noise: bool = False,
+        uniforms: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """uint8 (N, H, W, C) pixels drawn from the distribution (its uniforms: `uniform_shapes`)."""
         if self.bernoulli:
             return bernoulli_sample(params, generator, same_noise, uniforms)
-        return dmol_sample(params, self.config.num_mixtures, generator, same_noise, uniforms,
-                           channels=self.config.image_channels)
+        return dmol_sample(
+            params, self.config.num_mixtures, generator, same_noise, uniforms, channels=self.config.image_channels
+        )
 
-    def uniform_shapes(self, n: int) -> List[Tuple[int, ...]]:
+    def uniform_shapes(self, n: int) -> list[tuple[int, ...]]:
         """The shapes of the uniforms `sample` draws for n images, in the order it draws them."""
         c = self.config
         return pixel_uniform_shapes(n, c.image_size, c.image_size, c.num_mixtures, c.image_channels, c.output)

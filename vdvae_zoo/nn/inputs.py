@@ -4,15 +4,26 @@ uint8 NHWC images, temperatures, latents, layer counts."""
 from __future__ import annotations
 
 import math
-from typing import List, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Union
 
 import numpy as np
 import torch
 
 from ..config import VDVAEConfig
 
-__all__ = ["ImageBatch", "Temperature", "preprocess", "figure4_keeps", "check_images", "check_image_pair", "check_count", "check_keep", "check_latents",
-           "layer_temperatures"]
+__all__ = [
+    "ImageBatch",
+    "Temperature",
+    "preprocess",
+    "figure4_keeps",
+    "check_images",
+    "check_image_pair",
+    "check_count",
+    "check_keep",
+    "check_latents",
+    "layer_temperatures",
+]
 
 ImageBatch = Union[torch.Tensor, np.ndarray]
 Temperature = Union[float, Sequence[float], Mapping[int, float]]
@@ -22,12 +33,15 @@ def check_images(images: ImageBatch, config: VDVAEConfig, name: str = "images") 
     """uint8 (N, S, S, 3) pixels for a model of image size S, as a CPU tensor (numpy arrays are wrapped)."""
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
-            raise ValueError(f"{name} must be uint8 pixels (0..255), got numpy dtype {images.dtype}; "
-                             "convert with .astype(np.uint8) if the values are already in 0..255")
+            raise ValueError(
+                f"{name} must be uint8 pixels (0..255), got numpy dtype {images.dtype}; "
+                "convert with .astype(np.uint8) if the values are already in 0..255"
+            )
         images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
-        raise ValueError(f"{name} must be a uint8 tensor or numpy array of shape (N, H, W, 3), "
-                         f"got {type(images).__name__}")
+        raise ValueError(
+            f"{name} must be a uint8 tensor or numpy array of shape (N, H, W, 3), got {type(images).__name__}"
+        )
     if images.dtype != torch.uint8:
         raise ValueError(f"{name} must be uint8 pixels (0..255), got {images.dtype}")
     s, c = config.image_size, config.image_channels
@@ -36,8 +50,10 @@ def check_images(images: ImageBatch, config: VDVAEConfig, name: str = "images") 
     if images.shape[3] != c:
         raise ValueError(f"{name} must have {c} channels in the last axis (NHWC), got shape {tuple(images.shape)}")
     if images.shape[1] != s or images.shape[2] != s:
-        raise ValueError(f"{name} must be {s}x{s} for this model, got {images.shape[1]}x{images.shape[2]} "
-                         f"(shape {tuple(images.shape)})")
+        raise ValueError(
+            f"{name} must be {s}x{s} for this model, got {images.shape[1]}x{images.shape[2]} "
+            f"(shape {tuple(images.shape)})"
+        )
     if images.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch")
     return images
@@ -61,13 +77,13 @@ def check_count(value: int, name: str, minimum: int = 1, what: str = "") -> int:
     return value
 
 
-def figure4_keeps(num_layers: int) -> List[int]:
+def figure4_keeps(num_layers: int) -> list[int]:
     """The paper's Figure 4 columns that fit a model of `num_layers` layers: 1, 4 and 16 layers kept where fewer
     than all, then all of them (no column twice)."""
     return [k for k in (1, 4, 16) if k < num_layers] + [num_layers]
 
 
-def check_keep(keep: Optional[int], num_layers: int) -> int:
+def check_keep(keep: int | None, num_layers: int) -> int:
     """A number of decoder layers to keep, 0..L; None means all."""
     keep = num_layers if keep is None else keep
     if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= num_layers:
@@ -75,8 +91,11 @@ def check_keep(keep: Optional[int], num_layers: int) -> int:
     return keep
 
 
-def check_latents(latents: Sequence[Optional[torch.Tensor]], n: Optional[int], config: VDVAEConfig,
-                  ) -> tuple[List[Optional[torch.Tensor]], int]:
+def check_latents(
+    latents: Sequence[torch.Tensor | None],
+    n: int | None,
+    config: VDVAEConfig,
+) -> tuple[list[torch.Tensor | None], int]:
     """Latents for the first layers (None: sampled), each (N, zdim, r, r); returns them and the batch size N."""
     latents = list(latents)
     resolutions = [b.resolution for b in config.decoder_blocks]
@@ -95,7 +114,7 @@ def check_latents(latents: Sequence[Optional[torch.Tensor]], n: Optional[int], c
     return latents, n
 
 
-def layer_temperatures(temperature: Temperature, layer_resolutions: Sequence[int]) -> List[float]:
+def layer_temperatures(temperature: Temperature, layer_resolutions: Sequence[int]) -> list[float]:
     """Expand a temperature to one float per decoder layer.
 
     `temperature` is a number (every layer), a sequence of L numbers (one per layer, top to bottom), or a
@@ -120,20 +139,28 @@ def layer_temperatures(temperature: Temperature, layer_resolutions: Sequence[int
         try:
             values = [float(t) for t in temperature]
         except (TypeError, ValueError):
-            raise ValueError(f"temperature must be a number, a list of {L} numbers (one per decoder layer) "
-                             f"or a mapping {{resolution: number}}, got {temperature!r}") from None
+            raise ValueError(
+                f"temperature must be a number, a list of {L} numbers (one per decoder layer) "
+                f"or a mapping {{resolution: number}}, got {temperature!r}"
+            ) from None
         if len(values) != L:
-            raise ValueError(f"temperature list has {len(values)} values; this model has {L} decoder layers, "
-                             "so give exactly that many (or one number)")
+            raise ValueError(
+                f"temperature list has {len(values)} values; this model has {L} decoder layers, "
+                "so give exactly that many (or one number)"
+            )
     for i, t in enumerate(values):
         if not math.isfinite(t) or t < 0:
             raise ValueError(f"temperature must be finite and >= 0 (0 = prior mean), got {t} for layer {i}")
     return values
 
 
-def preprocess(images: torch.Tensor, config: VDVAEConfig, device: torch.device,
-               memory_format: torch.memory_format = torch.contiguous_format,
-               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def preprocess(
+    images: torch.Tensor,
+    config: VDVAEConfig,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 NHWC pixels -> (encoder input: (x * pixel_scale + shift) * scale, float NCHW in `dtype`;
     likelihood target: (x' * pixel_scale + shift_loss) * scale_loss, float32 NHWC in [-1, 1], with x' the pixels
     reduced to 5 bits (floor(x / 8) * 8) when `config.low_bit`). See VDVAEConfig."""

@@ -11,28 +11,44 @@ KL in nats. The public model around it (sampling, likelihood, ...) is model.py.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .draws import standard_normal
 from ..blocks import kernel_size
 from ..config import VDVAEConfig
+from .draws import standard_normal
 from .head import output_channels
 from .runtime import conv_dtype
 
-__all__ = ["Block", "Encoder", "DecoderLayer", "Decoder", "LayerOutput", "gaussian_kl",
-           "ENCODER_PREFIX", "DECODER_PREFIX", "ENCODER_BLOCKS", "DECODER_LAYERS", "BIAS_XS", "GAIN", "OUT_CONV",
-           "state_signature", "config_signature"]
+__all__ = [
+    "Block",
+    "Encoder",
+    "DecoderLayer",
+    "Decoder",
+    "LayerOutput",
+    "gaussian_kl",
+    "ENCODER_PREFIX",
+    "DECODER_PREFIX",
+    "ENCODER_BLOCKS",
+    "DECODER_LAYERS",
+    "BIAS_XS",
+    "GAIN",
+    "OUT_CONV",
+    "state_signature",
+    "config_signature",
+]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, zero_weights: bool = False) -> nn.Conv2d:
     """A conv with zero bias (as all of VDVAE's), and optionally zero weights."""
@@ -48,8 +64,17 @@ class Block(nn.Module):
     """Bottleneck block: four convs (1x1, k x k, k x k, 1x1; k = `kernel_size(resolution)`), each
     preceded by an exact GELU. Optionally residual, optionally average-pooled by `down_rate` at its end."""
 
-    def __init__(self, in_width: int, middle_width: int, out_width: int, *, kernel: int,
-                 residual: bool, down_rate: Optional[int] = None, zero_last: bool = False):
+    def __init__(
+        self,
+        in_width: int,
+        middle_width: int,
+        out_width: int,
+        *,
+        kernel: int,
+        residual: bool,
+        down_rate: int | None = None,
+        zero_last: bool = False,
+    ):
         super().__init__()
         self.c1 = _conv(in_width, middle_width, 1)
         self.c2 = _conv(middle_width, middle_width, kernel)
@@ -91,6 +116,7 @@ def gaussian_kl(q_mean, q_logstd, p_mean, p_logstd) -> torch.Tensor:
 # Encoder (bottom-up)
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _checkpointing(module: nn.Module) -> bool:
     """Gradient checkpointing is on for `module` (`VDVAE.set_grad_checkpointing`) and autograd is recording."""
     return module.grad_checkpoint and torch.is_grad_enabled()
@@ -109,14 +135,22 @@ class Encoder(nn.Module):
         blocks = []
         for spec in specs:
             w = config.width_at(spec.resolution)
-            blocks.append(Block(w, int(w * config.bottleneck_multiple), w, kernel=kernel_size(spec.resolution),
-                                residual=True, down_rate=spec.down_rate))
+            blocks.append(
+                Block(
+                    w,
+                    int(w * config.bottleneck_multiple),
+                    w,
+                    kernel=kernel_size(spec.resolution),
+                    residual=True,
+                    down_rate=spec.down_rate,
+                )
+            )
         with torch.no_grad():
             for block in blocks:  # residual scaling: the sum of N branches keeps its variance
                 block.c4.weight.mul_(math.sqrt(1.0 / len(specs)))
         self.enc_blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """x: preprocessed float NCHW image. Returns {resolution: last activation at that resolution}."""
         x = self.in_conv(x)
         if torch.is_autocast_enabled(x.device.type):
@@ -140,6 +174,7 @@ class Encoder(nn.Module):
 # Decoder (top-down): one stochastic layer per block
 # ----------------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class LayerOutput:
     """What one decoder layer computed: its latent and, with an image, the posterior and the KL (nats)."""
@@ -147,9 +182,9 @@ class LayerOutput:
     z: torch.Tensor
     p_mean: torch.Tensor
     p_logstd: torch.Tensor
-    q_mean: Optional[torch.Tensor] = None
-    q_logstd: Optional[torch.Tensor] = None
-    kl: Optional[torch.Tensor] = None
+    q_mean: torch.Tensor | None = None
+    q_logstd: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
 
 
 class DecoderLayer(nn.Module):
@@ -163,7 +198,7 @@ class DecoderLayer(nn.Module):
     resnet: residual block on the state
     """
 
-    def __init__(self, config: VDVAEConfig, resolution: int, mixin: Optional[int], num_layers: int):
+    def __init__(self, config: VDVAEConfig, resolution: int, mixin: int | None, num_layers: int):
         super().__init__()
         self.resolution, self.mixin, self.zdim = resolution, mixin, config.zdim
         self.width = w = config.width_at(resolution)
@@ -185,9 +220,15 @@ class DecoderLayer(nn.Module):
     def prior_net(self) -> Block:
         return self.prior
 
-    def forward(self, x: torch.Tensor, activation: Optional[torch.Tensor] = None, temperature: float = 1.0,
-                latent: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-                noise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> tuple[torch.Tensor, LayerOutput]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        activation: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        latent: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, LayerOutput]:
         """x: the state at this resolution (mixin already added). With `activation` (the encoder's at this
         resolution) z comes from the posterior and the KL is computed; without, z comes from the prior at
         `temperature`. A given `latent` replaces the draw (no random numbers are drawn then); a callable `latent`
@@ -202,11 +243,13 @@ class DecoderLayer(nn.Module):
             q_mean, q_logstd = self.enc(posterior_input).float().chunk(2, dim=1)
         features = self.prior(x)
         # Copies, not views: a view would keep the whole (2 zdim + W)-channel tensor alive in LayerOutput.
-        p_mean = features[:, :self.zdim].to(torch.float32, copy=True)
-        p_logstd = features[:, self.zdim:2 * self.zdim].to(torch.float32, copy=True)
-        x = x + features[:, 2 * self.zdim:]  # a new tensor: from here on this layer may update x in place
+        p_mean = features[:, : self.zdim].to(torch.float32, copy=True)
+        p_logstd = features[:, self.zdim : 2 * self.zdim].to(torch.float32, copy=True)
+        x = x + features[:, 2 * self.zdim :]  # a new tensor: from here on this layer may update x in place
         if callable(latent):  # the caller picks z after seeing the distributions (bits-back coding does)
-            latent = latent(LayerOutput(None, p_mean, p_logstd, *((q_mean, q_logstd) if activation is not None else ())))
+            latent = latent(
+                LayerOutput(None, p_mean, p_logstd, *((q_mean, q_logstd) if activation is not None else ()))
+            )
 
         if activation is not None:
             if latent is not None:
@@ -258,7 +301,8 @@ class Decoder(nn.Module):
         self.dec_blocks = nn.ModuleList(DecoderLayer(config, s.resolution, s.mixin, len(specs)) for s in specs)
         self.bias_resolutions = config.bias_resolutions
         self.bias_xs = nn.ParameterList(
-            nn.Parameter(torch.zeros(1, config.width_at(r), r, r)) for r in self.bias_resolutions)
+            nn.Parameter(torch.zeros(1, config.width_at(r), r, r)) for r in self.bias_resolutions
+        )
         self.out_net = OutputHead(config)
         self.gain = nn.Parameter(torch.ones(1, config.width, 1, 1))
         self.bias = nn.Parameter(torch.zeros(1, config.width, 1, 1))
@@ -268,11 +312,18 @@ class Decoder(nn.Module):
         """The stochastic layers (the checkpoints call them `dec_blocks`)."""
         return self.dec_blocks
 
-    def forward(self, n: int, activations: Optional[Dict[int, torch.Tensor]] = None,
-                temperatures: Optional[Sequence[float]] = None, latents: Sequence[Optional[torch.Tensor]] = (),
-                generator: Optional[torch.Generator] = None, noise: Optional[Callable] = None,
-                summarize: Optional[Callable[[LayerOutput], Any]] = None, keep: Optional[int] = None,
-                memory_format: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, List[Any]]:
+    def forward(
+        self,
+        n: int,
+        activations: dict[int, torch.Tensor] | None = None,
+        temperatures: Sequence[float] | None = None,
+        latents: Sequence[torch.Tensor | None] = (),
+        generator: torch.Generator | None = None,
+        noise: Callable | None = None,
+        summarize: Callable[[LayerOutput], Any] | None = None,
+        keep: int | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> tuple[torch.Tensor, list[Any]]:
         """Run the layers top to bottom for a batch of `n`. Returns the output-distribution parameters
         (N, H, W, 10M) and each layer's LayerOutput, or `summarize(output)` of it: keeping only what the caller
         needs frees the layer's latent tensors at once. `latents[i]`, when given and not None, fixes layer i.
@@ -280,19 +331,22 @@ class Decoder(nn.Module):
         With `activations` (the encoder's), layers 0..keep-1 (all when `keep` is None) take z from the posterior
         and the others from their conditional prior at `temperatures[i]`. `memory_format`: of the states."""
         ref = self.gain
-        states: Dict[int, torch.Tensor] = {r: b.contiguous(memory_format=memory_format)
-                                           for r, b in zip(self.bias_resolutions, self.bias_xs)}
-        outputs: List[LayerOutput] = []
+        states: dict[int, torch.Tensor] = {
+            r: b.contiguous(memory_format=memory_format)
+            for r, b in zip(self.bias_resolutions, self.bias_xs, strict=False)
+        }
+        outputs: list[LayerOutput] = []
         for i, layer in enumerate(self.dec_blocks):
             r = layer.resolution
             x = states.get(r)
             if x is None:
-                x = torch.zeros(n, layer.width, r, r, dtype=ref.dtype, device=ref.device
-                                ).contiguous(memory_format=memory_format)
+                x = torch.zeros(n, layer.width, r, r, dtype=ref.dtype, device=ref.device).contiguous(
+                    memory_format=memory_format
+                )
             elif x.shape[0] != n:
                 x = x.expand(n, -1, -1, -1)
             if layer.mixin is not None:
-                up = states[layer.mixin][:, :layer.width]
+                up = states[layer.mixin][:, : layer.width]
                 x = x + F.interpolate(up, scale_factor=r // layer.mixin, mode="nearest")
             latent = latents[i] if i < len(latents) else None
             posterior = activations is not None and (keep is None or i < keep)
@@ -320,14 +374,20 @@ class Decoder(nn.Module):
 ENCODER_PREFIX, DECODER_PREFIX = "encoder.", "decoder."
 #: Where the blocks' tensors are: ENCODER_BLOCKS + "{i}.c1.weight", DECODER_LAYERS + "{i}.resnet.c1.weight", ...
 ENCODER_BLOCKS, DECODER_LAYERS = ENCODER_PREFIX + "enc_blocks.", DECODER_PREFIX + "dec_blocks."
-BIAS_XS, GAIN, OUT_CONV = DECODER_PREFIX + "bias_xs.", DECODER_PREFIX + "gain", DECODER_PREFIX + "out_net.out_conv.weight"
+BIAS_XS, GAIN, OUT_CONV = (
+    DECODER_PREFIX + "bias_xs.",
+    DECODER_PREFIX + "gain",
+    DECODER_PREFIX + "out_net.out_conv.weight",
+)
 
 
-def state_signature(shapes: Dict[str, tuple]) -> Optional[tuple]:
+def state_signature(shapes: dict[str, tuple]) -> tuple | None:
     """(encoder blocks, decoder layers, width) as a checkpoint's names and shapes give them; None when it holds no
     encoder blocks (then nothing can be ruled out cheaply)."""
+
     def count(prefix: str, suffix: str) -> int:
-        return len({k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix) and k.endswith(suffix)})
+        return len({k[len(prefix) :].split(".")[0] for k in shapes if k.startswith(prefix) and k.endswith(suffix)})
+
     encoder = count(ENCODER_BLOCKS, ".c1.weight")
     gain = shapes.get(GAIN)
     width = int(gain[1]) if gain is not None and len(gain) == 4 else None

@@ -11,7 +11,8 @@ import ctypes
 import ctypes.util
 import sys
 import warnings
-from typing import Callable, Iterable, Optional, Union
+from collections.abc import Callable, Iterable
+from typing import Union
 
 import torch
 from torch import nn
@@ -19,11 +20,17 @@ from torch import nn
 __all__ = ["compute_dtype", "conv_dtype", "Runtime", "keep_freed_memory", "DTypeLike"]
 
 DTypeLike = Union[None, str, torch.dtype]
-_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                "float16": torch.float16, "fp16": torch.float16}
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
-def compute_dtype(value: DTypeLike, name: str = "dtype") -> Optional[torch.dtype]:
+def compute_dtype(value: DTypeLike, name: str = "dtype") -> torch.dtype | None:
     """Read a compute precision: None, a torch dtype, or one of 'float32', 'bfloat16', 'float16' (or fp32/bf16/fp16)."""
     if value is None or isinstance(value, torch.dtype) and value in _DTYPE_NAMES.values():
         return value
@@ -51,8 +58,12 @@ class _CompiledForward:
                 return self.compiled(x, inplace)
             except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
                 self.state["failed"] = True
-                warnings.warn(f"torch.compile failed, running eagerly instead ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"torch.compile failed, running eagerly instead ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''})",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         return self.eager(x, inplace)
 
 
@@ -64,10 +75,10 @@ class Runtime:
     def __init__(self) -> None:
         self.dtype: torch.dtype = torch.float32
         self.memory_format: torch.memory_format = torch.contiguous_format
-        self._compile_state: Optional[dict] = None
+        self._compile_state: dict | None = None
         #: Images per pass that a pass was split down to after running out of memory (None: never): later calls
         #: start there instead of running out again (batching.in_batches).
-        self.pass_limit: Optional[int] = None
+        self.pass_limit: int | None = None
 
     @property
     def compiled(self) -> bool:
@@ -78,6 +89,7 @@ class Runtime:
         blocks = list(blocks)
         if enabled and self._compile_state is None:
             import torch._dynamo as dynamo
+
             limit = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") else "cache_size_limit"
             setattr(dynamo.config, limit, max(getattr(dynamo.config, limit), 128))
             self._compile_state = {"failed": False}
@@ -99,7 +111,7 @@ class Runtime:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
-def keep_freed_memory(limit_bytes: int = 2 ** 31) -> bool:
+def keep_freed_memory(limit_bytes: int = 2**31) -> bool:
     """Ask glibc's malloc to keep freed blocks of up to `limit_bytes` for reuse instead of returning them to
     the operating system (PyTorch on the CPU allocates and frees megabytes of activations at every layer; by
     default each is a fresh mmap whose pages fault in again). 15-25% faster CPU inference (benchmarks/README.md);
@@ -113,7 +125,7 @@ def keep_freed_memory(limit_bytes: int = 2 ** 31) -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    limit = int(min(limit_bytes, 2 ** 31 - 1))  # mallopt takes a C int; glibc caps the mmap threshold at 32 MiB
+    limit = int(min(limit_bytes, 2**31 - 1))  # mallopt takes a C int; glibc caps the mmap threshold at 32 MiB
     ok_trim = mallopt(_M_TRIM_THRESHOLD, limit) == 1
-    ok_mmap = mallopt(_M_MMAP_THRESHOLD, min(limit, 32 * 2 ** 20)) == 1
+    ok_mmap = mallopt(_M_MMAP_THRESHOLD, min(limit, 32 * 2**20)) == 1
     return ok_trim and ok_mmap

@@ -6,8 +6,8 @@ network; this module turns its per-layer outputs into these. Units: nats per dim
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -26,12 +26,12 @@ class LikelihoodResult:
     highest resolutions) came from their conditional prior instead of the posterior, so that their KL is 0 here
     (Havtorn et al.'s L^{>k} with k = L - n; see `VDVAE.likelihood`)."""
 
-    neg_elbo: torch.Tensor     # (N,) negative ELBO = distortion + rate, nats per dim (the paper's reported number)
-    distortion: torch.Tensor   # (N,) -log p(x | z), nats per dim
-    rate: torch.Tensor         # (N,) sum of the layers' KL, nats per dim
-    kl: torch.Tensor           # (N, L) KL of each decoder layer, nats
-    bpd_iw: Optional[torch.Tensor] = None  # (N,) importance-weighted bound, bits per dim (n_samples > 1)
-    keep: Optional[int] = None
+    neg_elbo: torch.Tensor  # (N,) negative ELBO = distortion + rate, nats per dim (the paper's reported number)
+    distortion: torch.Tensor  # (N,) -log p(x | z), nats per dim
+    rate: torch.Tensor  # (N,) sum of the layers' KL, nats per dim
+    kl: torch.Tensor  # (N, L) KL of each decoder layer, nats
+    bpd_iw: torch.Tensor | None = None  # (N,) importance-weighted bound, bits per dim (n_samples > 1)
+    keep: int | None = None
 
     @property
     def bpd(self) -> torch.Tensor:
@@ -65,23 +65,40 @@ def log_prior_over_posterior(out: LayerOutput) -> torch.Tensor:
     return (log_p - log_q).double().sum(dim=(1, 2, 3))
 
 
-def importance_weighted(model, activations: Dict[int, torch.Tensor], target: torch.Tensor, k_total: int,
-                         draws_per_pass: int, generator: Optional[torch.Generator],
-                         seeds: Optional[Sequence[int]] = None) -> Dict[str, torch.Tensor]:
+def importance_weighted(
+    model,
+    activations: dict[int, torch.Tensor],
+    target: torch.Tensor,
+    k_total: int,
+    draws_per_pass: int,
+    generator: torch.Generator | None,
+    seeds: Sequence[int] | None = None,
+) -> dict[str, torch.Tensor]:
     """The terms averaged over `k_total` posterior draws, plus `bpd_iw` = -log (1/K) sum_k p(x, z_k)/q(z_k|x)
     in bits per dim, accumulated as a float64 log-sum-exp over passes of `draws_per_pass` draws."""
     b = target.shape[0]
-    total: Dict[str, torch.Tensor] = {}
+    total: dict[str, torch.Tensor] = {}
     log_sum = None
     for k0 in range(0, k_total, draws_per_pass):
         k = min(draws_per_pass, k_total - k0)
         noise = None
         if seeds is not None:  # draw t of image j: its own generator
-            normals = seeded_draws([image_seed(seed, t) for t in range(k0, k0 + k) for seed in seeds], model.config,
-                                   model.device, [True] * model.num_layers, pixels=False)[0]
+            normals = seeded_draws(
+                [image_seed(seed, t) for t in range(k0, k0 + k) for seed in seeds],
+                model.config,
+                model.device,
+                [True] * model.num_layers,
+                pixels=False,
+            )[0]
             noise = MicroBatch(slice(0, b * k), normals=normals).noise()
-        terms = model._terms({r: a.repeat(k, 1, 1, 1) for r, a in activations.items()},
-                             target.repeat(k, 1, 1, 1), b * k, generator, noise, log_weight=True)
+        terms = model._terms(
+            {r: a.repeat(k, 1, 1, 1) for r, a in activations.items()},
+            target.repeat(k, 1, 1, 1),
+            b * k,
+            generator,
+            noise,
+            log_weight=True,
+        )
         lse = torch.logsumexp(terms.pop("log_weight").view(k, b), dim=0)
         log_sum = lse if log_sum is None else torch.logaddexp(log_sum, lse)
         for name, value in terms.items():
@@ -93,9 +110,17 @@ def importance_weighted(model, activations: Dict[int, torch.Tensor], target: tor
     return out
 
 
-def joined_result(parts: List[Dict[str, torch.Tensor]], keep: Optional[int]) -> LikelihoodResult:
+def joined_result(parts: list[dict[str, torch.Tensor]], keep: int | None) -> LikelihoodResult:
     """One LikelihoodResult from the terms of each micro-batch (as `VDVAE._terms` names them)."""
-    def joined(name: str) -> Optional[torch.Tensor]:
+
+    def joined(name: str) -> torch.Tensor | None:
         return torch.cat([p[name] for p in parts]).float().cpu() if name in parts[0] else None
-    return LikelihoodResult(neg_elbo=joined("neg_elbo"), distortion=joined("distortion"), rate=joined("rate"),
-                            kl=joined("kl"), bpd_iw=joined("bpd_iw"), keep=keep)
+
+    return LikelihoodResult(
+        neg_elbo=joined("neg_elbo"),
+        distortion=joined("distortion"),
+        rate=joined("rate"),
+        kl=joined("kl"),
+        bpd_iw=joined("bpd_iw"),
+        keep=keep,
+    )

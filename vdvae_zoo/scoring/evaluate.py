@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -36,30 +36,31 @@ class EvalReport:
     rule: str
     images: int
     mean_bpd: float
-    stderr_bpd: Optional[float]
-    ci95_bpd: Optional[List[float]]
+    stderr_bpd: float | None
+    ci95_bpd: list[float] | None
     mean_distortion_bpd: float
     mean_rate_bpd: float
-    bits_per_resolution: Dict[str, float]   # mean bits per image held by the layers at each resolution
-    limit: Optional[int] = None
+    bits_per_resolution: dict[str, float]  # mean bits per image held by the layers at each resolution
+    limit: int | None = None
     seed: int = 0
     samples: int = 1
-    mean_bpd_iw: Optional[float] = None
-    stderr_bpd_iw: Optional[float] = None
-    paper_bpd: Optional[float] = None
-    paper_difference_in_stderr: Optional[float] = None
-    model: Dict[str, Any] = field(default_factory=dict)
+    mean_bpd_iw: float | None = None
+    stderr_bpd_iw: float | None = None
+    paper_bpd: float | None = None
+    paper_difference_in_stderr: float | None = None
+    model: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float32"
     device: str = "cpu"
     elapsed_s: float = 0.0
     images_per_s: float = 0.0
-    skipped: List[List[Any]] = field(default_factory=list)   # [index, reason] of images that could not be read
-    per_image: Dict[str, List[float]] = field(default_factory=dict, repr=False)  # index, bpd, ...
+    skipped: list[list[Any]] = field(default_factory=list)  # [index, reason] of images that could not be read
+    per_image: dict[str, list[float]] = field(default_factory=dict, repr=False)  # index, bpd, ...
 
-    def card_result(self, command: str = "") -> Dict[str, Any]:
+    def card_result(self, command: str = "") -> dict[str, Any]:
         """This result as a model card's model-index entry (cards.measured_result): the data, split, mean
         bits per dim, and the options it depends on."""
         from ..weights.cards import measured_result
+
         args = {"seed": self.seed, "samples": self.samples, "images": self.images}
         if self.limit is not None:
             args["limit"] = self.limit
@@ -68,43 +69,70 @@ class EvalReport:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 
-    def lines(self) -> List[str]:
+    def lines(self) -> list[str]:
         """A terminal table."""
-        se = f" ± {self.stderr_bpd:.4f} (standard error; 95% interval {self.ci95_bpd[0]:.4f} to " \
-             f"{self.ci95_bpd[1]:.4f})" if self.stderr_bpd is not None else " (one image: no standard error)"
-        out = [f"data: {self.data}, split {self.split}: {self.rule}",
-               f"images: {self.images}" + (f" (a random subset of {self.limit}, seed {self.seed})" if self.limit else "")
-               + (f", {len(self.skipped)} skipped (unreadable)" if self.skipped else ""),
-               f"bpd: {self.mean_bpd:.4f}{se}",
-               f"  distortion {self.mean_distortion_bpd:.4f} + rate {self.mean_rate_bpd:.4f} bits per dim"]
+        se = (
+            f" ± {self.stderr_bpd:.4f} (standard error; 95% interval {self.ci95_bpd[0]:.4f} to {self.ci95_bpd[1]:.4f})"
+            if self.stderr_bpd is not None
+            else " (one image: no standard error)"
+        )
+        out = [
+            f"data: {self.data}, split {self.split}: {self.rule}",
+            f"images: {self.images}"
+            + (f" (a random subset of {self.limit}, seed {self.seed})" if self.limit else "")
+            + (f", {len(self.skipped)} skipped (unreadable)" if self.skipped else ""),
+            f"bpd: {self.mean_bpd:.4f}{se}",
+            f"  distortion {self.mean_distortion_bpd:.4f} + rate {self.mean_rate_bpd:.4f} bits per dim",
+        ]
         if self.mean_bpd_iw is not None:
-            out.append(f"bpd_iw ({self.samples} samples): {self.mean_bpd_iw:.4f}"
-                       + (f" ± {self.stderr_bpd_iw:.4f}" if self.stderr_bpd_iw is not None else ""))
+            out.append(
+                f"bpd_iw ({self.samples} samples): {self.mean_bpd_iw:.4f}"
+                + (f" ± {self.stderr_bpd_iw:.4f}" if self.stderr_bpd_iw is not None else "")
+            )
         if self.paper_bpd is not None:
-            diff = "" if self.paper_difference_in_stderr is None else \
-                f" (ours - paper = {self.paper_difference_in_stderr:+.1f} standard errors)"
+            diff = (
+                ""
+                if self.paper_difference_in_stderr is None
+                else f" (ours - paper = {self.paper_difference_in_stderr:+.1f} standard errors)"
+            )
             out.append(f"paper: {self.paper_bpd} bpd{diff}")
-        out.append("bits per image by resolution: " + ", ".join(f"{r}: {b:.1f}" for r, b in
-                                                                self.bits_per_resolution.items()))
+        out.append(
+            "bits per image by resolution: " + ", ".join(f"{r}: {b:.1f}" for r, b in self.bits_per_resolution.items())
+        )
         sha = self.model.get("sha256") or "?"
-        out.append(f"model: {self.model.get('name', '?')} sha256 {sha[:16]}..., "
-                   f"{self.dtype} on {self.device}; {self.elapsed_s:.1f} s, {self.images_per_s:.1f} images/s")
+        out.append(
+            f"model: {self.model.get('name', '?')} sha256 {sha[:16]}..., "
+            f"{self.dtype} on {self.device}; {self.elapsed_s:.1f} s, {self.images_per_s:.1f} images/s"
+        )
         return out
 
 
-def bits_by_resolution(kl_sum_nats: np.ndarray, images: int, layer_resolutions: List[int]) -> Dict[str, float]:
+def bits_by_resolution(kl_sum_nats: np.ndarray, images: int, layer_resolutions: list[int]) -> dict[str, float]:
     """Mean bits per image held by the layers at each resolution, from the layers' KL summed over `images`."""
-    out: Dict[str, float] = {}
-    for res, nats in zip(layer_resolutions, kl_sum_nats):
+    out: dict[str, float] = {}
+    for res, nats in zip(layer_resolutions, kl_sum_nats, strict=False):
         out[str(res)] = out.get(str(res), 0.0) + float(nats) / images / np.log(2)
     return out
 
 
-def evaluate(model, data: Union[str, os.PathLike, Dataset], *, split: str = "test", limit: Optional[int] = None,
-             samples: int = 1, seed: int = 0, batch_size: Optional[int] = None, dtype: Optional[str] = None,
-             chunk: int = 256, state: Union[None, str, os.PathLike] = None, resume: bool = False,
-             overwrite: bool = False, paper_bpd: Optional[float] = None, model_info: Optional[Dict[str, Any]] = None,
-             progress: bool = True) -> Optional[EvalReport]:
+def evaluate(
+    model,
+    data: str | os.PathLike | Dataset,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    samples: int = 1,
+    seed: int = 0,
+    batch_size: int | None = None,
+    dtype: str | None = None,
+    chunk: int = 256,
+    state: None | str | os.PathLike = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    paper_bpd: float | None = None,
+    model_info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> EvalReport | None:
     """Score every image of `split` of `data` (a path, see datasets.py, or a Dataset) with `model`.
 
     `limit`: a random subset of that many images (seeded by `seed`). `samples` K > 1 adds the importance-weighted
@@ -121,30 +149,61 @@ def evaluate(model, data: Union[str, os.PathLike, Dataset], *, split: str = "tes
     provenance = model.provenance
     info = {**provenance.to_dict(), **(model_info or {})}
     options = ScoreOptions(seed=seed, samples=samples, batch_size=batch_size, dtype=dtype)
-    table = score_dataset(model, dataset, options, positions=positions, chunk=chunk, state=state_path, resume=resume,
-                          overwrite=overwrite, model_id=info.get("sha256"), progress=progress, desc="evaluating")
+    table = score_dataset(
+        model,
+        dataset,
+        options,
+        positions=positions,
+        chunk=chunk,
+        state=state_path,
+        resume=resume,
+        overwrite=overwrite,
+        model_id=info.get("sha256"),
+        progress=progress,
+        desc="evaluating",
+    )
     if table is None:
         return None
-    return _report(model, dataset, table, info, limit if limit is not None and limit < len(dataset) else None,
-                   paper_bpd if paper_bpd is not None else provenance.paper_bpd)
+    return _report(
+        model,
+        dataset,
+        table,
+        info,
+        limit if limit is not None and limit < len(dataset) else None,
+        paper_bpd if paper_bpd is not None else provenance.paper_bpd,
+    )
 
 
-def _report(model, dataset: Dataset, table: ScoreTable, info: Dict[str, Any], limit: Optional[int],
-            paper_bpd: Optional[float]) -> EvalReport:
+def _report(
+    model, dataset: Dataset, table: ScoreTable, info: dict[str, Any], limit: int | None, paper_bpd: float | None
+) -> EvalReport:
     if len(table) == 0:
         raise ValueError(f"none of the {len(table.skipped)} images of {dataset.name} could be read")
     mean, se = table.mean("bpd")
     options = table.options
     report = EvalReport(
-        data=dataset.name, split=dataset.split, rule=dataset.rule, images=len(table), mean_bpd=mean, stderr_bpd=se,
+        data=dataset.name,
+        split=dataset.split,
+        rule=dataset.rule,
+        images=len(table),
+        mean_bpd=mean,
+        stderr_bpd=se,
         ci95_bpd=[mean - 1.96 * se, mean + 1.96 * se] if se is not None else None,
-        mean_distortion_bpd=table.mean("distortion_bpd")[0], mean_rate_bpd=table.mean("rate_bpd")[0],
+        mean_distortion_bpd=table.mean("distortion_bpd")[0],
+        mean_rate_bpd=table.mean("rate_bpd")[0],
         bits_per_resolution=bits_by_resolution(table.kl_sum_nats, len(table), model.layer_resolutions),
-        limit=limit, seed=options.seed, samples=options.samples, paper_bpd=paper_bpd, model=info,
-        dtype=str(options.dtype or model.compute_dtype).replace("torch.", ""), device=str(model.device),
-        elapsed_s=table.elapsed_s, images_per_s=table.scored_here / table.elapsed_s if table.elapsed_s > 0 else 0.0,
+        limit=limit,
+        seed=options.seed,
+        samples=options.samples,
+        paper_bpd=paper_bpd,
+        model=info,
+        dtype=str(options.dtype or model.compute_dtype).replace("torch.", ""),
+        device=str(model.device),
+        elapsed_s=table.elapsed_s,
+        images_per_s=table.scored_here / table.elapsed_s if table.elapsed_s > 0 else 0.0,
         skipped=[[i, why] for i, why in table.skipped],
-        per_image={name: values.tolist() for name, values in table.columns.items()})
+        per_image={name: values.tolist() for name, values in table.columns.items()},
+    )
     if options.samples > 1:
         report.mean_bpd_iw, report.stderr_bpd_iw = table.mean("bpd_iw")
     if paper_bpd is not None and se:

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 from .._version import __version__
 from ..compute.batching import check_batch_size, image_seed
@@ -40,8 +40,8 @@ class SampleSetReport:
     written: int
     kept: int
     pass_size: int
-    meta: Dict[str, Any] = field(default_factory=dict)
-    notes: List[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _file(outdir: Path, i: int) -> Path:
@@ -58,6 +58,7 @@ def _complete(path: Path, size: int) -> bool:
 
 def _decodes(path: Path) -> bool:
     from PIL import Image
+
     try:
         with Image.open(path) as img:
             img.load()
@@ -66,21 +67,34 @@ def _decodes(path: Path) -> bool:
         return False
 
 
-def _read_meta(path: Path) -> Dict[str, Any]:
+def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise SampleSetError(f"{path} cannot be read as a sample set's record ({type(e).__name__}); delete it to "
-                             "start a new set in that folder, or choose another --outdir") from None
+        raise SampleSetError(
+            f"{path} cannot be read as a sample set's record ({type(e).__name__}); delete it to "
+            "start a new set in that folder, or choose another --outdir"
+        ) from None
     if not isinstance(meta, dict):
-        raise SampleSetError(f"{path} is not a sample set's record (a JSON object); delete it or choose another "
-                             "--outdir")
+        raise SampleSetError(
+            f"{path} is not a sample set's record (a JSON object); delete it or choose another --outdir"
+        )
     return meta
 
 
-def write_sample_set(model, outdir: Union[str, os.PathLike], num: int, *, temperature: Any = 1.0, seed: int = 0,
-                     batch_size: Optional[int] = None, dtype: Optional[str] = None, resume: bool = False,
-                     overwrite: bool = False, progress: bool = True) -> SampleSetReport:
+def write_sample_set(
+    model,
+    outdir: str | os.PathLike,
+    num: int,
+    *,
+    temperature: Any = 1.0,
+    seed: int = 0,
+    batch_size: int | None = None,
+    dtype: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SampleSetReport:
     """Write `num` samples of `model` at `temperature` as numbered PNGs into `outdir`, with samples.json.
 
     `batch_size`: images per pass (default: the per-device seeded pass size); `resume`: keep the complete files
@@ -94,16 +108,24 @@ def write_sample_set(model, outdir: Union[str, os.PathLike], num: int, *, temper
     if outdir.exists() and not outdir.is_dir():
         raise SampleSetError(f"{outdir} exists and is not a folder")
     if outdir.is_dir() and any(outdir.iterdir()) and not (resume or overwrite):
-        raise FileExistsError(f"{outdir} is not empty; --resume continues the sample set in it, --overwrite "
-                              "replaces its files")
+        raise FileExistsError(
+            f"{outdir} is not empty; --resume continues the sample set in it, --overwrite replaces its files"
+        )
     temperatures = model.layer_temperatures(temperature)  # checked before any work
     pass_size = check_batch_size(batch_size, model.config, model.device, seeded=True)
     size = model.config.image_size
-    meta = {"model": model.provenance.to_dict(), "temperature": temperature, "seed": seed, "num": num,
-            "image_size": size, "dtype": str(dtype or model.compute_dtype).replace("torch.", ""),
-            "pass_size": pass_size, "vdvae_zoo": __version__,
-            "seeds": "image i: vdvae_zoo.batching.image_seed(seed, i)"}
-    notes: List[str] = []
+    meta = {
+        "model": model.provenance.to_dict(),
+        "temperature": temperature,
+        "seed": seed,
+        "num": num,
+        "image_size": size,
+        "dtype": str(dtype or model.compute_dtype).replace("torch.", ""),
+        "pass_size": pass_size,
+        "vdvae_zoo": __version__,
+        "seeds": "image i: vdvae_zoo.batching.image_seed(seed, i)",
+    }
+    notes: list[str] = []
     meta_path = outdir / META_NAME
     if resume and meta_path.is_file():
         before = _read_meta(meta_path)
@@ -111,23 +133,33 @@ def write_sample_set(model, outdir: Union[str, os.PathLike], num: int, *, temper
         if isinstance(before.get("model"), dict) and before["model"].get("sha256") != meta["model"].get("sha256"):
             differing.insert(0, "model")
         if differing:
-            raise SampleSetError(f"--resume: {outdir} holds samples of another run (differing: {', '.join(differing)})"
-                                 "; use another --outdir, or the same model and options")
+            raise SampleSetError(
+                f"--resume: {outdir} holds samples of another run (differing: {', '.join(differing)})"
+                "; use another --outdir, or the same model and options"
+            )
         recorded = before.get("pass_size")
         if isinstance(recorded, int) and recorded >= 1 and recorded != pass_size:
             if batch_size is not None:
-                notes.append(f"the set's pass size {recorded} (samples.json) is used, not --batch-size {batch_size}, "
-                             "so that its files match an uninterrupted run")
+                notes.append(
+                    f"the set's pass size {recorded} (samples.json) is used, not --batch-size {batch_size}, "
+                    "so that its files match an uninterrupted run"
+                )
             meta["pass_size"] = pass_size = recorded
     atomic_write(meta_path, json.dumps(meta, indent=2) + "\n")
     todo = [i for i in range(num) if overwrite or not _complete(_file(outdir, i), size)]
     from ..data.progress import progress_bar
+
     with progress_bar(total=num, initial=num - len(todo), unit="img", desc="sampling", enabled=progress) as bar:
         for start in range(0, len(todo), pass_size):
-            part = todo[start:start + pass_size]
-            images = model.sample(len(part), temperature=temperatures, seeds=[image_seed(seed, i) for i in part],
-                                  batch_size=pass_size, dtype=dtype).numpy()
-            for i, image in zip(part, images):
+            part = todo[start : start + pass_size]
+            images = model.sample(
+                len(part),
+                temperature=temperatures,
+                seeds=[image_seed(seed, i) for i in part],
+                batch_size=pass_size,
+                dtype=dtype,
+            ).numpy()
+            for i, image in zip(part, images, strict=False):
                 save_png(image, _file(outdir, i))
             bar.update(len(part))
     return SampleSetReport(outdir, num, len(todo), num - len(todo), pass_size, meta, notes)

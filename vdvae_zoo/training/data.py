@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ class ImageFolderData(torch.utils.data.Dataset):
     """Images resized and centre-cropped to `size`, as uint8 (H, W, C) tensors of `channels` channels; optional
     horizontal flips decided per (seed, epoch, index) so that they do not depend on workers or processes."""
 
-    def __init__(self, files: List[Path], size: int, hflip: bool = False, seed: int = 0, channels: int = 3):
+    def __init__(self, files: list[Path], size: int, hflip: bool = False, seed: int = 0, channels: int = 3):
         self.files, self.size, self.hflip, self.seed, self.channels = files, size, hflip, seed, channels
 
     def __len__(self) -> int:
@@ -38,8 +38,11 @@ class ImageFolderData(torch.utils.data.Dataset):
                 img = center_crop_resize(read_image(path, channels=self.channels), self.size)
                 break
             except ImageReadError as e:
-                warnings.warn(f"{path} can no longer be read ({e.reason}); using another image in its place",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"{path} can no longer be read ({e.reason}); using another image in its place",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         else:
             raise ImageReadError(self.files[index], "no training image can be read any more")
         if self.hflip and image_seed(image_seed(self.seed, epoch), index) % 2:
@@ -51,7 +54,7 @@ class StepBatches(torch.utils.data.Sampler):
     """The batches of steps start, start + 1, ... as lists of (index, epoch): the DataLoader's workers then
     prepare the next batches while the current step runs, in the order the steps will use them."""
 
-    def __init__(self, batch_indices: Callable[[int], List[int]], batches_per_epoch: int, start: int):
+    def __init__(self, batch_indices: Callable[[int], list[int]], batches_per_epoch: int, start: int):
         self.batch_indices, self.batches_per_epoch, self.start = batch_indices, batches_per_epoch, start
 
     def __iter__(self):
@@ -61,7 +64,7 @@ class StepBatches(torch.utils.data.Sampler):
             step += 1
 
 
-def readable_images(files: List[Path], size: int, resize: bool, quiet: bool = False) -> List[Path]:
+def readable_images(files: list[Path], size: int, resize: bool, quiet: bool = False) -> list[Path]:
     """The files whose header says they are images of `size` x `size` (any size with `resize`), read from headers
     only (fast, whatever the folder's size). The others are skipped: counted in one warning, the first few named."""
     good, skipped = [], []
@@ -75,8 +78,12 @@ def readable_images(files: List[Path], size: int, resize: bool, quiet: bool = Fa
         except ImageReadError as e:
             skipped.append(f"{f}: {e.reason}")
     if skipped and not quiet:
-        print(f"warning: skipped {len(skipped)} of {len(files)} files: " + "; ".join(skipped[:3])
-              + ("; ..." if len(skipped) > 3 else ""), file=sys.stderr)
+        print(
+            f"warning: skipped {len(skipped)} of {len(files)} files: "
+            + "; ".join(skipped[:3])
+            + ("; ..." if len(skipped) > 3 else ""),
+            file=sys.stderr,
+        )
     return good
 
 
@@ -100,10 +107,12 @@ class StepData:
             train_files = [files[i] for i in sorted(order[n_val:])]
         global_batch = self.images_per_update * world
         if len(train_files) < max(o.min_images, global_batch):
-            raise ValueError(f"{o.data} has {len(train_files)} usable training images of {size}x{size}; need at least "
-                             f"{max(o.min_images, global_batch)} (batch size {o.batch_size} x {o.grad_accumulation} "
-                             f"micro-batches x {world} processes)"
-                             + ("" if resize else "; --resize center-crop uses images of other sizes too"))
+            raise ValueError(
+                f"{o.data} has {len(train_files)} usable training images of {size}x{size}; need at least "
+                f"{max(o.min_images, global_batch)} (batch size {o.batch_size} x {o.grad_accumulation} "
+                f"micro-batches x {world} processes)"
+                + ("" if resize else "; --resize center-crop uses images of other sizes too")
+            )
         self.train_set = ImageFolderData(train_files, size, hflip=o.hflip, seed=o.seed, channels=channels)
         self.val_set = ImageFolderData(val_files, size, channels=channels) if val_files else None
         self.batches_per_epoch = len(train_files) // global_batch
@@ -114,16 +123,17 @@ class StepData:
         """Images per process in one update: --batch-size x --grad-accumulation."""
         return self.opt.batch_size * self.opt.grad_accumulation
 
-    def indices(self, step: int) -> List[int]:
+    def indices(self, step: int) -> list[int]:
         """Indices of this process's share of the global batch of `step`: a DistributedSampler permutation of
         epoch step // batches_per_epoch, cut into global batches; rank r takes every world-th index."""
         epoch, k = divmod(step, self.batches_per_epoch)
-        sampler = torch.utils.data.DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank,
-                                                      shuffle=True, seed=self.opt.seed, drop_last=True)
+        sampler = torch.utils.data.DistributedSampler(
+            self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.opt.seed, drop_last=True
+        )
         sampler.set_epoch(epoch)
         mine = list(sampler)
         b = self.images_per_update
-        return mine[k * b:(k + 1) * b]
+        return mine[k * b : (k + 1) * b]
 
     def batch(self, step: int) -> torch.Tensor:
         """This process's images for `step`. With workers, one DataLoader lives across steps and reads ahead;
@@ -133,17 +143,25 @@ class StepData:
             return torch.stack([self.train_set[(i, epoch)] for i in self.indices(step)])
         if self._loader is None or self._loader_step != step:
             batches = StepBatches(self.indices, self.batches_per_epoch, step)
-            loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=batches,
-                                                 num_workers=self.opt.workers, pin_memory=self.device.type == "cuda")
+            loader = torch.utils.data.DataLoader(
+                self.train_set,
+                batch_sampler=batches,
+                num_workers=self.opt.workers,
+                pin_memory=self.device.type == "cuda",
+            )
             self._loader, self._loader_step = iter(loader), step
         self._loader_step += 1
         try:
             return next(self._loader)
-        except Exception as e:  # a worker's error arrives wrapped, with its traceback in the message: keep its last line
+        except (
+            Exception
+        ) as e:  # a worker's error arrives wrapped, with its traceback in the message: keep its last line
             self._loader = None
             last = [line for line in str(e).strip().splitlines() if line.strip()][-1:] or [type(e).__name__]
-            raise ValueError(f"a DataLoader worker could not read a training image ({last[0].strip()}); check "
-                             f"{self.opt.data}, then continue with --resume") from None
+            raise ValueError(
+                f"a DataLoader worker could not read a training image ({last[0].strip()}); check "
+                f"{self.opt.data}, then continue with --resume"
+            ) from None
 
     def noise(self, step: int, part: slice = slice(None)):
         """Posterior noise per image from a generator seeded by (seed, step, position in the global batch); `part`:
@@ -152,8 +170,10 @@ class StepData:
         # Generators live on the training device, so on CUDA the draws never cross the bus (their numbers then
         # differ from the CPU's, but not between runs, ranks or resumes on the same kind of device).
         step_seed = image_seed(self.opt.seed, step)
-        gens = [torch.Generator(device=self.device).manual_seed(image_seed(step_seed, j))
-                for j in list(range(self.rank, b * self.world, self.world))[part]]
+        gens = [
+            torch.Generator(device=self.device).manual_seed(image_seed(step_seed, j))
+            for j in list(range(self.rank, b * self.world, self.world))[part]
+        ]
 
         def draw(like: torch.Tensor) -> torch.Tensor:
             eps = torch.stack([torch.randn(like.shape[1:], generator=g, device=self.device) for g in gens])

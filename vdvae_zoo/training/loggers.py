@@ -8,8 +8,9 @@ names), plus the sample grids as images. A missing extra is one sentence before 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Dict, Iterable, List
+from typing import Any
 
 import numpy as np
 
@@ -24,18 +25,30 @@ def check_available(kinds: Iterable[str]) -> None:
     for kind in kinds:
         module, extra = EXTRAS[kind]
         if importlib.util.find_spec(module) is None:
-            raise ImportError(f"--log-to {kind} needs the {module} package: pip install \"{extra}\"")
+            raise ImportError(f'--log-to {kind} needs the {module} package: pip install "{extra}"')
 
 
-def scalars(record: Dict[str, Any]) -> Dict[str, float]:
+def scalars(record: dict[str, Any]) -> dict[str, float]:
     """The numbers of a log.jsonl record as scalar tags: losses (bits per dim), grad norm, skips, lr, KL weight,
     validation bpd, and per layer `kl_bpd/layer_NN` and `active_units/layer_NN`."""
-    names = {"loss_bpd": "train/loss_bpd", "neg_elbo_bpd": "train/neg_elbo_bpd", "distortion_bpd": "train/distortion_bpd",
-             "rate_bpd": "train/rate_bpd", "grad_norm": "train/grad_norm", "skipped_total": "train/skipped_total",
-             "lr": "train/lr", "kl_weight": "train/kl_weight", "val_bpd": "val/bpd", "final_val_bpd": "val/bpd",
-             "active_units_total": "val/active_units_total"}
-    out = {tag: float(record[key]) for key, tag in names.items()
-           if isinstance(record.get(key), (int, float)) and not isinstance(record.get(key), bool)}
+    names = {
+        "loss_bpd": "train/loss_bpd",
+        "neg_elbo_bpd": "train/neg_elbo_bpd",
+        "distortion_bpd": "train/distortion_bpd",
+        "rate_bpd": "train/rate_bpd",
+        "grad_norm": "train/grad_norm",
+        "skipped_total": "train/skipped_total",
+        "lr": "train/lr",
+        "kl_weight": "train/kl_weight",
+        "val_bpd": "val/bpd",
+        "final_val_bpd": "val/bpd",
+        "active_units_total": "val/active_units_total",
+    }
+    out = {
+        tag: float(record[key])
+        for key, tag in names.items()
+        if isinstance(record.get(key), (int, float)) and not isinstance(record.get(key), bool)
+    }
     for key, prefix in (("kl_bpd_per_layer", "kl_bpd"), ("active_units", "active_units")):
         for i, value in enumerate(record.get(key) or []):
             if isinstance(value, (int, float)):
@@ -46,18 +59,20 @@ def scalars(record: Dict[str, Any]) -> Dict[str, float]:
 class ExternalLoggers:
     """The loggers a run asked for (`kinds`), writing under the run folder `out` (rank 0 only)."""
 
-    def __init__(self, kinds: Iterable[str], out: Path, name: str, options: Dict[str, Any]):
-        self.kinds: List[str] = list(dict.fromkeys(kinds))
+    def __init__(self, kinds: Iterable[str], out: Path, name: str, options: dict[str, Any]):
+        self.kinds: list[str] = list(dict.fromkeys(kinds))
         check_available(self.kinds)
         self._tensorboard = self._wandb = None
         if "tensorboard" in self.kinds:
             from torch.utils.tensorboard import SummaryWriter
+
             self._tensorboard = SummaryWriter(log_dir=str(Path(out) / "tensorboard"))
         if "wandb" in self.kinds:
             import wandb
+
             self._wandb = wandb.init(project="vdvae-zoo", name=name, dir=str(out), config=options, reinit=True)
 
-    def log(self, record: Dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any]) -> None:
         step, values = record.get("step"), scalars(record)
         if step is None or not values:
             return
@@ -73,6 +88,7 @@ class ExternalLoggers:
             self._tensorboard.add_image(tag, picture, global_step=step, dataformats="HWC")
         if self._wandb is not None:
             import wandb
+
             self._wandb.log({tag: wandb.Image(picture)}, step=step)
 
     def close(self) -> None:

@@ -6,7 +6,6 @@ can be wrong (README, "Fine-tuning" states its measured error band)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import torch
 
@@ -33,24 +32,32 @@ class RunMemory:
     dtype: str
     device: torch.device
 
-    def plan(self, batch_size: Optional[int] = None, grad_checkpoint: Optional[bool] = None) -> TrainingMemory:
+    def plan(self, batch_size: int | None = None, grad_checkpoint: bool | None = None) -> TrainingMemory:
         """memory.training_memory for this run (or for another micro-batch size / checkpointing)."""
-        return training_memory(self.config, self.parameters, self.batch_size if batch_size is None else batch_size,
-                               grad_checkpoint=self.grad_checkpoint if grad_checkpoint is None else grad_checkpoint,
-                               dtype=self.dtype, device_type=self.device.type)
+        return training_memory(
+            self.config,
+            self.parameters,
+            self.batch_size if batch_size is None else batch_size,
+            grad_checkpoint=self.grad_checkpoint if grad_checkpoint is None else grad_checkpoint,
+            dtype=self.dtype,
+            device_type=self.device.type,
+        )
 
-    def advice(self, available: Optional[float] = None) -> str:
+    def advice(self, available: float | None = None) -> str:
         """What makes a step fit in `available` bytes (default: what the device has free now): memory.fitting_advice."""
         available = available_memory(self.device) if available is None else available
-        return fitting_advice(self.plan, available, self.batch_size, self.images_per_update, self.grad_checkpoint,
-                              self.dtype)
+        return fitting_advice(
+            self.plan, available, self.batch_size, self.images_per_update, self.grad_checkpoint, self.dtype
+        )
 
-    def check(self) -> Tuple[str, Optional[str]]:
+    def check(self) -> tuple[str, str | None]:
         """The plan as a line to print, and what is wrong when the estimated peak exceeds the memory free on the
         device now (None when it fits or nothing is known)."""
         plan, available = self.plan(), available_memory(self.device)
         line = f"memory plan: {plan.describe()}" + (f"; {gib(available)} free" if available else "")
         if available is None or plan.total <= available:
             return line, None
-        return line, (f"one step needs {gib(plan.total)} by the estimate, more than the {gib(available)} free on "
-                      f"{self.device}; to fit: {self.advice(available)}")
+        return line, (
+            f"one step needs {gib(plan.total)} by the estimate, more than the {gib(available)} free on "
+            f"{self.device}; to fit: {self.advice(available)}"
+        )

@@ -5,13 +5,22 @@ bits), and when a latent unit counts as active. All losses in nats per dim."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["SkipRule", "kl_weight", "objective", "active_units", "AUTO_SKIP_WINDOW", "AUTO_SKIP_QUANTILE",
-           "AUTO_SKIP_FACTOR", "AUTO_SKIP_MIN_HISTORY", "ACTIVE_UNIT_VARIANCE"]
+__all__ = [
+    "SkipRule",
+    "kl_weight",
+    "objective",
+    "active_units",
+    "AUTO_SKIP_WINDOW",
+    "AUTO_SKIP_QUANTILE",
+    "AUTO_SKIP_FACTOR",
+    "AUTO_SKIP_MIN_HISTORY",
+    "ACTIVE_UNIT_VARIANCE",
+]
 
 #: --skip-threshold auto: skip an update whose gradient norm is above FACTOR x the QUANTILE of the last WINDOW finite
 #: norms (skipped ones included, so the rule follows norms that grow), once MIN_HISTORY of them are known.
@@ -25,9 +34,9 @@ class SkipRule:
     "auto"; `history`: auto's window of recent finite norms (saved with the checkpoint, so a resume continues it).
     A non-finite norm is always skipped."""
 
-    def __init__(self, threshold: Union[float, str], history: Sequence[float] = ()):
+    def __init__(self, threshold: float | str, history: Sequence[float] = ()):
         self.threshold = threshold
-        self.history: List[float] = [float(v) for v in history if isinstance(v, (int, float))]
+        self.history: list[float] = [float(v) for v in history if isinstance(v, (int, float))]
 
     def too_big(self, grad_norm: float) -> bool:
         if not math.isfinite(grad_norm):
@@ -35,9 +44,10 @@ class SkipRule:
         if self.threshold != "auto":
             return self.threshold > 0 and grad_norm >= self.threshold
         window = self.history[-AUTO_SKIP_WINDOW:]
-        outlier = len(window) >= AUTO_SKIP_MIN_HISTORY and \
-            grad_norm > AUTO_SKIP_FACTOR * float(np.quantile(window, AUTO_SKIP_QUANTILE))
-        self.history = window[-(AUTO_SKIP_WINDOW - 1):] + [grad_norm]
+        outlier = len(window) >= AUTO_SKIP_MIN_HISTORY and grad_norm > AUTO_SKIP_FACTOR * float(
+            np.quantile(window, AUTO_SKIP_QUANTILE)
+        )
+        self.history = window[-(AUTO_SKIP_WINDOW - 1) :] + [grad_norm]
         return outlier
 
 
@@ -46,7 +56,7 @@ def kl_weight(step: int, warmup: int) -> float:
     return 1.0 if warmup <= 0 else min(1.0, step / warmup)
 
 
-def objective(out: Dict[str, torch.Tensor], weight: float, free_bits: float, dims: int) -> torch.Tensor:
+def objective(out: dict[str, torch.Tensor], weight: float, free_bits: float, dims: int) -> torch.Tensor:
     """The training loss per image, nats per dim: the negative ELBO (no warm-up, no free bits), else
     distortion + weight * (the layers' KL, each at least `free_bits` nats: `out["kl_free"]`) / dims."""
     if weight == 1.0 and free_bits <= 0:
@@ -55,7 +65,7 @@ def objective(out: Dict[str, torch.Tensor], weight: float, free_bits: float, dim
     return out["distortion"] + weight * kl.sum(dim=1) / dims
 
 
-def active_units(layers) -> List[int]:
+def active_units(layers) -> list[int]:
     """Per decoder layer (encode(stats=True)'s LayerLatents of several images), the units whose posterior mean's
     variance across the images exceeds ACTIVE_UNIT_VARIANCE (Burda et al.'s measure; a collapsed layer has 0)."""
     return [int((layer.mean.var(dim=0) > ACTIVE_UNIT_VARIANCE).sum()) for layer in layers]

@@ -18,15 +18,20 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 
-from ..data.files import append_line, atomic_folder, atomic_write, recover_folder, remove_stale_temporaries
-from ..data.files import MODEL_SUBFOLDER
+from ..data.files import (
+    MODEL_SUBFOLDER,
+    append_line,
+    atomic_folder,
+    atomic_write,
+    recover_folder,
+    remove_stale_temporaries,
+)
 
-__all__ = ["RunFolder", "RunFolderInUse", "finite_json", "pack_training_state", "unpack_training_state",
-           "COUNTERS"]
+__all__ = ["RunFolder", "RunFolderInUse", "finite_json", "pack_training_state", "unpack_training_state", "COUNTERS"]
 
 COUNTERS = ("step", "updates", "skipped", "nan_count", "consecutive_skips")  # a run's counters, kept in its meta
 
@@ -46,8 +51,9 @@ def finite_json(value: Any) -> Any:
     return value
 
 
-def pack_training_state(model, ema, optimizer, counters: Dict[str, int], extra: Dict[str, Any]
-                        ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def pack_training_state(
+    model, ema, optimizer, counters: dict[str, int], extra: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """What OUT/checkpoint holds: tensors named `model.*`, `ema.*` and `optim.{parameter}.{state}` (safetensors
     holds no nested state), and a meta with the COUNTERS, the optimizer's param groups and `extra`."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -59,12 +65,13 @@ def pack_training_state(model, ema, optimizer, counters: Dict[str, int], extra: 
     return tensors, {**{k: counters[k] for k in COUNTERS}, "param_groups": opt_state["param_groups"], **extra}
 
 
-def unpack_training_state(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], model, ema, optimizer
-                          ) -> Dict[str, int]:
+def unpack_training_state(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], model, ema, optimizer
+) -> dict[str, int]:
     """The inverse of pack_training_state: loads model, EMA and optimizer in place; returns the counters."""
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    state: Dict[int, Dict[str, torch.Tensor]] = {}
+    state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
             _, pid, name = k.split(".", 2)
@@ -73,7 +80,7 @@ def unpack_training_state(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]
     return {k: meta[k] for k in COUNTERS}
 
 
-def validation_bpd(record: Dict[str, Any]) -> Optional[float]:
+def validation_bpd(record: dict[str, Any]) -> float | None:
     """The validation bound a log record holds (val_bpd, or the end's final_val_bpd), in bits per dim."""
     value = record.get("val_bpd", record.get("final_val_bpd"))
     return value if isinstance(value, (int, float)) else None
@@ -103,7 +110,7 @@ class RunFolder:
         recover_folder(self.checkpoint_path)
         return (self.checkpoint_path / "meta.json").is_file() and (self.checkpoint_path / "state.safetensors").is_file()
 
-    def prepare(self, *, resume: bool, source: Optional[str], start: Dict[str, Any]) -> None:
+    def prepare(self, *, resume: bool, source: str | None, start: dict[str, Any]) -> None:
         """Check OUT before any training: not the fine-tuning source, ours or empty, writable; lock it; remove
         temporaries of dead processes; write run.json (`start`: options and config) for a new run."""
         if not self.writer:  # rank 0 checks and writes; the others follow it
@@ -113,15 +120,21 @@ class RunFolder:
             src = Path(source).resolve()
             # refused: OUT is the source folder, holds the source, or lies inside a source folder
             if src.is_relative_to(out) or (src.is_dir() and out.is_relative_to(src)):
-                raise ValueError(f"--out {self.path} is where --model {source} is read from; training would overwrite "
-                                 "it. Choose another --out.")
+                raise ValueError(
+                    f"--out {self.path} is where --model {source} is read from; training would overwrite "
+                    "it. Choose another --out."
+                )
         if self.path.exists() and not self.path.is_dir():
             raise FileExistsError(f"--out {self.path} is a file; choose a folder")
         if self.path.is_dir() and not self.is_ours() and any(self.path.iterdir()):
-            raise FileExistsError(f"--out {self.path} is not empty and holds no run of ours (no run.json or "
-                                  "checkpoint/); choose a new or empty folder")
+            raise FileExistsError(
+                f"--out {self.path} is not empty and holds no run of ours (no run.json or "
+                "checkpoint/); choose a new or empty folder"
+            )
         if self.is_ours() and not resume:
-            raise FileExistsError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
+            raise FileExistsError(
+                f"{self.path} already holds a run; pass --resume to continue it or choose another --out"
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock()
@@ -129,8 +142,9 @@ class RunFolder:
             if not (self.path / "run.json").is_file():
                 atomic_write(self.path / "run.json", json.dumps(finite_json(start), indent=2) + "\n")
         except OSError as e:  # read-only, not a folder, disk full...
-            raise PermissionError(f"cannot write to --out {self.path} ({e.strerror or e}); choose a folder you can "
-                                  "write to") from None
+            raise PermissionError(
+                f"cannot write to --out {self.path} ({e.strerror or e}); choose a folder you can write to"
+            ) from None
 
     def _lock(self) -> None:
         try:
@@ -143,8 +157,9 @@ class RunFolder:
         except BlockingIOError:
             self._lock_file.close()
             self._lock_file = None
-            raise RunFolderInUse(f"another trainer is using {self.path}; wait for it to finish or choose another "
-                               "--out") from None
+            raise RunFolderInUse(
+                f"another trainer is using {self.path}; wait for it to finish or choose another --out"
+            ) from None
 
     def release(self) -> None:
         if self._lock_file is not None:
@@ -152,16 +167,20 @@ class RunFolder:
             self._lock_file = None
 
     # ------------------------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
+    def save_checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         from safetensors.torch import save_file
+
         with atomic_folder(self.checkpoint_path) as staging:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / "state.safetensors"))
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / "state.safetensors")
+            )
             (staging / "meta.json").write_text(json.dumps(finite_json(meta)))
 
-    def load_checkpoint(self) -> Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
+    def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """The checkpoint's tensors and counters, or None when there is none; a damaged one is a ValueError that
         names the file."""
         from safetensors.torch import load_file
+
         if not self.has_checkpoint():
             return None
         state = self.checkpoint_path / "state.safetensors"
@@ -171,23 +190,27 @@ class RunFolder:
                 raise ValueError("no step counter")
             return load_file(str(state)), meta
         except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a cut-short file
-            raise ValueError(f"the checkpoint in {self.checkpoint_path} cannot be read ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:120] if str(e) else ''}); it is damaged. Start a new run in "
-                             "another --out (the EMA weights in model/ are still loadable)") from None
+            raise ValueError(
+                f"the checkpoint in {self.checkpoint_path} cannot be read ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:120] if str(e) else ''}); it is damaged. Start a new run in "
+                "another --out (the EMA weights in model/ are still loadable)"
+            ) from None
 
-    def export(self, model, run: Optional[Dict[str, Any]] = None) -> Path:
+    def export(self, model, run: dict[str, Any] | None = None) -> Path:
         """The EMA weights as a loadable folder, replaced as a unit; `run`: what the model card says of the run."""
         return model.save_pretrained(self.model_path, run=run)
 
-    def write_card(self, model, run: Dict[str, Any]) -> Path:
+    def write_card(self, model, run: dict[str, Any]) -> Path:
         """Replace OUT/model's model card only (after the final validation: the weights are already there)."""
         from ..data.files import CARD_NAME
         from ..weights.cards import model_card
-        return atomic_write(self.model_path / CARD_NAME, model_card(model.config, model.card_lines(model.config),
-                                                                     run=run))
+
+        return atomic_write(
+            self.model_path / CARD_NAME, model_card(model.config, model.card_lines(model.config), run=run)
+        )
 
     # ------------------------------------------------------------------------------------------- log
-    def log(self, record: Dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line to OUT/log.jsonl (a symbolic link there is refused, never followed)."""
         if self.writer:
             append_line(self.path / "log.jsonl", json.dumps(finite_json(record)))
@@ -195,17 +218,21 @@ class RunFolder:
     def plot_curves(self) -> Path:
         """OUT/curves.png: the training loss and the validation bound against the step, both in bits per dim."""
         from ..data.plots import line_chart
+
         records = self.records()
-        series = {"train loss (bits/dim)": [(r["step"], r["loss_bpd"]) for r in records if r.get("loss_bpd") is not None],
-                  "val bpd": [(r["step"], validation_bpd(r)) for r in records if validation_bpd(r) is not None]}
+        series = {
+            "train loss (bits/dim)": [(r["step"], r["loss_bpd"]) for r in records if r.get("loss_bpd") is not None],
+            "val bpd": [(r["step"], validation_bpd(r)) for r in records if validation_bpd(r) is not None],
+        }
         line_chart({k: v for k, v in series.items() if v}, self.path / "curves.png")  # no legend entry without points
         return self.path / "curves.png"
 
-    def describe(self) -> List[str]:
+    def describe(self) -> list[str]:
         """What `vdvae-zoo info RUN` says of a training run: its base model, steps, last validation bpd, and where
         its weights are (with their sha256); [] when the folder is not a run."""
         from ..data.files import WEIGHTS_NAME, read_small_text
         from ..weights.hub import file_sha256
+
         if not (self.path / "run.json").is_file():
             return []
         try:
@@ -218,23 +245,30 @@ class RunFolder:
         last = next((r for r in reversed(records) if "step" in r), {})
         val = self.last_validation() if any(validation_bpd(r) is not None for r in records) else None
         stopped = next((r for r in reversed(records) if r.get("event") in ("stopped", "end")), {})
-        lines = [f"run: {self.path}", f"base model: {base}", f"training data: {options.get('data')}",
-                 f"steps: {last.get('step', 0)}"
-                 + (f" (stopped by signal {stopped['stopped_by_signal']}; --resume continues)"
-                    if stopped.get("event") == "stopped" else ""),
-                 f"last validation bpd: {val[1]:.4f} at step {val[0]}" if val else "last validation bpd: not measured"]
+        lines = [
+            f"run: {self.path}",
+            f"base model: {base}",
+            f"training data: {options.get('data')}",
+            f"steps: {last.get('step', 0)}"
+            + (
+                f" (stopped by signal {stopped['stopped_by_signal']}; --resume continues)"
+                if stopped.get("event") == "stopped"
+                else ""
+            ),
+            f"last validation bpd: {val[1]:.4f} at step {val[0]}" if val else "last validation bpd: not measured",
+        ]
         weights = self.model_path / WEIGHTS_NAME
         if weights.is_file():
             lines.append(f"weights: {weights} (the EMA weights; sha256 {file_sha256(weights)})")
         return lines
 
-    def last_validation(self) -> Tuple[Optional[int], Optional[float]]:
+    def last_validation(self) -> tuple[int | None, float | None]:
         """(step, bits per dim) of the last validation the log holds: a val_bpd record, or the end's final_val_bpd."""
         for r in reversed(self.records()):
             if validation_bpd(r) is not None:
                 return r.get("step"), validation_bpd(r)
         return None, None
 
-    def records(self) -> List[Dict[str, Any]]:
+    def records(self) -> list[dict[str, Any]]:
         path = self.path / "log.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

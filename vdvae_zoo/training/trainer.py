@@ -23,10 +23,10 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -36,16 +36,16 @@ from ..compute import distributed
 from ..compute.batching import image_seed
 from ..config import VDVAEConfig, resolve_config
 from ..data.images import make_grid, save_png
-from .loggers import ExternalLoggers, check_available
-from ..weights.manifest import hub_id_of, load_manifest
 from ..model import VDVAE, load
-from ..weights.pretrained import pick_device
-from .run_folder import COUNTERS, RunFolder, finite_json, pack_training_state, unpack_training_state
 from ..scoring.engine import ScoreOptions, score_images
+from ..weights.manifest import hub_id_of, load_manifest
+from ..weights.pretrained import pick_device
 from .data import StepData
+from .loggers import ExternalLoggers, check_available
 from .memory_plan import MemoryPlanRefused, RunMemory
-from .rules import SkipRule, active_units, kl_weight, objective
 from .options import GENERIC_DEFAULTS, TRAINING_PRESETS, TrainOptions, check_resume
+from .rules import SkipRule, active_units, kl_weight, objective
+from .run_folder import COUNTERS, RunFolder, finite_json, pack_training_state, unpack_training_state
 
 __all__ = ["TrainOptions", "Trainer", "finetune", "TrainingStalled", "TrainingDiverged", "TrainingOutOfMemory"]
 
@@ -65,14 +65,15 @@ class TrainingOutOfMemory(MemoryError):
 
 
 @contextmanager
-def _out_of_memory_is_an_error(trainer: "Trainer") -> Iterator[None]:
+def _out_of_memory_is_an_error(trainer: Trainer) -> Iterator[None]:
     """A step that runs out of memory is not retried silently (a smaller batch would change the run): it stops with
     one sentence that names the options which fit it."""
     try:
         yield
     except (torch.OutOfMemoryError, MemoryError):
-        raise TrainingOutOfMemory(f"one training step ran out of memory on {trainer.device}: "
-                                  f"{trainer.memory.advice()}") from None
+        raise TrainingOutOfMemory(
+            f"one training step ran out of memory on {trainer.device}: {trainer.memory.advice()}"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -82,7 +83,9 @@ class Trainer:
     def __init__(self, options: TrainOptions):
         self.opt = o = options
         if (o.model is None) == (o.config is None):
-            raise ValueError("give exactly one of model= (a name or path to fine-tune) and config= (to train from scratch)")
+            raise ValueError(
+                "give exactly one of model= (a name or path to fine-tune) and config= (to train from scratch)"
+            )
         if o.steps < 1:
             raise ValueError(f"steps must be >= 1, got {o.steps}")
         if o.dtype not in ("float32", "bfloat16"):
@@ -90,7 +93,9 @@ class Trainer:
         self.world, self.rank, local_rank = distributed.launched_world()
         use_cuda = torch.cuda.is_available() and o.device != "cpu"
         distributed.join(use_cuda)
-        self.device = pick_device(f"cuda:{local_rank}" if o.device == "auto" and torch.cuda.is_available() else o.device)
+        self.device = pick_device(
+            f"cuda:{local_rank}" if o.device == "auto" and torch.cuda.is_available() else o.device
+        )
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
 
@@ -98,7 +103,9 @@ class Trainer:
         manifest = load_manifest(o.manifest)
         if o.model is not None:
             preset = manifest.get(o.model).preset if o.model in manifest else None
-            config = manifest.get(o.model).resolve_config() if o.model in manifest else VDVAE.config_of(o.model, manifest)
+            config = (
+                manifest.get(o.model).resolve_config() if o.model in manifest else VDVAE.config_of(o.model, manifest)
+            )
         else:
             config = resolve_config(o.config)
             preset = o.config if isinstance(o.config, str) and o.config in TRAINING_PRESETS else None
@@ -127,31 +134,42 @@ class Trainer:
 
         decay = [p for n, p in self.model.named_parameters() if n.endswith(".weight")]
         no_decay = [p for n, p in self.model.named_parameters() if not n.endswith(".weight")]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}],
-                                           lr=o.lr, betas=(0.9, 0.9))
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr,
+            betas=(0.9, 0.9),
+        )
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
 
-        self.step = 0            # iterations done (applied + skipped)
-        self.updates = 0         # applied updates (drives the warm-up)
+        self.step = 0  # iterations done (applied + skipped)
+        self.updates = 0  # applied updates (drives the warm-up)
         self.skipped = 0
         self.nan_count = 0
         self.consecutive_skips = 0
-        self._saved_step = 0     # the step of the checkpoint in OUT (0: none yet)
-        self._stop_signal: Optional[int] = None
+        self._saved_step = 0  # the step of the checkpoint in OUT (0: none yet)
+        self._stop_signal: int | None = None
         self._saving = False
         self.skip_rule = SkipRule(o.skip_threshold)
-        self.loggers: Optional[ExternalLoggers] = None
+        self.loggers: ExternalLoggers | None = None
 
-        self.memory = RunMemory(self.config, sum(p.numel() for p in self.model.parameters()), o.batch_size,
-                                self.data.images_per_update, o.grad_checkpoint, o.dtype, self.device)
+        self.memory = RunMemory(
+            self.config,
+            sum(p.numel() for p in self.model.parameters()),
+            o.batch_size,
+            self.data.images_per_update,
+            o.grad_checkpoint,
+            o.dtype,
+            self.device,
+        )
         self.memory_line, self.memory_problem = self.memory.check()
         if self.memory_problem and not o.ignore_memory_plan:  # refused before the run folder is written
-            raise MemoryPlanRefused(f"{self.memory_problem}. Or pass --ignore-memory-plan to train anyway (the "
-                                    "estimate can be wrong)")
+            raise MemoryPlanRefused(
+                f"{self.memory_problem}. Or pass --ignore-memory-plan to train anyway (the estimate can be wrong)"
+            )
         self.run = RunFolder(self.out, writer=self.rank == 0)
         self.run.prepare(resume=o.resume, source=o.model, start={"options": asdict(o)})
 
@@ -160,15 +178,14 @@ class Trainer:
         o = self.opt
         return o.lr if o.warmup <= 0 else o.lr * min(1.0, (updates + 1) / o.warmup)
 
-    def train_step(self) -> Dict:
+    def train_step(self) -> dict:
         o = self.opt
         images = self.data.batch(self.step)
         weight = kl_weight(self.step, o.kl_warmup)
         lr = self.lr_at(self.updates)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if o.dtype == "bfloat16"
-                    else nullcontext())
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if o.dtype == "bfloat16" else nullcontext()
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         parts = [slice(i, i + o.batch_size) for i in range(0, len(images), o.batch_size)]
@@ -177,7 +194,7 @@ class Trainer:
         free_nats = {"free_nats": o.free_bits} if o.free_bits > 0 else {}
         for k, part in enumerate(parts):  # micro-batches: gradients add up; DDP synchronises on the last one
             sync = k == len(parts) - 1 or self.world == 1
-            with (nullcontext() if sync else self.net.no_sync()), _out_of_memory_is_an_error(self):
+            with nullcontext() if sync else self.net.no_sync(), _out_of_memory_is_an_error(self):
                 with autocast:
                     out = self.net(images[part], noise=self.data.noise(self.step, part), **free_nats)
                 share = out["neg_elbo"].shape[0] / len(images)  # the mean over the whole update
@@ -202,24 +219,42 @@ class Trainer:
                 raise TrainingDiverged(
                     f"the weights became non-finite (inf or NaN) at step {self.step + 1}: the update was too large "
                     f"(--lr {o.lr:g}). Nothing of it was saved"
-                    + (f"; the checkpoint of step {self._saved_step} in {self.out} is kept: resume with a lower --lr "
-                       "and --allow-changed-options" if self._saved_step else "; run again with a lower --lr"))
+                    + (
+                        f"; the checkpoint of step {self._saved_step} in {self.out} is kept: resume with a lower --lr "
+                        "and --allow-changed-options"
+                        if self._saved_step
+                        else "; run again with a lower --lr"
+                    )
+                )
             self.updates += 1
             self.consecutive_skips = 0
             with torch.no_grad():
-                for p_ema, p in zip(self.ema.parameters(), self.model.parameters()):
+                for p_ema, p in zip(self.ema.parameters(), self.model.parameters(), strict=False):
                     p_ema.mul_(o.ema_rate).add_(p.detach(), alpha=1.0 - o.ema_rate)
         self.step += 1
         elapsed = time.perf_counter() - t0
-        record = {"step": self.step, "loss_bpd": loss * BITS, "neg_elbo_bpd": neg_elbo * BITS,
-                  "distortion_bpd": distortion * BITS, "rate_bpd": rate * BITS, "kl_weight": weight,
-                  "kl_bpd_per_layer": (kl_per_layer / self.config.dims_per_image * BITS).tolist(),
-                  "grad_norm": grad_norm, "skipped": skip, "skipped_total": self.skipped, "nan_total": self.nan_count,
-                  "lr": lr, "images_per_s": len(images) * self.world / max(elapsed, 1e-9), "time_s": elapsed}
+        record = {
+            "step": self.step,
+            "loss_bpd": loss * BITS,
+            "neg_elbo_bpd": neg_elbo * BITS,
+            "distortion_bpd": distortion * BITS,
+            "rate_bpd": rate * BITS,
+            "kl_weight": weight,
+            "kl_bpd_per_layer": (kl_per_layer / self.config.dims_per_image * BITS).tolist(),
+            "grad_norm": grad_norm,
+            "skipped": skip,
+            "skipped_total": self.skipped,
+            "nan_total": self.nan_count,
+            "lr": lr,
+            "images_per_s": len(images) * self.world / max(elapsed, 1e-9),
+            "time_s": elapsed,
+        }
         if self.consecutive_skips and self.consecutive_skips % o.skip_alarm == 0:
-            record["warning"] = (f"{self.consecutive_skips} updates in a row were skipped (gradient norm {grad_norm:.1f}, "
-                                 f"skip threshold {o.skip_threshold}): training has stopped learning. Raise "
-                                 "--skip-threshold (or use --skip-threshold auto) or lower --lr.")
+            record["warning"] = (
+                f"{self.consecutive_skips} updates in a row were skipped (gradient norm {grad_norm:.1f}, "
+                f"skip threshold {o.skip_threshold}): training has stopped learning. Raise "
+                "--skip-threshold (or use --skip-threshold auto) or lower --lr."
+            )
             if self.rank == 0:
                 print("warning: " + record["warning"], file=sys.stderr)
         return record
@@ -229,7 +264,7 @@ class Trainer:
         return bool(torch.isfinite(torch.stack(norms)).all())
 
     # ------------------------------------------------------------------------------------ eval, samples
-    def validate(self) -> Optional[float]:
+    def validate(self) -> float | None:
         """Mean bits per dim of the EMA model on the validation images (the true negative ELBO, whatever the
         training loss), by the one scoring engine's seed rule."""
         if self.val_set is None or len(self.val_set) == 0:
@@ -238,16 +273,18 @@ class Trainer:
         values, _ = score_images(self.ema, images, range(len(images)), ScoreOptions(seed=self.opt.seed))
         return float(values["bpd"].mean())
 
-    def active_units(self, limit: int = 256) -> Optional[List[int]]:
+    def active_units(self, limit: int = 256) -> list[int] | None:
         """Active latent units per decoder layer on (up to `limit`) validation images (train_rules.active_units);
         None without at least two validation images."""
         if self.val_set is None or len(self.val_set) < 2:
             return None
         count = min(limit, len(self.val_set))
         images = torch.stack([self.val_set[i] for i in range(count)])
-        return active_units(self.ema.encode(images, stats=True, seeds=[image_seed(self.opt.seed, i) for i in range(count)]))
+        return active_units(
+            self.ema.encode(images, stats=True, seeds=[image_seed(self.opt.seed, i) for i in range(count)])
+        )
 
-    def validation_record(self) -> Dict:
+    def validation_record(self) -> dict:
         """What a validation logs: the bound and the active units per layer (posterior collapse made visible)."""
         record = {"step": self.step, "val_bpd": self.validate()}
         units = self.active_units()
@@ -268,7 +305,7 @@ class Trainer:
             self.loggers.close()
             self.loggers = None
 
-    def _log(self, record: Dict) -> None:
+    def _log(self, record: dict) -> None:
         """A record into log.jsonl (the source of truth) and the external loggers."""
         self.run.log(record)
         if self.loggers is not None:
@@ -276,9 +313,13 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- checkpoints
     def _state(self):
-        return pack_training_state(self.model, self.ema, self.optimizer, {k: getattr(self, k) for k in COUNTERS},
-                                   {"grad_norm_history": self.skip_rule.history, "config": self.config.to_dict(),
-                                    "options": asdict(self.opt)})
+        return pack_training_state(
+            self.model,
+            self.ema,
+            self.optimizer,
+            {k: getattr(self, k) for k in COUNTERS},
+            {"grad_norm_history": self.skip_rule.history, "config": self.config.to_dict(), "options": asdict(self.opt)},
+        )
 
     def save(self) -> None:
         """The checkpoint (atomically: a failed save leaves the previous one) and OUT/model with its card."""
@@ -292,23 +333,26 @@ class Trainer:
         self._saving = False
         self._saved_step = self.step
 
-    def card(self, final: Optional[Dict] = None) -> Dict:
+    def card(self, final: dict | None = None) -> dict:
         """What the run knows, for the model card of OUT/model: the last validation the log holds (the final one
         once the run has ended). `base_model` is a Hub id (front matter) or, for a local source, named in the text."""
         o = self.opt
         val = self.run.last_validation()[1] if self.rank == 0 else None
         hub_id = hub_id_of(o.model, self.opt.manifest) if o.model else None
-        card = {"title": f"{self.out.name}: " + (f"fine-tuned from {o.model}" if o.model else f"trained from scratch "
-                                                 f"({o.config})"),
-                "base_model": hub_id,
-                "base_model_local": f"{o.model} (a local path, not on the Hub)" if o.model and not hub_id else None,
-                "training_data": f"{len(self.train_set)} images from {o.data}",
-                "steps": f"{self.step} iterations ({self.updates} applied updates, {self.skipped} skipped)",
-                "optimisation": f"AdamW lr {o.lr:g}, batch {o.batch_size} x {o.grad_accumulation} micro-batches x "
-                                f"{self.world} processes, EMA rate {o.ema_rate}",
-                "validation_bits_per_dim": f"{val:.4f} (the EMA weights, on {len(self.val_set)} held-out images)"
-                if val is not None and self.val_set is not None else "not measured",
-                "trained_with": "vdvae-zoo finetune"}
+        card = {
+            "title": f"{self.out.name}: "
+            + (f"fine-tuned from {o.model}" if o.model else f"trained from scratch ({o.config})"),
+            "base_model": hub_id,
+            "base_model_local": f"{o.model} (a local path, not on the Hub)" if o.model and not hub_id else None,
+            "training_data": f"{len(self.train_set)} images from {o.data}",
+            "steps": f"{self.step} iterations ({self.updates} applied updates, {self.skipped} skipped)",
+            "optimisation": f"AdamW lr {o.lr:g}, batch {o.batch_size} x {o.grad_accumulation} micro-batches x "
+            f"{self.world} processes, EMA rate {o.ema_rate}",
+            "validation_bits_per_dim": f"{val:.4f} (the EMA weights, on {len(self.val_set)} held-out images)"
+            if val is not None and self.val_set is not None
+            else "not measured",
+            "trained_with": "vdvae-zoo finetune",
+        }
         return {k: v for k, v in card.items() if v is not None}
 
     def resume(self) -> bool:
@@ -331,32 +375,37 @@ class Trainer:
         if self.rank == 0:
             print(line, file=sys.stderr)
 
-    def summary_lines(self) -> List[str]:
+    def summary_lines(self) -> list[str]:
         """What the run will do, in a few lines (printed at the start)."""
         o, n = self.opt, sum(p.numel() for p in self.model.parameters())
         val = len(self.val_set) if self.val_set is not None else 0
-        return [f"training {'from ' + o.model if o.model else 'from scratch (' + str(o.config) + ')'}: {n:,} parameters, "
-                f"{self.config.image_size}x{self.config.image_size} images, on {self.device} ({o.dtype})",
-                f"data: {len(self.train_set)} training and {val} validation images from {o.data}",
-                f"optimisation: lr {o.lr:g} (warm-up {o.warmup} updates), batch {o.batch_size} x "
-                f"{o.grad_accumulation} micro-batch(es) x {self.world} process(es)"
-                + (", gradient checkpointing" if o.grad_checkpoint else "") +
-                f", EMA rate {o.ema_rate}, grad clip {o.grad_clip:g}, skip threshold {o.skip_threshold}"
-                + (f", KL warm-up {o.kl_warmup} steps" if o.kl_warmup else "")
-                + (f", free bits {o.free_bits:g} nats per layer" if o.free_bits else ""),
-                f"run folder: {self.out} (the EMA weights in {self.run.model_path.name}/ load with vdvae_zoo.load)"]
+        return [
+            f"training {'from ' + o.model if o.model else 'from scratch (' + str(o.config) + ')'}: {n:,} parameters, "
+            f"{self.config.image_size}x{self.config.image_size} images, on {self.device} ({o.dtype})",
+            f"data: {len(self.train_set)} training and {val} validation images from {o.data}",
+            f"optimisation: lr {o.lr:g} (warm-up {o.warmup} updates), batch {o.batch_size} x "
+            f"{o.grad_accumulation} micro-batch(es) x {self.world} process(es)"
+            + (", gradient checkpointing" if o.grad_checkpoint else "")
+            + f", EMA rate {o.ema_rate}, grad clip {o.grad_clip:g}, skip threshold {o.skip_threshold}"
+            + (f", KL warm-up {o.kl_warmup} steps" if o.kl_warmup else "")
+            + (f", free bits {o.free_bits:g} nats per layer" if o.free_bits else ""),
+            f"run folder: {self.out} (the EMA weights in {self.run.model_path.name}/ load with vdvae_zoo.load)",
+        ]
 
     def _on_signal(self, signum, frame):
         self._stop_signal = signum
 
-    def train(self) -> Dict:
+    def train(self) -> dict:
         """Run until `steps`; returns a summary (valid JSON: no NaN). SIGINT/SIGTERM save a checkpoint and stop
         cleanly (`stopped_by_signal` holds the signal's number). A run whose updates are all skipped stops with a
         RuntimeError, after saving."""
         o = self.opt
         if o.resume:
-            self._say(f"resumed from step {self.step} of {o.steps}" if self.resume()
-                      else f"no checkpoint in {self.out}; starting a new run")
+            self._say(
+                f"resumed from step {self.step} of {o.steps}"
+                if self.resume()
+                else f"no checkpoint in {self.out}; starting a new run"
+            )
         for line in self.summary_lines():
             self._say(line)
         self._say(self.memory_line)
@@ -364,12 +413,14 @@ class Trainer:
             self._say(f"warning: {self.memory_problem} (training anyway: --ignore-memory-plan)")
         if self.step >= o.steps:
             self._say(f"the run is already at step {self.step} of --steps {o.steps}; raise --steps to continue")
-            return finite_json({"step": self.step, "updates": self.updates, "skipped": self.skipped,
-                                "stopped_by_signal": None})
+            return finite_json(
+                {"step": self.step, "updates": self.updates, "skipped": self.skipped, "stopped_by_signal": None}
+            )
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         stopped, bar = None, None
         try:
             from ..data.progress import progress_bar
+
             if o.log_to and self.rank == 0:
                 self.loggers = ExternalLoggers(o.log_to, self.out, self.out.name, asdict(o))
             bar = progress_bar(total=o.steps, initial=self.step, enabled=self.rank == 0, desc="training", unit="step")
@@ -389,8 +440,14 @@ class Trainer:
                     self.save()
                 if stop:
                     stopped = int(self._stop_signal or signal.SIGTERM)
-                    self.run.log({"step": self.step, "event": "stopped", "stopped_by_signal": stopped,
-                                  "resume": "run the same command with --resume"})
+                    self.run.log(
+                        {
+                            "step": self.step,
+                            "event": "stopped",
+                            "stopped_by_signal": stopped,
+                            "resume": "run the same command with --resume",
+                        }
+                    )
                     break
                 if stalled:
                     raise TrainingStalled(self._stalled_message(record))
@@ -422,23 +479,27 @@ class Trainer:
                 self.run.plot_curves()
         return finite_json(summary)
 
-    def _stalled_message(self, record: Dict) -> str:
-        return (f"training stopped learning: {self.consecutive_skips} updates in a row were skipped (last gradient "
-                f"norm {record['grad_norm']:.3g}, skip threshold {self.opt.skip_threshold}; "
-                f"{self.nan_count} NaN losses). The checkpoint in {self.out} was saved; resume with a higher "
-                "--skip-threshold or a lower --lr (and --allow-changed-options).")
+    def _stalled_message(self, record: dict) -> str:
+        return (
+            f"training stopped learning: {self.consecutive_skips} updates in a row were skipped (last gradient "
+            f"norm {record['grad_norm']:.3g}, skip threshold {self.opt.skip_threshold}; "
+            f"{self.nan_count} NaN losses). The checkpoint in {self.out} was saved; resume with a higher "
+            "--skip-threshold or a lower --lr (and --allow-changed-options)."
+        )
 
     def _ranks_identical(self) -> bool:
         if self.world == 1:
             return True
         flat = torch.cat([p.detach().flatten().double() for p in self.model.parameters()])
-        checks = torch.stack([flat.sum(), (flat * torch.arange(len(flat), dtype=torch.float64, device=flat.device)).sum()])
+        checks = torch.stack(
+            [flat.sum(), (flat * torch.arange(len(flat), dtype=torch.float64, device=flat.device)).sum()]
+        )
         gathered = [torch.zeros_like(checks) for _ in range(self.world)]
         dist.all_gather(gathered, checks)
         return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
-def finetune(**kwargs) -> Dict:
+def finetune(**kwargs) -> dict:
     """Python entry point: `vdvae_zoo.finetune(model="ffhq256", data="faces/", out="runs/faces", steps=1000)`."""
     trainer = Trainer(TrainOptions(**kwargs))
     try:

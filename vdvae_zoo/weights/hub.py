@@ -22,15 +22,29 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from ..data.files import CONFIG_NAME, WEIGHTS_NAME, atomic_write, sha256_file
 from .manifest import ModelEntry, valid_name
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "IntegrityError", "NotCachedError", "default_cache_dir", "offline",
-           "file_sha256",
-           "converted_folder", "hub_repo_folder", "cached_folder", "is_cached", "fetch_hub_folder", "fetch_url", "download_original",
-           "entry_lock", "DOWNLOAD_DEADLINE_S"]
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "IntegrityError",
+    "NotCachedError",
+    "default_cache_dir",
+    "offline",
+    "file_sha256",
+    "converted_folder",
+    "hub_repo_folder",
+    "cached_folder",
+    "is_cached",
+    "fetch_hub_folder",
+    "fetch_url",
+    "download_original",
+    "entry_lock",
+    "DOWNLOAD_DEADLINE_S",
+]
 
 #: Overall limit of one download, in seconds (a server that trickles bytes must not hold a process for ever).
 DOWNLOAD_DEADLINE_S = float(os.environ.get("VDVAE_ZOO_DOWNLOAD_DEADLINE_S", 4 * 3600))
@@ -63,13 +77,14 @@ def _root(cache_dir: CacheDir) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
-def file_sha256(path: Union[str, os.PathLike]) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file, hashed once: the result is recorded (by the file's real path, size, modification time,
     inode and status-change time) in the cache's `vdvae-zoo/sha256.json`, so loading the same weights again hashes
     nothing. A file that changed is hashed again: also one rewritten in place with its size and modification time
     put back, since no program can set the status-change time (ctime). An unwritable cache only means no record
     is kept."""
     import json
+
     real = Path(path).resolve()
     stat = real.stat()
     key, mark = str(real), [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
@@ -112,13 +127,15 @@ def hub_repo_folder(repo_id: str, cache_dir: CacheDir = None) -> Path:
     return _root(cache_dir) / ("models--" + repo_id.replace("/", "--"))
 
 
-def cached_folder(entry: ModelEntry, cache_dir: CacheDir = None) -> Optional[Path]:
+def cached_folder(entry: ModelEntry, cache_dir: CacheDir = None) -> Path | None:
     """The folder holding the entry's config.json + model.safetensors when it is in the cache, else None (no
     network: for a published entry, the pinned revision's snapshot)."""
     if entry.published:
         from huggingface_hub import try_to_load_from_cache
-        found = try_to_load_from_cache(entry.hub["repo_id"], WEIGHTS_NAME, cache_dir=str(_root(cache_dir)),
-                                       revision=entry.hub["revision"])
+
+        found = try_to_load_from_cache(
+            entry.hub["repo_id"], WEIGHTS_NAME, cache_dir=str(_root(cache_dir)), revision=entry.hub["revision"]
+        )
         folder = Path(found).parent if isinstance(found, str) else None
     else:
         folder = converted_folder(entry, cache_dir)
@@ -134,7 +151,8 @@ def not_cached_error(name: str, what: str) -> NotCachedError:
     return NotCachedError(
         f"model {name!r} is not in the local cache ({what}) and downloads are off (local_files_only=True or "
         f"HF_HUB_OFFLINE=1). On a machine with internet run `vdvae-zoo download {name}` (with the same HF_HOME "
-        "or --cache-dir), or load with local_files_only=False.")
+        "or --cache-dir), or load with local_files_only=False."
+    )
 
 
 def _discard(path: Path, root: Path) -> None:
@@ -151,13 +169,14 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
-def unreachable(url: str, timeout: float = 3.0) -> Optional[str]:
+def unreachable(url: str, timeout: float = 3.0) -> str | None:
     """None when a connection to `url`'s host opens within `timeout` seconds, else why not (one phrase). Asked
     before the first download, so that an offline machine or a mistyped name fails at once instead of after a
     downloader's retries."""
     import socket
     import threading
     import urllib.parse
+
     parsed = urllib.parse.urlparse(url)
     host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
     if not host:
@@ -179,17 +198,28 @@ def unreachable(url: str, timeout: float = 3.0) -> Optional[str]:
     return None if outcome[0] is None else f"{host}: {outcome[0]}"
 
 
-def fetch_hub_folder(repo_id: str, revision: Optional[str], *, pinned_revision: Optional[str] = None,
-                     pinned_sha256: Optional[str] = None, cache_dir: CacheDir = None, local_files_only: bool = False,
-                     name: Optional[str] = None) -> Path:
+def fetch_hub_folder(
+    repo_id: str,
+    revision: str | None,
+    *,
+    pinned_revision: str | None = None,
+    pinned_sha256: str | None = None,
+    cache_dir: CacheDir = None,
+    local_files_only: bool = False,
+    name: str | None = None,
+) -> Path:
     """Download (or find in the cache) `config.json` + `model.safetensors` of a Hub repository; returns their
     folder. With a pin, the weights' sha256 must match (a mismatching file is removed from the cache). A
     `revision` other than the pinned one gives a warning: the pin no longer applies."""
     from huggingface_hub.errors import LocalEntryNotFoundError
+
     root = _root(cache_dir)
     if revision is not None and pinned_revision and revision != pinned_revision:
-        warnings.warn(f"{name or repo_id}: revision {revision!r} replaces the manifest's pinned {pinned_revision}; "
-                      "the sha256 pin no longer applies, so the weights are not checked.", stacklevel=3)
+        warnings.warn(
+            f"{name or repo_id}: revision {revision!r} replaces the manifest's pinned {pinned_revision}; "
+            "the sha256 pin no longer applies, so the weights are not checked.",
+            stacklevel=3,
+        )
         pinned_sha256 = None
     rev = revision or pinned_revision or "main"
     local_only = offline(local_files_only)
@@ -197,8 +227,10 @@ def fetch_hub_folder(repo_id: str, revision: Optional[str], *, pinned_revision: 
         why = unreachable(hub_endpoint())
         if why is not None:
             if not _cached(repo_id, rev, root):
-                raise ConnectionError(f"the Hub cannot be reached from here ({why}); work offline with "
-                                      "HF_HUB_OFFLINE=1 and a cached model, or use a local folder or file")
+                raise ConnectionError(
+                    f"the Hub cannot be reached from here ({why}); work offline with "
+                    "HF_HUB_OFFLINE=1 and a cached model, or use a local folder or file"
+                )
             local_only = True  # in the cache already: no need to ask the Hub
     paths = {}
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
@@ -216,9 +248,11 @@ def fetch_hub_folder(repo_id: str, revision: Optional[str], *, pinned_revision: 
         sha = file_sha256(weights)
         if sha != pinned_sha256.lower():
             _discard(weights, root)
-            raise IntegrityError(f"{repo_id}@{rev}/{WEIGHTS_NAME} has sha256 {sha}, but the manifest pins "
-                                 f"{pinned_sha256}; the file was deleted from the cache. Try again; if it persists the "
-                                 "repository no longer matches the manifest.")
+            raise IntegrityError(
+                f"{repo_id}@{rev}/{WEIGHTS_NAME} has sha256 {sha}, but the manifest pins "
+                f"{pinned_sha256}; the file was deleted from the cache. Try again; if it persists the "
+                "repository no longer matches the manifest."
+            )
     return weights.parent
 
 
@@ -227,44 +261,81 @@ def _hub_download(repo_id: str, filename: str, revision: str, root: Path, local_
     tried once more, then reported in one sentence. Answers of the Hub (no such repository, file or revision)
     are passed on as they are."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     for attempt in (1, 2):
         try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(root),
-                                        local_files_only=local_only, endpoint=os.environ.get("HF_ENDPOINT") or None))
-        except (LocalEntryNotFoundError, EntryNotFoundError, GatedRepoError, RepositoryNotFoundError,
-                RevisionNotFoundError):
+            return Path(
+                hf_hub_download(
+                    repo_id,
+                    filename,
+                    revision=revision,
+                    cache_dir=str(root),
+                    local_files_only=local_only,
+                    endpoint=os.environ.get("HF_ENDPOINT") or None,
+                )
+            )
+        except (
+            LocalEntryNotFoundError,
+            EntryNotFoundError,
+            GatedRepoError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        ):
             raise
         except Exception as e:  # noqa: BLE001 - transport failures of any HTTP stack
             if _local_disk_error(e):  # our disk, not the network: no retry, and said as what it is
                 raise OSError(e.errno, e.strerror or str(e), getattr(e, "filename", None) or str(root)) from None
             if attempt == 2:
                 text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-                raise ConnectionError(f"the download of {repo_id}/{filename} broke off twice ({type(e).__name__}"
-                                      f"{': ' + text if text else ''}); try again later") from None
+                raise ConnectionError(
+                    f"the download of {repo_id}/{filename} broke off twice ({type(e).__name__}"
+                    f"{': ' + text if text else ''}); try again later"
+                ) from None
     raise AssertionError("unreachable")
 
 
 def _local_disk_error(e: BaseException) -> bool:
     """A full, read-only or unwritable local disk (not a transfer that broke off)."""
     import errno
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM,
-                                                   getattr(errno, "EDQUOT", errno.ENOSPC))
+
+    return isinstance(e, OSError) and e.errno in (
+        errno.ENOSPC,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        getattr(errno, "EDQUOT", errno.ENOSPC),
+    )
 
 
 def _cached(repo_id: str, revision: str, root: Path) -> bool:
     """True when both files of the repository's `revision` are in the cache (no connection is then needed)."""
     from huggingface_hub import try_to_load_from_cache
-    return all(isinstance(try_to_load_from_cache(repo_id, name, cache_dir=str(root), revision=revision), str)
-               for name in (CONFIG_NAME, WEIGHTS_NAME))
+
+    return all(
+        isinstance(try_to_load_from_cache(repo_id, name, cache_dir=str(root), revision=revision), str)
+        for name in (CONFIG_NAME, WEIGHTS_NAME)
+    )
 
 
-def fetch_url(url: str, destination: Path, expected_sha256: Optional[str] = None, *, timeout: float = 60.0,
-              deadline_s: Optional[float] = None) -> str:
+def fetch_url(
+    url: str,
+    destination: Path,
+    expected_sha256: str | None = None,
+    *,
+    timeout: float = 60.0,
+    deadline_s: float | None = None,
+) -> str:
     """Stream `url` to `destination` with a progress bar; the file appears only when complete (and its sha256
     matches, when given). `timeout`: seconds without data; `deadline_s`: the whole download. Returns the sha256."""
     from ..data.progress import progress_bar
+
     deadline_s = DOWNLOAD_DEADLINE_S if deadline_s is None else deadline_s
     digest = hashlib.sha256()
     started = time.monotonic()
@@ -280,14 +351,18 @@ def fetch_url(url: str, destination: Path, expected_sha256: Optional[str] = None
                     received += len(chunk)
                     bar.update(len(chunk))
                     if time.monotonic() - started > deadline_s:
-                        raise TimeoutError(f"download of {url} did not finish within {deadline_s:.0f} s "
-                                           f"({received:,} of {total or '?'} bytes); try again later")
+                        raise TimeoutError(
+                            f"download of {url} did not finish within {deadline_s:.0f} s "
+                            f"({received:,} of {total or '?'} bytes); try again later"
+                        )
             if total is not None and received != total:
-                raise IOError(f"download of {url} stopped after {received} of {total} bytes")
+                raise OSError(f"download of {url} stopped after {received} of {total} bytes")
         if expected_sha256 and digest.hexdigest() != expected_sha256.lower():
-            raise IntegrityError(f"{url}: sha256 {digest.hexdigest()} does not match the manifest's {expected_sha256}; "
-                                 "the file was deleted. Try again; if it persists the source changed and the manifest "
-                                 "must be updated.")
+            raise IntegrityError(
+                f"{url}: sha256 {digest.hexdigest()} does not match the manifest's {expected_sha256}; "
+                "the file was deleted. Try again; if it persists the source changed and the manifest "
+                "must be updated."
+            )
 
     try:
         atomic_write(destination, stream)  # the file appears only when complete and checked
@@ -306,6 +381,7 @@ def entry_lock(entry: ModelEntry, cache_dir: CacheDir = None):
     """A file lock held while an unpublished entry is downloaded and converted (concurrent loads wait); the lock
     file is removed afterwards when no other process holds it."""
     from huggingface_hub.utils import WeakFileLock
+
     folder = converted_folder(entry, cache_dir)
     folder.parent.mkdir(parents=True, exist_ok=True)
     path = folder.with_name(f"{entry.name}.lock")
@@ -316,10 +392,11 @@ def entry_lock(entry: ModelEntry, cache_dir: CacheDir = None):
         remove_free_locks(path.parent, [path])
 
 
-def remove_free_locks(folder: Path, paths: Optional[list] = None) -> int:
+def remove_free_locks(folder: Path, paths: list | None = None) -> int:
     """Delete the empty `*.lock` files in `folder` (or `paths`) that no process holds (a free lock can be taken
     at once); a failed download leaves them behind. Returns how many went."""
     from filelock import FileLock, Timeout
+
     removed = 0
     for lock_file in paths if paths is not None else (sorted(folder.glob("*.lock")) if folder.is_dir() else []):
         try:
@@ -348,5 +425,6 @@ def download_original(entry: ModelEntry, cache_dir: CacheDir = None) -> Path:
             raise ConnectionError(
                 f"{e}; model {entry.name!r} needs {size} from there once. Ways out: run `vdvae-zoo download "
                 f"{entry.name}` on a machine with internet and the same HF_HOME (or --cache-dir), then use "
-                "HF_HUB_OFFLINE=1 here; or load a file you already have with load(FILE, config=...)") from None
+                "HF_HUB_OFFLINE=1 here; or load a file you already have with load(FILE, config=...)"
+            ) from None
     return original

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
 
 import torch
 
@@ -42,38 +41,46 @@ class BlockRun:
 class CheckpointInfo:
     parameters: int
     tensors: int
-    width: Optional[int]
-    zdim: Optional[int]
-    num_mixtures: Optional[int]
-    bias_resolutions: List[int]
-    bias_widths: List[int]
-    encoder_blocks: List[tuple]   # (width, kernel) per block
-    decoder_layers: List[tuple]   # (width, kernel) per layer
-    notes: List[str] = field(default_factory=list)
+    width: int | None
+    zdim: int | None
+    num_mixtures: int | None
+    bias_resolutions: list[int]
+    bias_widths: list[int]
+    encoder_blocks: list[tuple]  # (width, kernel) per block
+    decoder_layers: list[tuple]  # (width, kernel) per layer
+    notes: list[str] = field(default_factory=list)
 
     @property
-    def encoder_runs(self) -> List[BlockRun]:
+    def encoder_runs(self) -> list[BlockRun]:
         return _runs(self.encoder_blocks)
 
     @property
-    def decoder_runs(self) -> List[BlockRun]:
+    def decoder_runs(self) -> list[BlockRun]:
         return _runs(self.decoder_layers)
 
-    def to_dict(self) -> Dict:
+    def to_dict(self) -> dict:
         return {
-            "parameters": self.parameters, "tensors": self.tensors, "width": self.width, "zdim": self.zdim,
-            "num_mixtures": self.num_mixtures, "bias_xs": dict(zip(self.bias_resolutions, self.bias_widths)),
+            "parameters": self.parameters,
+            "tensors": self.tensors,
+            "width": self.width,
+            "zdim": self.zdim,
+            "num_mixtures": self.num_mixtures,
+            "bias_xs": dict(zip(self.bias_resolutions, self.bias_widths, strict=False)),
             "encoder": {"blocks": len(self.encoder_blocks), "runs": [vars(r) for r in self.encoder_runs]},
             "decoder": {"layers": len(self.decoder_layers), "runs": [vars(r) for r in self.decoder_runs]},
             "notes": self.notes,
         }
 
     def describe(self) -> str:
-        lines = [f"parameters: {self.parameters:,} in {self.tensors} tensors",
-                 f"width (image resolution): {self.width}", f"zdim: {self.zdim}", f"num_mixtures: {self.num_mixtures}",
-                 "bias_xs (learned starting states), resolution:width: "
-                 + ", ".join(f"{r}:{w}" for r, w in zip(self.bias_resolutions, self.bias_widths)),
-                 f"encoder: {len(self.encoder_blocks)} blocks"]
+        lines = [
+            f"parameters: {self.parameters:,} in {self.tensors} tensors",
+            f"width (image resolution): {self.width}",
+            f"zdim: {self.zdim}",
+            f"num_mixtures: {self.num_mixtures}",
+            "bias_xs (learned starting states), resolution:width: "
+            + ", ".join(f"{r}:{w}" for r, w in zip(self.bias_resolutions, self.bias_widths, strict=False)),
+            f"encoder: {len(self.encoder_blocks)} blocks",
+        ]
         lines += [f"  {r.describe()}" for r in self.encoder_runs]
         lines.append(f"decoder: {len(self.decoder_layers)} stochastic layers")
         lines += [f"  {r.describe()}" for r in self.decoder_runs]
@@ -81,8 +88,8 @@ class CheckpointInfo:
         return "\n".join(lines)
 
 
-def _runs(blocks: List[tuple]) -> List[BlockRun]:
-    runs: List[BlockRun] = []
+def _runs(blocks: list[tuple]) -> list[BlockRun]:
+    runs: list[BlockRun] = []
     for i, (w, k) in enumerate(blocks):
         if runs and (runs[-1].width, runs[-1].kernel) == (w, k):
             runs[-1].count += 1
@@ -91,19 +98,19 @@ def _runs(blocks: List[tuple]) -> List[BlockRun]:
     return runs
 
 
-def _indexed(state: Dict[str, torch.Tensor], prefix: str, suffix: str) -> List[str]:
+def _indexed(state: dict[str, torch.Tensor], prefix: str, suffix: str) -> list[str]:
     """The keys PREFIX{i}.SUFFIX of `state`, in the order of i."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\." + re.escape(suffix) + "$")
     found = {int(m.group(1)): k for k in state for m in [pattern.match(k)] if m}
     return [found[i] for i in sorted(found)]
 
 
-def inspect_checkpoint(path_or_state: Union[str, os.PathLike, Dict[str, torch.Tensor]]) -> CheckpointInfo:
+def inspect_checkpoint(path_or_state: str | os.PathLike | dict[str, torch.Tensor]) -> CheckpointInfo:
     """The structure a checkpoint's tensor shapes determine (`.th`, `.safetensors`, or a state dict)."""
     state = strip_ddp_prefix(path_or_state) if isinstance(path_or_state, dict) else read_checkpoint(path_or_state)
     notes = []
 
-    def conv(k) -> Optional[tuple]:  # a 4-d (out, in, kh, kw) weight, or None (noted) for anything else
+    def conv(k) -> tuple | None:  # a 4-d (out, in, kh, kw) weight, or None (noted) for anything else
         value = state.get(k)
         if value is None:
             return None
@@ -112,15 +119,35 @@ def inspect_checkpoint(path_or_state: Union[str, os.PathLike, Dict[str, torch.Te
             return None
         return tuple(value.shape)
 
-    enc = [(c1[1], c2[-1]) for c1, c2 in zip(
-        (conv(k) for k in _indexed(state, ENCODER_BLOCKS, "c1.weight")),
-        (conv(k) for k in _indexed(state, ENCODER_BLOCKS, "c2.weight"))) if c1 and c2]
-    dec = [(c1[1], c2[-1]) for c1, c2 in zip(
-        (conv(k) for k in _indexed(state, DECODER_LAYERS, "resnet.c1.weight")),
-        (conv(k) for k in _indexed(state, DECODER_LAYERS, "resnet.c2.weight"))) if c1 and c2]
+    enc = [
+        (c1[1], c2[-1])
+        for c1, c2 in zip(
+            (conv(k) for k in _indexed(state, ENCODER_BLOCKS, "c1.weight")),
+            (conv(k) for k in _indexed(state, ENCODER_BLOCKS, "c2.weight")),
+            strict=False,
+        )
+        if c1 and c2
+    ]
+    dec = [
+        (c1[1], c2[-1])
+        for c1, c2 in zip(
+            (conv(k) for k in _indexed(state, DECODER_LAYERS, "resnet.c1.weight")),
+            (conv(k) for k in _indexed(state, DECODER_LAYERS, "resnet.c2.weight")),
+            strict=False,
+        )
+        if c1 and c2
+    ]
     z_proj = [s for s in (conv(k) for k in _indexed(state, DECODER_LAYERS, "z_proj.weight")) if s]
-    biases = [s for s in (conv(k) for k in sorted((k for k in state if re.match(re.escape(BIAS_XS) + r"\d+$", k)),
-                                                  key=lambda k: int(k.rsplit(".", 1)[1]))) if s]
+    biases = [
+        s
+        for s in (
+            conv(k)
+            for k in sorted(
+                (k for k in state if re.match(re.escape(BIAS_XS) + r"\d+$", k)), key=lambda k: int(k.rsplit(".", 1)[1])
+            )
+        )
+        if s
+    ]
     out_conv = conv(OUT_CONV)
     gain = conv(GAIN)
     if not enc:
@@ -129,15 +156,22 @@ def inspect_checkpoint(path_or_state: Union[str, os.PathLike, Dict[str, torch.Te
         notes.append("no decoder layers found")
     if out_conv and out_conv[0] % 10:
         notes.append(f"out_conv has {out_conv[0]} channels, not a multiple of 10: not a mixture-of-logistics head")
-    notes.append("down-sampling points and the resolution of runs of 3x3 blocks are not visible in the shapes; "
-                 "bias_xs gives the decoder's resolutions up to no_bias_above")
+    notes.append(
+        "down-sampling points and the resolution of runs of 3x3 blocks are not visible in the shapes; "
+        "bias_xs gives the decoder's resolutions up to no_bias_above"
+    )
     return CheckpointInfo(
-        parameters=sum(v.numel() for v in state.values()), tensors=len(state),
+        parameters=sum(v.numel() for v in state.values()),
+        tensors=len(state),
         width=gain[1] if gain else None,
         zdim=z_proj[0][1] if z_proj else None,
         num_mixtures=out_conv[0] // 10 if out_conv else None,
-        bias_resolutions=[b[2] for b in biases], bias_widths=[b[1] for b in biases],
-        encoder_blocks=enc, decoder_layers=dec, notes=notes)
+        bias_resolutions=[b[2] for b in biases],
+        bias_widths=[b[1] for b in biases],
+        encoder_blocks=enc,
+        decoder_layers=dec,
+        notes=notes,
+    )
 
 
 def _expected(config: VDVAEConfig) -> tuple:
@@ -146,23 +180,31 @@ def _expected(config: VDVAEConfig) -> tuple:
     return enc, dec
 
 
-def compare_with_config(info: CheckpointInfo, config: VDVAEConfig) -> List[str]:
+def compare_with_config(info: CheckpointInfo, config: VDVAEConfig) -> list[str]:
     """Where the file and `config` differ: the first differing encoder block and decoder layer, and the
     global fields. Empty when the shapes agree."""
     enc, dec = _expected(config)
     diffs = []
-    for what, ours, theirs in (("encoder block", info.encoder_blocks, enc), ("decoder layer", info.decoder_layers, dec)):
+    for what, ours, theirs in (
+        ("encoder block", info.encoder_blocks, enc),
+        ("decoder layer", info.decoder_layers, dec),
+    ):
         for i in range(max(len(ours), len(theirs))):
             a = ours[i] if i < len(ours) else None
             b = theirs[i] if i < len(theirs) else None
             if a != b:
                 fmt = lambda t: "nothing" if t is None else f"width {t[0]}, {t[1]}x{t[1]}"  # noqa: E731
-                diffs.append(f"{what} {i}: file has {fmt(a)}, config expects {fmt(b)} "
-                             f"(file: {len(ours)} {what}s, config: {len(theirs)})")
+                diffs.append(
+                    f"{what} {i}: file has {fmt(a)}, config expects {fmt(b)} "
+                    f"(file: {len(ours)} {what}s, config: {len(theirs)})"
+                )
                 break
-    for name, ours, theirs in (("width", info.width, config.width), ("zdim", info.zdim, config.zdim),
-                               ("num_mixtures", info.num_mixtures, config.num_mixtures),
-                               ("bias_xs resolutions", info.bias_resolutions, config.bias_resolutions)):
+    for name, ours, theirs in (
+        ("width", info.width, config.width),
+        ("zdim", info.zdim, config.zdim),
+        ("num_mixtures", info.num_mixtures, config.num_mixtures),
+        ("bias_xs resolutions", info.bias_resolutions, config.bias_resolutions),
+    ):
         if ours != theirs:
             diffs.append(f"{name}: file has {ours}, config expects {theirs}")
     return diffs

@@ -17,12 +17,22 @@ import urllib.parse
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 from ..config import EXAMPLE_CONFIGS, PRESETS, VDVAEConfig
 
-__all__ = ["ModelEntry", "Candidate", "Manifest", "load_manifest", "manifest_data", "pin_entries", "UnknownModelError",
-           "valid_name", "hub_id_of", "MANIFEST_FILE"]
+__all__ = [
+    "ModelEntry",
+    "Candidate",
+    "Manifest",
+    "load_manifest",
+    "manifest_data",
+    "pin_entries",
+    "UnknownModelError",
+    "valid_name",
+    "hub_id_of",
+    "MANIFEST_FILE",
+]
 
 MANIFEST_FILE = "weights_manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -33,7 +43,7 @@ class UnknownModelError(ValueError):
     """A name that is neither a model of the manifest, nor an existing path, nor a Hub repository id."""
 
 
-def hub_id_of(model: str, manifest: Union[None, str, "os.PathLike[str]", "Manifest"] = None) -> Optional[str]:
+def hub_id_of(model: str, manifest: None | str | os.PathLike[str] | Manifest = None) -> str | None:
     """The Hub repository id a model reference stands for: a manifest name's repo_id, or the reference itself when
     it has the form owner/name and is no local path; None otherwise (a local file or folder)."""
     entries = load_manifest(manifest)
@@ -71,11 +81,13 @@ class Candidate:
     turns out to hold it."""
 
     name: str
-    config: Union[str, Dict[str, Any]]
+    config: str | dict[str, Any]
     note: str = ""
 
     def resolve_config(self) -> VDVAEConfig:
-        return VDVAEConfig.from_preset(self.config) if isinstance(self.config, str) else VDVAEConfig.from_dict(self.config)
+        return (
+            VDVAEConfig.from_preset(self.config) if isinstance(self.config, str) else VDVAEConfig.from_dict(self.config)
+        )
 
 
 @dataclass(frozen=True)
@@ -88,35 +100,38 @@ class ModelEntry:
     resolution: int
     bits: int
     parameters: int
-    reported_test_bpd: Optional[float]
+    reported_test_bpd: float | None
     license: str
-    hub: Dict[str, Any]
-    source: Dict[str, Any]
+    hub: dict[str, Any]
+    source: dict[str, Any]
     aliases: tuple = ()
     encoder_verified: bool = True
     notes: str = ""
-    config: Optional[Dict[str, Any]] = None  # an explicit architecture, for models that are not a preset
-    candidates: Tuple[Candidate, ...] = ()   # other architectures the file may hold (see Candidate)
-    model_type: Optional[str] = None         # the family (registry.py); None: the default family
+    config: dict[str, Any] | None = None  # an explicit architecture, for models that are not a preset
+    candidates: tuple[Candidate, ...] = ()  # other architectures the file may hold (see Candidate)
+    model_type: str | None = None  # the family (registry.py); None: the default family
 
     def resolve_config(self) -> VDVAEConfig:
         """The architecture the entry's name promises (its `config`, else its preset)."""
         return VDVAEConfig.from_dict(self.config) if self.config else VDVAEConfig.from_preset(self.preset)
 
-    def architectures(self) -> Dict[str, VDVAEConfig]:
+    def architectures(self) -> dict[str, VDVAEConfig]:
         """{label: config} of every architecture the entry's file may hold: 'published' first, then candidates
         (built once per entry)."""
         if "_architectures" not in self.__dict__:
-            object.__setattr__(self, "_architectures", {"published": self.resolve_config(),
-                                                        **{c.name: c.resolve_config() for c in self.candidates}})
+            object.__setattr__(
+                self,
+                "_architectures",
+                {"published": self.resolve_config(), **{c.name: c.resolve_config() for c in self.candidates}},
+            )
         return dict(self.__dict__["_architectures"])
 
-    def candidate_for(self, config: VDVAEConfig) -> Optional[Candidate]:
+    def candidate_for(self, config: VDVAEConfig) -> Candidate | None:
         """The candidate whose architecture is `config` (None when it is the published one, or none of them)."""
         return next((c for c in self.candidates if c.resolve_config() == config), None)
 
     def label_for(self, config: VDVAEConfig) -> str:
-        """"published", a candidate's name, or "not a listed candidate": which of the entry's architectures `config` is."""
+        """ "published", a candidate's name, or "not a listed candidate": which of the entry's architectures `config` is."""
         return next((label for label, c in self.architectures().items() if c == config), "not a listed candidate")
 
     @property
@@ -125,8 +140,17 @@ class ModelEntry:
         return bool(self.hub.get("revision")) and bool(self.hub.get("sha256"))
 
 
-_REQUIRED = {"name": str, "preset": str, "dataset": str, "resolution": int, "bits": int, "parameters": int,
-             "license": str, "hub": dict, "source": dict}
+_REQUIRED = {
+    "name": str,
+    "preset": str,
+    "dataset": str,
+    "resolution": int,
+    "bits": int,
+    "parameters": int,
+    "license": str,
+    "hub": dict,
+    "source": dict,
+}
 _OPTIONAL = {"reported_test_bpd", "aliases", "encoder_verified", "notes", "config", "candidates", "model_type"}
 
 
@@ -143,8 +167,10 @@ def _entry(m: Any, where: str) -> ModelEntry:
         raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
     for name in (m["name"], *m.get("aliases", ())):
         if not valid_name(name):
-            raise ValueError(f"{where}: model name {name!r} is not a plain name (letters, digits, '.', '_', '-'; "
-                             "not starting with '.', no '..'); names become cache folder names")
+            raise ValueError(
+                f"{where}: model name {name!r} is not a plain name (letters, digits, '.', '_', '-'; "
+                "not starting with '.', no '..'); names become cache folder names"
+            )
     if "config" in m:
         if not isinstance(m["config"], dict):
             raise ValueError(f"{where}: config must be an object of hyper-parameters")
@@ -157,10 +183,15 @@ def _entry(m: Any, where: str) -> ModelEntry:
     candidates = []
     for j, c in enumerate(m.get("candidates", ())):
         here = f"{where}: candidates[{j}]"
-        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or "config" not in c \
-                or set(c) - {"name", "config", "note"}:
-            raise ValueError(f"{here} must be an object with name, config (a preset name or hyper-parameters) and "
-                             "optionally note")
+        if (
+            not isinstance(c, dict)
+            or not isinstance(c.get("name"), str)
+            or "config" not in c
+            or set(c) - {"name", "config", "note"}
+        ):
+            raise ValueError(
+                f"{here} must be an object with name, config (a preset name or hyper-parameters) and optionally note"
+            )
         try:
             candidate = Candidate(c["name"], c["config"], c.get("note", ""))
             candidate.resolve_config()
@@ -172,8 +203,11 @@ def _entry(m: Any, where: str) -> ModelEntry:
     if m["bits"] not in (5, 8):
         raise ValueError(f"{where}: bits must be 5 or 8, got {m['bits']}")
     hub, source = m["hub"], m["source"]
-    if not isinstance(hub.get("repo_id"), str) or hub["repo_id"].count("/") != 1 \
-            or not all(valid_name(part) for part in hub["repo_id"].split("/")):
+    if (
+        not isinstance(hub.get("repo_id"), str)
+        or hub["repo_id"].count("/") != 1
+        or not all(valid_name(part) for part in hub["repo_id"].split("/"))
+    ):
         raise ValueError(f"{where}: hub.repo_id must be 'owner/name', got {hub.get('repo_id')!r}")
     for key, length in (("revision", 40), ("sha256", 64)):
         if hub.get(key) is not None and not _is_hex(hub[key], length):
@@ -185,20 +219,32 @@ def _entry(m: Any, where: str) -> ModelEntry:
     if not (hub.get("revision") and hub.get("sha256")) and not source.get("url"):
         raise ValueError(f"{where}: an entry must be published on the Hub (revision and sha256) or have a source.url")
     return ModelEntry(
-        name=m["name"], preset=m["preset"], dataset=m["dataset"], resolution=m["resolution"], bits=m["bits"],
-        parameters=m["parameters"], reported_test_bpd=m.get("reported_test_bpd"), license=m["license"],
-        hub=dict(hub), source=dict(source), aliases=tuple(m.get("aliases", ())),
-        encoder_verified=bool(m.get("encoder_verified", True)), notes=m.get("notes", ""), config=m.get("config"),
-        candidates=tuple(candidates), model_type=m.get("model_type"))
+        name=m["name"],
+        preset=m["preset"],
+        dataset=m["dataset"],
+        resolution=m["resolution"],
+        bits=m["bits"],
+        parameters=m["parameters"],
+        reported_test_bpd=m.get("reported_test_bpd"),
+        license=m["license"],
+        hub=dict(hub),
+        source=dict(source),
+        aliases=tuple(m.get("aliases", ())),
+        encoder_verified=bool(m.get("encoder_verified", True)),
+        notes=m.get("notes", ""),
+        config=m.get("config"),
+        candidates=tuple(candidates),
+        model_type=m.get("model_type"),
+    )
 
 
 @dataclass
 class Manifest:
     """The pinned list of released models (`weights_manifest.json`)."""
 
-    entries: List[ModelEntry]
+    entries: list[ModelEntry]
     path: str = "<memory>"
-    _by_name: Dict[str, ModelEntry] = field(default_factory=dict, repr=False)
+    _by_name: dict[str, ModelEntry] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for e in self.entries:
@@ -208,7 +254,7 @@ class Manifest:
                 self._by_name[n] = e
 
     @classmethod
-    def from_json(cls, data: Dict[str, Any], path: str = "<memory>") -> "Manifest":
+    def from_json(cls, data: dict[str, Any], path: str = "<memory>") -> Manifest:
         if not isinstance(data, dict) or not isinstance(data.get("models"), list):
             raise ValueError(f"{path}: a manifest is a JSON object with a 'models' list")
         entries = []
@@ -218,7 +264,7 @@ class Manifest:
         return cls(entries, path)
 
     @property
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         return list(self._by_name)
 
     def __contains__(self, name: object) -> bool:
@@ -232,7 +278,7 @@ class Manifest:
         shown = name if len(name) <= 200 else name[:60] + f"... ({len(name):,} characters)"
         raise UnknownModelError(f"unknown model {shown!r}.{hint} Known models: {', '.join(self.names)}.")
 
-    def architectures(self) -> Dict[str, VDVAEConfig]:
+    def architectures(self) -> dict[str, VDVAEConfig]:
         """Every architecture known by name: the presets ('preset cifar10'), the example configs ('example
         tiny32', what `vdvae-zoo new` writes), then each entry's published one and its candidates ('ffhq1024',
         'ffhq1024: A'). What a file without a config is matched against."""
@@ -243,12 +289,12 @@ class Manifest:
                 known[e.name if label == "published" else f"{e.name}: {label}"] = config
         return known
 
-    def for_resolution(self, size: int) -> Optional[ModelEntry]:
+    def for_resolution(self, size: int) -> ModelEntry | None:
         """The first entry (in manifest order) whose images are size x size, or None: what `--model auto` picks."""
         return next((e for e in self.entries if e.resolution == size), None)
 
 
-def manifest_data(path: Union[None, str, os.PathLike] = None) -> Dict[str, Any]:
+def manifest_data(path: None | str | os.PathLike = None) -> dict[str, Any]:
     """The manifest's JSON as a dict: the shipped one, or the file at `path` (errors name the file)."""
     if path is None:
         return json.loads(resources.files("vdvae_zoo").joinpath(MANIFEST_FILE).read_text())
@@ -260,10 +306,10 @@ def manifest_data(path: Union[None, str, os.PathLike] = None) -> Dict[str, Any]:
         raise ValueError(f"manifest {path} is not valid JSON: {e}") from None
 
 
-_PARSED: Dict[Any, Manifest] = {}
+_PARSED: dict[Any, Manifest] = {}
 
 
-def load_manifest(manifest: Union[None, str, os.PathLike, Manifest] = None) -> Manifest:
+def load_manifest(manifest: None | str | os.PathLike | Manifest = None) -> Manifest:
     """The manifest shipped with the package, the one at a path, or `manifest` itself when it is one. Each file
     is read and validated once per process (again only when it changes: its size or modification time)."""
     if isinstance(manifest, Manifest):
@@ -282,10 +328,11 @@ def load_manifest(manifest: Union[None, str, os.PathLike, Manifest] = None) -> M
     return _PARSED[key]
 
 
-def pin_entries(data: Dict[str, Any], pins: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+def pin_entries(data: dict[str, Any], pins: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A copy of manifest JSON `data` whose entries named in `pins` carry their new pins: {name: {repo_id,
     revision, sha256, source_sha256}} (what `vdvae-zoo publish` uploads). The result is validated."""
     import copy
+
     updated = copy.deepcopy(data)
     unknown = set(pins) - {m.get("name") for m in updated.get("models", []) if isinstance(m, dict)}
     if unknown:

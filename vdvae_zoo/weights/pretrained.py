@@ -16,20 +16,28 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import Any, TypeVar, Union
 
 import torch
 
-from . import hub, registry
 from ..config import ConfigLike, VDVAEConfig, resolve_config
 from ..data.files import CARD_NAME, CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, recover_folder
-from .manifest import Manifest, ModelEntry, load_manifest, valid_name
+from . import hub, registry
 from .cards import card_results, model_card
+from .manifest import Manifest, ModelEntry, load_manifest, valid_name
+from .original import (
+    ArchitectureMatch,
+    LoadReport,
+    check_state,
+    match_architectures,
+    read_checkpoint,
+    tensor_sha256,
+    write_model_folder,
+)
 from .provenance import Provenance, named_provenance
-from .original import (ArchitectureMatch, LoadReport, check_state, match_architectures, read_checkpoint,
-                      tensor_sha256, write_model_folder)
 
 __all__ = ["PretrainedMixin", "ArchitectureWarning", "Provenance", "model_card", "pick_device", "named_provenance"]
 # Provenance and named_provenance live in provenance.py, model_card in cards.py; they are re-exported here, where loading uses them.
@@ -48,14 +56,14 @@ ManifestLike = Union[None, PathLike, Manifest]
 class _Loaded:
     """A state dict read from somewhere, with its config and where it came from."""
 
-    state: Dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]
     config: VDVAEConfig
     source: str
     provenance: Provenance
-    label: Optional[str] = None
+    label: str | None = None
 
 
-def pick_device(device: Union[None, str, torch.device]) -> torch.device:
+def pick_device(device: None | str | torch.device) -> torch.device:
     """CUDA when there is a GPU, else the CPU; or what `device` says (a clear error when it is unavailable)."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,13 +72,15 @@ def pick_device(device: Union[None, str, torch.device]) -> torch.device:
     except RuntimeError as e:
         raise ValueError(f"device {device!r} is not a device name (cpu, cuda, cuda:1, auto): {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for, but this PyTorch build sees no CUDA GPU; "
-                         "use device='cpu' (or 'auto')")
+        raise ValueError(
+            f"device {str(device)!r} was asked for, but this PyTorch build sees no CUDA GPU; "
+            "use device='cpu' (or 'auto')"
+        )
     return device
 
 
-def _local_kind(path: Path) -> Optional[str]:
-    """"dir", "file", or None when `path` is neither (a name too long to be a path is none either)."""
+def _local_kind(path: Path) -> str | None:
+    """ "dir", "file", or None when `path` is neither (a name too long to be a path is none either)."""
     try:
         return "dir" if path.is_dir() else "file" if path.is_file() else None
     except OSError:
@@ -87,16 +97,22 @@ def _model_files(folder: Path) -> Path:
     return folder
 
 
-def _read_folder(folder: Path, config: ConfigLike = None, name: Optional[str] = None, kind: str = "folder") -> _Loaded:
+def _read_folder(folder: Path, config: ConfigLike = None, name: str | None = None, kind: str = "folder") -> _Loaded:
     folder = _model_files(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}; a model folder holds {CONFIG_NAME} + {WEIGHTS_NAME}")
     if config is None and not (folder / CONFIG_NAME).exists():  # not is_file(): the reader names a FIFO as such
-        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; pass config= (the config the weights were trained with)")
+        raise FileNotFoundError(
+            f"{folder} has no {CONFIG_NAME}; pass config= (the config the weights were trained with)"
+        )
     provenance = Provenance(kind, name or str(folder), str(weights), hub.file_sha256(weights))
-    return _Loaded(read_checkpoint(weights), resolve_config(config if config is not None else folder / CONFIG_NAME),
-                   str(weights), provenance)
+    return _Loaded(
+        read_checkpoint(weights),
+        resolve_config(config if config is not None else folder / CONFIG_NAME),
+        str(weights),
+        provenance,
+    )
 
 
 class PretrainedMixin:
@@ -109,27 +125,27 @@ class PretrainedMixin:
     #: A key prefix naming a part the model can run without (VDVAE: "encoder."); a file whose differences from the
     #: config all lie under it loads without that part, built as `cls(config, **optional_part_off)`.
     optional_part: str = ""
-    optional_part_off: Dict[str, Any] = {}
+    optional_part_off: dict[str, Any] = {}
     #: What is lost without the optional part, for the warning.
     optional_part_note: str = ""
 
     @staticmethod
-    def signature(shapes: Mapping[str, tuple]) -> Optional[tuple]:
+    def signature(shapes: Mapping[str, tuple]) -> tuple | None:
         """A cheap summary of a state dict's names and shapes that equal ones share (None: no quick check)."""
         return None
 
     @staticmethod
-    def config_signature(config: VDVAEConfig) -> Optional[tuple]:
+    def config_signature(config: VDVAEConfig) -> tuple | None:
         """What `signature` gives for a model of `config`, without building it."""
         return None
 
     @staticmethod
-    def card_lines(config: VDVAEConfig) -> List[str]:
+    def card_lines(config: VDVAEConfig) -> list[str]:
         """The model card's description of the family."""
         return []
 
     @staticmethod
-    def filter_checkpoint(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def filter_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The tensors of a read checkpoint that belong to the model (the family drops what it never holds)."""
         return state
 
@@ -142,7 +158,7 @@ class PretrainedMixin:
 
     # ------------------------------------------------------------------------------- architectures
     @classmethod
-    def _skeleton(cls: type[M], config: VDVAEConfig, built: Optional[Dict[str, M]] = None) -> M:
+    def _skeleton(cls: type[M], config: VDVAEConfig, built: dict[str, M] | None = None) -> M:
         """`cls(config)` on the `meta` device (no memory), reused from `built` when it is there."""
         key = config.to_json()
         if built is not None and key in built:
@@ -154,29 +170,37 @@ class PretrainedMixin:
         return model
 
     @classmethod
-    def expected_shapes(cls, config: VDVAEConfig, built: Optional[dict] = None) -> Dict[str, Tuple[int, ...]]:
+    def expected_shapes(cls, config: VDVAEConfig, built: dict | None = None) -> dict[str, tuple[int, ...]]:
         """The names and shapes of the tensors a model of `config` holds."""
         return {k: tuple(v.shape) for k, v in cls._skeleton(config, built).state_dict().items()}
 
     @classmethod
-    def _match(cls, state: Mapping[str, torch.Tensor], architectures: Dict[str, VDVAEConfig],
-               shapes: Callable[[VDVAEConfig], Mapping[str, tuple]]) -> ArchitectureMatch:
-        quick = (cls.signature, cls.config_signature) if cls.config_signature(next(iter(architectures.values()))) \
-            is not None else None
+    def _match(
+        cls,
+        state: Mapping[str, torch.Tensor],
+        architectures: dict[str, VDVAEConfig],
+        shapes: Callable[[VDVAEConfig], Mapping[str, tuple]],
+    ) -> ArchitectureMatch:
+        quick = (
+            (cls.signature, cls.config_signature)
+            if cls.config_signature(next(iter(architectures.values()))) is not None
+            else None
+        )
         return match_architectures(state, architectures, shapes, quick)
 
     @classmethod
-    def identify(cls, state: Dict[str, torch.Tensor], manifest: ManifestLike = None) -> ArchitectureMatch:
+    def identify(cls, state: dict[str, torch.Tensor], manifest: ManifestLike = None) -> ArchitectureMatch:
         """Which known architectures (presets, manifest entries and their candidates) `state` matches exactly."""
         return cls._match(state, load_manifest(manifest).architectures(), cls.expected_shapes)
 
     @classmethod
-    def _choose_architecture(cls, state: Dict[str, torch.Tensor], architectures: Dict[str, VDVAEConfig],
-                             source: str) -> Tuple[str, VDVAEConfig, Any, Optional[LoadReport]]:
+    def _choose_architecture(
+        cls, state: dict[str, torch.Tensor], architectures: dict[str, VDVAEConfig], source: str
+    ) -> tuple[str, VDVAEConfig, Any, LoadReport | None]:
         """The one architecture `state` matches exactly: (label, config, the meta skeleton its shapes were compared
         with, the check's report). When only the optional part differs from the closest one: that one, with no
         skeleton or report (it loads without that part). Otherwise a ValueError that says what to do."""
-        built: Dict[str, Any] = {}
+        built: dict[str, Any] = {}
         match = cls._match(state, architectures, lambda config: cls.expected_shapes(config, built))
         if match.unique:
             labels, config = match.unique
@@ -187,9 +211,16 @@ class PretrainedMixin:
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod
-    def from_state_dict(cls: type[M], state: Dict[str, torch.Tensor], config: ConfigLike, *, source: str = "state dict",
-                        device: Union[None, str, torch.device] = None, skeleton: Optional[M] = None,
-                        report: Optional[LoadReport] = None) -> Tuple[M, LoadReport]:
+    def from_state_dict(
+        cls: type[M],
+        state: dict[str, torch.Tensor],
+        config: ConfigLike,
+        *,
+        source: str = "state dict",
+        device: None | str | torch.device = None,
+        skeleton: M | None = None,
+        report: LoadReport | None = None,
+    ) -> tuple[M, LoadReport]:
         """Build `cls(config)` holding `state`, checked strictly; returns (model in eval mode, LoadReport).
         Raises ValueError listing the differences unless they all lie in the optional part. A `skeleton` (the
         model on meta) and its `report`, when the caller already built and checked them, are used instead."""
@@ -200,26 +231,39 @@ class PretrainedMixin:
         if report is None:
             report = check_state({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, source)
         if report.only_under(cls.optional_part):
-            warnings.warn(f"{source}: the {cls.optional_part.rstrip('.')} tensors do not match the config "
-                          f"({report.summary()}). {cls.optional_part_note}", stacklevel=3)
+            warnings.warn(
+                f"{source}: the {cls.optional_part.rstrip('.')} tensors do not match the config "
+                f"({report.summary()}). {cls.optional_part_note}",
+                stacklevel=3,
+            )
             with torch.device("meta"):
                 model = cls(config, **cls.optional_part_off)
             state = {k: v for k, v in state.items() if not k.startswith(cls.optional_part)}
         elif not report.ok:
             shown = "\n  ".join(report.lines()[:10])
             more = f"\n  ... and {len(report.lines()) - 10} more" if len(report.lines()) > 10 else ""
-            raise ValueError(f"{source} does not match the config ({len(report.lines())} differences):\n  {shown}{more}"
-                             f"\nPass the config the file was trained with (`vdvae-zoo inspect {source}` shows its "
-                             "structure).")
+            raise ValueError(
+                f"{source} does not match the config ({len(report.lines())} differences):\n  {shown}{more}"
+                f"\nPass the config the file was trained with (`vdvae-zoo inspect {source}` shows its "
+                "structure)."
+            )
         model.load_state_dict(state, strict=True, assign=True)
         return model.to(target).eval(), report
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls: type[M], name_or_path: PathLike, *, config: ConfigLike = None,
-                        device: Union[None, str, torch.device] = None, revision: Optional[str] = None,
-                        cache_dir: Union[None, PathLike] = None, local_files_only: bool = False,
-                        manifest: ManifestLike = None, output_loading_info: bool = False) -> Any:
+    def from_pretrained(
+        cls: type[M],
+        name_or_path: PathLike,
+        *,
+        config: ConfigLike = None,
+        device: None | str | torch.device = None,
+        revision: str | None = None,
+        cache_dir: None | PathLike = None,
+        local_files_only: bool = False,
+        manifest: ManifestLike = None,
+        output_loading_info: bool = False,
+    ) -> Any:
         """Load a model (eval mode; on CUDA when there is a GPU unless `device=` says otherwise) from:
 
         - a model name of the manifest (`vdvae_zoo.list_models()`), downloaded once into the Hugging Face cache
@@ -238,8 +282,9 @@ class PretrainedMixin:
         kind = _local_kind(path)
         built = None
         if kind == "dir" and config is None and cls._other_family(path) is not None:
-            return cls._other_family(path).from_pretrained(name_or_path, device=device, manifest=manifest,
-                                                           output_loading_info=output_loading_info)
+            return cls._other_family(path).from_pretrained(
+                name_or_path, device=device, manifest=manifest, output_loading_info=output_loading_info
+            )
         if kind == "dir":
             loaded = _read_folder(path, config, text)
         elif kind == "file":
@@ -259,7 +304,7 @@ class PretrainedMixin:
         return (model, report) if output_loading_info else model
 
     @classmethod
-    def _other_family(cls, folder: Path) -> Optional[type]:
+    def _other_family(cls, folder: Path) -> type | None:
         """The registered class of the folder's config.json `model_type`, when that is another family than this
         class (None: this class, or no model_type stated, which old folders are)."""
         model_type = registry.model_type_of(_model_files(folder) / CONFIG_NAME)
@@ -291,20 +336,34 @@ class PretrainedMixin:
         return cls._read_file(path, None, manifest).config
 
     @classmethod
-    def download(cls, name: str, *, revision: Optional[str] = None, cache_dir: Union[None, PathLike] = None,
-                 local_files_only: bool = False, manifest: ManifestLike = None) -> Path:
+    def download(
+        cls,
+        name: str,
+        *,
+        revision: str | None = None,
+        cache_dir: None | PathLike = None,
+        local_files_only: bool = False,
+        manifest: ManifestLike = None,
+    ) -> Path:
         """Make sure model `name` is in the cache; returns the folder with its config.json + model.safetensors."""
         return cls._cached_folder(load_manifest(manifest).get(name), revision, cache_dir, local_files_only, "cpu")[0]
 
     @classmethod
-    def _cached_folder(cls, entry: ModelEntry, revision: Optional[str], cache_dir, local_files_only: bool,
-                       device) -> Tuple[Path, Optional[tuple]]:
+    def _cached_folder(
+        cls, entry: ModelEntry, revision: str | None, cache_dir, local_files_only: bool, device
+    ) -> tuple[Path, tuple | None]:
         """The entry's model folder in the cache, fetched or converted when missing. When this call converted
         the original, the model it built and checked comes back too (so it is not built twice)."""
         if entry.published or revision is not None:
-            return hub.fetch_hub_folder(entry.hub["repo_id"], revision, pinned_revision=entry.hub.get("revision"),
-                                        pinned_sha256=entry.hub.get("sha256"), cache_dir=cache_dir,
-                                        local_files_only=local_files_only, name=entry.name), None
+            return hub.fetch_hub_folder(
+                entry.hub["repo_id"],
+                revision,
+                pinned_revision=entry.hub.get("revision"),
+                pinned_sha256=entry.hub.get("sha256"),
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                name=entry.name,
+            ), None
         folder = hub.converted_folder(entry, cache_dir)
         done = lambda: (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file()  # noqa: E731
         if done():
@@ -318,17 +377,30 @@ class PretrainedMixin:
             state, url = read_checkpoint(original), entry.source["url"]
             label, config, skeleton, report = cls._choose_architecture(state, entry.architectures(), url)
             built = cls.from_state_dict(state, config, source=url, device=device, skeleton=skeleton, report=report)
-            source = json.dumps({"url": url, "sha256": hub.file_sha256(original), "architecture": label},
-                                indent=2) + "\n"
-            write_model_folder(folder, state, config, card=model_card(config, cls.card_lines(config), entry),
-                               extra={"source.json": source})
+            source = (
+                json.dumps({"url": url, "sha256": hub.file_sha256(original), "architecture": label}, indent=2) + "\n"
+            )
+            write_model_folder(
+                folder,
+                state,
+                config,
+                card=model_card(config, cls.card_lines(config), entry),
+                extra={"source.json": source},
+            )
             original.unlink()  # the converted copy is all we need; its sha256 is kept in source.json
         return folder, built
 
     # -------------------------------------------------------------------------------------------- saving
-    def save_pretrained(self, folder: PathLike, *, entry: Optional[ModelEntry] = None, card: bool = True,
-                        overwrite: bool = True, run: Optional[Mapping[str, Any]] = None,
-                        results: Optional[List[Dict[str, Any]]] = None) -> Path:
+    def save_pretrained(
+        self,
+        folder: PathLike,
+        *,
+        entry: ModelEntry | None = None,
+        card: bool = True,
+        overwrite: bool = True,
+        run: Mapping[str, Any] | None = None,
+        results: list[dict[str, Any]] | None = None,
+    ) -> Path:
         """Write config.json, model.safetensors and a model card README.md (with what `entry` or a training
         `run` knows, and measured `results`: cards.measured_result) into `folder`, as a unit. Measured results
         already in the folder's card are kept when `results` is None (re-saving a model does not lose them)."""
@@ -337,12 +409,20 @@ class PretrainedMixin:
         text = model_card(self.config, self.card_lines(self.config), entry, run=run, results=results) if card else None
         return write_model_folder(folder, self.state_dict(), self.config, card=text, overwrite=overwrite)
 
-    def push_to_hub(self, repo_id: str, *, entry: Optional[ModelEntry] = None, private: bool = False,
-                    token: Optional[str] = None, commit_message: str = "Upload VDVAE weights",
-                    results: Optional[List[Dict[str, Any]]] = None) -> Dict[str, str]:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        entry: ModelEntry | None = None,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str = "Upload VDVAE weights",
+        results: list[dict[str, Any]] | None = None,
+    ) -> dict[str, str]:
         """Upload config.json + model.safetensors + model card (with measured `results`) to the Hub. Returns the
         fields to pin in the manifest: repo_id, revision (the commit) and sha256 of model.safetensors."""
         from huggingface_hub import HfApi
+
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
@@ -352,9 +432,16 @@ class PretrainedMixin:
         return {"repo_id": repo_id, "revision": info.oid, "sha256": sha}
 
     @classmethod
-    def convert_original(cls, path: PathLike, config: ConfigLike, folder: PathLike, *,
-                         entry: Optional[ModelEntry] = None, overwrite: bool = False,
-                         manifest: ManifestLike = None) -> Path:
+    def convert_original(
+        cls,
+        path: PathLike,
+        config: ConfigLike,
+        folder: PathLike,
+        *,
+        entry: ModelEntry | None = None,
+        overwrite: bool = False,
+        manifest: ManifestLike = None,
+    ) -> Path:
         """Convert an original `.th` state dict into a `config.json` + `model.safetensors` folder, tensors
         unchanged. The keys and shapes are checked against `config` first (differences in the optional part
         warn); with `config=None` the file's architecture is recognised: among `entry`'s architectures when given
@@ -366,11 +453,12 @@ class PretrainedMixin:
             loaded = cls._read_file(Path(path), config, manifest)
             state, config = loaded.state, loaded.config
         cls.from_state_dict(state, config, source=str(path), device="cpu")  # the check; raises on a mismatch
-        return write_model_folder(folder, state, config, card=model_card(config, cls.card_lines(config), entry),
-                                  overwrite=overwrite)
+        return write_model_folder(
+            folder, state, config, card=model_card(config, cls.card_lines(config), entry), overwrite=overwrite
+        )
 
 
-def _named(entry: ModelEntry, folder: Path, config: Optional[VDVAEConfig], revision: Optional[str]) -> _Loaded:
+def _named(entry: ModelEntry, folder: Path, config: VDVAEConfig | None, revision: str | None) -> _Loaded:
     """What a manifest name loads: its cached folder's state dict (none when `config` is given: the model
     converted just now is already built), its config and provenance."""
     loaded_config = config or resolve_config(folder / CONFIG_NAME)
@@ -385,12 +473,18 @@ def _warn_if_not_published(entry: ModelEntry, config: VDVAEConfig) -> None:
     if config == published:
         return
     candidate = entry.candidate_for(config)
-    what = (candidate.note if candidate and candidate.note else
-            f"its file holds another architecture than the published hyper-parameters "
-            f"({config.image_size}x{config.image_size}, {config.num_layers} stochastic layers instead of "
-            f"{published.image_size}x{published.image_size}, {published.num_layers})")
-    warnings.warn(f"{entry.name}: {what}. The model loaded is the one the file holds "
-                  f"(`vdvae-zoo info {entry.name}` shows it).", ArchitectureWarning, stacklevel=4)
+    what = (
+        candidate.note
+        if candidate and candidate.note
+        else f"its file holds another architecture than the published hyper-parameters "
+        f"({config.image_size}x{config.image_size}, {config.num_layers} stochastic layers instead of "
+        f"{published.image_size}x{published.image_size}, {published.num_layers})"
+    )
+    warnings.warn(
+        f"{entry.name}: {what}. The model loaded is the one the file holds (`vdvae-zoo info {entry.name}` shows it).",
+        ArchitectureWarning,
+        stacklevel=4,
+    )
 
 
 def _hub_id_folder(text: str, man: Manifest, revision, cache_dir, local_files_only) -> Path:
@@ -398,23 +492,30 @@ def _hub_id_folder(text: str, man: Manifest, revision, cache_dir, local_files_on
     looks_like_path = text.endswith((".th", ".pt", ".pth", ".safetensors", ".json")) or text.startswith((".", "/", "~"))
     first_part_is_local = "/" in text and _local_kind(Path(text.split("/")[0]).expanduser()) == "dir"
     if len(text) > 200:
-        raise FileNotFoundError(f"{text[:60]}... ({len(text):,} characters) is neither a local path nor a model name "
-                                "nor a Hub repository id")
+        raise FileNotFoundError(
+            f"{text[:60]}... ({len(text):,} characters) is neither a local path nor a model name "
+            "nor a Hub repository id"
+        )
     not_an_id = "/" in text and not all(valid_name(part) for part in text.split("/"))  # "tiyn/", "a/ b"
     if looks_like_path or text.count("/") > 1 or first_part_is_local or not_an_id:
-        raise FileNotFoundError(f"{text} does not exist: it is neither a local folder or file, nor a known model "
-                                "name, nor a Hub repository id 'owner/name'")
+        raise FileNotFoundError(
+            f"{text} does not exist: it is neither a local folder or file, nor a known model "
+            "name, nor a Hub repository id 'owner/name'"
+        )
     if "/" not in text:
         man.get(text)  # raises UnknownModelError naming the known models and the closest match
     try:
         return hub.fetch_hub_folder(text, revision, cache_dir=cache_dir, local_files_only=local_files_only, name=text)
     except hub.NotCachedError:
-        raise hub.NotCachedError(f"{text} is not a local path nor a known model name; taken as a Hub repository id, "
-                                 "it is not in the local cache and downloads are off (HF_HUB_OFFLINE=1 or "
-                                 "local_files_only=True)") from None
+        raise hub.NotCachedError(
+            f"{text} is not a local path nor a known model name; taken as a Hub repository id, "
+            "it is not in the local cache and downloads are off (HF_HUB_OFFLINE=1 or "
+            "local_files_only=True)"
+        ) from None
     except (OSError, ValueError) as e:
         if isinstance(e, hub.IntegrityError):
             raise
-        raise ConnectionError(f"{text} is not a local path nor a known model name; taken as a Hub repository id, it "
-                              f"could not be fetched ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                              ) from None
+        raise ConnectionError(
+            f"{text} is not a local path nor a known model name; taken as a Hub repository id, it "
+            f"could not be fetched ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
-from . import hub
 from ..config import VDVAEConfig, resolve_config
 from ..data.files import CONFIG_NAME, WEIGHTS_NAME
+from . import hub
 from .manifest import ModelEntry
 
 __all__ = ["Provenance", "named_provenance"]
@@ -29,19 +29,20 @@ class Provenance:
 
     kind: str
     name: str
-    weights: Optional[str] = None
-    sha256: Optional[str] = None
-    architecture: Optional[str] = None
-    source_sha256: Optional[str] = None
-    entry: Optional[str] = None
-    paper_bpd: Optional[float] = None
+    weights: str | None = None
+    sha256: str | None = None
+    architecture: str | None = None
+    source_sha256: str | None = None
+    entry: str | None = None
+    paper_bpd: float | None = None
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def named_provenance(entry: ModelEntry, folder: Path, config: Optional[VDVAEConfig] = None,
-                     revision: Optional[str] = None) -> Provenance:
+def named_provenance(
+    entry: ModelEntry, folder: Path, config: VDVAEConfig | None = None, revision: str | None = None
+) -> Provenance:
     """The provenance of manifest entry `entry` whose files are in `folder` (the cache), from the manifest and
     source.json; nothing is hashed that was checked before (a pinned, published file was checked against its
     sha256 when it was fetched)."""
@@ -50,5 +51,13 @@ def named_provenance(entry: ModelEntry, folder: Path, config: Optional[VDVAEConf
     pinned = entry.hub.get("sha256") if entry.published and revision in (None, entry.hub.get("revision")) else None
     weights = folder / WEIGHTS_NAME
     label = recorded.get("architecture") or entry.label_for(config or resolve_config(folder / CONFIG_NAME))
-    return Provenance("name", entry.name, str(weights), pinned or hub.file_sha256(weights), label,
-                      recorded.get("sha256") or entry.source.get("sha256"), entry.name, entry.reported_test_bpd)
+    return Provenance(
+        "name",
+        entry.name,
+        str(weights),
+        pinned or hub.file_sha256(weights),
+        label,
+        recorded.get("sha256") or entry.source.get("sha256"),
+        entry.name,
+        entry.reported_test_bpd,
+    )

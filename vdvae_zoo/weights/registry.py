@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, TypeVar
+from typing import TypeVar
 
 __all__ = ["register", "family", "families", "model_type_of", "UnknownModelTypeError"]
 
 T = TypeVar("T", bound=type)
-_FAMILIES: Dict[str, type] = {}
+_FAMILIES: dict[str, type] = {}
 
 
 class UnknownModelTypeError(ValueError):
@@ -34,12 +34,12 @@ def register(cls: T) -> T:
     return cls
 
 
-def families() -> List[str]:
+def families() -> list[str]:
     """The registered model types, the default (for configs without model_type) first."""
     return list(_FAMILIES)
 
 
-def family(model_type: Optional[str]) -> Optional[type]:
+def family(model_type: str | None) -> type | None:
     """The class registered for `model_type` (None: the default family); None when nothing is registered yet.
     An unknown model_type is an UnknownModelTypeError naming the known ones."""
     if not _FAMILIES:
@@ -47,16 +47,22 @@ def family(model_type: Optional[str]) -> Optional[type]:
     if model_type is None:
         return next(iter(_FAMILIES.values()))
     if model_type not in _FAMILIES:
-        shown = repr(model_type) if len(str(model_type)) <= 60 else repr(str(model_type)[:60]) + \
-            f"... ({len(str(model_type)):,} characters)"
-        raise UnknownModelTypeError(f"model_type {shown} is not a model family this vdvae-zoo knows "
-                                    f"({', '.join(_FAMILIES)}); upgrade vdvae-zoo, or check the config.json")
+        shown = (
+            repr(model_type)
+            if len(str(model_type)) <= 60
+            else repr(str(model_type)[:60]) + f"... ({len(str(model_type)):,} characters)"
+        )
+        raise UnknownModelTypeError(
+            f"model_type {shown} is not a model family this vdvae-zoo knows "
+            f"({', '.join(_FAMILIES)}); upgrade vdvae-zoo, or check the config.json"
+        )
     return _FAMILIES[model_type]
 
 
-def model_type_of(config_file: Path) -> Optional[str]:
+def model_type_of(config_file: Path) -> str | None:
     """The model_type a config.json states (None when it states none or cannot be read: its reader says why)."""
     from ..data.files import read_small_text
+
     try:
         value = json.loads(read_small_text(config_file, what="config file")).get("model_type")
     except (OSError, ValueError, AttributeError, RecursionError):
