@@ -22,7 +22,8 @@ On CUDA "float32" means float32: TF32, which PyTorch's cuDNN convolutions use by
 every call except those of the tf32 variant, so the reference and fp32 are exact float32.
 
 Each variant's time is measured interleaved with the reference's, in the same process, and reported as
-`speedup_vs_reference`. GFLOP/s uses the FLOPs torch.utils.flop_counter counts for one batch (convolutions; elementwise work is not
+`speedup_vs_reference`. GFLOP/s uses the FLOPs torch.utils.flop_counter counts for one batch (convolutions;
+elementwise work is not
 counted). The bpd change of each variant is measured on real photos (scikit-image's, centre-cropped) with the
 same random draws as fp32.
 """

@@ -203,7 +203,7 @@ def cifar10(images_n: int) -> dict:
         pops = [B.dry_run(exact, im, j, B.DEFAULT_GRID, c)[0].popped for j, im in enumerate(images[:2])]
         dry_run_s = (time.perf_counter() - start) / 2
         words = np.random.default_rng(0).integers(0, 2**32, int(2 * max(pops) / 32), dtype=np.uint32)
-        stack = B._Stack(c, int(1.5 * max(pops) / 32), words)
+        stack = B.Stack(c, int(1.5 * max(pops) / 32), words)
         records, t0 = [], time.perf_counter()
         for j, im in enumerate(images):
             records.append(B._encode_bits_back(stack, exact, im, j, stack.reserve, c, f"{j}"))

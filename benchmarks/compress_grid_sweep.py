@@ -65,16 +65,16 @@ def elbo_per_image(model, images, draws: int = 8) -> np.ndarray:
 @contextlib.contextmanager
 def before_29():
     """Today's coder in the mode of format 2: whole-layer windows, the head not whitened."""
-    init = B._Stack.__init__
+    init = B.Stack.__init__
 
     def legacy_init(self, c, reserve, words=None, whiten_head=True):
         init(self, c, reserve, words, whiten_head=False)
 
-    B._Stack.__init__ = legacy_init
+    B.Stack.__init__ = legacy_init
     try:
         yield LatentGrid(windows="layer")
     finally:
-        B._Stack.__init__ = init
+        B.Stack.__init__ = init
 
 
 def summarise(records, elbo, dims) -> dict:

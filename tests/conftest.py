@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from fakehub import FakeHub, FileServer  # noqa: E402
 from helpers import TINY, golden_config, require_golden, tiny_config_dict  # noqa: E402
-from helpers import golden_expected as _golden_expected
+from helpers import golden_expected as _golden_expected  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -131,7 +131,8 @@ def test_exif_orientation_is_applied(tmp_path):
         (["bpd", "{images}", "--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
         (["sample", "{model}", "-t", "hot"], "is not a number"),
         (["sample", "{model}", "-t", "1.0,0.5"], "13 decoder layers"),
-        (["sample", "{model}", "-t", "-1"], ">= 0"),
+        (["sample", "{model}", "-t", "-1"], "temperatures must be finite numbers from 0 to 100"),
+        (["sample", "{model}", "-t", "nan"], "temperatures must be finite numbers from 0 to 100"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, image_dir, model_dir, args, fragment):

@@ -21,12 +21,14 @@ from vdvae_zoo.data.images import photo_crops
 pytest.importorskip("constriction")
 C = importlib.import_module("vdvae_zoo.coding.archive")  # the module (vdvae_zoo.coding.archive is also the function)
 B = importlib.import_module("vdvae_zoo.coding.bitsback")  # the coder's mechanics
+S = importlib.import_module("vdvae_zoo.coding.stack")  # its whitened stack
+H = importlib.import_module("vdvae_zoo.coding.header")  # the container
 ArchiveError, compress, decompress, read_header, _pack = (
     C.ArchiveError,
     C.compress,
     C.decompress,
-    C.read_header,
-    C._pack,
+    H.read_header,
+    H.pack,
 )
 
 
@@ -106,7 +108,7 @@ def test_the_golden_chain_keeps_the_elbo_promise_and_whitening_is_what_cleans_it
     assert len(report.net_bits_per_dim) >= 45
     assert net <= 1.02 * elbo, (net, elbo)
     # the same chain without the keystream: image j pops what image j-1 pushed under its prior
-    monkeypatch.setattr(B, "_keystream", lambda j, n, stream=0: np.zeros(n, np.uint32))
+    monkeypatch.setattr(S, "keystream", lambda j, n, stream=0: np.zeros(n, np.uint32))
     dirty, _, _ = chained_rate(model, images)
     assert dirty > 1.05 * net and dirty > net + 0.3, (dirty, net, elbo)
 
@@ -191,14 +193,14 @@ def _forged(archive, edit=None, raw_header=None):
     if raw_header is None:
         return _pack(header, crcs + payload)
     body = (
-        C.MAGIC
-        + C.struct.pack("<HI", C.FORMAT_VERSION, len(raw_header))
+        H.MAGIC
+        + H.struct.pack("<HI", H.FORMAT_VERSION, len(raw_header))
         + raw_header
-        + C.struct.pack("<I", len(crcs + payload))
+        + H.struct.pack("<I", len(crcs + payload))
         + crcs
         + payload
     )
-    return body + C.struct.pack("<I", zlib.crc32(body))
+    return body + H.struct.pack("<I", zlib.crc32(body))
 
 
 @pytest.mark.parametrize(

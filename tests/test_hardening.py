@@ -31,7 +31,7 @@ def model_dir(tmp_path, golden_model):
 
 def _one_line_error(result, fragment):
     assert result.exit_code != 0 and result.exception is None or isinstance(result.exception, SystemExit)
-    lines = [l for l in result.output.splitlines() if l.strip()]
+    lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines and lines[-1].startswith("Error: ") and fragment in lines[-1], result.output
     assert "Traceback" not in result.output
 

@@ -16,8 +16,9 @@ FLOORS = [
     ["nn"],  # the network, its output head, draws, runtime
     ["compute"],  # batching, memory, distributed
     ["weights"],  # hub, manifest, original files, pretrained, cards, registry
-    ["scoring", "coding", "latents"],  # bounds and the scoring engine; bits-back; latent layout
-    ["model"],  # the VDVAE facade
+    ["scoring", "coding", "latents", "generation"],  # bounds, scoring engine; bits-back; latents; decoding
+    ["model"],  # the VDVAE facade (generation.py is its GenerationMixin)
+    ["factory"],  # load(): a model from a name, folder, file or Hub id
     ["training", "restore"],  # fine-tuning; restoration with the prior
     ["__init__", "cli"],  # the public API and the command line
 ]

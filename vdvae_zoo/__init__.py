@@ -14,8 +14,9 @@ from .blocks import parse_block_string
 from .coding.archive import compress, decompress
 from .config import VDVAEConfig, list_presets
 from .data.plots import bits_per_layer, bits_per_resolution, kl_chart
+from .factory import list_models, load
 from .latents import flatten_latents, latent_layout, unflatten_latents
-from .model import VDVAE, EncoderMismatchError, LayerLatents, LikelihoodResult, load
+from .model import VDVAE, EncoderMismatchError, LayerLatents, LikelihoodResult
 from .nn.runtime import keep_freed_memory
 from .restore import Denoising, Downsampling, Inpainting, RestoreResult, restore
 from .scoring.engine import ScoreOptions, score_dataset
@@ -31,11 +32,6 @@ from .weights.provenance import Provenance
 
 download = VDVAE.download
 convert_original = VDVAE.convert_original
-
-
-def list_models() -> list:
-    """Names of the released models that `load(name)` accepts (from the manifest), aliases included."""
-    return load_manifest().names
 
 
 __all__ = [

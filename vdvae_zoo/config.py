@@ -107,7 +107,7 @@ class VDVAEConfig:
     def validate(self) -> None:
         """Raise ValueError naming the bad field or block-string item if the config cannot be built."""
         for f in dataclasses.fields(self):  # types first: a config.json can hold anything
-            value, kind = getattr(self, f.name), {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+            value, kind = getattr(self, f.name), {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
             numeric_ok = kind is float and isinstance(value, int) and not isinstance(value, bool)
             if (not isinstance(value, kind) and not numeric_ok) or (kind is not bool and isinstance(value, bool)):
                 what = {int: "an integer", float: "a number", str: "text", bool: "true or false"}[kind]

@@ -162,12 +162,14 @@ def encode_dataset(
     width = layout[flat - 1].offset + layout[flat - 1].size if flat else 0
     fields = ("z", "mean", "std") if stats else ("z",)
     size = model.config.image_size
-    names, skipped, pieces = [], [], {}
+    names: list[str] = []
+    skipped: list = []
+    pieces: dict = {}
     from .data.progress import progress_bar
 
     with contextlib.ExitStack() as stack:
         rows_file = stack.enter_context(staged_file(output, overwrite=overwrite)) if flat and files[1:] else None
-        memmap = None
+        memmap: np.memmap | None = None
         with progress_bar(total=len(dataset), unit="img", desc="encoding", enabled=progress) as bar:
             for start in range(0, len(dataset), chunk):
                 idx = list(range(start, min(start + chunk, len(dataset))))
@@ -202,10 +204,10 @@ def encode_dataset(
             "model": model.provenance.to_dict(),
             "seed": seed,
             "mean": mean,
-            "seeds": "image i of the data set: vdvae_zoo.batching.image_seed(seed, i)",
+            "seeds": "image i of the data set: vdvae_zoo.compute.batching.image_seed(seed, i)",
             "layout": [vars(s) for s in layout[: flat or len(layout)]],
         }
-        if rows_file is not None:
+        if rows_file is not None and memmap is not None:
             memmap.flush()
             del memmap
             if len(names) < len(dataset):  # skipped images: keep only the rows written

@@ -1,5 +1,6 @@
-"""The Very Deep VAE model: sampling, encoding, decoding, reconstruction, interpolation and likelihood in bits
-per dim, on top of the network of network.py.
+"""The Very Deep VAE model: its settings, training terms, likelihood in bits per dim and encoding, on top of the
+network of nn/network.py; sampling, decoding, reconstruction and interpolation come from generation.py's
+GenerationMixin, and `vdvae_zoo.load` (factory.py) makes one from a name, a folder, a file or a Hub id.
 
 Shapes and units used throughout:
 - images in and out: uint8 pixels, NHWC, (N, H, W, 3);
@@ -15,9 +16,7 @@ sampling pixels, two uniform tensors in the output distribution (see dmol.py).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,23 +25,21 @@ from torch import nn
 
 from .compute.batching import MicroBatch, PassSizeReduced, auto_batch_size, draw_normals, in_batches
 from .config import VDVAEConfig
+from .generation import GenerationMixin
 from .latents import LatentSlot, latent_layout
 from .nn import network
-from .nn.draws import standard_normal
 from .nn.head import OutputHead
 from .nn.inputs import (
     ImageBatch,
     Temperature,
     check_count,
-    check_image_pair,
     check_images,
     check_keep,
-    check_latents,
     layer_temperatures,
     preprocess,
 )
 from .nn.network import Block, Decoder, Encoder, LayerOutput
-from .nn.runtime import DTypeLike, Runtime, compute_dtype
+from .nn.runtime import DTypeLike, Runtime, compute_dtype, inference_method
 from .scoring.bounds import LayerLatents, LikelihoodResult, importance_weighted, joined_result, log_prior_over_posterior
 from .weights import registry
 from .weights.pretrained import PretrainedMixin
@@ -54,7 +51,6 @@ __all__ = [
     "Temperature",
     "EncoderMismatchError",
     "PassSizeReduced",
-    "load",
 ]
 
 
@@ -74,36 +70,8 @@ NO_ENCODER = (
 )
 
 
-def _inference(method: Callable) -> Callable:
-    """Run a public method in eval mode under torch.inference_mode, restoring the train/eval mode after."""
-
-    @functools.wraps(method)
-    def wrapper(self: VDVAE, *args, **kwargs):
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                return method(self, *args, **kwargs)
-        finally:
-            self.train(was_training)
-
-    return wrapper
-
-
-def _mix(a: torch.Tensor, b: torch.Tensor, ts: torch.Tensor, mode: str) -> torch.Tensor:
-    """Points on the path from latent a to latent b (same shape) at fractions ts: (len(ts), *a.shape)."""
-    shape = (-1,) + (1,) * a.ndim
-    t = ts.to(a.dtype).view(shape)
-    if mode == "slerp":
-        cos = torch.dot(a.flatten(), b.flatten()) / (a.norm() * b.norm()).clamp_min(1e-12)
-        omega = torch.arccos(cos.clamp(-1.0, 1.0))
-        if omega > 1e-4:
-            return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
-    return (1 - t) * a + t * b
-
-
 @registry.register
-class VDVAE(nn.Module, PretrainedMixin):
+class VDVAE(GenerationMixin, PretrainedMixin, nn.Module):
     """A Very Deep VAE. Build one with random weights from a config, or get a trained one with
     `vdvae_zoo.load(...)` (= `VDVAE.from_pretrained`).
 
@@ -174,8 +142,9 @@ class VDVAE(nn.Module, PretrainedMixin):
         'float32' (exact) or 'bfloat16'/'float16' (autocast; the latent distributions and the likelihood stay
         float32); `channels_last`: NHWC convolutions; `compile`: torch.compile each block, falling back to eager
         with one warning. See runtime.py and README, "Performance"."""
-        if dtype is not None:
-            self.runtime.dtype = compute_dtype(dtype)
+        chosen = compute_dtype(dtype)
+        if chosen is not None:
+            self.runtime.dtype = chosen
         if channels_last is not None:
             self.runtime.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if compile is not None:
@@ -202,16 +171,19 @@ class VDVAE(nn.Module, PretrainedMixin):
         return auto_batch_size(self.config, self.device)
 
     def preprocess(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 NHWC -> (encoder input, float NCHW; likelihood target, float NHWC in [-1, 1]) (docs/config.md: shift, scale, low_bit)."""
+        """uint8 NHWC -> (encoder input, float NCHW; likelihood target, float NHWC in [-1, 1]) (docs/config.md:
+        shift, scale, low_bit)."""
         return preprocess(images, self.config, self.device, self.runtime.memory_format, self.dtype)
 
     def layer_temperatures(self, temperature: Temperature) -> list[float]:
         """One temperature per decoder layer from a number, a list of L, or a {resolution: t} schedule."""
         return layer_temperatures(temperature, self.layer_resolutions)
 
-    def _require_encoder(self) -> None:
+    def _require_encoder(self) -> Encoder:
+        """The encoder, or EncoderMismatchError when the model was loaded without it."""
         if self.encoder is None:
             raise EncoderMismatchError(NO_ENCODER)
+        return self.encoder
 
     def _in_batches(
         self,
@@ -259,9 +231,9 @@ class VDVAE(nn.Module, PretrainedMixin):
         `free_nats` = lambda adds `kl_free` (N, L): each layer's KL with free bits as hvae-oodd defines them (Kingma
         et al. 2016's groups are the layers): every element of a layer's KL counts at least lambda / (its number
         of elements), so a layer whose KL is below lambda nats gets no gradient pushing it lower."""
-        self._require_encoder()
+        encoder = self._require_encoder()
         x_in, target = self.preprocess(check_images(images, self.config))
-        return self._terms(self.encoder(x_in), target, x_in.shape[0], generator, noise, free_nats=free_nats)
+        return self._terms(encoder(x_in), target, x_in.shape[0], generator, noise, free_nats=free_nats)
 
     def _terms(
         self,
@@ -308,7 +280,7 @@ class VDVAE(nn.Module, PretrainedMixin):
         return terms
 
     # ------------------------------------------------------------------------------------------ inference
-    @_inference
+    @inference_method
     def likelihood(
         self,
         images: ImageBatch,
@@ -318,7 +290,7 @@ class VDVAE(nn.Module, PretrainedMixin):
         batch_size: int | None = None,
         dtype: DTypeLike = None,
         seeds: Sequence[int] | None = None,
-        keep: None | int | Sequence[int | None] = None,
+        keep: int | list[int | None] | tuple[int | None, ...] | None = None,
         prior_temperature: float = 0.0,
     ) -> LikelihoodResult | list[LikelihoodResult]:
         """Negative ELBO of uint8 NHWC images and its parts, a LikelihoodResult: `bpd` (bits per dim), `neg_elbo`,
@@ -334,11 +306,11 @@ class VDVAE(nn.Module, PretrainedMixin):
         `batch_size`: images x draws per pass (None: automatic; splitting changes no random number, batching.py).
         `seeds`: one per image, each image then draws from its own generator (`batching.image_seed`), in passes
         of one fixed shape: the result depends only on the image, its seed and `batch_size`."""
-        self._require_encoder()
+        encoder = self._require_encoder()
         images = check_images(images, self.config)
         check_count(n_samples, "n_samples", what="posterior draws per image")
         several = isinstance(keep, (list, tuple))
-        keeps = [check_keep(k, self.num_layers) for k in (keep if several else [keep])]
+        keeps = [check_keep(k, self.num_layers) for k in (list(keep) if isinstance(keep, (list, tuple)) else [keep])]
         if not keeps:
             raise ValueError("keep is an empty list; give None, a number of layers, or a list of them")
         if n_samples > 1 and any(k != self.num_layers for k in keeps):
@@ -355,7 +327,7 @@ class VDVAE(nn.Module, PretrainedMixin):
 
         def step(mb: MicroBatch) -> list[dict[str, torch.Tensor]]:
             x_in, target = self.preprocess(mb.take(images))
-            activations = self.encoder(x_in)
+            activations = encoder(x_in)
             if n_samples > 1:
                 return [
                     importance_weighted(
@@ -389,7 +361,7 @@ class VDVAE(nn.Module, PretrainedMixin):
         results = [joined_result([p[j] for p in parts], keep=b) for j, b in enumerate(bounds)]
         return results if several else results[0]
 
-    @_inference
+    @inference_method
     def encode(
         self,
         images: ImageBatch,
@@ -406,20 +378,21 @@ class VDVAE(nn.Module, PretrainedMixin):
         means (each layer's mean given the means above it; no random numbers are drawn). With `stats=True`, a list
         of LayerLatents instead: each layer's sample `z` (the mean when `mean`), posterior `mean` and `std`.
         `seeds`: one per image, as in `likelihood`. `vdvae_zoo.flatten_latents` makes (N, D) rows of them."""
-        self._require_encoder()
+        encoder = self._require_encoder()
         images = check_images(images, self.config)
 
         def keep(o: LayerOutput):
             if not stats:
                 return o.z.float().cpu()
+            assert o.q_mean is not None and o.q_logstd is not None  # encode runs with the encoder's activations
             return LayerLatents(o.z.float().cpu(), o.q_mean.float().cpu(), torch.exp(o.q_logstd.float()).cpu())
 
         def step(mb: MicroBatch) -> list:
             x_in, _ = self.preprocess(mb.take(images))
             noise = (lambda like: torch.zeros_like(like)) if mean else mb.noise()
-            return self._decoder(
-                mb.size, activations=self.encoder(x_in), generator=generator, noise=noise, summarize=keep
-            )[1]
+            return self._decoder(mb.size, activations=encoder(x_in), generator=generator, noise=noise, summarize=keep)[
+                1
+            ]
 
         pieces = self._in_batches(
             images.shape[0],
@@ -443,151 +416,6 @@ class VDVAE(nn.Module, PretrainedMixin):
         (zdim, r, r), offset and size, top (lowest resolution) first."""
         return latent_layout(self.config)
 
-    @_inference
-    def sample(
-        self,
-        n: int,
-        temperature: Temperature = 1.0,
-        *,
-        generator: torch.Generator | None = None,
-        batch_size: int | None = None,
-        dtype: DTypeLike = None,
-        seeds: Sequence[int] | None = None,
-    ) -> torch.Tensor:
-        """Draw `n` images from the prior at `temperature` (see `layer_temperatures`); uint8 (n, H, W, 3) on the CPU.
-        Only the decoder's prior path runs. `batch_size`: images per pass (None: `auto_batch_size()`). `seeds`: one
-        per image; image i is then the same whatever else is drawn with it (dataset-scale sample sets)."""
-        check_count(n, "n", what="number of images")
-        return self._decode(n, [], self.layer_temperatures(temperature), generator, batch_size, dtype, seeds)
-
-    @_inference
-    def decode(
-        self,
-        latents: Sequence[torch.Tensor | None],
-        temperature: Temperature = 1.0,
-        *,
-        n: int | None = None,
-        generator: torch.Generator | None = None,
-        batch_size: int | None = None,
-        dtype: DTypeLike = None,
-    ) -> torch.Tensor:
-        """Images from given latents: `latents[i]` fixes decoder layer i (None or a missing tail: sampled from the
-        prior at `temperature`). Usually `model.encode(x)[:k]`. Returns uint8 (N, H, W, 3) on the CPU."""
-        latents, n = check_latents(latents, n, self.config)
-        return self._decode(n, latents, self.layer_temperatures(temperature), generator, batch_size, dtype)
-
-    def _decode(
-        self,
-        n: int,
-        latents: list[torch.Tensor | None],
-        temperatures: list[float],
-        generator: torch.Generator | None,
-        batch_size: int | None,
-        dtype: DTypeLike,
-        seeds: Sequence[int] | None = None,
-    ) -> torch.Tensor:
-        def step(mb: MicroBatch) -> torch.Tensor:
-            chunk_latents = [None if z is None else mb.take(z).to(self.device, torch.float32) for z in latents]
-            params, _ = self._decoder(
-                mb.size,
-                temperatures=temperatures,
-                latents=chunk_latents,
-                generator=generator,
-                noise=mb.noise(),
-                summarize=lambda o: None,
-            )
-            return self.head.sample(params, generator, uniforms=mb.pixel_uniforms).cpu()
-
-        sampling = [i >= len(latents) or latents[i] is None for i in range(self.num_layers)]
-        return torch.cat(
-            self._in_batches(n, batch_size, dtype, generator, step, sampling_layers=sampling, pixels=True, seeds=seeds)
-        )
-
-    @_inference
-    def decode_with(
-        self, choose: Callable[[int, LayerOutput], torch.Tensor], images: ImageBatch | None = None, n: int = 1
-    ) -> torch.Tensor:
-        """One pass of the decoder in which `choose(i, layer)` picks layer i's latent (N, zdim, r, r) after seeing
-        its prior (`layer.p_mean`, `layer.p_logstd`) and, given uint8 NHWC `images`, its posterior (`q_mean`,
-        `q_logstd`). Returns the output distribution's parameters, float32 (N, H, W, 10M). Bits-back coding
-        (compress.py) is built on it; no random number is drawn."""
-        activations = None
-        if images is not None:
-            self._require_encoder()
-            x_in, _ = self.preprocess(check_images(images, self.config))
-            activations, n = self.encoder(x_in), x_in.shape[0]
-        latents = [functools.partial(choose, i) for i in range(self.num_layers)]
-        return self._decoder(n, activations=activations, latents=latents, summarize=lambda o: None)[0]
-
-    @_inference
-    def reconstruct(
-        self,
-        images: ImageBatch,
-        keep: None | int | Sequence[int | None] = None,
-        temperature: Temperature = 1.0,
-        *,
-        generator: torch.Generator | None = None,
-        dtype: DTypeLike = None,
-    ) -> torch.Tensor:
-        """Encode uint8 NHWC images, keep the first `keep` layers' latents (all when None) and sample the rest
-        from the prior at `temperature`. Returns uint8 (N, H, W, 3) on the CPU.
-
-        With a list of keeps (the paper's Figure 4: `keep=[1, 4, 16, None]`) the images are encoded once and
-        decoded once per entry: uint8 (N, len(keep), H, W, 3)."""
-        several = isinstance(keep, (list, tuple))
-        keeps = [check_keep(k, self.num_layers) for k in (keep if several else [keep])]
-        images = check_images(images, self.config)
-        latents = self.encode(images, generator=generator, dtype=dtype)
-        out = [
-            self.decode(latents[:k], temperature, n=images.shape[0], generator=generator, dtype=dtype) for k in keeps
-        ]
-        return torch.stack(out, dim=1) if several else out[0]
-
-    @_inference
-    def interpolate(
-        self,
-        a: ImageBatch,
-        b: ImageBatch,
-        steps: int = 8,
-        *,
-        keep: int | None = None,
-        temperature: Temperature = 1.0,
-        mode: str = "linear",
-        generator: torch.Generator | None = None,
-        dtype: DTypeLike = None,
-    ) -> torch.Tensor:
-        """`steps` images along the latent path from image a to image b (uint8 (H, W, 3), or batches (N, H, W, 3)).
-        Both are encoded to posterior means; the first `keep` layers (all when None) are interpolated ('linear' or
-        'slerp'), the rest drawn from the prior at `temperature` with the same noise at every step. Returns uint8
-        (steps, H, W, 3), or (N, steps, H, W, 3) for batches, on the CPU; step 0 is a."""
-        a, b, single = check_image_pair(a, b, self.config)
-        check_count(steps, "steps", minimum=2, what="images on the path, ends included")
-        if mode not in ("linear", "slerp"):
-            raise ValueError(f"mode must be 'linear' or 'slerp', got {mode!r}")
-        keep = check_keep(keep, self.num_layers)
-        temperatures = self.layer_temperatures(temperature)
-        za = self.encode(a, mean=True, dtype=dtype)[:keep]
-        zb = self.encode(b, mean=True, dtype=dtype)[:keep]
-        ts = torch.linspace(0.0, 1.0, steps)
-
-        def same_noise_each_step(like: torch.Tensor) -> torch.Tensor:
-            return standard_normal(like[:1], generator).expand_as(like)
-
-        paths = []
-        with self.runtime.autocast(self.device, self.dtype, dtype):
-            for i in range(a.shape[0]):
-                latents = [_mix(za_l[i], zb_l[i], ts, mode).to(self.device) for za_l, zb_l in zip(za, zb, strict=False)]
-                params, _ = self._decoder(
-                    steps,
-                    temperatures=temperatures,
-                    latents=latents,
-                    noise=same_noise_each_step,
-                    summarize=lambda o: None,
-                )
-                paths.append(self.head.sample(params, generator, same_noise=True).cpu())
-        out = torch.stack(paths)
-        return out[0] if single else out
-
     def extra_repr(self) -> str:
         c = self.config
         encoder = len(self.encoder.enc_blocks) if self.encoder is not None else "none (decoder only)"
@@ -595,43 +423,3 @@ class VDVAE(nn.Module, PretrainedMixin):
             f"image_size={c.image_size}, width={c.width}, zdim={c.zdim}, layers={self.num_layers}, "
             f"encoder_blocks={encoder}"
         )
-
-
-def load(
-    name_or_path: str | os.PathLike[str],
-    *,
-    device: None | str | torch.device = None,
-    dtype: DTypeLike = None,
-    channels_last: bool | None = None,
-    compile: bool = False,
-    config: Any = None,
-    revision: str | None = None,
-    cache_dir: None | str | os.PathLike[str] = None,
-    local_files_only: bool = False,
-    manifest: Any = None,
-    output_loading_info: bool = False,
-) -> VDVAE:
-    """Load a VDVAE ready for inference: `VDVAE.from_pretrained` (a manifest name, a folder, a file, a Hub
-    repository id; see there), then `optimize(dtype=, channels_last=, compile=)`.
-
-    - `device`: None puts the model on CUDA when a GPU is present, else the CPU (a model zoo for sampling and
-      scoring: the GPU is where it is used); 'cpu', 'cuda', 'cuda:1' choose.
-    - `dtype`: 'bfloat16' computes the convolutions in bf16 (the weights stay float32).
-    - `config`: the architecture of an original .th file (usually recognised from its tensors).
-    - `revision`, `cache_dir`, `local_files_only`: as huggingface_hub's (`local_files_only=True` or HF_HUB_OFFLINE=1
-      never touches the network); `manifest`: another weights manifest (a private zoo).
-    - `output_loading_info`: return (model, LoadReport)."""
-    compute_dtype(dtype)  # a wrong value fails before any download
-    loaded = VDVAE.from_pretrained(
-        name_or_path,
-        config=config,
-        device=device,
-        revision=revision,
-        cache_dir=cache_dir,
-        local_files_only=local_files_only,
-        manifest=manifest,
-        output_loading_info=output_loading_info,
-    )
-    model = loaded[0] if output_loading_info else loaded
-    model.optimize(dtype=dtype, channels_last=channels_last, compile=compile or None)
-    return loaded

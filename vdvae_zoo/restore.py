@@ -1,7 +1,8 @@
 """Restoration with the prior: inpainting, super-resolution and denoising with any VDVAE.
 
 The method is PnP-HVAE (Prost, Houdard, Almansa and Papadakis, "Inverse Problem Regularization with Hierarchical
-Variational Autoencoders", ICCV 2023; code: jprost76/PnP-HVAE). It maximises the joint posterior p(x, z | y) for an observation y = A x + n, n ~ N(0, s^2),
+Variational Autoencoders", ICCV 2023; code: jprost76/PnP-HVAE). It maximises the joint posterior p(x, z | y) for an
+observation y = A x + n, n ~ N(0, s^2),
 by alternating two steps from x_0 (A^T y, filled in: below):
 
 - z-step: one encoder pass on x_k; at each decoder layer l, z_l is the minimiser of

@@ -7,7 +7,9 @@ import functools
 import click
 
 from .._version import __version__
-from ..model import EncoderMismatchError, load
+from ..factory import load
+from ..model import EncoderMismatchError
+from .params import MAX_TEMPERATURE, SEED, Count
 
 #: What MODEL means, for every command that takes one (shown at the end of their --help).
 MODEL_HELP = (
@@ -74,9 +76,17 @@ def parse_temperature(text: str):
     """'0.8' -> 0.8; '1.0,0.9,...' -> list (one per layer); '1:1.0,4:0.9' -> {resolution: t}."""
     try:
         if ":" in text:
-            return {int(k): float(v) for k, v in (item.split(":") for item in text.split(","))}
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
+            schedule = {int(k): float(v) for k, v in (item.split(":") for item in text.split(","))}
+            values = list(schedule.values())
+        else:
+            values = [float(v) for v in text.split(",")]
+        if not all(0.0 <= v <= MAX_TEMPERATURE for v in values):  # NaN fails this too
+            raise click.BadParameter(
+                f"{text!r}: temperatures must be finite numbers from 0 to {MAX_TEMPERATURE:g}", param_hint="'-t'"
+            )
+        if ":" in text:
+            return schedule
+    except (ValueError, OverflowError):
         raise click.BadParameter(
             f"{text!r} is not a number, a comma-separated list of numbers (one per layer) "
             "or a list of resolution:temperature pairs",
@@ -101,7 +111,7 @@ overwrite_option = click.option("--overwrite", is_flag=True, help="Replace exist
 batch_size_option = click.option(
     "--batch-size",
     default=None,
-    type=click.IntRange(min=1),
+    type=Count(1, 65_536),
     help="Images per pass through the network (default: automatic for the device). "
     "Memory only: per-image results do not depend on it beyond float rounding.",
 )
@@ -139,7 +149,7 @@ def picture_options(default_output: str):
 
     def decorate(fn):
         fn = overwrite_option(fn)
-        fn = click.option("--seed", default=0, show_default=True, help="Seed of the random draws.")(fn)
+        fn = click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the random draws.")(fn)
         fn = resize_option(fn)
         return click.option(
             "-o", "--output", default=default_output, show_default=True, type=click.Path(dir_okay=False)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from ..coding.archive import ArchiveError, compress, decompress_iter, read_header, require_coder
+from ..coding.archive import ArchiveError, compress, decompress_iter, require_coder
 from ..coding.grid import DEFAULT_GRID, parse_grid
-from ..data.files import atomic_write, refuse_existing
+from ..coding.header import read_header
+from ..data.files import atomic_write, read_user_bytes, refuse_existing
 from ..data.images import find_images, load_images, save_png
 from ..scoring.engine import printable_path
 from .base import (
@@ -225,7 +226,7 @@ def decompress_command(archive, outdir, model_name, overwrite, config, manifest)
 
     Example: vdvae-zoo decompress photos.vdz -o restored/
     """
-    data = Path(archive).read_bytes()
+    data = read_user_bytes(archive, what="archive", kind="archive")
     try:
         header, _ = read_header(data)
     except ArchiveError as e:

@@ -22,6 +22,7 @@ from .base import (
     stop_interrupted,
     user_errors,
 )
+from .params import MAX_DRAWS, SEED, Count, Real
 
 
 @main.command("eval", epilog=MODEL_HELP)
@@ -40,21 +41,23 @@ from .base import (
     show_default=True,
     help="Where the data defines one: the authors' split (docs/evaluate.md).",
 )
-@click.option("--limit", default=None, type=click.IntRange(min=1), help="A random subset of this many images (--seed).")
+@click.option("--limit", default=None, type=Count(1), help="A random subset of this many images (--seed).")
 @click.option(
     "--samples",
     default=1,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=Count(1, MAX_DRAWS),
     help="Posterior draws per image; K > 1 adds the importance-weighted bound (tighter than the paper's).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the posterior draws and of --limit's subset.")
+@click.option(
+    "--seed", default=0, show_default=True, type=SEED, help="Seed of the posterior draws and of --limit's subset."
+)
 @batch_size_option
 @click.option(
     "--chunk",
     default=256,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=Count(1, 1_000_000),
     help="Images per saved chunk (the unit of --resume and of sharing among processes).",
 )
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Write the report as JSON.")
@@ -163,7 +166,7 @@ def eval_command(
     "-k",
     "ks",
     multiple=True,
-    type=click.IntRange(min=0),
+    type=Count(0, 10_000),
     default=(1, 2),
     show_default=True,
     help="LLR>k: the k lowest decoder layers (the highest resolutions) come from their prior; repeat.",
@@ -175,13 +178,15 @@ def eval_command(
     show_default=True,
     help="Where the data defines one: the authors' split (docs/evaluate.md).",
 )
-@click.option("--limit", default=None, type=click.IntRange(min=1), help="A random subset of each set (--seed).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the posterior draws and of --limit's subsets.")
+@click.option("--limit", default=None, type=Count(1), help="A random subset of each set (--seed).")
+@click.option(
+    "--seed", default=0, show_default=True, type=SEED, help="Seed of the posterior draws and of --limit's subsets."
+)
 @click.option(
     "--prior-temperature",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(min=0.0, max=MAX_PRIOR_TEMPERATURE),
+    type=Real(0.0, MAX_PRIOR_TEMPERATURE),
     help="The replaced layers: 0 takes their conditional prior's mean (as Havtorn et al.), 1 a sample.",
 )
 @batch_size_option
@@ -189,7 +194,7 @@ def eval_command(
     "--chunk",
     default=256,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=Count(1, 1_000_000),
     help="Images per saved chunk (the unit of --resume and of sharing among processes).",
 )
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The report, JSON.")

@@ -10,7 +10,8 @@ import click
 from .._version import __version__
 from ..config import OUTPUTS, resolve_config
 from ..data.files import CARD_NAME, CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, atomic_write, refuse_existing
-from ..model import VDVAE, load
+from ..factory import load
+from ..model import VDVAE
 from ..training.run_folder import RunFolder
 from ..weights import hub
 from ..weights.cards import card_results
@@ -19,6 +20,7 @@ from ..weights.manifest import load_manifest, manifest_data, pin_entries
 from ..weights.original import read_checkpoint
 from ..weights.provenance import named_provenance
 from .base import MODEL_HELP, main, manifest_option, overwrite_option, user_errors
+from .params import SEED
 
 
 # ------------------------------------------------------------------------------------------------- list/info
@@ -101,7 +103,7 @@ def info(model, manifest):
 @main.command()
 @click.argument("config")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the random initialisation.")
 @click.option(
     "--image-channels",
     type=click.IntRange(1, 4),

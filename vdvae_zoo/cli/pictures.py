@@ -29,6 +29,7 @@ from .base import (
     stop_interrupted,
     user_errors,
 )
+from .params import MAX_DRAWS, MAX_IMAGES, SEED, Count
 
 
 # ---------------------------------------------------------------------------------------------------- bpd
@@ -53,6 +54,7 @@ from .base import (
     "--seed",
     default=0,
     show_default=True,
+    type=SEED,
     help="Seed of the posterior draws: image i of PATHS draws with image_seed(seed, i), as in eval.",
 )
 @click.option(
@@ -60,7 +62,7 @@ from .base import (
     "n_samples",
     default=1,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=Count(1, MAX_DRAWS),
     help="Posterior draws per image; K > 1 adds the importance-weighted bound bpd_iw (tighter).",
 )
 @click.option(
@@ -182,7 +184,7 @@ def _refuse_model_as_path(paths, manifest) -> None:
 # -------------------------------------------------------------------------------------------------- sample
 @main.command(epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
-@click.option("-n", "--num", default=16, show_default=True, type=click.IntRange(min=1), help="Number of images.")
+@click.option("-n", "--num", default=16, show_default=True, type=Count(1, MAX_IMAGES), help="Number of images.")
 @click.option(
     "-t",
     "--temperature",
@@ -191,7 +193,7 @@ def _refuse_model_as_path(paths, manifest) -> None:
     help="One number, one per layer (comma-separated), or resolution:t pairs such as 1:1.0,4:0.9,32:0.6.",
 )
 @click.option(
-    "--seed", default=None, type=int, help="Makes the samples reproducible (with --outdir: 0 when not given)."
+    "--seed", default=None, type=SEED, help="Makes the samples reproducible (with --outdir: 0 when not given)."
 )
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="A PNG grid.")
 @click.option(
@@ -286,7 +288,7 @@ def _read_images_for(model, paths, resize: str):
 @click.option(
     "--flat",
     default=None,
-    type=click.IntRange(min=1),
+    type=Count(1, 10_000),
     help="The first N layers flattened, one row per image, instead of the per-layer tensors "
     "(docs/latents.md; imagenet64 and 31: 91,168 numbers).",
 )
@@ -298,7 +300,9 @@ def _read_images_for(model, paths, resize: str):
 )
 @click.option("--mean", "use_mean", is_flag=True, help="Posterior means instead of samples.")
 @resize_option
-@click.option("--seed", default=0, show_default=True, help="Image i draws with image_seed(seed, i), as in bpd.")
+@click.option(
+    "--seed", default=0, show_default=True, type=SEED, help="Image i draws with image_seed(seed, i), as in bpd."
+)
 @batch_size_option
 @overwrite_option
 @model_options
@@ -399,9 +403,7 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
 @click.argument("model_name", metavar="MODEL")
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--steps", default=8, show_default=True, type=click.IntRange(min=2), help="Images on the path, ends included."
-)
+@click.option("--steps", default=8, show_default=True, type=Count(2, 1_000), help="Images on the path, ends included.")
 @click.option("--keep", default="all", show_default=True, help="Layers to interpolate (the rest: prior, same noise).")
 @click.option("-t", "--temperature", default="0.1", show_default=True, help="Temperature of the layers not kept.")
 @click.option("--mode", type=click.Choice(["linear", "slerp"]), default="linear", show_default=True)

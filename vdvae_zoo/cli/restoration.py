@@ -11,6 +11,7 @@ from ..data.files import refuse_existing
 from ..data.images import ImageReadError, make_grid, read_image, save_png
 from ..restore import METHODS, operator_for, restore
 from .base import MODEL_HELP, load_model, main, model_options, overwrite_option, user_errors
+from .params import SEED, Count, Real
 
 
 def _read(path: str, channels: int, what: str) -> np.ndarray:
@@ -51,13 +52,13 @@ def _mask(path: str, size: int) -> np.ndarray:
 @click.option(
     "--upscale",
     default=None,
-    type=click.IntRange(min=2),
+    type=Count(2, 64),
     help="Super-resolution: IMAGE is the model's size divided by this.",
 )
 @click.option(
     "--denoise",
     default=None,
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=Real(0.0, 1_000.0, low_open=True),
     help="Denoising: IMAGE holds Gaussian noise of this standard deviation, on the 0..255 scale.",
 )
 @click.option(
@@ -67,31 +68,33 @@ def _mask(path: str, size: int) -> np.ndarray:
     show_default=True,
     help="pnp-hvae (Prost et al. 2023) or encode-decode (keep the top layers of the degraded image).",
 )
-@click.option("--steps", default=30, show_default=True, type=click.IntRange(min=1), help="PnP-HVAE iterations.")
+@click.option("--steps", default=30, show_default=True, type=Count(1, 10_000), help="PnP-HVAE iterations.")
 @click.option(
     "-t",
     "--temperature",
     default=0.8,
     show_default=True,
-    type=float,
+    type=Real(0.0, 100.0, low_open=True),
     help="The prior's temperature (PnP-HVAE: its weight is 1/T^2 - coupling).",
 )
 @click.option(
     "--coupling",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=Real(0.0, 100.0, low_open=True),
     help="PnP-HVAE's weight of the encoder's posterior against the decoder.",
 )
-@click.option("--keep", default=None, type=click.IntRange(min=0), help="encode-decode: layers kept (default half).")
+@click.option("--keep", default=None, type=Count(0, 10_000), help="encode-decode: layers kept (default half).")
 @click.option(
     "--samples",
     default=1,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=Count(1, 1_000),
     help="Posterior samples; with more than one, OUTPUT is their mean and OUTPUT.std.png their spread.",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the draws (with --samples or encode-decode).")
+@click.option(
+    "--seed", default=0, show_default=True, type=SEED, help="Seed of the draws (with --samples or encode-decode)."
+)
 @overwrite_option
 @model_options
 @user_errors

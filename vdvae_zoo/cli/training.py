@@ -13,24 +13,10 @@ from ..training.options import TrainOptions
 from ..training.run_folder import RunFolderInUse
 from ..training.trainer import TrainingDiverged, TrainingStalled, finetune
 from .base import main, user_errors
+from .params import FLOAT32_MAX, Count, Real, RealOrAuto
 
 
 # ------------------------------------------------------------------------------------------------ finetune
-class _NumberOrAuto(click.ParamType):
-    name = "NUMBER|auto"
-
-    def convert(self, value, param, ctx):
-        if value is None or value == "auto" or isinstance(value, float):
-            return value
-        try:
-            return float(value)
-        except ValueError:
-            self.fail(f"{value!r} is neither a number nor auto", param, ctx)
-
-
-_NUMBER_OR_AUTO = _NumberOrAuto()
-
-
 def _train_options(fn):
     """The finetune command's options, one per TrainOptions field (their one statement: names, defaults, help)."""
     for f in reversed(dataclasses.fields(TrainOptions)):
@@ -47,12 +33,13 @@ def _train_options(fn):
         if "choices" in meta:
             type_ = click.Choice(meta["choices"])
         elif kind == "threshold":
-            type_ = _NUMBER_OR_AUTO
+            type_ = RealOrAuto(meta.get("min"), meta.get("max", FLOAT32_MAX))
         elif kind in ("existing", "path"):
             type_ = click.Path(exists=kind == "existing")
-        elif "min" in meta or "max" in meta:
-            range_type = click.IntRange if kind is int else click.FloatRange
-            type_ = range_type(min=meta.get("min"), max=meta.get("max"))
+        elif kind is int:
+            type_ = Count(meta.get("min", 0), meta.get("max", 2**31 - 1))
+        elif kind is float:
+            type_ = Real(meta.get("min"), meta.get("max", FLOAT32_MAX), high_open=meta.get("max_open", False))
         else:
             type_ = kind
         fn = click.option(

@@ -39,9 +39,7 @@ Needs the optional `constriction` (`pip install "vdvae-zoo[compress]"`).
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -52,7 +50,6 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..blocks import MAX_RESOLUTION
 from .bitsback import (
     GRID,
     ArchiveError,
@@ -65,13 +62,14 @@ from .bitsback import (
     _exact,
     _probe_fingerprint,
     _Reject,
-    _Stack,
     _webp,
     dry_run,
     require_coder,
     whiten_words,
 )
 from .grid import DEFAULT_GRID, LatentGrid, candidate_grids, fitted_span
+from .header import MAGIC, default_names, pack, read_header
+from .stack import Stack
 
 __all__ = [
     "compress",
@@ -87,14 +85,6 @@ __all__ = [
     "DEFAULT_GRID",
     "choose_grid",
 ]
-
-MAGIC, FORMAT_VERSION = b"VDZ\x01", 3
-READABLE_FORMATS = (
-    2,
-    3,
-)  # format 2 (vdvae-zoo 0.x before the grid was chosen per archive): one grid, whole-layer windows
-MAX_HEADER_BYTES = 64 * 2**20  # an inflated header larger than this is refused (a 1.5 MB deflate bomb is not read)
-MAX_NAME_CHARS = 255
 
 
 @dataclass
@@ -128,10 +118,6 @@ def _versions() -> dict[str, str]:
     return {"vdvae_zoo": __version__, "torch": torch.__version__, "numpy": np.__version__, "constriction": coder}
 
 
-def _default_names(n: int) -> list[str]:
-    return [f"{i:06d}.png" for i in range(n)]
-
-
 DRY_RUN_IMAGES = 4  # images the grid is chosen on (the first ones of the archive)
 MIN_GAIN = 0.01  # a candidate replaces the default grid only if it saves more than this fraction of net bits
 # on the dry run's images, and its per-image savings pass a one-sided t-test at 99%
@@ -153,7 +139,8 @@ def choose_grid(model, images: Sequence[np.ndarray], c=None) -> tuple[LatentGrid
 
 def _dry_runs(model, images: Sequence[np.ndarray], grid: LatentGrid, c) -> tuple[list[ImageRecord | None], list]:
     """Each image's dry-run record on `grid` (None where the coder refused it) and each coded image's layer reach."""
-    records, reach = [], []
+    records: list[ImageRecord | None] = []
+    reach: list[list[float]] = []
     for j, image in enumerate(images):
         try:
             record, layer_reach = dry_run(model, image, j, grid, c)
@@ -173,13 +160,13 @@ def _choose_grid(model, images, c) -> tuple[LatentGrid, dict[str, Any], list[Ima
     fitted = [fitted_span(np.array(layer)) for layer in zip(*reach, strict=False)] if reach else []
     for grid in candidate_grids(fitted)[1:]:
         tried[grid] = _dry_runs(model, images, grid, c)[0]
-    nets = {g: [r.net / dims if r else None for r in rs] for g, rs in tried.items()}
-    whole = {g: float(np.mean(n)) for g, n in nets.items() if None not in n}
+    nets = {g: [r.net / dims for r in rs if r] for g, rs in tried.items() if all(rs)}  # a refused image rules it out
+    whole = {g: float(np.mean(n)) for g, n in nets.items()}
     chosen = DEFAULT_GRID
     if whole and DEFAULT_GRID not in whole:  # the default refused an image: the cheapest that codes them all
-        chosen = min(whole, key=whole.get)
+        chosen = min(whole, key=whole.__getitem__)
     elif whole:
-        best = min(whole, key=whole.get)
+        best = min(whole, key=whole.__getitem__)
         saving = np.array(nets[DEFAULT_GRID]) - np.array(nets[best])
         error = float(np.std(saving, ddof=1) / math.sqrt(len(saving))) if len(saving) > 1 else float("inf")
         critical = T_99.get(len(saving) - 1, 2.33)
@@ -208,7 +195,8 @@ def compress(
     grid: str | LatentGrid = "auto",
     progress: Callable[[ImageRecord], None] | None = None,
 ) -> tuple[bytes, CompressReport]:
-    """Losslessly compress uint8 (H, W, C) images of the model's size and channels into one archive (bytes). `images` may be
+    """Losslessly compress uint8 (H, W, C) images of the model's size and channels into one archive (bytes).
+    `images` may be
     any iterable, read one at a time: of arrays (named by `names`, default 000000.png, ...) or of (name, array)
     pairs. Returns the archive and a report, one ImageRecord per image. `model_name` / `model_sha256` are recorded
     so that `decompress` can name and check the model it needs; `progress(record)` is called after each image.
@@ -236,7 +224,7 @@ def compress(
         grid, choice = _grid_for(exact, head, grid, c)
         pops = [r.popped for r in choice.pop("records")]
         whiten, expected_pop = whiten_words(exact, pops, grid), max(pops, default=0.0)
-        stack = _Stack(c, whiten)
+        stack = Stack(c, whiten)
         records, stored, crcs, push_words = [], {}, [], 0
         for j, image in enumerate(_chain(head, iterator, names, size, model.config.image_channels)):
             name = names[j] if j < len(names) else f"{j:06d}.png"
@@ -261,7 +249,7 @@ def compress(
     if given is not None and len(given) != count:
         raise ValueError(f"{len(given)} names for {count} images")
     payload = stack.payload().astype("<u4").tobytes()
-    all_names = names if len(names) == count else _default_names(count)
+    all_names = names if len(names) == count else default_names(count)
     if len(set(all_names)) != count:
         raise ValueError("two images have the same name; an archive stores names without folders")
     header = {
@@ -276,9 +264,9 @@ def compress(
         "image_size": size,
         "count": count,
         "stored": [[j, n] for j, n in sorted(stored.items())],
-        "names": None if all_names == _default_names(count) else all_names,
+        "names": None if all_names == default_names(count) else all_names,
     }
-    archive = _pack(header, np.array(crcs, dtype="<u4").tobytes() + payload)
+    archive = pack(header, np.array(crcs, dtype="<u4").tobytes() + payload)
     dims = model.config.dims_per_image
     net = [r.net / dims for r in records if r.mode == "bits-back"]
     report = CompressReport(
@@ -302,13 +290,13 @@ def _grid_for(model, head: list[np.ndarray], grid: str | LatentGrid, c) -> tuple
     """The archive's grid and the account of its choice, with the dry run's records on it (their pops size the
     whitening)."""
     if grid == "auto":
-        grid, choice, records = _choose_grid(model, head, c)
+        chosen, choice, records = _choose_grid(model, head, c)
     elif grid == "default" or isinstance(grid, LatentGrid):
-        grid = DEFAULT_GRID if grid == "default" else grid
-        choice, records = {"chosen": "given", "seconds": 0.0}, _dry_runs(model, head[:3], grid, c)[0]
+        chosen = DEFAULT_GRID if isinstance(grid, str) else grid
+        choice, records = {"chosen": "given", "seconds": 0.0}, _dry_runs(model, head[:3], chosen, c)[0]
     else:
         raise ValueError(f"grid must be 'auto', 'default' or a LatentGrid, not {grid!r:.60}")
-    return grid, {**choice, "records": [r for r in records if r is not None]}
+    return chosen, {**choice, "records": [r for r in records if r is not None]}
 
 
 def _named_items(images: Iterable, names: list[str], named: bool) -> Iterator[np.ndarray]:
@@ -338,118 +326,6 @@ def _chain(head: list[np.ndarray], rest: Iterator, names, size: int, channels: i
         yield _checked(image, j, names, size, channels)
 
 
-def _pack(header: dict[str, Any], payload: bytes) -> bytes:
-    """The archive: `payload` is the images' CRC32s (4 bytes each) followed by the ANS words."""
-    head = zlib.compress(json.dumps(header, sort_keys=True).encode(), 9)
-    body = MAGIC + struct.pack("<HI", FORMAT_VERSION, len(head)) + head + struct.pack("<I", len(payload)) + payload
-    return body + struct.pack("<I", zlib.crc32(body))
-
-
-def _inflate(data: bytes) -> bytes:
-    inflater = zlib.decompressobj()
-    try:
-        out = inflater.decompress(data, MAX_HEADER_BYTES)
-    except zlib.error as e:
-        raise ArchiveError(f"the archive's header is not deflated data ({e})") from None
-    if inflater.unconsumed_tail:
-        raise ArchiveError(f"the archive's header inflates to more than {MAX_HEADER_BYTES // 2**20} MiB; refused")
-    if not inflater.eof:
-        raise ArchiveError("the archive's header is cut short")
-    return out
-
-
-def _int(header: dict[str, Any], key: str, low: int, high: int) -> int:
-    value = header.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ArchiveError(f"the archive's header field {key!r} must be an integer in {low}..{high}, got {value!r:.60}")
-    return value
-
-
-def read_header(archive: bytes) -> tuple[dict[str, Any], bytes]:
-    """The header (with `names` filled in and `crc32`, one per image) and the ANS words of an archive, after
-    checking its magic, version, lengths, CRC32 and every header field's type and range."""
-    if archive[:4] != MAGIC:
-        raise ArchiveError("not a vdvae-zoo archive (wrong magic bytes)")
-    if len(archive) < 18 or zlib.crc32(archive[:-4]) != struct.unpack("<I", archive[-4:])[0]:
-        raise ArchiveError("the archive is damaged or truncated (its CRC32 does not match)")
-    version, head_len = struct.unpack("<HI", archive[4:10])
-    if version not in READABLE_FORMATS:
-        raise ArchiveError(
-            f"archive format {version}; this vdvae-zoo reads formats {', '.join(map(str, READABLE_FORMATS))}"
-        )
-    if 10 + head_len + 4 > len(archive) - 4:
-        raise ArchiveError("the archive is truncated (its header is longer than the file)")
-    try:
-        header = json.loads(_inflate(archive[10 : 10 + head_len]))
-    except (ValueError, RecursionError, UnicodeDecodeError) as e:
-        if isinstance(e, ArchiveError):
-            raise
-        raise ArchiveError(f"the archive's header is not JSON ({type(e).__name__})") from None
-    if not isinstance(header, dict):
-        raise ArchiveError("the archive's header is not a JSON object")
-    (payload_len,) = struct.unpack("<I", archive[10 + head_len : 14 + head_len])
-    payload = archive[14 + head_len : len(archive) - 4]
-    if len(payload) != payload_len:
-        raise ArchiveError("the archive is truncated (payload shorter than its header says)")
-    n = _int(header, "count", 1, 10**9)
-    _int(header, "image_size", 1, MAX_RESOLUTION)
-    _int(header, "whiten_words", 0, 2**28)
-    _int(header, "push_words", 0, 2**31)
-    if len(payload) % 4 or len(payload) < 4 * n:
-        raise ArchiveError("the archive is truncated (fewer bytes than one CRC32 per image)")
-    for key in ("model", "model_sha256", "fingerprint"):
-        if not isinstance(header.get(key), str) or len(header[key]) > 1000:
-            raise ArchiveError(f"the archive's header field {key!r} must be text")
-    if not isinstance(header.get("versions"), dict) or not all(isinstance(v, str) for v in header["versions"].values()):
-        raise ArchiveError("the archive's header field 'versions' must map names to text")
-    for key in ("delta", "grid"):  # the span may be a list (one per layer): LatentGrid.from_header checks it
-        if not isinstance(header.get(key), (int, float)) or isinstance(header.get(key), bool):
-            raise ArchiveError(f"the archive's header field {key!r} must be a number")
-    stored = header.get("stored")
-    if (
-        not isinstance(stored, list)
-        or not all(
-            isinstance(s, list)
-            and len(s) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in s)
-            and 0 <= s[0] < n
-            and 1 <= s[1] <= len(payload)
-            for s in stored
-        )
-        or len({s[0] for s in stored}) != len(stored)
-    ):
-        raise ArchiveError("the archive's header field 'stored' must list [image, bytes] pairs of its images")
-    names = header.get("names")
-    if names is None:
-        names = _default_names(n)
-    elif not isinstance(names, list) or len(names) != n:
-        raise ArchiveError(
-            f"the archive's header must name its {n} images (got {len(names) if isinstance(names, list) else type(names).__name__})"
-        )
-    for name in names:
-        if (
-            not isinstance(name, str)
-            or not name
-            or len(name) > MAX_NAME_CHARS
-            or "/" in name
-            or "\\" in name
-            or name.startswith(".")
-            or "\0" in name
-        ):
-            raise ArchiveError(
-                f"the archive holds a file name that is not a plain name of at most {MAX_NAME_CHARS} "
-                f"characters ({str(name)[:60]!r}); refused"
-            )
-    stems = [name.rsplit(".", 1)[0] if "." in name else name for name in names]
-    if len(set(stems)) != len(stems):
-        raise ArchiveError("the archive names two images alike; refused (nothing was written)")
-    header["names"] = names
-    header["stored"] = {s[0]: s[1] for s in stored}
-    header["crc32"] = np.frombuffer(payload[: 4 * n], dtype="<u4").tolist()
-    header["format"] = version
-    return header, payload[4 * n :]
-
-
 def decompress_iter(model, archive: bytes) -> Iterator[tuple[int, str, np.ndarray]]:
     """The images of `archive` as (index, name, uint8 image), bit-exact, one at a time and last first (the ANS
     stack gives them back in reverse). Raises ArchiveError when the archive is damaged, when this machine computes
@@ -476,7 +352,7 @@ def decompress_iter(model, archive: bytes) -> Iterator[tuple[int, str, np.ndarra
             f"model it names: {header['model'] or 'not recorded'})"
         ) from None
     names, stored, whiten = header["names"], header["stored"], header["whiten_words"]
-    stack = _Stack(c, whiten, np.frombuffer(payload, dtype="<u4").astype(np.uint32), whiten_head=header["format"] >= 3)
+    stack = Stack(c, whiten, np.frombuffer(payload, dtype="<u4").astype(np.uint32), whiten_head=header["format"] >= 3)
     with _exact(model) as exact:
         if len(stored) < header["count"] and _probe_fingerprint(exact, windows) != header["fingerprint"]:
             raise ArchiveError(
@@ -507,7 +383,7 @@ def decompress_iter(model, archive: bytes) -> Iterator[tuple[int, str, np.ndarra
         raise ArchiveError("the archive holds more data than its images (damaged)")
 
 
-def decompress(model, archive: bytes) -> tuple[list[np.ndarray], list[str]]:
+def decompress(model, archive: bytes) -> tuple[list[np.ndarray | None], list[str]]:
     """The images and names stored in `archive`, bit-exact, in their order (all held in memory; the CLI and large
     archives use `decompress_iter`)."""
     header, _ = read_header(archive)

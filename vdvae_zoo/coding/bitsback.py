@@ -7,8 +7,7 @@ docs/compress.md explains and measures each choice; the names are private to the
   mu_q +- WINDOW posterior stds.
 - The model runs in float64 on the CPU, one thread, and every distribution parameter is rounded to GRID before
   it becomes a probability, so that both sides compute bit-identical probabilities.
-- Before image j pops, the top words of the stack are XORed with a keystream seeded by (KEY, j).
-- Only the top of the stack is in the coder; the words below it never change again and are kept aside.
+- Before image j pops, the top words of the stack are whitened (stack.py).
 """
 
 from __future__ import annotations
@@ -27,9 +26,9 @@ from PIL import Image
 
 from ..nn.head import OutputHead
 from .grid import DEFAULT_GRID, WINDOW, LatentGrid, latent_breakdown
+from .stack import KEY, Stack
 
 GRID = 2.0**-24  # distribution parameters are rounded to this before they become probabilities
-KEY = 0x56445A31  # the whitening keystream's key ("VDZ1")
 
 
 class ArchiveError(ValueError):
@@ -137,7 +136,7 @@ class _Latents:
         self.sigma = np.exp(_grid(layer.p_logstd))
         if not (_finite(self.mu, self.sigma) and (self.sigma > 0).all()):
             raise _Reject("its prior is not finite")
-        self.posterior = None
+        self.posterior: tuple[np.ndarray, np.ndarray] | None = None
         if layer.q_mean is not None:
             step = self.sigma * self.delta
             q_mean, q_std = _grid(layer.q_mean), np.exp(_grid(layer.q_logstd))
@@ -148,6 +147,11 @@ class _Latents:
                 np.log(self.sigma / q_std) + (q_std**2 + (q_mean - self.mu) ** 2) / (2 * self.sigma**2) - 0.5
             ) / math.log(2)
             self.kl_bits = float(np.sum(self.kl_per_latent))
+
+    def _posterior(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.posterior is None:  # a layer built while decoding has none: only the prior is coded there
+            raise RuntimeError("this layer's posterior was not computed (no image was given)")
+        return self.posterior
 
     def value(self, k: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.mu + self.sigma * self.delta * k).view(self.shape)
@@ -170,7 +174,7 @@ class _Latents:
 
     def _windows(self) -> tuple[list[tuple[np.ndarray, int]], np.ndarray, np.ndarray]:
         if not hasattr(self, "_plan"):
-            mean, std = self.posterior
+            mean, std = self._posterior()
             groups = self.grid.window_groups(std, self.k_max)
             width = np.zeros(mean.size, np.int64)
             for idx, w in groups:
@@ -181,7 +185,7 @@ class _Latents:
 
     def reach(self) -> float:
         """How far from the prior the posterior's window reaches, in prior standard deviations (the largest)."""
-        mean, std = self.posterior
+        mean, std = self._posterior()
         return float(np.max(np.abs(mean) + WINDOW * std)) * self.delta
 
     def pop_posterior(self, coder, c) -> np.ndarray:
@@ -189,7 +193,7 @@ class _Latents:
         symbol of its support a little mass (it must code any of them); a window of +-WINDOW posterior stds keeps
         that mass next to the posterior instead of spread over the whole grid, where a popped latent would land far
         in the tails."""
-        mean, std = self.posterior
+        mean, std = self._posterior()
         groups, _, centres = self._windows()
         k = np.empty(mean.size, np.int64)
         for idx, w in groups:
@@ -201,7 +205,7 @@ class _Latents:
 
     def push_posterior(self, coder, k: np.ndarray, c) -> None:
         """The inverse of pop_posterior (the decoder gives back the bits the encoder popped)."""
-        mean, std = self.posterior
+        mean, std = self._posterior()
         groups, _, centres = self._windows()
         for idx, w in reversed(groups):
             _coder_call(
@@ -255,84 +259,9 @@ def _probe_fingerprint(model, windows: str = DEFAULT_GRID.windows) -> str:
     return digest.hexdigest()
 
 
-# ------------------------------------------------------------------------------------------------ the stack
-def _keystream(j: int, n: int, stream: int = 0) -> np.ndarray:
-    """n words of image j's keystream (stream 0 for the words below the head, 2 for the head)."""
-    seed = [KEY, j] if stream == 0 else [KEY, j, stream]
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed))).integers(0, 2**32, n, dtype=np.uint32)
-
-
-class _Stack:
-    """The ANS stack, of which only the top (the live coder, a few times `reserve` words) is in the coder; the
-    words below it never change again and are kept aside (`frozen`), so no operation costs more as it grows."""
-
-    def __init__(self, c, reserve: int, words: np.ndarray | None = None, whiten_head: bool = True):
-        self.c, self.reserve, self.whiten_head = c, max(int(reserve), 64), whiten_head
-        words = np.zeros(0, np.uint32) if words is None else words
-        cut = max(0, len(words) - 4 * self.reserve)
-        self.frozen: list[np.ndarray] = [words[:cut]] if cut else []
-        self.frozen_words = cut
-        self.coder = c.stream.stack.AnsCoder(words[cut:].copy()) if len(words) else c.stream.stack.AnsCoder()
-
-    def words(self) -> np.ndarray:
-        """The live coder's words (a copy)."""
-        return self.coder.get_compressed().astype(np.uint32)
-
-    def restore(self, words: np.ndarray) -> None:
-        self.coder = self.c.stream.stack.AnsCoder(words.copy()) if len(words) else self.c.stream.stack.AnsCoder()
-
-    def total_words(self) -> int:
-        return self.frozen_words + len(self.words())
-
-    def whiten(self, j: int, w: int, undo: bool = False) -> int:
-        """XOR the `w` words below the top two (all of them, on a smaller stack) with image j's keystream (its own
-        inverse); returns how many words that was. With `whiten_head`, the coder's head (the top two words, the
-        state image j-1's last pushes left there) is whitened too: the lower word by XOR, the top word, which must
-        not become zero, by multiplying it with an odd key modulo 2^32 (`undo` divides). Without it, image j's
-        first latents, the most influential ones, are decoded from image j-1's prior-coded z_1: their prior
-        quantiles, extreme where a posterior lies far from its prior, become the quantiles of image j's posterior
-        (docs/compress.md measures the drift this caused)."""
-        n = max(0, min(w, self.total_words() - 2))
-        self.refill(n + 2)
-        words = self.words()
-        if n:
-            words[-(n + 2) : -2] ^= _keystream(j, n)
-        if self.whiten_head and len(words) >= 2:
-            low, key = _keystream(j, 2, stream=2)
-            odd = int(key) | 1
-            words[-2] ^= low
-            words[-1] = np.uint32(int(words[-1]) * (pow(odd, -1, 2**32) if undo else odd) % 2**32)
-        if n or (self.whiten_head and len(words) >= 2):
-            self.restore(words)
-        return n
-
-    def spill(self) -> None:
-        """Keep at most 4 x reserve words in the coder (the encoder's stack only grows below the top)."""
-        words = self.words()
-        if len(words) > 4 * self.reserve:
-            cut = len(words) - 2 * self.reserve
-            self.frozen.append(words[:cut])
-            self.frozen_words += cut
-            self.restore(words[cut:])
-
-    def refill(self, need: int) -> None:
-        """Make sure the coder holds at least `need` words (or everything), taking them back from `frozen`."""
-        words = self.words()
-        if len(words) >= need or not self.frozen_words:
-            return
-        below = np.concatenate(self.frozen) if len(self.frozen) > 1 else self.frozen[0]
-        take = min(len(below), max(need - len(words), 2 * self.reserve))
-        self.frozen = [below[: len(below) - take]] if len(below) > take else []
-        self.frozen_words = len(below) - take
-        self.restore(np.concatenate([below[len(below) - take :], words]))
-
-    def payload(self) -> np.ndarray:
-        return np.concatenate(self.frozen + [self.words()]) if self.frozen else self.words()
-
-
 # ------------------------------------------------------------------------------------------- one image each
 def _encode_bits_back(
-    stack: _Stack,
+    stack: Stack,
     model,
     image: np.ndarray,
     j: int,
@@ -398,12 +327,12 @@ def _encode_bits_back(
     )
 
 
-def _encode_webp(stack: _Stack, webp: bytes, c) -> None:
+def _encode_webp(stack: Stack, webp: bytes, c) -> None:
     symbols = np.frombuffer(webp + b"\0" * (len(webp) % 2), dtype="<u2").astype(np.int32)
     stack.coder.encode_reverse(symbols, _models(c)[1])
 
 
-def _decode_webp(stack: _Stack, nbytes: int, c, name: str, channels: int = 3) -> np.ndarray:
+def _decode_webp(stack: Stack, nbytes: int, c, name: str, channels: int = 3) -> np.ndarray:
     count = (nbytes + 1) // 2
     stack.refill(count // 2 + 2 * stack.reserve)
     symbols = _coder_call(stack.coder.decode, _models(c)[1], count)
@@ -416,7 +345,7 @@ def _decode_webp(stack: _Stack, nbytes: int, c, name: str, channels: int = 3) ->
 
 
 def _decode_bits_back(
-    stack: _Stack, model, j: int, whiten_words: int, push_words: int, c, grid: LatentGrid = DEFAULT_GRID
+    stack: Stack, model, j: int, whiten_words: int, push_words: int, c, grid: LatentGrid = DEFAULT_GRID
 ) -> np.ndarray:
     categorical, _ = _models(c)
     stack.refill(push_words + whiten_words + 64)
@@ -471,7 +400,7 @@ def dry_run(model, image: np.ndarray, j: int, grid: LatentGrid, c) -> tuple[Imag
     latents = sum(model.config.zdim * r * r for r in model.layer_resolutions)
     words = int(math.ceil(latents * 40 / 32)) + 1024
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([KEY, j, 1])))
-    stack = _Stack(c, words, rng.integers(0, 2**32, words + 2, dtype=np.uint32))
+    stack = Stack(c, words, rng.integers(0, 2**32, words + 2, dtype=np.uint32))
     seen: list[_Latents] = []
     record = _encode_bits_back(stack, model, image, j, words, c, f"dry run {j}", grid, seen)
     return record, [buckets.reach() for buckets in seen]

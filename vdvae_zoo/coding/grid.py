@@ -69,17 +69,18 @@ class LatentGrid:
     def from_header(cls, header: dict[str, Any], layers: int, windows: str = "per-latent") -> LatentGrid:
         """The grid an archive names; ValueError (with the field) when it is not one this coder can use."""
         delta, span = header.get("delta"), header.get("span")
-        if not _number(delta) or not 2.0**-16 <= delta <= 1.0:
+        if not isinstance(delta, (int, float)) or not _number(delta) or not 2.0**-16 <= delta <= 1.0:
             raise ValueError(f"the archive's header field 'delta' must be a number in [2^-16, 1], got {delta!r:.60}")
         spans = span if isinstance(span, list) else [span]
         if isinstance(span, list) and len(span) != layers:
             raise ValueError(f"the archive's header gives {len(span)} spans; this model has {layers} latent layers")
-        if not all(_number(s) and 0 < s and s / delta <= MAX_BUCKETS for s in spans):
+        if not all(isinstance(s, (int, float)) and _number(s) and 0 < s and s / delta <= MAX_BUCKETS for s in spans):
             raise ValueError(
                 f"the archive's header field 'span' must be positive numbers of at most {MAX_BUCKETS} "
                 f"buckets, got {str(span)[:60]}"
             )
-        return cls(float(delta), tuple(float(s) for s in span) if isinstance(span, list) else float(span), windows)
+        numbers = [float(s) for s in spans if isinstance(s, (int, float))]
+        return cls(float(delta), tuple(numbers) if isinstance(span, list) else numbers[0], windows)
 
 
 def parse_grid(text: str) -> str | LatentGrid:
@@ -90,7 +91,7 @@ def parse_grid(text: str) -> str | LatentGrid:
         delta_text, span_text = text.split(":")
         delta = 2.0 ** float(delta_text[2:]) if delta_text.startswith("2^") else float(delta_text)
         grid = LatentGrid.from_header({"delta": delta, "span": float(span_text)}, 1)
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:  # 2^5000 overflows before the range is checked
         detail = str(e).replace("the archive's header field", "its") if "header" in str(e) else "not DELTA:SPAN"
         raise ValueError(f"--grid {text!r}: use auto, default or DELTA:SPAN such as 2^-7:24 ({detail})") from None
     return grid
@@ -143,7 +144,7 @@ def ideal_bits(k: np.ndarray, mean: np.ndarray, std: np.ndarray, low: np.ndarray
     return (total - mass) / math.log(2)
 
 
-def latent_breakdown(coded_bits: float, layers: Sequence[tuple[Any, np.ndarray]]) -> dict[str, float]:
+def latent_breakdown(coded_bits: float, layers: Sequence[tuple[Any, np.ndarray]]) -> dict[str, Any]:
     """Where the latents' coded bits (`coded_bits` = pushed - popped) differ from their analytic KL. `layers`:
     (the layer's _Latents, its coded buckets k) in order. Returns bits that add up to coded_bits - KL:
     quantisation (on-grid latents: ideal code - KL), clipping (latents whose posterior mean lies beyond the grid:

@@ -91,7 +91,7 @@ def _activation_floats(config: VDVAEConfig, grad_checkpoint: bool) -> float:
     pixels = config.image_size**2
     saved = enc_w * encoder + dec_w * decoder_w + dec_z * decoder_z + (out_m * config.num_mixtures + out_px) * pixels
     top = config.width_at(config.image_size) * pixels
-    working = 6 * top  # gradients of the states at the top resolution during the backward pass
+    working: float = 6 * top  # gradients of the states at the top resolution during the backward pass
     if grad_checkpoint:  # one decoder layer (and encoder block) recomputed at the top resolution
         no_ck = SAVED_FLOATS[False]
         working += (no_ck[0] + no_ck[1]) * top + no_ck[2] * config.zdim * pixels

@@ -4,15 +4,21 @@
 read any of them as uint8 NHWC, lazily (memory-mapped arrays, files read on demand), so memory stays bounded
 whatever the size of the data set.
 
-| source | recognised by | test split | valid split | train split |
-| --- | --- | --- | --- | --- |
-| CIFAR-10, python | `cifar-10-batches-py/` (or a folder holding it) | `test_batch` (10,000) | `data_batch_1..5` stacked, `RandomState(11172018).permutation(50000)[:5000]` | the same permutation's other 45,000, in its order |
-| CIFAR-10, binary | `cifar-10-batches-bin/` | `test_batch.bin` | as above, from `data_batch_{1..5}.bin` | as above |
-| ImageNet-32/64 | `imagenet{32,64}-{valid,train}.npy` (the authors' setup script), or a folder holding them | `*-valid.npy`, all (the official validation set) | `*-train.npy`, `np.random.seed(42)` permutation, its last 5,000 | the same permutation without its last 5,000 |
-| ImageNet folders | `valid_32x32/`, `valid_64x64/` of PNGs | all of it | - | - |
-| FFHQ-256 | `ffhq-256.npy` | `np.random.seed(5)` permutation, its last 7,000 (the authors' "valid", which they report on) | the same 7,000 | the permutation without them |
-| FFHQ-1024 | a folder of `NNNNN.png` (FFHQ's names; sub-folders allowed) | images 65000-69999 | the same | images 0-64999 |
-| anything else | a folder of images, or an `.npy` of N x H x W x 3 uint8 | all of it | - | - |
+Sources, what recognises them, and their test / valid / train splits (docs/evaluate.md has the same as a table):
+- CIFAR-10, python: `cifar-10-batches-py/` (or a folder holding it). test: `test_batch` (10,000); valid:
+  `data_batch_1..5` stacked, `RandomState(11172018).permutation(50000)[:5000]`; train: the same permutation's other
+  45,000, in its order.
+- CIFAR-10, binary: `cifar-10-batches-bin/`. test: `test_batch.bin`; valid and train: as above, from
+  `data_batch_{1..5}.bin`.
+- ImageNet-32/64: `imagenet{32,64}-{valid,train}.npy` (the authors' setup script), or a folder holding them. test:
+  `*-valid.npy`, all (the official validation set); valid: `*-train.npy`, `np.random.seed(42)` permutation, its last
+  5,000; train: the same permutation without its last 5,000.
+- ImageNet folders: `valid_32x32/`, `valid_64x64/` of PNGs. test: all of it.
+- FFHQ-256: `ffhq-256.npy`. test and valid: `np.random.seed(5)` permutation, its last 7,000 (the authors' "valid",
+  which they report on); train: the permutation without them.
+- FFHQ-1024: a folder of `NNNNN.png` (FFHQ's names; sub-folders allowed). test and valid: images 65000-69999;
+  train: images 0-64999.
+- anything else: a folder of images, or an `.npy` of N x H x W x 3 uint8. test: all of it.
 
 The CIFAR-10 python files are pickles: they are read with a restricted unpickler that accepts only what those
 files contain (a dict, bytes, lists, ints and numpy arrays) and refuses anything else before it can run.
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import check_user_file, open_user_file
 from .images import as_channels, find_images, load_images, read_image
 
 __all__ = [
@@ -81,21 +88,24 @@ class Dataset:
         if self.files is None:
             images = self.read(idx)
             return as_channels(images[..., None] if images.ndim == 3 else images, channels), list(idx), []
-        images, kept, skipped = [], [], []
+        pixels: list[np.ndarray] = []
+        kept: list[int] = []
+        skipped: list = []
         for i in idx:
             read, ok, bad = load_images([self.files[i]], size=size, resize=resize, channels=channels)
             if ok:
-                images.append(read[0])
+                pixels.append(read[0])
                 kept.append(i)
             else:
                 skipped.append((i, bad[0][1]))
-        return (np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)), kept, skipped
+        return (np.stack(pixels) if pixels else np.zeros((0, size, size, channels), np.uint8)), kept, skipped
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR-10
 class _CifarUnpickler(pickle.Unpickler):
     """Only what the CIFAR-10 python batches hold: builtin containers and numpy arrays."""
 
+    path: Path | str = "a CIFAR-10 batch"
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
@@ -114,14 +124,15 @@ class _CifarUnpickler(pickle.Unpickler):
                 "in it was run"
             )
         if module.startswith("numpy") and name in ("_reconstruct", "scalar"):
-            multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
+            core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
+            multiarray = core.multiarray
             return getattr(multiarray, name)
         return super().find_class(module, name)
 
 
 def _cifar_batch(path: Path) -> np.ndarray:
     """One python batch as uint8 NHWC."""
-    with open(path, "rb") as f:
+    with open_user_file(path, what="CIFAR-10 batch", kind="data") as f:
         unpickler = _CifarUnpickler(f, encoding="bytes")
         unpickler.path = path
         try:
@@ -143,7 +154,7 @@ def _chw_rows_to_nhwc(rows: np.ndarray, path: Path) -> np.ndarray:
 
 def _cifar_bin(path: Path) -> np.ndarray:
     """One binary batch (records of 1 label byte + 3072 bytes CHW) as a memory-mapped uint8 NHWC view."""
-    size = path.stat().st_size
+    size = check_user_file(path, what="CIFAR-10 batch").stat().st_size
     if size % 3073:
         raise DatasetError(f"{path} is {size} bytes, not a whole number of 3073-byte CIFAR-10 records")
     records = np.memmap(path, dtype=np.uint8, mode="r", shape=(size // 3073, 3073))
@@ -185,6 +196,7 @@ def _cifar(folder: Path, split: str, binary: bool) -> Dataset:
 
 # ------------------------------------------------------------------------------------------------- arrays
 def _npy(path: Path) -> np.ndarray:
+    check_user_file(path, what="array file")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - a damaged header fails inside numpy's parser in many ways
@@ -285,8 +297,8 @@ def open_dataset(path: str | os.PathLike, split: str = "test") -> Dataset:
     if split not in SPLITS:
         raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+    if not path.is_dir():  # a file: a missing one, a FIFO or a device is refused in one sentence, never opened
+        check_user_file(path, what="data")
     if path.is_dir():
         for sub in (path, path / "cifar-10-batches-py", path / "cifar-10-batches-bin"):
             for binary, suffix in ((False, ""), (True, ".bin")):

@@ -6,8 +6,10 @@ Every file and folder this package writes goes through `staged_file` (`atomic_wr
 renamed over the target only when complete. Temporaries left by a process that died are removed by
 `remove_stale_temporaries`. Files get the mode the umask gives (others can read a shared model), never the 0600
 of `tempfile`. Appending (logs, state files) goes through `append_line`, which never follows a symbolic link.
-Reading a small file a user names (config.json, a manifest) goes through `read_small_text`, which refuses what is
-not a regular file (a FIFO would block forever) before reading.
+Reading any file a user names (images, masks, archives, state files, cards, configs, weights, data sets) goes
+through `open_user_file` (`read_user_bytes`, `read_small_text`, `check_user_file` on top of it): it opens without
+blocking, refuses what is not a regular file (a FIFO would block forever, /dev/zero never ends) and what is larger
+than the kind of file can be, in one sentence naming the file.
 """
 
 from __future__ import annotations
@@ -23,9 +25,14 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO
 
 __all__ = [
+    "open_user_file",
+    "read_user_bytes",
+    "check_user_file",
+    "READ_LIMITS",
+    "UnreadableFile",
     "atomic_write",
     "staged_file",
     "write_npy",
@@ -51,8 +58,8 @@ CARD_NAME = "README.md"
 #: loading the folder loads the subfolder's model.
 MODEL_SUBFOLDER = "model"
 
-PathLike = Union[str, os.PathLike]
-Content = Union[bytes, str, Callable[[Path], None]]
+PathLike = str | os.PathLike
+Content = bytes | str | Callable[[Path], None]
 
 _TEMPORARY = re.compile(r"^\.(.+)\.(?:tmp|staging|old)-(\d+)(?:-[A-Za-z0-9_]+)?$")
 
@@ -79,7 +86,8 @@ def _temporary_prefix(path: Path, kind: str) -> str:
 
 
 def _temporary_name(path: Path, kind: str) -> Path:
-    """A name beside `path` that nobody can have planted: the PID (for `remove_stale_temporaries`) and 64 random bits."""
+    """A name beside `path` that nobody can have planted: the PID (for `remove_stale_temporaries`) and 64 random
+    bits."""
     return path.with_name(_temporary_prefix(path, kind) + secrets.token_hex(8))
 
 
@@ -160,30 +168,96 @@ def append_line(path: PathLike, line: str) -> None:
             f.write(line + "\n")
 
 
-def read_small_text(path: PathLike, *, what: str = "file", max_bytes: int = 64 << 20) -> str:
-    """The UTF-8 text of `path`, refusing (ValueError naming the file) anything that is not a regular file, such as
-    a FIFO or a device, which would block or never end, and files over `max_bytes`. Opened without blocking, then
-    checked on the open file, so nothing can swap it in between."""
+#: The largest file of each kind a command reads whole (bytes): a larger one is refused before it is read.
+READ_LIMITS = {
+    "text": 64 << 20,  # config.json, manifests, state files, cards, records
+    "image": 512 << 20,  # an image file (its pixel count is checked from its header too)
+    "archive": 16 << 30,  # a .vdz archive (read whole: its CRC32 covers all of it)
+    "weights": 64 << 30,  # .th / .safetensors
+    "data": 1 << 40,  # data files (.npy, CIFAR batches): memory-mapped, never read whole
+}
+
+
+class UnreadableFile(ValueError):
+    """A file a user named that is not read: `path`, and `reason` (what it is, and what to give instead)."""
+
+    def __init__(self, what: str, path: Path, reason: str):
+        super().__init__(f"{what} {path} is {reason}")
+        self.path, self.reason = path, reason
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory, not a regular file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a regular file (reading it would block)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a regular file (reading it may never end)"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a regular file"
+    return "not a regular file"
+
+
+@contextlib.contextmanager
+def open_user_file(path: PathLike, *, what: str = "file", kind: str = "text") -> Iterator[BinaryIO]:
+    """The one way to open a file a user named for reading. It is opened without blocking and checked on the open
+    descriptor (so nothing can swap it in between): a missing file or a dangling link is FileNotFoundError, and
+    what is not a regular file (a directory, a FIFO that would block forever, a device such as /dev/zero that never
+    ends, a socket) or is larger than READ_LIMITS[kind] is ValueError; each is one sentence naming the file. The
+    file object yielded reads normally (blocking)."""
     path = Path(path)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        dangling = path.is_symlink()
+        raise FileNotFoundError(
+            f"{what} {path} does not exist" + (" (it is a symbolic link to a missing file)" if dangling else "")
+        ) from None
+    except IsADirectoryError:
+        raise UnreadableFile(what, path, "a directory, not a regular file; give a file") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{what} {path} is not a regular file (a FIFO, device or socket); give a real file")
-        if info.st_size > max_bytes:
-            raise ValueError(f"{what} {path} is {info.st_size:,} bytes, more than the {max_bytes:,} such a file can be")
-        chunks, size = [], 0
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > max_bytes:
-                raise ValueError(f"{what} {path} grew past {max_bytes:,} bytes while it was read")
-    finally:
+            raise UnreadableFile(what, path, f"{_kind_of(info.st_mode)}; give a regular file")
+        limit = READ_LIMITS[kind]
+        if info.st_size > limit:
+            raise UnreadableFile(what, path, f"{info.st_size:,} bytes, more than the {limit:,} such a file can be")
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
-    return b"".join(chunks).decode("utf-8")
+        raise
+    with f:
+        yield f
+
+
+def check_user_file(path: PathLike, *, what: str = "file", kind: str = "data") -> Path:
+    """Refuse what `open_user_file` refuses, for readers that must be given a path (memory maps, safetensors)."""
+    with open_user_file(path, what=what, kind=kind):
+        return Path(path)
+
+
+def read_user_bytes(path: PathLike, *, what: str = "file", kind: str = "text") -> bytes:
+    """The bytes of a file a user named, read through `open_user_file` (and never more than its limit, even when
+    the file grows while it is read)."""
+    limit = READ_LIMITS[kind]
+    with open_user_file(path, what=what, kind=kind) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{what} {path} grew past {limit:,} bytes while it was read")
+    return data
+
+
+def read_small_text(path: PathLike, *, what: str = "file", max_bytes: int | None = None) -> str:
+    """The UTF-8 text of a file a user named (`read_user_bytes`; `max_bytes` lowers the text limit). Text that is
+    not UTF-8 is a ValueError naming the file."""
+    data = read_user_bytes(path, what=what, kind="text")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ValueError(f"{what} {path} is {len(data):,} bytes, more than the {max_bytes:,} such a file can be")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}); give the file itself") from None
 
 
 @contextlib.contextmanager

@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from .files import atomic_write
+from .files import UnreadableFile, atomic_write, open_user_file
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -39,7 +38,7 @@ __all__ = [
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 #: Images larger than this many pixels are refused before they are decoded (a 97 kB PNG can hold 100 Mpx).
 MAX_IMAGE_PIXELS = 64 * 2**20
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 class ImageReadError(ValueError):
@@ -65,8 +64,13 @@ def find_images(paths: Sequence[PathLike], recursive: bool = True) -> list[Path]
             found.extend(
                 sorted(f for f in pattern if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(f, p))
             )
+        elif p.exists():  # a FIFO, a device, a socket: said as what it is, never opened
+            with open_user_file(p, what="input"):
+                pass
         else:
-            raise FileNotFoundError(f"{p} does not exist")
+            raise FileNotFoundError(
+                f"{p} does not exist" + (" (a symbolic link to a missing file)" if p.is_symlink() else "")
+            )
     return found
 
 
@@ -80,7 +84,7 @@ def _to_mode(img: Image.Image, channels: int = 3) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
         shift = 8 if img.mode != "I" else max(int(arr.max()).bit_length() - 8, 0)
-        img = Image.fromarray((arr >> shift).astype(np.uint8), "L")
+        img = Image.fromarray(np.right_shift(arr, shift).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if channels in (2, 4):
@@ -117,12 +121,12 @@ def read_image(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS, channels: int
     """One image file as uint8 (H, W, C) for C `channels` (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA), by the rules of
     this module; images over `max_pixels` are refused from their header, before decoding. Raises ImageReadError."""
     try:
-        with Image.open(path) as img:
+        with open_user_file(path, what="image", kind="image") as f, Image.open(f) as img:
             _check_pixels(path, img, max_pixels)
             img.seek(0)
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            array = np.asarray(_to_mode(img, channels), dtype=np.uint8).copy()
+            upright = ImageOps.exif_transpose(img)
+            upright.load()
+            array = np.asarray(_to_mode(upright, channels), dtype=np.uint8).copy()
             return array[..., None] if array.ndim == 2 else array
     except FileNotFoundError:
         raise ImageReadError(path, "file does not exist") from None
@@ -133,6 +137,8 @@ def read_image(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS, channels: int
 
 
 def _reason(e: Exception) -> str:
+    if isinstance(e, UnreadableFile):
+        return e.reason
     if isinstance(e, Image.DecompressionBombError):
         return f"too large to read safely ({e})"
     return "not an image Pillow can read" if "cannot identify" in str(e) else f"unreadable ({e})"
@@ -141,7 +147,7 @@ def _reason(e: Exception) -> str:
 def image_size(path: PathLike) -> tuple[int, int]:
     """(width, height) after EXIF orientation, read from the header only."""
     try:
-        with Image.open(path) as img:
+        with open_user_file(path, what="image", kind="image") as f, Image.open(f) as img:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
             return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
@@ -158,7 +164,7 @@ def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     grey = image.ndim == 3 and image.shape[2] == 1
     resized = np.asarray(
-        Image.fromarray(image[..., 0] if grey else image).resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+        Image.fromarray(image[..., 0] if grey else image).resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=None)
     )
     resized = resized[..., None] if grey else resized
     top, left = (nh - size) // 2, (nw - size) // 2
@@ -268,5 +274,5 @@ def photo_crops(
             y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
         else:
             s, y, x = side, int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
-        out.append(np.asarray(Image.fromarray(p[y : y + s, x : x + s]).resize((size, size), Image.BICUBIC)))
+        out.append(np.asarray(Image.fromarray(p[y : y + s, x : x + s]).resize((size, size), Image.Resampling.BICUBIC)))
     return out

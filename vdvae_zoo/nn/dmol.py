@@ -75,7 +75,7 @@ def _unpack(params: torch.Tensor, num_mixtures: int, channels: int = 3):
 
 def _conditioned_means(means: torch.Tensor, coeffs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Each channel's mean plus its coefficients times the earlier channels' values x (..., C, 1)."""
-    out = []
+    out: list[torch.Tensor] = []
     for c in range(means.shape[-2]):
         mean = means[..., c, :]
         for j in range(c):
@@ -168,7 +168,7 @@ def dmol_sample(
     coeff = coeffs.gather(4, component[:, :, :, None, None].expand(n, h, w, coeffs.shape[3], 1)).squeeze(4)
     u = uniforms[1].expand(n, -1, -1, -1)
     x = mean + torch.exp(log_scale) * (torch.log(u) - torch.log(1.0 - u))
-    values = []
+    values: list[torch.Tensor] = []
     for c in range(channels):  # each channel's value shifted by the earlier channels' (clamped) values
         value = x[..., c]
         for j in range(c):
@@ -193,7 +193,7 @@ def dmol_mean_var(params: torch.Tensor, num_mixtures: int, channels: int = 3) ->
 def _means_given_means(means: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     """Each component's channel means, the later channels shifted by the coefficients times the earlier channels'
     (already shifted) means of the same component: (N, H, W, C, M)."""
-    out = []
+    out: list[torch.Tensor] = []
     for c in range(means.shape[-2]):
         mean = means[..., c, :]
         for j in range(c):
@@ -268,6 +268,10 @@ def dmol_level_probs(
     weight times the probability it gave the earlier channels, renormalised (what a lossless coder must code each
     sub-pixel with; compress.py)."""
     logits, means, log_scales, coeffs = _unpack(params.double(), num_mixtures, channels)
+    if earlier is None:
+        if channel:
+            raise ValueError(f"channel {channel} is conditioned on the earlier channels: pass their values")
+        earlier = means.new_zeros(means.shape[:3] + (0,))
 
     def channel_mean(c: int) -> torch.Tensor:
         mean = means[..., c, :]

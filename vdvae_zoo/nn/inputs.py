@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Union
 
 import numpy as np
 import torch
@@ -25,8 +24,8 @@ __all__ = [
     "layer_temperatures",
 ]
 
-ImageBatch = Union[torch.Tensor, np.ndarray]
-Temperature = Union[float, Sequence[float], Mapping[int, float]]
+ImageBatch = torch.Tensor | np.ndarray
+Temperature = float | Sequence[float] | Mapping[int, float]
 
 
 def check_images(images: ImageBatch, config: VDVAEConfig, name: str = "images") -> torch.Tensor:
@@ -134,10 +133,9 @@ def layer_temperatures(temperature: Temperature, layer_resolutions: Sequence[int
     elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
         values = [float(temperature)] * L
     else:
-        if isinstance(temperature, torch.Tensor):
-            temperature = temperature.tolist()
+        items = temperature.tolist() if isinstance(temperature, torch.Tensor) else temperature
         try:
-            values = [float(t) for t in temperature]
+            values = [float(t) for t in items]  # type: ignore[union-attr]  # anything else is refused below
         except (TypeError, ValueError):
             raise ValueError(
                 f"temperature must be a number, a list of {L} numbers (one per decoder layer) "

@@ -11,9 +11,9 @@ KL in nats. The public model around it (sampling, likelihood, ...) is model.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,8 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, zero_weights: b
     """A conv with zero bias (as all of VDVAE's), and optionally zero weights."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
     with torch.no_grad():
-        conv.bias.zero_()
+        if conv.bias is not None:
+            conv.bias.zero_()
         if zero_weights:
             conv.weight.zero_()
     return conv
@@ -119,7 +120,7 @@ def gaussian_kl(q_mean, q_logstd, p_mean, p_logstd) -> torch.Tensor:
 
 def _checkpointing(module: nn.Module) -> bool:
     """Gradient checkpointing is on for `module` (`VDVAE.set_grad_checkpointing`) and autograd is recording."""
-    return module.grad_checkpoint and torch.is_grad_enabled()
+    return bool(getattr(module, "grad_checkpoint", False)) and torch.is_grad_enabled()
 
 
 class Encoder(nn.Module):
@@ -336,7 +337,8 @@ class Decoder(nn.Module):
             for r, b in zip(self.bias_resolutions, self.bias_xs, strict=False)
         }
         outputs: list[LayerOutput] = []
-        for i, layer in enumerate(self.dec_blocks):
+        layers = cast("list[DecoderLayer]", self.dec_blocks)  # a ModuleList of DecoderLayer
+        for i, layer in enumerate(layers):
             r = layer.resolution
             x = states.get(r)
             if x is None:
@@ -350,7 +352,7 @@ class Decoder(nn.Module):
                 x = x + F.interpolate(up, scale_factor=r // layer.mixin, mode="nearest")
             latent = latents[i] if i < len(latents) else None
             posterior = activations is not None and (keep is None or i < keep)
-            activation = activations[r] if posterior else None
+            activation = activations[r] if activations is not None and posterior else None
             t = 1.0 if temperatures is None else temperatures[i]
             if _checkpointing(self):
                 layer_noise = noise
@@ -381,7 +383,7 @@ BIAS_XS, GAIN, OUT_CONV = (
 )
 
 
-def state_signature(shapes: dict[str, tuple]) -> tuple | None:
+def state_signature(shapes: Mapping[str, tuple]) -> tuple | None:
     """(encoder blocks, decoder layers, width) as a checkpoint's names and shapes give them; None when it holds no
     encoder blocks (then nothing can be ruled out cheaply)."""
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import sys
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Union
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["compute_dtype", "conv_dtype", "Runtime", "keep_freed_memory", "DTypeLike"]
+__all__ = ["compute_dtype", "conv_dtype", "Runtime", "keep_freed_memory", "DTypeLike", "inference_method"]
 
-DTypeLike = Union[None, str, torch.dtype]
+DTypeLike = str | torch.dtype | None
 _DTYPE_NAMES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -129,3 +130,19 @@ def keep_freed_memory(limit_bytes: int = 2**31) -> bool:
     ok_trim = mallopt(_M_TRIM_THRESHOLD, limit) == 1
     ok_mmap = mallopt(_M_MMAP_THRESHOLD, min(limit, 32 * 2**20)) == 1
     return ok_trim and ok_mmap
+
+
+def inference_method(method: Callable) -> Callable:
+    """Run a public method in eval mode under torch.inference_mode, restoring the train/eval mode after."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                return method(self, *args, **kwargs)
+        finally:
+            self.train(was_training)
+
+    return wrapper

@@ -59,6 +59,10 @@ class LayerLatents:
 
 def log_prior_over_posterior(out: LayerOutput) -> torch.Tensor:
     """log p(z) - log q(z | x) of one layer's posterior draw, summed per image in float64, (N,)."""
+    if out.q_mean is None or out.q_logstd is None:
+        raise ValueError(
+            "log p(z) - log q(z | x) needs the layer's posterior: run the decoder with the encoder's activations"
+        )
     z = out.z.float()
     log_p = -0.5 * ((z - out.p_mean) * torch.exp(-out.p_logstd)) ** 2 - out.p_logstd
     log_q = -0.5 * ((z - out.q_mean) * torch.exp(-out.q_logstd)) ** 2 - out.q_logstd
@@ -105,6 +109,7 @@ def importance_weighted(
             value = value.view(k, b, *value.shape[1:]).double().sum(dim=0)
             total[name] = total[name] + value if name in total else value
     out = {name: (value / k_total).float() for name, value in total.items()}
+    assert log_sum is not None  # k_total >= 1 draws were made
     log_mean_weight = log_sum - math.log(k_total)  # nats per image
     out["bpd_iw"] = (-log_mean_weight / (model.config.dims_per_image * math.log(2))).float()
     return out
@@ -113,14 +118,14 @@ def importance_weighted(
 def joined_result(parts: list[dict[str, torch.Tensor]], keep: int | None) -> LikelihoodResult:
     """One LikelihoodResult from the terms of each micro-batch (as `VDVAE._terms` names them)."""
 
-    def joined(name: str) -> torch.Tensor | None:
-        return torch.cat([p[name] for p in parts]).float().cpu() if name in parts[0] else None
+    def joined(name: str) -> torch.Tensor:
+        return torch.cat([p[name] for p in parts]).float().cpu()
 
     return LikelihoodResult(
         neg_elbo=joined("neg_elbo"),
         distortion=joined("distortion"),
         rate=joined("rate"),
         kl=joined("kl"),
-        bpd_iw=joined("bpd_iw"),
+        bpd_iw=joined("bpd_iw") if "bpd_iw" in parts[0] else None,
         keep=keep,
     )

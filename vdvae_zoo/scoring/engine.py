@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..compute import distributed
 from ..compute.batching import image_seed
@@ -128,7 +129,7 @@ def score_images(
     return {name: value.double().numpy() for name, value in columns.items()}, elbo.kl.double().numpy()
 
 
-def mean_and_stderr(values: Sequence[float]) -> tuple[float, float | None]:
+def mean_and_stderr(values: ArrayLike) -> tuple[float, float | None]:
     """Mean and standard error of the mean (None for fewer than two values)."""
     values = np.asarray(values, dtype=np.float64)
     se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
@@ -184,7 +185,7 @@ def score_dataset(
     dataset: Dataset,
     options: ScoreOptions = ScoreOptions(),
     *,
-    positions: Sequence[int] | None = None,
+    positions: ArrayLike | None = None,
     chunk: int = 256,
     resize: str | None = None,
     state: None | str | os.PathLike = None,
@@ -253,7 +254,7 @@ def score_dataset(
                 stale.unlink(missing_ok=True)
         kept = [json.dumps(header)] + [json.dumps(r) for k, r in sorted(done.items()) if k % world == rank]
         atomic_write(mine, "\n".join(kept) + "\n")
-        if rank == 0 and state_path != mine:
+        if rank == 0 and state_path is not None and state_path != mine:
             state_path.unlink(missing_ok=True)  # the single-process file was split into the ranks' files
     todo = [k for k in range(len(chunks)) if k % world == rank and k not in done]
     from ..data.progress import progress_bar

@@ -73,7 +73,7 @@ class EvalReport:
         """A terminal table."""
         se = (
             f" ± {self.stderr_bpd:.4f} (standard error; 95% interval {self.ci95_bpd[0]:.4f} to {self.ci95_bpd[1]:.4f})"
-            if self.stderr_bpd is not None
+            if self.stderr_bpd is not None and self.ci95_bpd is not None
             else " (one image: no standard error)"
         )
         out = [

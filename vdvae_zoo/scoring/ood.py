@@ -25,16 +25,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..data.datasets import Dataset, open_dataset
 from .engine import ScoreOptions, ScoreTable, score_dataset, score_images
 
 __all__ = ["ood_scores", "detection_metrics", "roc_curve", "roc_points", "evaluate_ood", "OODReport", "score_names"]
 
-DataLike = Union[str, os.PathLike, Dataset]
+DataLike = str | os.PathLike | Dataset
 
 
 def ood_scores(
@@ -64,7 +65,7 @@ def score_names(ks: Sequence[int]) -> list[str]:
     return ["bpd"] + [f"llr_k{k}" for k in ks]
 
 
-def _curve(in_scores: Sequence[float], out_scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _curve(in_scores: ArrayLike, out_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(false positive rates, true positive rates, precisions) at every distinct threshold, from the highest
     score down (a score at or above the threshold is called OOD), with the point (0, 0) first."""
     x_in, x_out = np.asarray(in_scores, float), np.asarray(out_scores, float)
@@ -77,14 +78,14 @@ def _curve(in_scores: Sequence[float], out_scores: Sequence[float]) -> tuple[np.
     return np.r_[0.0, fp / len(x_in)], np.r_[0.0, tp / len(x_out)], np.r_[1.0, tp / (tp + fp)]
 
 
-def roc_curve(in_scores: Sequence[float], out_scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def roc_curve(in_scores: ArrayLike, out_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """(false positive rates, true positive rates) at every distinct threshold, out-of-distribution positive
     (a score at or above the threshold is called OOD), from (0, 0) to (1, 1)."""
     fpr, tpr, _ = _curve(in_scores, out_scores)
     return fpr, tpr
 
 
-def detection_metrics(in_scores: Sequence[float], out_scores: Sequence[float]) -> dict[str, float]:
+def detection_metrics(in_scores: ArrayLike, out_scores: ArrayLike) -> dict[str, float]:
     """AUROC, AUPRC (average precision) and the false positive rate at 95% true positive rate, with the
     out-of-distribution images as the positive class and larger scores meaning more OOD. AUROC is the rank
     statistic: the probability that an OOD image scores above an in-distribution one (ties count half)."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._version import __version__
 from ..compute.batching import check_batch_size, image_seed
-from ..data.files import atomic_write
+from ..data.files import atomic_write, open_user_file, read_small_text
 from ..data.images import ImageReadError, image_size, save_png
 
 __all__ = ["write_sample_set", "SampleSetReport", "META_NAME", "SampleSetError"]
@@ -60,7 +60,7 @@ def _decodes(path: Path) -> bool:
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with open_user_file(path, what="sample", kind="image") as f, Image.open(f) as img:
             img.load()
         return True
     except (OSError, ValueError):
@@ -69,7 +69,7 @@ def _decodes(path: Path) -> bool:
 
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(read_small_text(path, what="sample set record"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise SampleSetError(
             f"{path} cannot be read as a sample set's record ({type(e).__name__}); delete it to "
@@ -123,7 +123,7 @@ def write_sample_set(
         "dtype": str(dtype or model.compute_dtype).replace("torch.", ""),
         "pass_size": pass_size,
         "vdvae_zoo": __version__,
-        "seeds": "image i: vdvae_zoo.batching.image_seed(seed, i)",
+        "seeds": "image i: vdvae_zoo.compute.batching.image_seed(seed, i)",
     }
     notes: list[str] = []
     meta_path = outdir / META_NAME

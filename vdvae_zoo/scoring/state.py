@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..compute import distributed
-from ..data.files import refuse_existing
+from ..data.files import open_user_file, read_small_text, refuse_existing
 
 __all__ = ["StateError", "read_state", "recorded_pass_size", "state_files", "refuse_existing_state"]
 
@@ -75,8 +75,8 @@ def read_state(
     done: dict[int, dict[str, Any]] = {}
     for path in paths:
         try:
-            lines = [line for line in path.read_text().split("\n")]
-        except (OSError, UnicodeDecodeError) as e:
+            lines = [line for line in read_small_text(path, what="state file").split("\n")]
+        except (OSError, ValueError) as e:
             raise StateError(f"cannot read the state file {path}: {e}") from None
         while lines and not lines[-1].strip():
             lines.pop()
@@ -124,7 +124,7 @@ def recorded_pass_size(paths: list[Path], header: dict[str, Any]) -> int | None:
     """The pass size (--batch-size) of the run a state file holds, when that is all that differs from this run's
     header: the resumed run keeps it, since a score depends on the pass's shape (module docstring)."""
     try:
-        with open(paths[0], encoding="utf-8") as f:
+        with open_user_file(paths[0], what="state file") as f:
             saved = json.loads(f.readline())
         saved_options = saved["options"]
         recorded = saved_options["batch_size"]

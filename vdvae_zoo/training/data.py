@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,7 +117,8 @@ class StepData:
         self.train_set = ImageFolderData(train_files, size, hflip=o.hflip, seed=o.seed, channels=channels)
         self.val_set = ImageFolderData(val_files, size, channels=channels) if val_files else None
         self.batches_per_epoch = len(train_files) // global_batch
-        self._loader, self._loader_step = None, -1
+        self._loader: Iterator[Any] | None = None
+        self._loader_step = -1
 
     @property
     def images_per_update(self) -> int:
@@ -127,7 +129,7 @@ class StepData:
         """Indices of this process's share of the global batch of `step`: a DistributedSampler permutation of
         epoch step // batches_per_epoch, cut into global batches; rank r takes every world-th index."""
         epoch, k = divmod(step, self.batches_per_epoch)
-        sampler = torch.utils.data.DistributedSampler(
+        sampler: torch.utils.data.DistributedSampler = torch.utils.data.DistributedSampler(
             self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.opt.seed, drop_last=True
         )
         sampler.set_epoch(epoch)

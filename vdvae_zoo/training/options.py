@@ -26,7 +26,8 @@ def _option(default: Any = None, help: str = "", **cli: Any) -> Any:
 @dataclass
 class TrainOptions:
     """Everything a run needs: the one statement of the trainer's options (the CLI's `finetune` options are made
-    from these fields). Optimisation fields left as None take the preset's values (TRAINING_PRESETS), else GENERIC_DEFAULTS."""
+    from these fields). Optimisation fields left as None take the preset's values (TRAINING_PRESETS), else
+    GENERIC_DEFAULTS."""
 
     data: str = _option(None, "Folder of training images (recursive).", type="existing", required=True)
     out: str = _option(None, "Run folder; loadable with vdvae_zoo.load.", type="path", required=True)
@@ -35,10 +36,18 @@ class TrainOptions:
     val_data: str | None = _option(None, "Validation folder (default: a split of --data).", type="existing")
     val_fraction: float = _option(0.1, "Share of --data held out for validation.", type=float, min=0.0, max=0.9)
     steps: int = _option(
-        1000, "Total iterations (applied + skipped updates); with --resume the run continues up to it.", type=int, min=1
+        1000,
+        "Total iterations (applied + skipped updates); with --resume the run continues up to it.",
+        type=int,
+        min=1,
+        max=10**9,
     )
     batch_size: int | None = _option(
-        None, "Images per process and micro-batch (what must fit in memory). Default: the preset's.", type=int, min=1
+        None,
+        "Images per process and micro-batch (what must fit in memory). Default: the preset's.",
+        type=int,
+        min=1,
+        max=65_536,
     )
     grad_accumulation: int = _option(
         1,
@@ -46,6 +55,7 @@ class TrainOptions:
         "images (the paper's batch on fewer cards).",
         type=int,
         min=1,
+        max=4_096,
     )
     grad_checkpoint: bool = _option(
         False,
@@ -58,15 +68,22 @@ class TrainOptions:
         "memory free on the device (the run is refused otherwise, before "
         "anything is written; the estimate can be wrong).",
     )
-    lr: float | None = _option(None, "Peak learning rate.", type=float)
-    weight_decay: float | None = _option(None, "AdamW weight decay (not on biases, gains, bias_xs).", type=float)
-    warmup: int | None = _option(None, "Linear warm-up over this many applied updates (0: none).", type=int, min=0)
-    grad_clip: float | None = _option(None, "Clip the gradient's total L2 norm to this.", type=float)
+    lr: float | None = _option(
+        None, "Peak learning rate (a too large one stops the run: it diverges).", type=float, min=0.0
+    )
+    weight_decay: float | None = _option(
+        None, "AdamW weight decay (not on biases, gains, bias_xs).", type=float, min=0.0, max=10.0
+    )
+    warmup: int | None = _option(
+        None, "Linear warm-up over this many applied updates (0: none).", type=int, min=0, max=10**9
+    )
+    grad_clip: float | None = _option(None, "Clip the gradient's total L2 norm to this.", type=float, min=0.0, max=1e9)
     skip_threshold: None | float | str = _option(
         None,
         "Skip updates whose gradient norm reaches this (<=0: never); auto: skip only outliers of the recent "
         "norms (above 3x the 90th percentile of the last 100; README, 'Fine-tuning').",
         type="threshold",
+        max=1e12,
     )
     kl_warmup: int = _option(
         0,
@@ -74,6 +91,7 @@ class TrainOptions:
         "validation bpd stays the true negative ELBO.",
         type=int,
         min=0,
+        max=10**9,
     )
     free_bits: float = _option(
         0.0,
@@ -81,6 +99,7 @@ class TrainOptions:
         "KL counts at least this much in the training loss; 0: none).",
         type=float,
         min=0.0,
+        max=1e6,
     )
     log_to: tuple = _option(
         (),
@@ -89,11 +108,13 @@ class TrainOptions:
         choices=("tensorboard", "wandb"),
         multiple=True,
     )
-    ema_rate: float | None = _option(None, "Rate of the exponential moving average of the weights.", type=float)
-    val_every: int = _option(500, "Validate every N steps (0: never).", type=int, min=0)
-    save_every: int = _option(500, "Checkpoint every N steps (0: only at the end).", type=int, min=0)
-    sample_every: int = _option(1000, "Write a sample grid every N steps (0: never).", type=int, min=0)
-    log_every: int = _option(10, "Log a line to log.jsonl every N steps.", type=int, min=1)
+    ema_rate: float | None = _option(
+        None, "Rate of the exponential moving average of the weights.", type=float, min=0.0, max=1.0
+    )
+    val_every: int = _option(500, "Validate every N steps (0: never).", type=int, min=0, max=10**9)
+    save_every: int = _option(500, "Checkpoint every N steps (0: only at the end).", type=int, min=0, max=10**9)
+    sample_every: int = _option(1000, "Write a sample grid every N steps (0: never).", type=int, min=0, max=10**9)
+    log_every: int = _option(10, "Log a line to log.jsonl every N steps.", type=int, min=1, max=10**9)
     hflip: bool = _option(False, "Random horizontal flips.")
     resize: str = _option(
         "none",
@@ -108,16 +129,23 @@ class TrainOptions:
     dtype: str = _option(
         "float32", "bfloat16: autocast (CUDA, or CPUs with bf16 units).", choices=("float32", "bfloat16")
     )
-    seed: int = _option(0, "Seed of the initialisation, the split, the order, flips and posterior noise.", type=int)
-    workers: int = _option(0, "DataLoader worker processes reading ahead.", type=int, min=0)
-    skip_alarm: int = _option(50, "Warn after this many consecutive skipped updates.", type=int, min=1)
+    seed: int = _option(
+        0,
+        "Seed of the initialisation, the split, the order, flips and posterior noise.",
+        type=int,
+        min=0,
+        max=2**63 - 1,
+    )
+    workers: int = _option(0, "DataLoader worker processes reading ahead.", type=int, min=0, max=256)
+    skip_alarm: int = _option(50, "Warn after this many consecutive skipped updates.", type=int, min=1, max=10**9)
     stop_after_skips: int = _option(
         500,
         "Stop (after saving) when this many updates in a row were skipped: the run has stopped learning.",
         type=int,
         min=1,
+        max=10**9,
     )
-    min_images: int = _option(2, "Refuse to train on fewer usable images.", type=int, min=1)
+    min_images: int = _option(2, "Refuse to train on fewer usable images.", type=int, min=1, max=10**9)
     manifest: str | None = _option(None, "Another weights manifest for --model names (private zoos).", type="path")
 
     def __post_init__(self) -> None:
@@ -126,6 +154,16 @@ class TrainOptions:
         ]
         if missing:
             raise TypeError(f"TrainOptions needs {' and '.join(m + '=' for m in missing)}")
+
+    def resolve(self, preset: str | None) -> Optimisation:
+        """Fill the optimisation fields left None from `preset`'s TRAINING_PRESETS (else GENERIC_DEFAULTS), check
+        every range, and return them typed as they now are."""
+        defaults = {**GENERIC_DEFAULTS, **TRAINING_PRESETS.get(preset or "", {})}
+        for k, v in defaults.items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        self.check_ranges()
+        return Optimisation(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Optimisation)})
 
     def check_ranges(self) -> None:
         """Refuse values that make training diverge or mean nothing (after the defaults are filled in)."""
@@ -137,6 +175,8 @@ class TrainOptions:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise bad(name, value, "a positive finite number")
+        if self.weight_decay is None or self.ema_rate is None or self.skip_threshold is None:
+            raise ValueError("the defaults must be filled in before the ranges are checked (Trainer does it)")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise bad("weight_decay", self.weight_decay, "a finite number >= 0")
         if isinstance(self.skip_threshold, str):
@@ -154,6 +194,19 @@ class TrainOptions:
         for name in ("warmup", "batch_size"):
             if getattr(self, name) < (0 if name == "warmup" else 1):
                 raise bad(name, getattr(self, name), ">= 0" if name == "warmup" else ">= 1")
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """The optimisation options of a run with every default filled in (`TrainOptions.resolve`)."""
+
+    lr: float
+    weight_decay: float
+    warmup: int
+    grad_clip: float
+    skip_threshold: float | str
+    ema_rate: float
+    batch_size: int
 
 
 #: Options a resumed run must share with the run it continues (others, e.g. --steps or --workers, may change).
@@ -211,7 +264,8 @@ GENERIC_DEFAULTS = dict(
 )
 
 
-#: How each released model was trained (the paper's released hyper-parameters), keyed by the trainer's option names (`train.TrainOptions`).
+#: How each released model was trained (the paper's released hyper-parameters), keyed by the trainer's option
+#: names (`TrainOptions`).
 #: `batch_size` is per GPU; the authors used AdamW with betas (0.9, 0.9) for all of them.
 TRAINING_PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": dict(

@@ -41,7 +41,7 @@ class SkipRule:
     def too_big(self, grad_norm: float) -> bool:
         if not math.isfinite(grad_norm):
             return True
-        if self.threshold != "auto":
+        if not isinstance(self.threshold, str):
             return self.threshold > 0 and grad_norm >= self.threshold
         window = self.history[-AUTO_SKIP_WINDOW:]
         outlier = len(window) >= AUTO_SKIP_MIN_HISTORY and grad_norm > AUTO_SKIP_FACTOR * float(

@@ -18,7 +18,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -27,6 +27,7 @@ from ..data.files import (
     append_line,
     atomic_folder,
     atomic_write,
+    read_small_text,
     recover_folder,
     remove_stale_temporaries,
 )
@@ -91,7 +92,7 @@ class RunFolder:
 
     def __init__(self, path: os.PathLike, writer: bool = True):
         self.path, self.writer = Path(path), writer
-        self._lock_file = None
+        self._lock_file: IO[str] | None = None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -185,7 +186,7 @@ class RunFolder:
             return None
         state = self.checkpoint_path / "state.safetensors"
         try:
-            meta = json.loads((self.checkpoint_path / "meta.json").read_text())
+            meta = json.loads(read_small_text(self.checkpoint_path / "meta.json", what="checkpoint record"))
             if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
                 raise ValueError("no step counter")
             return load_file(str(state)), meta
@@ -237,14 +238,15 @@ class RunFolder:
             return []
         try:
             start = json.loads(read_small_text(self.path / "run.json", what="run record"))
-            options = start.get("options", {}) if isinstance(start, dict) else {}
+            options = start.get("options") if isinstance(start, dict) else None
+            options = options if isinstance(options, dict) else {}  # a run.json edited to "options": null
             records = self.records()
         except (ValueError, OSError):
             return [f"run: {self.path} (its run.json or log.jsonl cannot be read)"]
         base = options.get("model") or f"trained from scratch ({options.get('config')})"
-        last = next((r for r in reversed(records) if "step" in r), {})
+        last: dict[str, Any] = next((r for r in reversed(records) if "step" in r), {})
         val = self.last_validation() if any(validation_bpd(r) is not None for r in records) else None
-        stopped = next((r for r in reversed(records) if r.get("event") in ("stopped", "end")), {})
+        stopped: dict[str, Any] = next((r for r in reversed(records) if r.get("event") in ("stopped", "end")), {})
         lines = [
             f"run: {self.path}",
             f"base model: {base}",
@@ -271,4 +273,6 @@ class RunFolder:
 
     def records(self) -> list[dict[str, Any]]:
         path = self.path / "log.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in read_small_text(path, what="training log").splitlines() if line.strip()]

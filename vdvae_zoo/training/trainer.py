@@ -23,57 +23,41 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from ..compute import distributed
-from ..compute.batching import image_seed
 from ..config import VDVAEConfig, resolve_config
 from ..data.images import make_grid, save_png
-from ..model import VDVAE, load
-from ..scoring.engine import ScoreOptions, score_images
-from ..weights.manifest import hub_id_of, load_manifest
+from ..factory import load
+from ..model import VDVAE
+from ..weights.manifest import load_manifest
 from ..weights.pretrained import pick_device
 from .data import StepData
 from .loggers import ExternalLoggers, check_available
 from .memory_plan import MemoryPlanRefused, RunMemory
-from .options import GENERIC_DEFAULTS, TRAINING_PRESETS, TrainOptions, check_resume
-from .rules import SkipRule, active_units, kl_weight, objective
+from .options import TRAINING_PRESETS, TrainOptions, check_resume
+from .report import (
+    TrainingDiverged,
+    TrainingOutOfMemory,
+    TrainingStalled,
+    out_of_memory_is_an_error,
+    run_card,
+    summary_lines,
+)
+from .rules import SkipRule, kl_weight, objective
 from .run_folder import COUNTERS, RunFolder, finite_json, pack_training_state, unpack_training_state
+from .validation import validation_bpd, validation_record
 
 __all__ = ["TrainOptions", "Trainer", "finetune", "TrainingStalled", "TrainingDiverged", "TrainingOutOfMemory"]
 
 BITS = 1.0 / math.log(2)  # nats -> bits
-
-
-class TrainingStalled(RuntimeError):
-    """Every recent update was skipped: the run stopped learning (its checkpoint is saved)."""
-
-
-class TrainingDiverged(RuntimeError):
-    """An update made the weights non-finite; the run stops without saving them."""
-
-
-class TrainingOutOfMemory(MemoryError):
-    """A training step ran out of memory; the message names the options that make it fit."""
-
-
-@contextmanager
-def _out_of_memory_is_an_error(trainer: Trainer) -> Iterator[None]:
-    """A step that runs out of memory is not retried silently (a smaller batch would change the run): it stops with
-    one sentence that names the options which fit it."""
-    try:
-        yield
-    except (torch.OutOfMemoryError, MemoryError):
-        raise TrainingOutOfMemory(
-            f"one training step ran out of memory on {trainer.device}: {trainer.memory.advice()}"
-        ) from None
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -109,12 +93,7 @@ class Trainer:
         else:
             config = resolve_config(o.config)
             preset = o.config if isinstance(o.config, str) and o.config in TRAINING_PRESETS else None
-        defaults = dict(GENERIC_DEFAULTS)
-        defaults.update(TRAINING_PRESETS.get(preset, {}))
-        for k, v in defaults.items():
-            if getattr(o, k) is None:
-                setattr(o, k, v)
-        o.check_ranges()
+        self.hp = hp = o.resolve(preset)  # the optimisation options, every default filled in
         check_available(o.log_to)  # a missing extra is one sentence before anything is written
         self.out = Path(o.out)
         self.data = StepData(o, config.image_size, config.image_channels, self.world, self.rank, self.device)
@@ -135,11 +114,11 @@ class Trainer:
         decay = [p for n, p in self.model.named_parameters() if n.endswith(".weight")]
         no_decay = [p for n, p in self.model.named_parameters() if not n.endswith(".weight")]
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr,
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
             betas=(0.9, 0.9),
         )
-        self.net = self.model
+        self.net: torch.nn.Module = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
@@ -153,13 +132,13 @@ class Trainer:
         self._saved_step = 0  # the step of the checkpoint in OUT (0: none yet)
         self._stop_signal: int | None = None
         self._saving = False
-        self.skip_rule = SkipRule(o.skip_threshold)
+        self.skip_rule = SkipRule(hp.skip_threshold)
         self.loggers: ExternalLoggers | None = None
 
         self.memory = RunMemory(
             self.config,
             sum(p.numel() for p in self.model.parameters()),
-            o.batch_size,
+            hp.batch_size,
             self.data.images_per_update,
             o.grad_checkpoint,
             o.dtype,
@@ -175,11 +154,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- one step
     def lr_at(self, updates: int) -> float:
-        o = self.opt
-        return o.lr if o.warmup <= 0 else o.lr * min(1.0, (updates + 1) / o.warmup)
+        hp = self.hp
+        return hp.lr if hp.warmup <= 0 else hp.lr * min(1.0, (updates + 1) / hp.warmup)
 
     def train_step(self) -> dict:
-        o = self.opt
+        o, hp = self.opt, self.hp
         images = self.data.batch(self.step)
         weight = kl_weight(self.step, o.kl_warmup)
         lr = self.lr_at(self.updates)
@@ -188,13 +167,14 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if o.dtype == "bfloat16" else nullcontext()
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        parts = [slice(i, i + o.batch_size) for i in range(0, len(images), o.batch_size)]
+        parts = [slice(i, i + hp.batch_size) for i in range(0, len(images), hp.batch_size)]
         loss = neg_elbo = distortion = rate = 0.0
         kl_per_layer = torch.zeros(self.config.num_layers, dtype=torch.float64)
         free_nats = {"free_nats": o.free_bits} if o.free_bits > 0 else {}
         for k, part in enumerate(parts):  # micro-batches: gradients add up; DDP synchronises on the last one
             sync = k == len(parts) - 1 or self.world == 1
-            with nullcontext() if sync else self.net.no_sync(), _out_of_memory_is_an_error(self):
+            no_sync = nullcontext() if sync else self.net.no_sync()  # type: ignore[operator]  # DDP's, when world > 1
+            with no_sync, out_of_memory_is_an_error(self):
                 with autocast:
                     out = self.net(images[part], noise=self.data.noise(self.step, part), **free_nats)
                 share = out["neg_elbo"].shape[0] / len(images)  # the mean over the whole update
@@ -205,7 +185,7 @@ class Trainer:
             distortion += out["distortion"].mean().item() * share
             rate += out["rate"].mean().item() * share
             kl_per_layer += out["kl"].detach().double().mean(dim=0).cpu() * share
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), hp.grad_clip).item()
         nan_loss = math.isnan(distortion) or math.isnan(rate)
         too_big = self.skip_rule.too_big(grad_norm)
         skip = distributed.any_across_ranks(nan_loss or too_big, self.device)
@@ -218,7 +198,7 @@ class Trainer:
             if not self._weights_finite():
                 raise TrainingDiverged(
                     f"the weights became non-finite (inf or NaN) at step {self.step + 1}: the update was too large "
-                    f"(--lr {o.lr:g}). Nothing of it was saved"
+                    f"(--lr {hp.lr:g}). Nothing of it was saved"
                     + (
                         f"; the checkpoint of step {self._saved_step} in {self.out} is kept: resume with a lower --lr "
                         "and --allow-changed-options"
@@ -230,7 +210,7 @@ class Trainer:
             self.consecutive_skips = 0
             with torch.no_grad():
                 for p_ema, p in zip(self.ema.parameters(), self.model.parameters(), strict=False):
-                    p_ema.mul_(o.ema_rate).add_(p.detach(), alpha=1.0 - o.ema_rate)
+                    p_ema.mul_(hp.ema_rate).add_(p.detach(), alpha=1.0 - hp.ema_rate)
         self.step += 1
         elapsed = time.perf_counter() - t0
         record = {
@@ -250,13 +230,13 @@ class Trainer:
             "time_s": elapsed,
         }
         if self.consecutive_skips and self.consecutive_skips % o.skip_alarm == 0:
-            record["warning"] = (
+            warning = record["warning"] = (
                 f"{self.consecutive_skips} updates in a row were skipped (gradient norm {grad_norm:.1f}, "
-                f"skip threshold {o.skip_threshold}): training has stopped learning. Raise "
+                f"skip threshold {hp.skip_threshold}): training has stopped learning. Raise "
                 "--skip-threshold (or use --skip-threshold auto) or lower --lr."
             )
             if self.rank == 0:
-                print("warning: " + record["warning"], file=sys.stderr)
+                print("warning: " + warning, file=sys.stderr)
         return record
 
     def _weights_finite(self) -> bool:
@@ -265,32 +245,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ eval, samples
     def validate(self) -> float | None:
-        """Mean bits per dim of the EMA model on the validation images (the true negative ELBO, whatever the
-        training loss), by the one scoring engine's seed rule."""
-        if self.val_set is None or len(self.val_set) == 0:
-            return None
-        images = torch.stack([self.val_set[i] for i in range(len(self.val_set))])
-        values, _ = score_images(self.ema, images, range(len(images)), ScoreOptions(seed=self.opt.seed))
-        return float(values["bpd"].mean())
-
-    def active_units(self, limit: int = 256) -> list[int] | None:
-        """Active latent units per decoder layer on (up to `limit`) validation images (train_rules.active_units);
-        None without at least two validation images."""
-        if self.val_set is None or len(self.val_set) < 2:
-            return None
-        count = min(limit, len(self.val_set))
-        images = torch.stack([self.val_set[i] for i in range(count)])
-        return active_units(
-            self.ema.encode(images, stats=True, seeds=[image_seed(self.opt.seed, i) for i in range(count)])
-        )
-
-    def validation_record(self) -> dict:
-        """What a validation logs: the bound and the active units per layer (posterior collapse made visible)."""
-        record = {"step": self.step, "val_bpd": self.validate()}
-        units = self.active_units()
-        if units is not None:
-            record.update(active_units=units, active_units_total=sum(units))
-        return record
+        """Mean bits per dim of the EMA model on the validation images (validation.validation_bpd)."""
+        return validation_bpd(self.ema, self.val_set, self.opt.seed)
 
     def write_samples(self) -> Path:
         gen = torch.Generator(device=self.device).manual_seed(self.opt.seed)
@@ -329,31 +285,9 @@ class Trainer:
         self._saving = True
         tensors, meta = self._state()
         self.run.save_checkpoint(tensors, meta)
-        self.run.export(self.ema, self.card())  # OUT/model: vdvae_zoo.load(OUT) loads these EMA weights
+        self.run.export(self.ema, run_card(self))  # OUT/model: vdvae_zoo.load(OUT) loads these EMA weights
         self._saving = False
         self._saved_step = self.step
-
-    def card(self, final: dict | None = None) -> dict:
-        """What the run knows, for the model card of OUT/model: the last validation the log holds (the final one
-        once the run has ended). `base_model` is a Hub id (front matter) or, for a local source, named in the text."""
-        o = self.opt
-        val = self.run.last_validation()[1] if self.rank == 0 else None
-        hub_id = hub_id_of(o.model, self.opt.manifest) if o.model else None
-        card = {
-            "title": f"{self.out.name}: "
-            + (f"fine-tuned from {o.model}" if o.model else f"trained from scratch ({o.config})"),
-            "base_model": hub_id,
-            "base_model_local": f"{o.model} (a local path, not on the Hub)" if o.model and not hub_id else None,
-            "training_data": f"{len(self.train_set)} images from {o.data}",
-            "steps": f"{self.step} iterations ({self.updates} applied updates, {self.skipped} skipped)",
-            "optimisation": f"AdamW lr {o.lr:g}, batch {o.batch_size} x {o.grad_accumulation} micro-batches x "
-            f"{self.world} processes, EMA rate {o.ema_rate}",
-            "validation_bits_per_dim": f"{val:.4f} (the EMA weights, on {len(self.val_set)} held-out images)"
-            if val is not None and self.val_set is not None
-            else "not measured",
-            "trained_with": "vdvae-zoo finetune",
-        }
-        return {k: v for k, v in card.items() if v is not None}
 
     def resume(self) -> bool:
         found = self.run.load_checkpoint()
@@ -366,7 +300,7 @@ class Trainer:
         for key, value in unpack_training_state(tensors, meta, self.model, self.ema, self.optimizer).items():
             setattr(self, key, value)
         history = meta.get("grad_norm_history", [])
-        self.skip_rule = SkipRule(self.opt.skip_threshold, history if isinstance(history, list) else [])
+        self.skip_rule = SkipRule(self.hp.skip_threshold, history if isinstance(history, list) else [])
         self._saved_step = self.step
         return True
 
@@ -374,23 +308,6 @@ class Trainer:
     def _say(self, line: str) -> None:
         if self.rank == 0:
             print(line, file=sys.stderr)
-
-    def summary_lines(self) -> list[str]:
-        """What the run will do, in a few lines (printed at the start)."""
-        o, n = self.opt, sum(p.numel() for p in self.model.parameters())
-        val = len(self.val_set) if self.val_set is not None else 0
-        return [
-            f"training {'from ' + o.model if o.model else 'from scratch (' + str(o.config) + ')'}: {n:,} parameters, "
-            f"{self.config.image_size}x{self.config.image_size} images, on {self.device} ({o.dtype})",
-            f"data: {len(self.train_set)} training and {val} validation images from {o.data}",
-            f"optimisation: lr {o.lr:g} (warm-up {o.warmup} updates), batch {o.batch_size} x "
-            f"{o.grad_accumulation} micro-batch(es) x {self.world} process(es)"
-            + (", gradient checkpointing" if o.grad_checkpoint else "")
-            + f", EMA rate {o.ema_rate}, grad clip {o.grad_clip:g}, skip threshold {o.skip_threshold}"
-            + (f", KL warm-up {o.kl_warmup} steps" if o.kl_warmup else "")
-            + (f", free bits {o.free_bits:g} nats per layer" if o.free_bits else ""),
-            f"run folder: {self.out} (the EMA weights in {self.run.model_path.name}/ load with vdvae_zoo.load)",
-        ]
 
     def _on_signal(self, signum, frame):
         self._stop_signal = signum
@@ -406,7 +323,7 @@ class Trainer:
                 if self.resume()
                 else f"no checkpoint in {self.out}; starting a new run"
             )
-        for line in self.summary_lines():
+        for line in summary_lines(self):
             self._say(line)
         self._say(self.memory_line)
         if self.memory_problem:
@@ -431,7 +348,7 @@ class Trainer:
                     self._log(record)
                     bar.set_postfix(bpd=f"{record['loss_bpd']:.3f}", skipped=self.skipped)
                 if o.val_every and self.step % o.val_every == 0:
-                    self._log(self.validation_record())
+                    self._log(validation_record(self.ema, self.val_set, self.opt.seed, self.step))
                 if o.sample_every and self.step % o.sample_every == 0 and self.rank == 0:
                     self.write_samples()
                 stop = distributed.any_across_ranks(self._stop_signal is not None, self.device)
@@ -465,7 +382,12 @@ class Trainer:
             self.data.close()  # stops the DataLoader's worker processes
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        summary = {"step": self.step, "updates": self.updates, "skipped": self.skipped, "stopped_by_signal": stopped}
+        summary: dict[str, Any] = {
+            "step": self.step,
+            "updates": self.updates,
+            "skipped": self.skipped,
+            "stopped_by_signal": stopped,
+        }
         if not stopped:
             if self.updates == 0:
                 self._close_loggers()
@@ -475,7 +397,7 @@ class Trainer:
             self._log(dict(summary, event="end"))
             self._close_loggers()
             if self.rank == 0:
-                self.run.write_card(self.ema, self.card())  # the card states the numbers the run printed last
+                self.run.write_card(self.ema, run_card(self))  # the card states the numbers the run printed last
                 self.run.plot_curves()
         return finite_json(summary)
 

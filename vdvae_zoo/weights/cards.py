@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..config import VDVAEConfig
 from .manifest import ModelEntry
@@ -84,7 +84,8 @@ def _paper_result(entry: ModelEntry) -> dict[str, Any]:
 
 def _results_table(index: list[dict[str, Any]]) -> list[str]:
     return [_TABLE_HEADER, _TABLE_RULE] + [
-        f"| {r['dataset']['name']} | {r['dataset'].get('split', '')} | {r['metrics'][0].get('name', r['metrics'][0]['type'])} | "
+        f"| {r['dataset']['name']} | {r['dataset'].get('split', '')} | "
+        f"{r['metrics'][0].get('name', r['metrics'][0]['type'])} | "
         f"{r['metrics'][0]['value']:.4g} | {r.get('source', {}).get('name', '')} |"
         for r in index
     ]
@@ -326,9 +327,10 @@ def merge_card_result(card_file: Path, result: dict[str, Any], new_card: str, *,
         front = {"library_name": "vdvae-zoo", "model-index": [{"name": card_file.parent.name, "results": [result]}]}
         return atomic_write(card_file, "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body)
     front = _front_matter(yaml_text, card_file)
-    index = front.get("model-index") or [{"name": card_file.parent.name, "results": []}]
+    fresh: list[dict[str, Any]] = [{"name": card_file.parent.name}]
+    previous = cast("list[dict[str, Any]]", front.get("model-index") or fresh)
     kept = [r for r in results if _result_key(r) != _result_key(result)]
-    index = [dict(index[0], results=kept + [result])] + list(index[1:])
+    index: list[dict[str, Any]] = [{**previous[0], "results": kept + [result]}, *previous[1:]]
     newline = "\r\n" if opening.endswith("\r\n") else "\n"
     merged_yaml = _replace_model_index(yaml_text.replace("\r\n", "\n"), index).replace("\n", newline)
     merged = opening + merged_yaml + closing + _replace_results_table(body, index[0]["results"])

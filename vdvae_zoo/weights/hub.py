@@ -22,7 +22,6 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Union
 
 from ..data.files import CONFIG_NAME, WEIGHTS_NAME, atomic_write, sha256_file
 from .manifest import ModelEntry, valid_name
@@ -49,7 +48,7 @@ __all__ = [
 #: Overall limit of one download, in seconds (a server that trickles bytes must not hold a process for ever).
 DOWNLOAD_DEADLINE_S = float(os.environ.get("VDVAE_ZOO_DOWNLOAD_DEADLINE_S", 4 * 3600))
 
-CacheDir = Union[None, str, os.PathLike]
+CacheDir = str | os.PathLike | None
 
 
 class IntegrityError(ValueError):
@@ -290,7 +289,7 @@ def _hub_download(repo_id: str, filename: str, revision: str, root: Path, local_
         ):
             raise
         except Exception as e:  # noqa: BLE001 - transport failures of any HTTP stack
-            if _local_disk_error(e):  # our disk, not the network: no retry, and said as what it is
+            if isinstance(e, OSError) and _local_disk_error(e):  # our disk, not the network: no retry
                 raise OSError(e.errno, e.strerror or str(e), getattr(e, "filename", None) or str(root)) from None
             if attempt == 2:
                 text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
@@ -369,7 +368,7 @@ def fetch_url(
     except TimeoutError as e:
         raise ConnectionError(str(e)) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # incl. a body cut short
-        if _local_disk_error(e) and not isinstance(e, urllib.error.URLError):
+        if isinstance(e, OSError) and _local_disk_error(e) and not isinstance(e, urllib.error.URLError):
             raise OSError(e.errno, e.strerror or str(e), e.filename or str(destination)) from None
         reason = getattr(e, "reason", None) or e or type(e).__name__
         raise ConnectionError(f"could not download {url} ({reason})") from None

@@ -199,12 +199,12 @@ def compare_with_config(info: CheckpointInfo, config: VDVAEConfig) -> list[str]:
                     f"(file: {len(ours)} {what}s, config: {len(theirs)})"
                 )
                 break
-    for name, ours, theirs in (
+    for name, found, expected in (
         ("width", info.width, config.width),
         ("zdim", info.zdim, config.zdim),
         ("num_mixtures", info.num_mixtures, config.num_mixtures),
         ("bias_xs resolutions", info.bias_resolutions, config.bias_resolutions),
     ):
-        if ours != theirs:
-            diffs.append(f"{name}: file has {ours}, config expects {theirs}")
+        if found != expected:
+            diffs.append(f"{name}: file has {found}, config expects {expected}")
     return diffs

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EXAMPLE_CONFIGS, PRESETS, VDVAEConfig
+from ..data.files import read_small_text
 
 __all__ = [
     "ModelEntry",
@@ -131,7 +132,8 @@ class ModelEntry:
         return next((c for c in self.candidates if c.resolve_config() == config), None)
 
     def label_for(self, config: VDVAEConfig) -> str:
-        """ "published", a candidate's name, or "not a listed candidate": which of the entry's architectures `config` is."""
+        """ "published", a candidate's name, or "not a listed candidate": which of the entry's architectures `config`
+        is."""
         return next((label for label, c in self.architectures().items() if c == config), "not a listed candidate")
 
     @property
@@ -299,7 +301,7 @@ def manifest_data(path: None | str | os.PathLike = None) -> dict[str, Any]:
     if path is None:
         return json.loads(resources.files("vdvae_zoo").joinpath(MANIFEST_FILE).read_text())
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(read_small_text(path, what="manifest"))
     except OSError as e:
         raise FileNotFoundError(f"cannot read manifest {path}: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

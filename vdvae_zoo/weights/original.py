@@ -23,6 +23,7 @@ from ..data.files import (
     WEIGHTS_NAME,
     atomic_folder,
     atomic_write,
+    check_user_file,
     disk_full_as_oserror,
     refuse_existing,
     remove_stale_temporaries,
@@ -90,9 +91,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict (name -> CPU tensor) from an original `.th`/`.pt` file or a `.safetensors` file, with the
     `module.` prefix stripped. Raises FileNotFoundError or ValueError naming the file and what is wrong: not a
     file of tensors, keys that are not text, tensors that are not floating point."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    path = check_user_file(path, what="checkpoint file", kind="weights")  # never a FIFO, a device or a folder
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty (0 bytes): not a checkpoint; download or copy it again")
     if path.suffix == ".safetensors":
@@ -114,7 +113,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 "it was run."
             ) from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
+            state = state["state_dict"]  # type: ignore[assignment]  # checked to be tensors just below
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(
                 f"{path} does not hold a state dict (a dict of name -> tensor); found {type(state).__name__}"
@@ -254,7 +253,8 @@ def match_architectures(
     state: Mapping[str, torch.Tensor],
     candidates: Mapping[str, VDVAEConfig],
     expected_shapes: Callable[[VDVAEConfig], Mapping[str, Shape]],
-    signature: tuple[Callable[[Mapping[str, Shape]], tuple], Callable[[VDVAEConfig], tuple]] | None = None,
+    signature: tuple[Callable[[Mapping[str, Shape]], tuple | None], Callable[[VDVAEConfig], tuple | None]]
+    | None = None,
 ) -> ArchitectureMatch:
     """Match a state dict against labelled configs by names and shapes (`expected_shapes(config)` gives what a
     model of that config holds). Configs are compared once each. `signature`, when given, is a pair of functions
@@ -267,7 +267,7 @@ def match_architectures(
     found = signature[0](shapes) if signature is not None else None
     exact, reports = [], []
     for labels, config in groups.values():
-        if found is not None and signature[1](config) != found:
+        if found is not None and signature is not None and signature[1](config) != found:
             continue  # cannot match
         report = check_state(expected_shapes(config), state, labels[0])
         if report.ok:

@@ -17,17 +17,16 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from ..config import ConfigLike, VDVAEConfig, resolve_config
-from ..data.files import CARD_NAME, CONFIG_NAME, MODEL_SUBFOLDER, WEIGHTS_NAME, recover_folder
+from ..data.files import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 from . import hub, registry
 from .cards import card_results, model_card
-from .manifest import Manifest, ModelEntry, load_manifest, valid_name
+from .manifest import Manifest, ModelEntry, load_manifest
 from .original import (
     ArchitectureMatch,
     LoadReport,
@@ -38,29 +37,25 @@ from .original import (
     write_model_folder,
 )
 from .provenance import Provenance, named_provenance
+from .sources import (
+    ArchitectureWarning,
+    Loaded,
+    hub_id_folder,
+    local_kind,
+    model_files,
+    named_files,
+    read_folder,
+    warn_if_not_published,
+)
 
 __all__ = ["PretrainedMixin", "ArchitectureWarning", "Provenance", "model_card", "pick_device", "named_provenance"]
-# Provenance and named_provenance live in provenance.py, model_card in cards.py; they are re-exported here, where loading uses them.
-
-
-class ArchitectureWarning(UserWarning):
-    """A model loaded by name holds another architecture than the name's published hyper-parameters."""
+# Provenance and named_provenance live in provenance.py, model_card in cards.py; they are re-exported here, where
+# loading uses them.
 
 
 M = TypeVar("M", bound="PretrainedMixin")
-PathLike = Union[str, os.PathLike]
-ManifestLike = Union[None, PathLike, Manifest]
-
-
-@dataclass
-class _Loaded:
-    """A state dict read from somewhere, with its config and where it came from."""
-
-    state: dict[str, torch.Tensor]
-    config: VDVAEConfig
-    source: str
-    provenance: Provenance
-    label: str | None = None
+PathLike = str | os.PathLike
+ManifestLike = PathLike | Manifest | None
 
 
 def pick_device(device: None | str | torch.device) -> torch.device:
@@ -79,43 +74,15 @@ def pick_device(device: None | str | torch.device) -> torch.device:
     return device
 
 
-def _local_kind(path: Path) -> str | None:
-    """ "dir", "file", or None when `path` is neither (a name too long to be a path is none either)."""
-    try:
-        return "dir" if path.is_dir() else "file" if path.is_file() else None
-    except OSError:
-        return None
+if TYPE_CHECKING:  # the class that inherits the mixin is an nn.Module built as cls(config)
+
+    class _ModuleBase(torch.nn.Module):
+        def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+else:
+    _ModuleBase = object
 
 
-def _model_files(folder: Path) -> Path:
-    """The folder that holds the model files: `folder`, or its MODEL_SUBFOLDER when only that has them (one that a
-    crash left set aside between the two renames of its replacement is put back first)."""
-    if not (folder / WEIGHTS_NAME).is_file():
-        recover_folder(folder / MODEL_SUBFOLDER)
-    if not (folder / WEIGHTS_NAME).is_file() and (folder / MODEL_SUBFOLDER / WEIGHTS_NAME).is_file():
-        return folder / MODEL_SUBFOLDER
-    return folder
-
-
-def _read_folder(folder: Path, config: ConfigLike = None, name: str | None = None, kind: str = "folder") -> _Loaded:
-    folder = _model_files(folder)
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}; a model folder holds {CONFIG_NAME} + {WEIGHTS_NAME}")
-    if config is None and not (folder / CONFIG_NAME).exists():  # not is_file(): the reader names a FIFO as such
-        raise FileNotFoundError(
-            f"{folder} has no {CONFIG_NAME}; pass config= (the config the weights were trained with)"
-        )
-    provenance = Provenance(kind, name or str(folder), str(weights), hub.file_sha256(weights))
-    return _Loaded(
-        read_checkpoint(weights),
-        resolve_config(config if config is not None else folder / CONFIG_NAME),
-        str(weights),
-        provenance,
-    )
-
-
-class PretrainedMixin:
+class PretrainedMixin(_ModuleBase):
     """Loading and saving in the Hugging Face layout (`config.json` + `model.safetensors` + model card).
     The class that inherits it is built as `cls(config)`, and says through these hooks what is its own:"""
 
@@ -279,14 +246,15 @@ class PretrainedMixin:
         """
         text = os.fspath(name_or_path)
         path = Path(text).expanduser()
-        kind = _local_kind(path)
+        kind = local_kind(path)
         built = None
-        if kind == "dir" and config is None and cls._other_family(path) is not None:
-            return cls._other_family(path).from_pretrained(
+        other = cls._other_family(path) if kind == "dir" and config is None else None
+        if other is not None:
+            return other.from_pretrained(
                 name_or_path, device=device, manifest=manifest, output_loading_info=output_loading_info
             )
         if kind == "dir":
-            loaded = _read_folder(path, config, text)
+            loaded = read_folder(path, config, text)
         elif kind == "file":
             loaded = cls._read_file(path, config, manifest)
         else:
@@ -294,25 +262,25 @@ class PretrainedMixin:
             if text in man:
                 entry = man.get(text)
                 folder, built = cls._cached_folder(entry, revision, cache_dir, local_files_only, device)
-                loaded = _named(entry, folder, built[0].config if built else None, revision)
-                _warn_if_not_published(entry, loaded.config)
+                loaded = named_files(entry, folder, built[0].config if built else None, revision)
+                warn_if_not_published(entry, loaded.config)
             else:
-                folder = _hub_id_folder(text, man, revision, cache_dir, local_files_only)
-                loaded = _read_folder(folder, config, text, kind="hub")
+                folder = hub_id_folder(text, man, revision, cache_dir, local_files_only)
+                loaded = read_folder(folder, config, text, kind="hub")
         model, report = built or cls.from_state_dict(loaded.state, loaded.config, source=loaded.source, device=device)
         model.__dict__["_provenance"] = loaded.provenance
         return (model, report) if output_loading_info else model
 
     @classmethod
-    def _other_family(cls, folder: Path) -> type | None:
+    def _other_family(cls, folder: Path) -> type[PretrainedMixin] | None:
         """The registered class of the folder's config.json `model_type`, when that is another family than this
         class (None: this class, or no model_type stated, which old folders are)."""
-        model_type = registry.model_type_of(_model_files(folder) / CONFIG_NAME)
+        model_type = registry.model_type_of(model_files(folder) / CONFIG_NAME)
         family = registry.family(model_type) if model_type is not None else None
         return family if family is not None and not issubclass(cls, family) else None
 
     @classmethod
-    def _read_file(cls, path: Path, config: ConfigLike, manifest: ManifestLike) -> _Loaded:
+    def _read_file(cls, path: Path, config: ConfigLike, manifest: ManifestLike) -> Loaded:
         state = read_checkpoint(path)
         if config is None and path.suffix == ".safetensors" and path.with_name(CONFIG_NAME).is_file():
             config = path.with_name(CONFIG_NAME)
@@ -320,14 +288,14 @@ class PretrainedMixin:
         if config is None:
             label, config = cls._choose_architecture(state, load_manifest(manifest).architectures(), str(path))[:2]
         provenance = Provenance("file", str(path), str(path), hub.file_sha256(path), architecture=label)
-        return _Loaded(state, resolve_config(config), str(path), provenance, label)
+        return Loaded(state, resolve_config(config), str(path), provenance, label)
 
     @classmethod
     def config_of(cls, path: PathLike, manifest: ManifestLike = None) -> VDVAEConfig:
         """The config a local folder or weights file would load with (config.json, or recognised from the tensors)."""
         path = Path(path)
         if path.is_dir():
-            folder = _model_files(path)
+            folder = model_files(path)
             if not (folder / CONFIG_NAME).exists():
                 raise FileNotFoundError(f"{path} has no {CONFIG_NAME}")
             return resolve_config(folder / CONFIG_NAME)
@@ -456,66 +424,3 @@ class PretrainedMixin:
         return write_model_folder(
             folder, state, config, card=model_card(config, cls.card_lines(config), entry), overwrite=overwrite
         )
-
-
-def _named(entry: ModelEntry, folder: Path, config: VDVAEConfig | None, revision: str | None) -> _Loaded:
-    """What a manifest name loads: its cached folder's state dict (none when `config` is given: the model
-    converted just now is already built), its config and provenance."""
-    loaded_config = config or resolve_config(folder / CONFIG_NAME)
-    provenance = named_provenance(entry, folder, loaded_config, revision)
-    state = {} if config is not None else read_checkpoint(folder / WEIGHTS_NAME)
-    return _Loaded(state, loaded_config, str(folder / WEIGHTS_NAME), provenance, provenance.architecture)
-
-
-def _warn_if_not_published(entry: ModelEntry, config: VDVAEConfig) -> None:
-    """One sentence when the weights behind `entry` hold another architecture than its name promises."""
-    published = entry.resolve_config()
-    if config == published:
-        return
-    candidate = entry.candidate_for(config)
-    what = (
-        candidate.note
-        if candidate and candidate.note
-        else f"its file holds another architecture than the published hyper-parameters "
-        f"({config.image_size}x{config.image_size}, {config.num_layers} stochastic layers instead of "
-        f"{published.image_size}x{published.image_size}, {published.num_layers})"
-    )
-    warnings.warn(
-        f"{entry.name}: {what}. The model loaded is the one the file holds (`vdvae-zoo info {entry.name}` shows it).",
-        ArchitectureWarning,
-        stacklevel=4,
-    )
-
-
-def _hub_id_folder(text: str, man: Manifest, revision, cache_dir, local_files_only) -> Path:
-    """`text` is no local path and no manifest name: fetch it as a Hub repository id `owner/name`, or say why not."""
-    looks_like_path = text.endswith((".th", ".pt", ".pth", ".safetensors", ".json")) or text.startswith((".", "/", "~"))
-    first_part_is_local = "/" in text and _local_kind(Path(text.split("/")[0]).expanduser()) == "dir"
-    if len(text) > 200:
-        raise FileNotFoundError(
-            f"{text[:60]}... ({len(text):,} characters) is neither a local path nor a model name "
-            "nor a Hub repository id"
-        )
-    not_an_id = "/" in text and not all(valid_name(part) for part in text.split("/"))  # "tiyn/", "a/ b"
-    if looks_like_path or text.count("/") > 1 or first_part_is_local or not_an_id:
-        raise FileNotFoundError(
-            f"{text} does not exist: it is neither a local folder or file, nor a known model "
-            "name, nor a Hub repository id 'owner/name'"
-        )
-    if "/" not in text:
-        man.get(text)  # raises UnknownModelError naming the known models and the closest match
-    try:
-        return hub.fetch_hub_folder(text, revision, cache_dir=cache_dir, local_files_only=local_files_only, name=text)
-    except hub.NotCachedError:
-        raise hub.NotCachedError(
-            f"{text} is not a local path nor a known model name; taken as a Hub repository id, "
-            "it is not in the local cache and downloads are off (HF_HUB_OFFLINE=1 or "
-            "local_files_only=True)"
-        ) from None
-    except (OSError, ValueError) as e:
-        if isinstance(e, hub.IntegrityError):
-            raise
-        raise ConnectionError(
-            f"{text} is not a local path nor a known model name; taken as a Hub repository id, it "
-            f"could not be fetched ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from None

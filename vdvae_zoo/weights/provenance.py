@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import VDVAEConfig, resolve_config
-from ..data.files import CONFIG_NAME, WEIGHTS_NAME
+from ..data.files import CONFIG_NAME, WEIGHTS_NAME, read_small_text
 from . import hub
 from .manifest import ModelEntry
 
@@ -47,7 +47,7 @@ def named_provenance(
     source.json; nothing is hashed that was checked before (a pinned, published file was checked against its
     sha256 when it was fetched)."""
     source = folder / "source.json"
-    recorded = json.loads(source.read_text()) if source.is_file() else {}
+    recorded = json.loads(read_small_text(source, what="source record")) if source.exists() else {}
     pinned = entry.hub.get("sha256") if entry.published and revision in (None, entry.hub.get("revision")) else None
     weights = folder / WEIGHTS_NAME
     label = recorded.get("architecture") or entry.label_for(config or resolve_config(folder / CONFIG_NAME))

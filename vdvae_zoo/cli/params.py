@@ -1,0 +1,86 @@
+"""The command line's value types: the one place where numbers typed by a user are checked. Every command uses
+them; no command re-checks a number by hand.
+
+- `Real(low, high)`: a finite number in a documented range. NaN and infinity are refused, and so is anything
+  beyond what float32 holds (the value reaches a tensor), at parse time, naming the option.
+- `Count(low, high)`: a whole number with an upper bound: what a command can finish (images, draws, steps).
+- `SEED`: a seed numpy's SeedSequence takes (0 .. 2^63 - 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import click
+
+__all__ = ["Real", "Count", "SEED", "FLOAT32_MAX", "RealOrAuto", "MAX_DRAWS", "MAX_IMAGES", "MAX_TEMPERATURE"]
+
+#: The largest float32: a number that reaches a tensor must stay below it.
+FLOAT32_MAX = 3.4028234663852886e38
+#: Posterior draws per image (--samples of bpd and eval): 10,000 already takes 10,000 passes per image.
+MAX_DRAWS = 10_000
+#: Images one command makes (sample -n): a sample set of 10 million is far beyond FID's 50,000.
+MAX_IMAGES = 10_000_000
+#: Temperatures (-t): the prior's standard deviation times this; 100 is already noise.
+MAX_TEMPERATURE = 100.0
+
+
+def _finite(text: Any, param: click.Parameter | None, ctx: click.Context | None, fail) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError, OverflowError):
+        fail(f"{text!r} is not a number", param, ctx)
+    if not math.isfinite(value):
+        fail(f"{text!r} is not a finite number (NaN and infinity mean nothing here)", param, ctx)
+    return value
+
+
+class Real(click.FloatRange):
+    """A finite number in [low, high] (open at either end when asked); high defaults to float32's largest."""
+
+    name = "number"
+
+    def __init__(
+        self,
+        low: float | None = None,
+        high: float | None = FLOAT32_MAX,
+        *,
+        low_open: bool = False,
+        high_open: bool = False,
+    ) -> None:
+        super().__init__(min=low, max=high, min_open=low_open, max_open=high_open)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return super().convert(_finite(value, param, ctx, self.fail), param, ctx)
+
+
+class RealOrAuto(click.ParamType):
+    """A finite number (as `Real`) or the word auto."""
+
+    name = "NUMBER|auto"
+
+    def __init__(self, low: float | None = None, high: float | None = FLOAT32_MAX) -> None:
+        self.real = Real(low, high)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or value == "auto":
+            return value
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number nor auto", param, ctx)
+        return self.real.convert(value, param, ctx)
+
+
+class Count(click.IntRange):
+    """A whole number in [low, high]: `high` is what the command can finish, stated in its help."""
+
+    name = "integer"
+
+    def __init__(self, low: int = 1, high: int = 2**31 - 1) -> None:
+        super().__init__(min=low, max=high)
+
+
+#: A seed: numpy's SeedSequence takes non-negative integers; image i of a run draws with image_seed(seed, i).
+SEED = click.IntRange(0, 2**63 - 1)
