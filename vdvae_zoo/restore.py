@@ -29,8 +29,10 @@ change to the library.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .compute.batching import image_seed
+from .compute.batching import image_seed, split_when_out_of_memory
 
 __all__ = ["Operator", "Inpainting", "Downsampling", "Denoising", "restore", "RestoreResult", "psnr", "ssim", "METHODS"]
 
@@ -230,8 +232,9 @@ def restore(
         raise ValueError(
             f"the observation gives images of {tuple(initial.shape[1:])}; this model restores {size}x{size}x{channels}"
         )
-    results = []
-    for i in range(y.shape[0]):
+    results: list[torch.Tensor] = []
+
+    def restore_one(i: int) -> torch.Tensor:
         per_sample = []
         for j in range(samples):
             generator = None if samples == 1 else torch.Generator().manual_seed(image_seed(image_seed(seed, i), j))
@@ -249,7 +252,10 @@ def restore(
             if hasattr(operator, "project"):
                 x = operator.project(x, y[i : i + 1])
             per_sample.append(x[0])
-        results.append(torch.stack(per_sample))
+        return torch.stack(per_sample)
+
+    for i in range(y.shape[0]):  # one image per pass: running out of memory is the one sentence the others give
+        results += split_when_out_of_memory(functools.partial(_one_pass, restore_one, i), 1, model.device, None)[0]
     stacked = torch.stack(results)  # (N, S, H, W, C) in [0, 1]
     mean = stacked.mean(dim=1)
     if hasattr(operator, "project"):
@@ -270,6 +276,11 @@ def restore(
             sigma=float(operator.sigma),
         ),
     )
+
+
+def _one_pass(restore_one: Callable[[int], torch.Tensor], i: int, per_pass: int) -> list[torch.Tensor]:
+    """Image i as the one pass `split_when_out_of_memory` runs (restoration works one image at a time)."""
+    return [restore_one(i)]
 
 
 # ------------------------------------------------------------------------------------------------- metrics

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
 from .._version import __version__
+from ..data.files import refuse_existing
 from ..factory import load
 from ..model import EncoderMismatchError
-from .params import MAX_TEMPERATURE, SEED, Count
+from .params import SEED, TEMPERATURE, Count
 
 #: What MODEL means, for every command that takes one (shown at the end of their --help).
 MODEL_HELP = (
@@ -73,26 +76,32 @@ def user_errors(fn):
 
 
 def parse_temperature(text: str):
-    """'0.8' -> 0.8; '1.0,0.9,...' -> list (one per layer); '1:1.0,4:0.9' -> {resolution: t}."""
-    try:
-        if ":" in text:
-            schedule = {int(k): float(v) for k, v in (item.split(":") for item in text.split(","))}
-            values = list(schedule.values())
-        else:
-            values = [float(v) for v in text.split(",")]
-        if not all(0.0 <= v <= MAX_TEMPERATURE for v in values):  # NaN fails this too
+    """'0.8' -> 0.8; '1.0,0.9,...' -> list (one per layer); '1:1.0,4:0.9' -> {resolution: t} (params.TEMPERATURE)."""
+    return TEMPERATURE.convert(text, None, None)
+
+
+def refuse_outputs(
+    outputs: Sequence[str | None], overwrite: bool, inputs: Sequence[str] = (), option: str = "'-o'"
+) -> None:
+    """Before any work, the one check of the files a command writes: none may exist (unless --overwrite), and none
+    may be one of the files it reads (an image inside an input folder included): --overwrite never replaces an
+    input."""
+    from ..data.images import find_images
+
+    read: set[Path] = set()
+    for p in inputs:
+        if p and Path(p).exists():
+            read |= {f.resolve() for f in find_images([p])} if Path(p).is_dir() else {Path(p).resolve()}
+    for out in outputs:
+        if not out:
+            continue
+        if Path(out).resolve() in read:
             raise click.BadParameter(
-                f"{text!r}: temperatures must be finite numbers from 0 to {MAX_TEMPERATURE:g}", param_hint="'-t'"
+                f"{out} is one of the images or files this command reads; write it elsewhere (--overwrite never "
+                "replaces an input)",
+                param_hint=option,
             )
-        if ":" in text:
-            return schedule
-    except (ValueError, OverflowError):
-        raise click.BadParameter(
-            f"{text!r} is not a number, a comma-separated list of numbers (one per layer) "
-            "or a list of resolution:temperature pairs",
-            param_hint="'-t'",
-        ) from None
-    return values[0] if len(values) == 1 else values
+        refuse_existing(out, overwrite)
 
 
 def load_model(model: str, config: str | None, device: str, manifest: str | None, dtype: str = "float32"):

@@ -21,6 +21,7 @@ from .base import (
     main,
     manifest_option,
     overwrite_option,
+    refuse_outputs,
     resize_option,
     user_errors,
 )
@@ -83,12 +84,8 @@ def compress_command(model_name, paths, output, resize, overwrite, config, grid_
         grid = parse_grid(grid_text)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--grid'") from None
-    refuse_existing(output, overwrite)
+    refuse_outputs([output], overwrite, inputs=paths)
     files = find_images(paths)
-    if Path(output).resolve() in {p.resolve() for p in files}:
-        raise click.BadParameter(
-            f"{output} is one of the images to compress; write the archive elsewhere", param_hint="'-o'"
-        )
     names = [p.name for p in files]
     doubles = sorted({n for n in names if names.count(n) > 1})
     if doubles:
@@ -230,7 +227,7 @@ def decompress_command(archive, outdir, model_name, overwrite, config, manifest)
     try:
         header, _ = read_header(data)
     except ArchiveError as e:
-        raise click.ClickException(f"{archive}: {e}") from None
+        raise click.ClickException(f"archive {archive}: {e}") from None
     model_name = model_name or header.get("model")
     if not model_name:
         raise click.ClickException(f"{archive} does not name its model; pass --model")
@@ -256,7 +253,7 @@ def decompress_command(archive, outdir, model_name, overwrite, config, manifest)
                 written += 1
                 bar.update(1)
     except ArchiveError as e:
-        raise click.ClickException(f"{archive}: {e} ({written} images were written before it)") from None
+        raise click.ClickException(f"archive {archive}: {e} ({written} images were written before it)") from None
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: {written} of {header['count']} images were written to {outdir}", err=True)
         sys.exit(interrupted_status())

@@ -14,7 +14,18 @@ from typing import Any
 
 import click
 
-__all__ = ["Real", "Count", "SEED", "FLOAT32_MAX", "RealOrAuto", "MAX_DRAWS", "MAX_IMAGES", "MAX_TEMPERATURE"]
+__all__ = [
+    "Real",
+    "Count",
+    "SEED",
+    "FLOAT32_MAX",
+    "RealOrAuto",
+    "MAX_DRAWS",
+    "MAX_IMAGES",
+    "MAX_TEMPERATURE",
+    "TemperatureSchedule",
+    "TEMPERATURE",
+]
 
 #: The largest float32: a number that reaches a tensor must stay below it.
 FLOAT32_MAX = 3.4028234663852886e38
@@ -81,6 +92,38 @@ class Count(click.IntRange):
     def __init__(self, low: int = 1, high: int = 2**31 - 1) -> None:
         super().__init__(min=low, max=high)
 
+
+class TemperatureSchedule(click.ParamType):
+    """-t: one temperature (0.8), one per layer (1.0,0.9,...), or resolution:temperature pairs (1:1.0,4:0.9),
+    each a finite number from 0 to MAX_TEMPERATURE. Converts to a float, a list, or a {resolution: t} dict."""
+
+    name = "temperature"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (int, float, list, dict)) and not isinstance(value, bool):
+            return value
+        text = str(value)
+        try:
+            if ":" in text:
+                schedule = {int(k): float(v) for k, v in (item.split(":") for item in text.split(","))}
+                values = list(schedule.values())
+            else:
+                values = [float(v) for v in text.split(",")]
+        except (ValueError, OverflowError):
+            self.fail(
+                f"{text!r} is not a number, a comma-separated list of numbers (one per layer) or a list of "
+                "resolution:temperature pairs",
+                param,
+                ctx,
+            )
+        if not all(0.0 <= v <= MAX_TEMPERATURE for v in values):  # NaN fails this too
+            self.fail(f"{text!r}: temperatures must be finite numbers from 0 to {MAX_TEMPERATURE:g}", param, ctx)
+        if ":" in text:
+            return schedule
+        return values[0] if len(values) == 1 else values
+
+
+TEMPERATURE = TemperatureSchedule()
 
 #: A seed: numpy's SeedSequence takes non-negative integers; image i of a run draws with image_seed(seed, i).
 SEED = click.IntRange(0, 2**63 - 1)

@@ -23,13 +23,13 @@ from .base import (
     main,
     model_options,
     overwrite_option,
-    parse_temperature,
     picture_options,
+    refuse_outputs,
     resize_option,
     stop_interrupted,
     user_errors,
 )
-from .params import MAX_DRAWS, MAX_IMAGES, SEED, Count
+from .params import MAX_DRAWS, MAX_IMAGES, SEED, TEMPERATURE, Count
 
 
 # ---------------------------------------------------------------------------------------------------- bpd
@@ -98,9 +98,7 @@ def bpd(
     """
     if output and Path(output).suffix.lower() not in (".csv", ".json"):
         raise click.BadParameter("must end in .csv or .json", param_hint="'--output'")
-    for path in (output, kl_chart):
-        if path:
-            refuse_existing(path, overwrite)
+    refuse_outputs([output, kl_chart], overwrite, inputs=paths, option="'--output' / '--kl-chart'")
     _refuse_model_as_path(paths, manifest)
     dataset = files_dataset(paths, recursive=recursive)
     if model_name == "auto":
@@ -190,6 +188,7 @@ def _refuse_model_as_path(paths, manifest) -> None:
     "--temperature",
     default="1.0",
     show_default=True,
+    type=TEMPERATURE,
     help="One number, one per layer (comma-separated), or resolution:t pairs such as 1:1.0,4:0.9,32:0.6.",
 )
 @click.option(
@@ -218,7 +217,7 @@ def sample(
     """
     import torch
 
-    t = parse_temperature(temperature)
+    t = temperature  # parsed by TEMPERATURE
     if output and outdir:
         raise click.UsageError("give -o (a grid) or --outdir (one PNG per sample), not both")
     if outdir:
@@ -368,7 +367,14 @@ def encode(
     help="Numbers of layers to keep, comma-separated, 'all' for every layer; auto: the paper's 1,4,16,all "
     "where the model has that many layers.",
 )
-@click.option("-t", "--temperature", default="0.1", show_default=True, help="Temperature of the layers not kept.")
+@click.option(
+    "-t",
+    "--temperature",
+    default="0.1",
+    show_default=True,
+    type=TEMPERATURE,
+    help="Temperature of the layers not kept.",
+)
 @picture_options("reconstructions.png")
 @model_options
 @user_errors
@@ -379,8 +385,8 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
     """
     import torch
 
-    t = parse_temperature(temperature)
-    refuse_existing(output, overwrite)
+    t = temperature  # parsed by TEMPERATURE
+    refuse_outputs([output], overwrite, inputs=paths)
     model = load_model(model_name, config, device, manifest, dtype)
     try:
         ks = (
@@ -405,7 +411,14 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
 @click.option("--steps", default=8, show_default=True, type=Count(2, 1_000), help="Images on the path, ends included.")
 @click.option("--keep", default="all", show_default=True, help="Layers to interpolate (the rest: prior, same noise).")
-@click.option("-t", "--temperature", default="0.1", show_default=True, help="Temperature of the layers not kept.")
+@click.option(
+    "-t",
+    "--temperature",
+    default="0.1",
+    show_default=True,
+    type=TEMPERATURE,
+    help="Temperature of the layers not kept.",
+)
 @click.option("--mode", type=click.Choice(["linear", "slerp"]), default="linear", show_default=True)
 @picture_options("interpolation.png")
 @model_options
@@ -433,8 +446,8 @@ def interpolate(
     """
     import torch
 
-    t = parse_temperature(temperature)
-    refuse_existing(output, overwrite)
+    t = temperature  # parsed by TEMPERATURE
+    refuse_outputs([output], overwrite, inputs=[image_a, image_b])
     model = load_model(model_name, config, device, manifest, dtype)
     try:
         k = model.num_layers if keep.strip() == "all" else int(keep)

@@ -7,10 +7,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..data.files import refuse_existing
 from ..data.images import ImageReadError, make_grid, read_image, save_png
 from ..restore import METHODS, operator_for, restore
-from .base import MODEL_HELP, load_model, main, model_options, overwrite_option, user_errors
+from .base import MODEL_HELP, load_model, main, model_options, overwrite_option, refuse_outputs, user_errors
 from .params import SEED, Count, Real
 
 
@@ -131,8 +130,7 @@ def restore_command(
             + (f"; got {' and '.join(given)}" if given else "")
         )
     std_path = Path(output).with_suffix(".std.png")
-    for path in [output] + ([std_path] if samples > 1 else []):
-        refuse_existing(path, overwrite)
+    refuse_outputs([output] + ([str(std_path)] if samples > 1 else []), overwrite, inputs=[image, mask])
     model = load_model(model_name, config, device, manifest, dtype)
     size, channels = model.config.image_size, model.config.image_channels
     observed = _read(image, channels, "'IMAGE'")

@@ -12,7 +12,7 @@ import click
 from ..training.options import TrainOptions
 from ..training.run_folder import RunFolderInUse
 from ..training.trainer import TrainingDiverged, TrainingStalled, finetune
-from .base import main, user_errors
+from .base import main, stop_interrupted, user_errors
 from .params import FLOAT32_MAX, Count, Real, RealOrAuto
 
 
@@ -72,6 +72,8 @@ def finetune_command(as_json, **options):
         summary = finetune(**options)
     except (TrainingStalled, TrainingDiverged, RunFolderInUse, PermissionError) as e:
         raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, after the trainer saved (or at once, on a second signal)
+        stop_interrupted(f"the last checkpoint in {options['out']} is kept")
     if int(os.environ.get("RANK", "0")) != 0:
         return  # one process speaks
     if as_json:

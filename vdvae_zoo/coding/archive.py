@@ -338,10 +338,14 @@ def decompress_iter(model, archive: bytes) -> Iterator[tuple[int, str, np.ndarra
             f"the archive holds {header['image_size']}x{header['image_size']} images; this model codes "
             f"{model.config.image_size}x{model.config.image_size}"
         )
+    if not math.isfinite(header["grid"]) or header["grid"] <= 0:
+        raise ArchiveError(f"the archive is damaged: its header field 'grid' is {header['grid']!r}, not a grid")
     if header["grid"] != GRID:
+        wrote = header["versions"].get("vdvae_zoo")
         raise ArchiveError(
-            "the archive was written with other discretisation settings; use the vdvae-zoo version "
-            f"that wrote it ({header['versions'].get('vdvae_zoo')})"
+            f"the archive was written with other discretisation settings (grid {header['grid']!r}, this version "
+            f"uses {GRID!r})"
+            + (f"; decode it with vdvae-zoo {wrote}, which wrote it" if wrote and wrote != __version__ else "")
         )
     windows = "layer" if header["format"] == 2 else "per-latent"
     try:
@@ -367,8 +371,11 @@ def decompress_iter(model, archive: bytes) -> Iterator[tuple[int, str, np.ndarra
                     image = _decode_webp(stack, stored[j], c, names[j], model.config.image_channels)
                 else:
                     image = _decode_bits_back(stack, exact, j, whiten, header["push_words"], c, grid)
-            except _Reject as e:
-                raise ArchiveError(f"{names[j]} (image {j}) could not be decoded: {e}") from None
+            except _Reject:  # the coder's own text ("zero probability") says nothing to a user
+                raise ArchiveError(
+                    f"{names[j]} (image {j}) could not be decoded: the archive is damaged at image {j} (its coded "
+                    "bits do not decode under the model: a changed byte, or another model than the one it names)"
+                ) from None
             if (
                 image.shape != (header["image_size"],) * 2 + (model.config.image_channels,)
                 or zlib.crc32(np.ascontiguousarray(image).tobytes()) != header["crc32"][j]

@@ -10,7 +10,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["launched_world", "join", "world_and_rank", "any_across_ranks", "barrier", "gather_objects", "leave"]
+__all__ = [
+    "launched_world",
+    "join",
+    "world_and_rank",
+    "any_across_ranks",
+    "barrier",
+    "gather_objects",
+    "leave",
+    "parameters_identical",
+]
 
 
 def launched_world() -> tuple[int, int, int]:
@@ -65,3 +74,14 @@ def leave() -> None:
     """Leave the process group, if one is joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def parameters_identical(model: torch.nn.Module, world: int) -> bool:
+    """Whether every process holds the same parameters (two checksums gathered from each; True for one process)."""
+    if world == 1:
+        return True
+    flat = torch.cat([p.detach().flatten().double() for p in model.parameters()])
+    checks = torch.stack([flat.sum(), (flat * torch.arange(len(flat), dtype=torch.float64, device=flat.device)).sum()])
+    gathered = [torch.zeros_like(checks) for _ in range(world)]
+    dist.all_gather(gathered, checks)
+    return all(torch.equal(g, gathered[0]) for g in gathered)

@@ -266,7 +266,9 @@ def disk_full_as_oserror(path: PathLike) -> Iterator[None]:
     it becomes OSError(ENOSPC) naming `path`, which callers can say in one sentence."""
     try:
         yield
-    except OSError:
+    except OSError as e:
+        if e.filename is None and e.errno is not None:  # a write's error names no file: name the one being written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
     except Exception as e:
         if "code: 28" in str(e) or "No space left" in str(e):

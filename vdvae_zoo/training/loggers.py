@@ -70,7 +70,15 @@ class ExternalLoggers:
         if "wandb" in self.kinds:
             import wandb
 
-            self._wandb = wandb.init(project="vdvae-zoo", name=name, dir=str(out), config=options, reinit=True)
+            try:
+                self._wandb = wandb.init(project="vdvae-zoo", name=name, dir=str(out), config=options, reinit=True)
+            except Exception as e:  # noqa: BLE001 - wandb's own errors (no login, no network) in one sentence
+                self.close()
+                first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+                raise ValueError(
+                    f"--log-to wandb: Weights & Biases did not start ({first}). Log in with `wandb login`, or set "
+                    "WANDB_MODE=offline to write the run locally and `wandb sync` it later"
+                ) from None
 
     def log(self, record: dict[str, Any]) -> None:
         step, values = record.get("step"), scalars(record)

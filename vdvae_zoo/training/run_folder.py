@@ -69,15 +69,54 @@ def pack_training_state(
 def unpack_training_state(
     tensors: dict[str, torch.Tensor], meta: dict[str, Any], model, ema, optimizer
 ) -> dict[str, int]:
-    """The inverse of pack_training_state: loads model, EMA and optimizer in place; returns the counters."""
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    """The inverse of pack_training_state: loads model, EMA and optimizer in place; returns the counters. What it
+    cannot trust is refused before anything is loaded (ValueError naming the tensor): weights that do not fit the
+    model, a tensor that is not finite, counters that are not counts, and optimizer state that is missing for a
+    parameter the run has updated or has another shape than it."""
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"its tensor {k} holds NaN or infinite values")
+    if not all(isinstance(meta.get(k), int) and meta[k] >= 0 for k in COUNTERS):
+        raise ValueError(f"its counters ({', '.join(COUNTERS)}) are not all whole numbers >= 0")
+    for prefix, module in (("model.", model), ("ema.", ema)):
+        expected = module.state_dict()
+        found = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        missing = sorted(set(expected) - set(found))
+        wrong = sorted(k for k in set(expected) & set(found) if tuple(found[k].shape) != tuple(expected[k].shape))
+        if missing or wrong:
+            name = (missing or wrong)[0]
+            what = (
+                "is missing" if missing else f"has shape {tuple(found[name].shape)}, not {tuple(expected[name].shape)}"
+            )
+            raise ValueError(f"its tensor {prefix}{name} {what}")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    groups = meta.get("param_groups")
+    if not isinstance(groups, list) or sum(len(g.get("params", [])) for g in groups if isinstance(g, dict)) != len(
+        params
+    ):
+        raise ValueError("its optimizer's parameter groups do not match the model's parameters")
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
             _, pid, name = k.split(".", 2)
+            if not pid.isdigit() or int(pid) >= len(params):
+                raise ValueError(f"its tensor {k} names no parameter of the model")
             state.setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if meta.get("updates", 0) > 0:  # AdamW has state for every parameter once an update was applied
+        for i, p in enumerate(params):
+            kept = state.get(i, {})
+            for name in ("step", "exp_avg", "exp_avg_sq"):
+                if name not in kept:
+                    raise ValueError(f"its optimizer state optim.{i}.{name} is missing")
+            for name in ("exp_avg", "exp_avg_sq"):
+                if tuple(kept[name].shape) != tuple(p.shape):
+                    raise ValueError(
+                        f"its optimizer state optim.{i}.{name} has shape {tuple(kept[name].shape)}, not the "
+                        f"parameter's {tuple(p.shape)}"
+                    )
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
     return {k: meta[k] for k in COUNTERS}
 
 

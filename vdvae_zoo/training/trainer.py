@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ..compute import distributed
 from ..config import VDVAEConfig, resolve_config
@@ -131,6 +130,7 @@ class Trainer:
         self.consecutive_skips = 0
         self._saved_step = 0  # the step of the checkpoint in OUT (0: none yet)
         self._stop_signal: int | None = None
+        self._previous_handlers: dict[Any, Any] = {}
         self._saving = False
         self.skip_rule = SkipRule(hp.skip_threshold)
         self.loggers: ExternalLoggers | None = None
@@ -297,7 +297,14 @@ class Trainer:
         changed = check_resume(meta, self.config, self.opt, self.out)
         if changed:
             self._say(f"warning: continuing with changed options: {', '.join(changed)}")
-        for key, value in unpack_training_state(tensors, meta, self.model, self.ema, self.optimizer).items():
+        try:
+            counters = unpack_training_state(tensors, meta, self.model, self.ema, self.optimizer)
+        except ValueError as e:
+            raise ValueError(
+                f"--resume: the checkpoint in {self.run.checkpoint_path} cannot be trusted: {e}. Start a new run in "
+                "another --out (the EMA weights in model/ are still loadable)"
+            ) from None
+        for key, value in counters.items():
             setattr(self, key, value)
         history = meta.get("grad_norm_history", [])
         self.skip_rule = SkipRule(self.hp.skip_threshold, history if isinstance(history, list) else [])
@@ -310,12 +317,27 @@ class Trainer:
             print(line, file=sys.stderr)
 
     def _on_signal(self, signum, frame):
+        """The first SIGINT/SIGTERM stops the run after the step in progress, with a checkpoint; a second one
+        stops it at once (the handlers the run replaced take it; the last checkpoint stays, written atomically)."""
+        if self._stop_signal is not None:
+            for s, handler in self._previous_handlers.items():
+                signal.signal(s, handler)
+            signal.raise_signal(signum)
+            return
         self._stop_signal = signum
+        if self.rank == 0:
+            print(
+                f"\n{signal.Signals(signum).name}: stopping after this step, with a checkpoint; send it again to stop "
+                "at once (the last checkpoint stays)",
+                file=sys.stderr,
+            )
 
     def train(self) -> dict:
-        """Run until `steps`; returns a summary (valid JSON: no NaN). SIGINT/SIGTERM save a checkpoint and stop
-        cleanly (`stopped_by_signal` holds the signal's number). A run whose updates are all skipped stops with a
-        RuntimeError, after saving."""
+        """Run until `steps`; returns a summary (valid JSON: no NaN). The first SIGINT/SIGTERM stops the run after
+        the step in progress and saves a checkpoint; then the signal is passed on to the handler the run replaced
+        (the default: KeyboardInterrupt for SIGINT, the end of the process for SIGTERM), so that a signal is never
+        swallowed. Were it ignored there, the summary says `stopped_by_signal`. A second signal stops at once; the
+        last checkpoint stays. A run whose updates are all skipped stops with a RuntimeError, after saving."""
         o = self.opt
         if o.resume:
             self._say(
@@ -334,6 +356,7 @@ class Trainer:
                 {"step": self.step, "updates": self.updates, "skipped": self.skipped, "stopped_by_signal": None}
             )
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._previous_handlers = previous
         stopped, bar = None, None
         try:
             from ..data.progress import progress_bar
@@ -382,6 +405,8 @@ class Trainer:
             self.data.close()  # stops the DataLoader's worker processes
             for s, handler in previous.items():
                 signal.signal(s, handler)
+        if stopped:  # saved: now the signal goes where it was going (a CLI's handler, a test runner, the default)
+            signal.raise_signal(stopped)
         summary: dict[str, Any] = {
             "step": self.step,
             "updates": self.updates,
@@ -393,7 +418,7 @@ class Trainer:
                 self._close_loggers()
                 raise TrainingStalled(self._stalled_message(record))
             summary["final_val_bpd"] = self.validate()
-            summary["ranks_identical"] = self._ranks_identical()
+            summary["ranks_identical"] = distributed.parameters_identical(self.model, self.world)
             self._log(dict(summary, event="end"))
             self._close_loggers()
             if self.rank == 0:
@@ -408,17 +433,6 @@ class Trainer:
             f"{self.nan_count} NaN losses). The checkpoint in {self.out} was saved; resume with a higher "
             "--skip-threshold or a lower --lr (and --allow-changed-options)."
         )
-
-    def _ranks_identical(self) -> bool:
-        if self.world == 1:
-            return True
-        flat = torch.cat([p.detach().flatten().double() for p in self.model.parameters()])
-        checks = torch.stack(
-            [flat.sum(), (flat * torch.arange(len(flat), dtype=torch.float64, device=flat.device)).sum()]
-        )
-        gathered = [torch.zeros_like(checks) for _ in range(self.world)]
-        dist.all_gather(gathered, checks)
-        return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
 def finetune(**kwargs) -> dict:
