@@ -131,10 +131,11 @@ def test_bad_temperatures_are_refused(tiny_model, temperature, fragment):
     [
         (np.zeros((2, 32, 32, 3), np.uint8), "16x16"),
         (np.zeros((2, 16, 16, 4), np.uint8), "3 channels"),
-        (np.zeros((2, 16, 16, 3), np.float32), "uint8"),
-        (torch.zeros(2, 16, 16, 3), "uint8"),
+        (np.full((2, 16, 16, 3), 2.0, np.float32), r"in \[0, 1\]"),  # floats are taken in [0, 1] (#36)
+        (torch.full((2, 16, 16, 3), float("nan")), r"in \[0, 1\]"),
         (np.zeros((16, 16, 3), np.uint8), r"\(N, 16, 16, 3\)"),
-        ([1, 2, 3], "uint8 tensor or numpy array"),
+        ([1, 2, 3], "uint8"),
+        ("images.png", r"uint8 pixels of shape \(N, 16, 16, 3\)"),
     ],
 )
 def test_bad_images_are_refused_with_the_expected_shape(tiny_model, images, fragment):

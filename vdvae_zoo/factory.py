@@ -55,6 +55,16 @@ def load(
     return loaded
 
 
-def list_models() -> list:
-    """Names of the released models that `load(name)` accepts (from the manifest), aliases included."""
-    return load_manifest().names
+def list_models(pattern: str = "*", *, cached: bool | None = None, manifest: Any = None) -> list[str]:
+    """Names of the released models that `load(name)` accepts (from the manifest), aliases included, as timm's
+    `list_models`: `pattern` is a shell pattern (fnmatch: "cifar*", "*64*"); `cached=True` keeps the names whose
+    weights are in the local cache, `cached=False` those that would be downloaded."""
+    import fnmatch
+
+    from .weights import hub
+
+    man = load_manifest(manifest)
+    names = [n for n in man.names if fnmatch.fnmatchcase(n, pattern)]
+    if cached is not None:
+        names = [n for n in names if hub.is_cached(man.get(n)) == cached]
+    return names

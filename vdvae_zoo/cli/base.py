@@ -12,7 +12,7 @@ from .._version import __version__
 from ..data.files import refuse_existing
 from ..factory import load
 from ..model import EncoderMismatchError
-from .params import SEED, TEMPERATURE, Count
+from .params import SEED, TEMPERATURE, Count, Readable
 
 #: What MODEL means, for every command that takes one (shown at the end of their --help).
 MODEL_HELP = (
@@ -113,7 +113,7 @@ def load_model(model: str, config: str | None, device: str, manifest: str | None
 manifest_option = click.option(
     "--manifest",
     default=None,
-    type=click.Path(dir_okay=False),
+    type=Readable(),
     help="Another weights manifest (a private zoo) instead of the shipped one.",
 )
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace existing output files.")

@@ -25,6 +25,7 @@ from .base import (
     resize_option,
     user_errors,
 )
+from .params import Readable
 
 _CPU_NOTE = (
     "The coder runs the model on the CPU in float64, one thread (both sides must compute bit-identical "
@@ -46,7 +47,7 @@ def _webp_and_png_bytes(image) -> tuple:
 
 @main.command("compress", epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True, type=Readable(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The archive to write (.vdz).")
 @resize_option
 @overwrite_option
@@ -204,7 +205,7 @@ def _excess_line(r, dims: int) -> str:
 
 
 @main.command("decompress")
-@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.argument("archive", type=Readable())
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False), help="Folder for the images.")
 @click.option(
     "--model",

@@ -22,7 +22,7 @@ from .base import (
     stop_interrupted,
     user_errors,
 )
-from .params import MAX_DRAWS, SEED, Count, Real
+from .params import MAX_DRAWS, SEED, Count, Readable, Real
 
 
 @main.command("eval", epilog=MODEL_HELP)
@@ -30,7 +30,7 @@ from .params import MAX_DRAWS, SEED, Count, Real
 @click.option(
     "--data",
     required=True,
-    type=click.Path(exists=True),
+    type=Readable(dir_okay=True),
     help="cifar-10-batches-py/ or -bin/, imagenet{32,64}-valid.npy (or its folder), valid_32x32/, "
     "ffhq-256.npy, an FFHQ-1024 folder of PNGs, or any folder / .npy of images (docs/evaluate.md).",
 )
@@ -151,7 +151,7 @@ def eval_command(
     "--in",
     "in_data",
     required=True,
-    type=click.Path(exists=True),
+    type=Readable(dir_okay=True),
     help="The in-distribution data: anything --data of `eval` reads (a CIFAR-10 folder, an .npy, images).",
 )
 @click.option(
@@ -159,7 +159,7 @@ def eval_command(
     "ood_data",
     required=True,
     multiple=True,
-    type=click.Path(exists=True),
+    type=Readable(dir_okay=True),
     help="An out-of-distribution data set, read alike; repeat for several.",
 )
 @click.option(

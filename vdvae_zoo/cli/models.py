@@ -20,7 +20,7 @@ from ..weights.manifest import load_manifest, manifest_data, pin_entries
 from ..weights.original import read_checkpoint
 from ..weights.provenance import named_provenance
 from .base import MODEL_HELP, main, manifest_option, overwrite_option, user_errors
-from .params import SEED
+from .params import SEED, Readable
 
 
 # ------------------------------------------------------------------------------------------------- list/info
@@ -222,7 +222,7 @@ def inspect(checkpoint, config, download, manifest, as_json):
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoint", type=Readable())
 @click.option(
     "--config",
     default=None,

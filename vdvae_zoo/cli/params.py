@@ -10,6 +10,7 @@ them; no command re-checks a number by hand.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import click
@@ -25,6 +26,7 @@ __all__ = [
     "MAX_TEMPERATURE",
     "TemperatureSchedule",
     "TEMPERATURE",
+    "Readable",
 ]
 
 #: The largest float32: a number that reaches a tensor must stay below it.
@@ -124,6 +126,27 @@ class TemperatureSchedule(click.ParamType):
 
 
 TEMPERATURE = TemperatureSchedule()
+
+
+class Readable(click.Path):
+    """A file (or, where `dir_okay`, a folder) the command reads. Checked when parsed, whether or not the command
+    then needs it, through data/files.open_user_file: a FIFO, a device, a dangling link or a missing file is one
+    sentence naming the option."""
+
+    def __init__(self, *, dir_okay: bool = False) -> None:
+        super().__init__(exists=True, dir_okay=dir_okay, file_okay=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from ..data.files import check_user_file
+
+        path = super().convert(value, param, ctx)
+        if not os.path.isdir(path):
+            try:
+                check_user_file(os.fsdecode(path), what="file", kind="weights")
+            except (OSError, ValueError) as e:
+                self.fail(str(e), param, ctx)
+        return path
+
 
 #: A seed: numpy's SeedSequence takes non-negative integers; image i of a run draws with image_seed(seed, i).
 SEED = click.IntRange(0, 2**63 - 1)

@@ -29,7 +29,7 @@ from .base import (
     stop_interrupted,
     user_errors,
 )
-from .params import MAX_DRAWS, MAX_IMAGES, SEED, TEMPERATURE, Count
+from .params import MAX_DRAWS, MAX_IMAGES, SEED, TEMPERATURE, Count, Readable
 
 
 # ---------------------------------------------------------------------------------------------------- bpd
@@ -407,8 +407,8 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
 # ----------------------------------------------------------------------------------------------- interpolate
 @main.command(epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
-@click.argument("image_a", type=click.Path(exists=True, dir_okay=False))
-@click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image_a", type=Readable())
+@click.argument("image_b", type=Readable())
 @click.option("--steps", default=8, show_default=True, type=Count(2, 1_000), help="Images on the path, ends included.")
 @click.option("--keep", default="all", show_default=True, help="Layers to interpolate (the rest: prior, same noise).")
 @click.option(

@@ -10,7 +10,7 @@ import numpy as np
 from ..data.images import ImageReadError, make_grid, read_image, save_png
 from ..restore import METHODS, operator_for, restore
 from .base import MODEL_HELP, load_model, main, model_options, overwrite_option, refuse_outputs, user_errors
-from .params import SEED, Count, Real
+from .params import SEED, Count, Readable, Real
 
 
 def _read(path: str, channels: int, what: str) -> np.ndarray:
@@ -40,12 +40,12 @@ def _mask(path: str, size: int) -> np.ndarray:
 
 @main.command("restore", epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
-@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image", type=Readable())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The restored image (PNG).")
 @click.option(
     "--mask",
     default=None,
-    type=click.Path(exists=True, dir_okay=False),
+    type=Readable(),
     help="Inpainting: a black-and-white PNG of the model's size, white = observed.",
 )
 @click.option(

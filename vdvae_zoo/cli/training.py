@@ -13,7 +13,7 @@ from ..training.options import TrainOptions
 from ..training.run_folder import RunFolderInUse
 from ..training.trainer import TrainingDiverged, TrainingStalled, finetune
 from .base import main, stop_interrupted, user_errors
-from .params import FLOAT32_MAX, Count, Real, RealOrAuto
+from .params import FLOAT32_MAX, Count, Readable, Real, RealOrAuto
 
 
 # ------------------------------------------------------------------------------------------------ finetune
@@ -35,7 +35,7 @@ def _train_options(fn):
         elif kind == "threshold":
             type_ = RealOrAuto(meta.get("min"), meta.get("max", FLOAT32_MAX))
         elif kind in ("existing", "path"):
-            type_ = click.Path(exists=kind == "existing")
+            type_ = Readable(dir_okay=True) if kind == "existing" else click.Path()
         elif kind is int:
             type_ = Count(meta.get("min", 0), meta.get("max", 2**31 - 1))
         elif kind is float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,18 +29,60 @@ ImageBatch = torch.Tensor | np.ndarray
 Temperature = float | Sequence[float] | Mapping[int, float]
 
 
-def check_images(images: ImageBatch, config: VDVAEConfig, name: str = "images") -> torch.Tensor:
-    """uint8 (N, S, S, 3) pixels for a model of image size S, as a CPU tensor (numpy arrays are wrapped)."""
+def _as_pixels(images: Any, channels: int, name: str) -> Any:
+    """What people hold, as uint8 NHWC: a PIL image or a list of them (read in the model's channels, as the CLI
+    reads files); a list of arrays or tensors (stacked); floating-point pixels in [0, 1] (the torchvision
+    convention; x 255, rounded); an NCHW tensor or array (the channels first: transposed). uint8 NHWC passes as
+    it is."""
+    if _is_pil(images) or (isinstance(images, (list, tuple)) and images and all(_is_pil(i) for i in images)):
+        from ..data.images import CHANNEL_MODES
+
+        pictures = [images] if _is_pil(images) else list(images)
+        images = np.stack([np.asarray(p.convert(CHANNEL_MODES[channels])) for p in pictures])
+        return images[..., None] if images.ndim == 3 else images
+    if isinstance(images, (list, tuple)) and images:
+        items = [torch.as_tensor(np.asarray(i)) if not isinstance(i, torch.Tensor) else i for i in images]
+        if len({tuple(i.shape) for i in items}) != 1:
+            raise ValueError(f"{name}: the images of a list must all have one shape")
+        images = torch.stack(items)
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        c_last, c_first = images.shape[3], images.shape[1]
+        if c_last != channels and c_first == channels:  # NCHW (torchvision's layout)
+            images = images.permute(0, 2, 3, 1) if isinstance(images, torch.Tensor) else images.transpose(0, 2, 3, 1)
+    floating = images.is_floating_point() if isinstance(images, torch.Tensor) else (
+        isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating)
+    )  # fmt: skip
+    if floating:
+        values = torch.as_tensor(images, dtype=torch.float32)
+        if values.numel() and not (bool(torch.isfinite(values).all()) and values.min() >= 0 and values.max() <= 1):
+            raise ValueError(
+                f"{name}: floating-point pixels must be finite and in [0, 1] (the torchvision convention); for "
+                "0..255 values pass uint8 (.astype(np.uint8) / .to(torch.uint8))"
+            )
+        return (values * 255).round().to(torch.uint8)
+    return images
+
+
+def _is_pil(value: Any) -> bool:
+    return type(value).__module__.startswith("PIL.") and hasattr(value, "convert")
+
+
+def check_images(images: ImageBatch | Any, config: VDVAEConfig, name: str = "images") -> torch.Tensor:
+    """uint8 (N, S, S, C) pixels for a model of image size S and C channels, as a CPU tensor. Also taken: a PIL
+    image or a list of them, a list of arrays, floating-point pixels in [0, 1], NCHW (see `_as_pixels`)."""
+    images = _as_pixels(images, config.image_channels, name)
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
             raise ValueError(
                 f"{name} must be uint8 pixels (0..255), got numpy dtype {images.dtype}; "
                 "convert with .astype(np.uint8) if the values are already in 0..255"
             )
-        images = torch.from_numpy(np.ascontiguousarray(images))
+        images = torch.from_numpy(np.ascontiguousarray(images) if images.flags.writeable else images.copy())
     if not isinstance(images, torch.Tensor):
+        s, c = config.image_size, config.image_channels
         raise ValueError(
-            f"{name} must be a uint8 tensor or numpy array of shape (N, H, W, 3), got {type(images).__name__}"
+            f"{name} must be uint8 pixels of shape (N, {s}, {s}, {c}) (a tensor or numpy array), a PIL image or a "
+            f"list of them, or floats in [0, 1]; got {type(images).__name__}"
         )
     if images.dtype != torch.uint8:
         raise ValueError(f"{name} must be uint8 pixels (0..255), got {images.dtype}")

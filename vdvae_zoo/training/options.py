@@ -13,7 +13,15 @@ from typing import Any
 
 from ..config import VDVAEConfig
 
-__all__ = ["TrainOptions", "TRAINING_PRESETS", "GENERIC_DEFAULTS", "RESUME_FIXED", "check_resume"]
+__all__ = [
+    "TrainOptions",
+    "TRAINING_PRESETS",
+    "GENERIC_DEFAULTS",
+    "RESUME_FIXED",
+    "check_resume",
+    "preset_of",
+    "Optimisation",
+]
 
 
 def _option(default: Any = None, help: str = "", **cli: Any) -> Any:
@@ -111,7 +119,9 @@ class TrainOptions:
     ema_rate: float | None = _option(
         None, "Rate of the exponential moving average of the weights.", type=float, min=0.0, max=1.0
     )
-    val_every: int = _option(500, "Validate every N steps (0: never).", type=int, min=0, max=10**9)
+    val_every: int = _option(
+        500, "Validate every N steps (0: only the final validation, after the last step).", type=int, min=0, max=10**9
+    )
     save_every: int = _option(500, "Checkpoint every N steps (0: only at the end).", type=int, min=0, max=10**9)
     sample_every: int = _option(1000, "Write a sample grid every N steps (0: never).", type=int, min=0, max=10**9)
     log_every: int = _option(10, "Log a line to log.jsonl every N steps.", type=int, min=1, max=10**9)
@@ -146,7 +156,7 @@ class TrainOptions:
         max=10**9,
     )
     min_images: int = _option(2, "Refuse to train on fewer usable images.", type=int, min=1, max=10**9)
-    manifest: str | None = _option(None, "Another weights manifest for --model names (private zoos).", type="path")
+    manifest: str | None = _option(None, "Another weights manifest for --model names (private zoos).", type="existing")
 
     def __post_init__(self) -> None:
         missing = [
@@ -158,12 +168,17 @@ class TrainOptions:
     def resolve(self, preset: str | None) -> Optimisation:
         """Fill the optimisation fields left None from `preset`'s TRAINING_PRESETS (else GENERIC_DEFAULTS), check
         every range, and return them typed as they now are."""
-        defaults = {**GENERIC_DEFAULTS, **TRAINING_PRESETS.get(preset or "", {})}
-        for k, v in defaults.items():
+        from_preset = TRAINING_PRESETS.get(preset or "", {})
+        sources = {}
+        for k, v in {**GENERIC_DEFAULTS, **from_preset}.items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
+                sources[k] = f"preset {preset}" if k in from_preset else "generic"
+            else:
+                sources[k] = "given"
         self.check_ranges()
-        return Optimisation(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Optimisation)})
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(Optimisation) if f.name != "sources"}
+        return Optimisation(**fields, sources=sources)
 
     def check_ranges(self) -> None:
         """Refuse values that make training diverge or mean nothing (after the defaults are filled in)."""
@@ -207,6 +222,14 @@ class Optimisation:
     skip_threshold: float | str
     ema_rate: float
     batch_size: int
+    #: Where each value came from: "given", "preset NAME" (the paper's, TRAINING_PRESETS) or "generic".
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+def preset_of(config: VDVAEConfig) -> str | None:
+    """The released preset whose architecture `config` is (a folder made with `vdvae-zoo new imagenet64`, a
+    converted checkpoint), or None: such a model trains with the preset's TRAINING_PRESETS defaults."""
+    return next((name for name in TRAINING_PRESETS if config == VDVAEConfig.from_preset(name)), None)
 
 
 #: Options a resumed run must share with the run it continues (others, e.g. --steps or --workers, may change).

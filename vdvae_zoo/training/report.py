@@ -82,5 +82,8 @@ def summary_lines(trainer: Any) -> list[str]:
         + f", EMA rate {o.ema_rate}, grad clip {o.grad_clip:g}, skip threshold {o.skip_threshold}"
         + (f", KL warm-up {o.kl_warmup} steps" if o.kl_warmup else "")
         + (f", free bits {o.free_bits:g} nats per layer" if o.free_bits else ""),
+        "defaults: "
+        + (", ".join(f"{k.replace('_', '-')} from {v}" for k, v in trainer.hp.sources.items() if v != "given") or "-")
+        + " (every value has a flag)",
         f"run folder: {trainer.out} (the EMA weights in {trainer.run.model_path.name}/ load with vdvae_zoo.load)",
     ]

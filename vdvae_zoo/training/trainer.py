@@ -41,7 +41,7 @@ from ..weights.pretrained import pick_device
 from .data import StepData
 from .loggers import ExternalLoggers, check_available
 from .memory_plan import MemoryPlanRefused, RunMemory
-from .options import TRAINING_PRESETS, TrainOptions, check_resume
+from .options import TRAINING_PRESETS, TrainOptions, check_resume, preset_of
 from .report import (
     TrainingDiverged,
     TrainingOutOfMemory,
@@ -92,6 +92,7 @@ class Trainer:
         else:
             config = resolve_config(o.config)
             preset = o.config if isinstance(o.config, str) and o.config in TRAINING_PRESETS else None
+        preset = preset or preset_of(config)  # a folder whose architecture is a preset's trains as the paper did
         self.hp = hp = o.resolve(preset)  # the optimisation options, every default filled in
         check_available(o.log_to)  # a missing extra is one sentence before anything is written
         self.out = Path(o.out)
