@@ -100,10 +100,20 @@ def baseline(name: str, command: click.Command) -> dict[str, list[str]]:
     return words
 
 
+def commands(group: click.Group = main, prefix: tuple = ()) -> list[tuple[str, click.Command]]:
+    """Every command, sub-commands of groups included ("cache rm"), as (the words that call it, the command)."""
+    found = []
+    for name, command in sorted(group.commands.items()):
+        found.append((" ".join(prefix + (name,)), command))
+        if isinstance(command, click.Group):
+            found += commands(command, prefix + (name,))
+    return found
+
+
 def cases() -> list[dict]:
     """Every command's cases: its baseline with one parameter given one bad value."""
     out = []
-    for name, command in sorted(main.commands.items()):
+    for name, command in commands():
         base = baseline(name, command)
         for param in command.params:
             if not isinstance(param, (click.Option, click.Argument)) or getattr(param, "is_flag", False):
@@ -121,7 +131,7 @@ def cases() -> list[dict]:
                     words[param.name] = [given]
                 else:
                     words[param.name] = [flag(param), given]
-                argv = [name] + [w for k, ws in words.items() if k in _argument_names(command) for w in ws]
+                argv = name.split() + [w for k, ws in words.items() if k in _argument_names(command) for w in ws]
                 argv += [w for k, ws in words.items() if k not in _argument_names(command) for w in ws]
                 argv += BASELINE.get(name, []) if param.name not in _baseline_names(name, command) else []
                 output = param.name in OUTPUTS
@@ -230,14 +240,14 @@ def places(tmp_path_factory):
 def test_the_matrix_covers_every_command_and_its_parameters():
     """The walk reaches every command, and the kinds of parameter it tries are the ones each command has."""
     matrix = cases()
-    commands = {c["command"] for c in matrix}
+    walked = {c["command"] for c in matrix}
     with_values = {
         name
-        for name, command in main.commands.items()
+        for name, command in commands()
         if any(numeric(p) or path_like(p) for p in command.params if not getattr(p, "is_flag", False))
     }
-    assert commands == with_values and len(main.commands) >= 16
-    assert {"restore", "decompress", "eval", "finetune", "compress"} <= commands
+    assert walked == with_values and len(main.commands) >= 16
+    assert {"restore", "decompress", "eval", "finetune", "compress", "cache"} <= walked
     assert len(matrix) >= 150  # the note states the count the run gives
     assert all(c["value"] in BAD_NUMBERS + BAD_PATHS for c in matrix)
 

@@ -80,3 +80,98 @@ def test_the_header_says_where_each_default_came_from(tmp_path):
     assert "ema-rate from generic" in defaults and "lr from" not in defaults  # --lr was given
     help_text = CliRunner().invoke(main, ["finetune", "--help"]).output
     assert "0: only the final validation" in " ".join(help_text.split())
+
+
+def test_push_to_hub_without_a_network_is_one_sentence(monkeypatch, tiny):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # a loopback port where nothing listens
+    with pytest.raises(ConnectionError, match=r"push_to_hub\('me/x'\): the upload to http://127.0.0.1:9 did not go"):
+        tiny.push_to_hub("me/x", token="hf_not_a_token")
+
+
+def test_a_grey_models_grid_is_grey_as_its_files_are(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["new", "tiny32", "-o", str(tmp_path / "g"), "--image-channels", "1"]).exit_code == 0
+    assert (
+        runner.invoke(main, ["sample", str(tmp_path / "g"), "-n", "4", "-o", str(tmp_path / "grid.png")]).exit_code == 0
+    )
+    assert (
+        runner.invoke(main, ["sample", str(tmp_path / "g"), "-n", "2", "--outdir", str(tmp_path / "s")]).exit_code == 0
+    )
+    assert Image.open(tmp_path / "grid.png").mode == "L" == Image.open(next((tmp_path / "s").glob("*.png"))).mode
+
+
+def test_restores_spread_image_uses_its_own_range_and_says_it(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["new", "tiny32", "-o", str(tmp_path / "m")]).exit_code == 0
+    images = image_folder(tmp_path / "imgs", 1, size=32, seed=2)
+    args = ["restore", str(tmp_path / "m"), str(images / "00.png"), "--denoise", "10", "--samples", "3", "--steps",
+            "2", "-o", str(tmp_path / "r.png")]  # fmt: skip
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    spread = np.asarray(Image.open(tmp_path / "r.std.png"))
+    assert spread.max() == 255 and "scaled to its own range" in result.output and "levels of 255" in result.output
+
+
+def test_the_roc_legend_stands_beside_the_curves():
+    from vdvae_zoo.data.plots import roc_chart
+
+    series = {f"score {i} (AUROC 0.{i})": [(0.0, 0.0), (0.0, 1.0), (1.0, 1.0)] for i in range(8)}  # up the left edge
+    img = np.asarray(roc_chart(series).convert("L"))
+    pad = 50
+    frame = np.flatnonzero(img[pad + 100] == 0)  # the plot's frame, black, on a row below the keys' height
+    right = frame.max()
+    assert img.shape == (480, 640) and right < 640 - pad - 100  # a column for the keys beside the plot
+    top_left = img[pad + 5 : pad + 140, pad + 10 : pad + 200]  # inside the plot, where the curves run along the top
+    assert (top_left == 255).mean() > 0.97  # no legend text there
+    assert (img[pad : pad + 140, right + 5 :] < 255).sum() > 200  # the keys are in the column beside it
+
+
+def test_the_cache_command_lists_sizes_and_removes_a_model(tmp_path, hf_home, source):
+    from helpers import entry, golden_config, write_manifest
+
+    manifest = write_manifest(
+        tmp_path / "m.json", [entry("tiny", golden_config(), url=f"{source.url}/tiny32-model-ema.th")]
+    )
+    vdvae_zoo.load("tiny", manifest=manifest, device="cpu")  # downloaded and converted into the cache
+    runner = CliRunner()
+    listed = runner.invoke(main, ["cache", "--manifest", str(manifest)])
+    assert listed.exit_code == 0 and "tiny" in listed.output and "converted" in listed.output, listed.output
+    assert "MiB" in listed.output and str(hf_home / "hub") in listed.output
+    assert vdvae_zoo.list_models(cached=True, manifest=manifest) == ["tiny"]
+    removed = runner.invoke(main, ["cache", "--manifest", str(manifest), "rm", "tiny"])
+    assert removed.exit_code == 0 and "removed tiny" in removed.output, removed.output
+    assert vdvae_zoo.list_models(cached=True, manifest=manifest) == []
+    again = runner.invoke(main, ["cache", "--manifest", str(manifest), "rm", "tiny"])
+    assert again.exit_code == 1 and "holds no model 'tiny'" in again.output
+
+
+def test_the_publishing_recipe_carries_the_measured_results(tmp_path, monkeypatch):
+    """README's recipe: eval --card into a fine-tune's folder, then push_to_hub uploads the card with its numbers
+    (the Hub's two calls are replaced: no network here)."""
+    import huggingface_hub
+    from huggingface_hub import ModelCard
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["new", "tiny32", "-o", str(tmp_path / "m")]).exit_code == 0
+    images = image_folder(tmp_path / "imgs", 3, size=32, seed=5)
+    card = runner.invoke(main, ["eval", str(tmp_path / "m"), "--data", str(images), "--card", str(tmp_path / "m")])
+    assert card.exit_code == 0, card.output
+    uploaded = {}
+
+    class Commit:
+        oid = "a" * 40
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message):
+        uploaded["card"] = ModelCard.load(f"{folder_path}/README.md")
+        return Commit()
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, *a, **k: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    pin = vdvae_zoo.load(tmp_path / "m", device="cpu").push_to_hub("me/tiny", token="x")
+    assert pin["revision"] == "a" * 40 and len(pin["sha256"]) == 64
+    assert (
+        len(uploaded["card"].data.eval_results) == 1
+        and "measured with vdvae-zoo" in uploaded["card"].data.eval_results[0].source_name
+    )

@@ -25,7 +25,7 @@ from .base import (
     resize_option,
     user_errors,
 )
-from .params import Readable
+from .params import Folder, Readable
 
 _CPU_NOTE = (
     "The coder runs the model on the CPU in float64, one thread (both sides must compute bit-identical "
@@ -117,6 +117,10 @@ def compress_command(model_name, paths, output, resize, overwrite, config, grid_
 
     from ..data.progress import progress_bar
 
+    click.echo(
+        "key: per image, in bits per dim of that image: net = pixels + latents pushed - latents popped back (what the "
+        "image added to the archive), beside the KL plus distortion of the coded draw (the ELBO net should be near)"
+    )
     with progress_bar(total=len(files), unit="img", desc="compressing") as bar:
 
         def show(r):
@@ -206,7 +210,7 @@ def _excess_line(r, dims: int) -> str:
 
 @main.command("decompress")
 @click.argument("archive", type=Readable())
-@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False), help="Folder for the images.")
+@click.option("-o", "--outdir", required=True, type=Folder(), help="Folder for the images.")
 @click.option(
     "--model",
     "model_name",

@@ -20,7 +20,7 @@ from ..weights.manifest import load_manifest, manifest_data, pin_entries
 from ..weights.original import read_checkpoint
 from ..weights.provenance import named_provenance
 from .base import MODEL_HELP, main, manifest_option, overwrite_option, user_errors
-from .params import SEED, Readable
+from .params import SEED, Folder, Readable
 
 
 # ------------------------------------------------------------------------------------------------- list/info
@@ -102,7 +102,7 @@ def info(model, manifest):
 
 @main.command()
 @click.argument("config")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("-o", "--output", required=True, type=Folder(), help="Folder to write.")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the random initialisation.")
 @click.option(
     "--image-channels",
@@ -228,7 +228,7 @@ def inspect(checkpoint, config, download, manifest, as_json):
     default=None,
     help="Preset name or config.json the file was trained with (default: recognised from its tensors).",
 )
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("-o", "--output", required=True, type=Folder(), help="Folder to write.")
 @overwrite_option
 @manifest_option
 @user_errors
@@ -243,7 +243,7 @@ def convert(checkpoint, config, output, overwrite, manifest):
 
 @main.command("download")
 @click.argument("names", nargs=-1, required=True)
-@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Instead of HF_HOME's cache.")
+@click.option("--cache-dir", default=None, type=Folder(), help="Instead of HF_HOME's cache.")
 @click.option("--revision", default=None)
 @manifest_option
 @user_errors
@@ -255,6 +255,50 @@ def download_cmd(names, cache_dir, revision, manifest):
     for name in names:
         folder = VDVAE.download(name, revision=revision, cache_dir=cache_dir, manifest=manifest)
         click.echo(f"{name}: {folder}")
+
+
+_cache_dir_option = click.option("--cache-dir", default=None, type=Folder(), help="Instead of HF_HOME's cache.")
+
+
+@main.group("cache", invoke_without_command=True)
+@_cache_dir_option
+@manifest_option
+@click.pass_context
+@user_errors
+def cache_group(ctx, cache_dir, manifest):
+    """The models vdvae-zoo keeps in the cache, with their sizes (`vdvae-zoo cache rm NAME` removes one).
+
+    Converted weights live in $HF_HOME/hub/vdvae-zoo/NAME, which huggingface_hub's cache tools do not see.
+
+    Example: vdvae-zoo cache && vdvae-zoo cache rm ffhq1024
+    """
+    ctx.obj = {"cache_dir": cache_dir, "manifest": manifest}
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..weights.cache import cached_models
+
+    held = cached_models(load_manifest(manifest), cache_dir)
+    click.echo(f"cache: {hub._root(cache_dir)}")
+    for m in held:
+        click.echo(f"{m.name:<20} {m.kind:<10} {m.size / 2**20:10.1f} MiB  {m.path}")
+    total = sum(m.size for m in held)
+    click.echo(f"{len(held)} models, {total / 2**20:.1f} MiB" if held else "no models cached")
+
+
+@cache_group.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+@user_errors
+def cache_rm(obj, names):
+    """Remove models from the cache (they are downloaded again when next loaded).
+
+    Example: vdvae-zoo cache rm ffhq1024
+    """
+    from ..weights.cache import remove_cached
+
+    for name in names:
+        for m in remove_cached(name, load_manifest(obj["manifest"]), obj["cache_dir"]):
+            click.echo(f"removed {m.name} ({m.kind}, {m.size / 2**20:.1f} MiB): {m.path}")
 
 
 @main.command()

@@ -27,6 +27,7 @@ __all__ = [
     "TemperatureSchedule",
     "TEMPERATURE",
     "Readable",
+    "Folder",
 ]
 
 #: The largest float32: a number that reaches a tensor must stay below it.
@@ -145,6 +146,22 @@ class Readable(click.Path):
                 check_user_file(os.fsdecode(path), what="file", kind="weights")
             except (OSError, ValueError) as e:
                 self.fail(str(e), param, ctx)
+        return path
+
+
+class Folder(click.Path):
+    """A folder the command writes into: missing (it is made) or a directory; anything else that exists there (a
+    file, a FIFO, a device, a dangling link) is refused when parsed."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, dir_okay=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        if (os.path.lexists(path)) and not os.path.isdir(path):
+            self.fail(
+                f"{os.fsdecode(path)!r} exists and is not a folder; give a folder (or a name to make)", param, ctx
+            )
         return path
 
 

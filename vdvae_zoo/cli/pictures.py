@@ -29,7 +29,7 @@ from .base import (
     stop_interrupted,
     user_errors,
 )
-from .params import MAX_DRAWS, MAX_IMAGES, SEED, TEMPERATURE, Count, Readable
+from .params import MAX_DRAWS, MAX_IMAGES, SEED, TEMPERATURE, Count, Folder, Readable
 
 
 # ---------------------------------------------------------------------------------------------------- bpd
@@ -198,7 +198,7 @@ def _refuse_model_as_path(paths, manifest) -> None:
 @click.option(
     "--outdir",
     default=None,
-    type=click.Path(file_okay=False),
+    type=Folder(),
     help="A sample set: 000000.png, 000001.png, ... and samples.json; image i depends only on (seed, i).",
 )
 @batch_size_option

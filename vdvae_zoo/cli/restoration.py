@@ -176,6 +176,11 @@ def restore_command(
     save_png(result.images[0], output, overwrite=overwrite)
     click.echo(f"wrote {output} ({method}, {result.seconds_per_image:.1f} s)")
     if samples > 1:
-        spread = np.clip(result.std[0] * 4 * 255, 0, 255).astype(np.uint8)  # x4: a std of 1/4 is white
+        std = result.std[0]
+        top = float(std.max())
+        spread = np.round(std / top * 255).astype(np.uint8) if top > 0 else np.zeros(std.shape, np.uint8)
         save_png(make_grid(spread[None], zoom=1), std_path, overwrite=overwrite)
-        click.echo(f"wrote {std_path}: the {samples} samples' per-pixel standard deviation (x4, white = 0.25)")
+        click.echo(
+            f"wrote {std_path}: the {samples} samples' per-pixel standard deviation, scaled to its own range "
+            f"(black = 0, white = {top * 255:.2f} levels of 255; mean {float(std.mean()) * 255:.2f})"
+        )

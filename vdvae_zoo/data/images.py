@@ -204,25 +204,26 @@ def load_images(
 
 
 def make_grid(images: np.ndarray, ncols: int | None = None, padding: int = 2, zoom: int | None = 1) -> Image.Image:
-    """Tile uint8 (N, H, W, 3) images into one RGB picture, `ncols` per row (default: about square). `zoom`
-    enlarges each image that many times (nearest neighbour, pixels stay visible); None: enough for about 128
-    pixels per image, so that 32x32 samples can be looked at."""
+    """Tile uint8 (N, H, W, C) images into one picture of their own mode (L, LA, RGB, RGBA: a grey model's grid is
+    grey, as its --outdir files are), `ncols` per row (default: about square), on white. `zoom` enlarges each image
+    that many times (nearest neighbour, pixels stay visible); None: enough for about 128 pixels per image, so
+    that 32x32 samples can be looked at."""
     images = np.asarray(images)
-    if images.shape[-1] != 3:  # grey (+ alpha) and RGBA are shown as RGB (alpha composited on white)
-        images = as_channels(images, 3)
-    n, h, w, _ = images.shape
+    if images.ndim == 3:
+        images = images[..., None]
+    n, h, w, channels = images.shape
     zoom = max(1, 128 // max(h, w)) if zoom is None else zoom
     if zoom > 1:
         images = images.repeat(zoom, axis=1).repeat(zoom, axis=2)
         h, w = h * zoom, w * zoom
     ncols = ncols or int(np.ceil(np.sqrt(n)))
     nrows = int(np.ceil(n / ncols))
-    grid = np.full((nrows * (h + padding) + padding, ncols * (w + padding) + padding, 3), 255, np.uint8)
+    grid = np.full((nrows * (h + padding) + padding, ncols * (w + padding) + padding, channels), 255, np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, ncols)
         y, x = padding + r * (h + padding), padding + c * (w + padding)
         grid[y : y + h, x : x + w] = img
-    return Image.fromarray(grid)
+    return Image.fromarray(grid[..., 0] if channels == 1 else grid, CHANNEL_MODES[channels])
 
 
 def save_png(image: Image.Image | np.ndarray, path: PathLike, overwrite: bool = True) -> Path:

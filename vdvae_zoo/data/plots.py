@@ -146,6 +146,9 @@ def line_chart(
     """Lines of (x, y) points, one colour per named series, on shared linear axes (non-finite points skipped);
     `x_range` / `y_range` fix the axes, `diagonal` draws the line y = x (a ROC chart's chance level)."""
     pad = 50
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    legend = int(max((measure.textlength(name) for name in series), default=0) + 40)  # beside the plot, never on it
+    right = width - pad - legend  # the plot's right edge; the keys stand in the column after it
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
     points = [p for s in series.values() for p in s if math.isfinite(p[1])]
@@ -153,9 +156,9 @@ def line_chart(
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         x0, x1 = x_range or (min(xs), max(max(xs), min(xs) + 1))
         yl, yh = y_range or (min(ys), max(max(ys), min(ys) + 1e-6))
-        sx = lambda x: pad + (x - x0) / (x1 - x0) * (width - 2 * pad)  # noqa: E731
+        sx = lambda x: pad + (x - x0) / (x1 - x0) * (right - pad)  # noqa: E731
         sy = lambda y: height - pad - (y - yl) / (yh - yl) * (height - 2 * pad)  # noqa: E731
-        d.rectangle([pad, pad, width - pad, height - pad], outline="black")
+        d.rectangle([pad, pad, right, height - pad], outline="black")
         if diagonal:
             d.line([(sx(x0), sy(x0)), (sx(x1), sy(x1))], fill="lightgray", width=1)
         colours = ("steelblue", "darkorange", "seagreen", "crimson", "purple", "saddlebrown", "teal", "olive")
@@ -166,9 +169,11 @@ def line_chart(
                 d.line(pts, fill=colour, width=2)
             elif pts:
                 d.ellipse([pts[0][0] - 3, pts[0][1] - 3, pts[0][0] + 3, pts[0][1] + 3], fill=colour)
-            d.text((pad + 5, 5 + 14 * row), name, fill=colour)
+            key_x, key_y = right + 10, pad + 4 + 16 * row
+            d.line([(key_x, key_y + 6), (key_x + 16, key_y + 6)], fill=colour, width=3)
+            d.text((key_x + 22, key_y), name, fill=colour)
         d.text((pad, height - pad + 5), f"{x0:g}", fill="black")
-        d.text((width - pad - d.textlength(f"{x1:g}"), height - pad + 5), f"{x1:g}", fill="black")
+        d.text((right - d.textlength(f"{x1:g}"), height - pad + 5), f"{x1:g}", fill="black")
         d.text(((width - d.textlength(x_label)) / 2, height - pad + 20), x_label, fill="black")
         d.text((5, pad), f"{yh:.3g}", fill="black")
         d.text((5, height - pad - 10), f"{yl:.3g}", fill="black")

@@ -254,7 +254,7 @@ class Trainer:
         images = self.ema.sample(16, temperature=1.0, generator=gen)
         grid = make_grid(images.numpy(), zoom=None)
         if self.loggers is not None:
-            self.loggers.image("samples", np.asarray(grid), self.step)
+            self.loggers.image("samples", np.asarray(grid.convert("RGB")), self.step)
         return save_png(grid, self.out / "samples" / f"step_{self.step:07d}.png")
 
     def _close_loggers(self) -> None:

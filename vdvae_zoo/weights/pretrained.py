@@ -387,16 +387,29 @@ class PretrainedMixin(_ModuleBase):
         commit_message: str = "Upload VDVAE weights",
         results: list[dict[str, Any]] | None = None,
     ) -> dict[str, str]:
-        """Upload config.json + model.safetensors + model card (with measured `results`) to the Hub. Returns the
-        fields to pin in the manifest: repo_id, revision (the commit) and sha256 of model.safetensors."""
-        from huggingface_hub import HfApi
+        """Upload config.json + model.safetensors + model card (with measured `results`; by default those of the card
+        beside a folder it was loaded from) to the Hub. Returns the fields to pin in the manifest: repo_id, revision
+        (the commit) and sha256 of model.safetensors."""
+        from huggingface_hub import HfApi, constants
 
         api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        if (
+            results is None and self.provenance.kind == "folder" and self.provenance.weights
+        ):  # the card's numbers go too
+            results = card_results(Path(self.provenance.weights).parent / CARD_NAME)
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(Path(tmp) / "model", entry=entry, results=results or [])
             sha = hub.file_sha256(folder / WEIGHTS_NAME)
-            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+            try:
+                api.create_repo(repo_id, private=private, exist_ok=True)
+                info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+            except Exception as e:  # noqa: BLE001 - the transport's and the Hub's errors, as load() says them
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                raise ConnectionError(
+                    f"push_to_hub({repo_id!r}): the upload to {constants.ENDPOINT} did not go through ({first}). "
+                    "Check the network and your token (`hf auth login`, or HF_TOKEN); nothing was published. "
+                    "save_pretrained(folder) keeps a copy to upload later"
+                ) from None
         return {"repo_id": repo_id, "revision": info.oid, "sha256": sha}
 
     @classmethod
