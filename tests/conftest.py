@@ -23,6 +23,20 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_HF_HOME, ignore_errors=True)  # leave no temporary folder behind
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_are_restored():
+    """A test leaves SIGINT and SIGTERM as it found them (#35: a trainer's handler once swallowed the runner's
+    SIGTERM). They are put back either way; a test that changed them fails, naming them."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    changed = [signal.Signals(s).name for s, handler in before.items() if signal.getsignal(s) != handler]
+    for s, handler in before.items():
+        signal.signal(s, handler)
+    assert not changed, f"the test left its own handlers for {', '.join(changed)} installed; restore them"
+
+
 @pytest.fixture(scope="session")
 def golden_expected():
     return _golden_expected()
