@@ -207,3 +207,33 @@ def test_the_cli_takes_the_new_options(tmp_path, data):
         ],
     )
     assert bad.exit_code == 2 and "neither a number nor auto" in bad.output
+
+
+def test_a_layer_below_the_free_bits_floor_gets_no_gradient_from_its_kl():
+    """#38: the property the help states. With the floor between two layers' KLs, the layer below it contributes
+    exactly zero gradient through kl_free, and the layer above it exactly its KL's gradient."""
+    torch.manual_seed(0)
+    model = VDVAE(VDVAEConfig.from_dict(tiny_config_dict())).train()
+    with torch.no_grad():  # push the posteriors away from the priors so that the layers' KLs differ
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    images = random_images(1, size=16, seed=1)
+    out = model(images, generator=torch.Generator().manual_seed(2), free_nats=0.0)
+    kl = out["kl"][0].detach()
+    low, high = int(kl.argmin()), int(kl.argmax())
+    floor = float(kl[low] + kl[high]) / 2
+    assert kl[low] < floor < kl[high]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads(values):
+        found = torch.autograd.grad(values, params, retain_graph=True, allow_unused=True)
+        return torch.cat(
+            [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(found, params, strict=True)]
+        )
+
+    out = model(images, generator=torch.Generator().manual_seed(2), free_nats=floor)
+    free = out["kl_free"][0].detach()
+    assert float(free[low]) == pytest.approx(floor) and float(free[high]) == pytest.approx(float(kl[high]))
+    assert grads(out["kl_free"][0, low]).abs().max() == 0  # below the floor: no gradient at all
+    torch.testing.assert_close(grads(out["kl_free"][0, high]), grads(out["kl"][0, high]))
+    assert grads(out["kl"][0, low]).abs().max() > 0  # the plain KL of that layer does have one

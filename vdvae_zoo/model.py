@@ -228,9 +228,11 @@ class VDVAE(GenerationMixin, PretrainedMixin, nn.Module):
         (N, L) in nats. The training loss is `neg_elbo.mean()`. `noise(like)` may supply the posterior draws
         (the trainer uses it to make them independent of how a batch is split across processes).
 
-        `free_nats` = lambda adds `kl_free` (N, L): each layer's KL with free bits as hvae-oodd defines them (Kingma
-        et al. 2016's groups are the layers): every element of a layer's KL counts at least lambda / (its number
-        of elements), so a layer whose KL is below lambda nats gets no gradient pushing it lower."""
+        `free_nats` = lambda adds `kl_free` (N, L): free bits per layer, max(KL_layer, lambda) for each image
+        (Kingma et al. 2016, "free bits", with the layers as the groups; they take the max of the minibatch's mean
+        KL, we take it per image so that a result does not depend on the batch). A layer whose KL is below lambda
+        nats gets no gradient from the KL term at all. (hvae-oodd's FreeNats clamps each element instead, at
+        lambda / channels: another definition.)"""
         encoder = self._require_encoder()
         x_in, target = self.preprocess(check_images(images, self.config))
         return self._terms(encoder(x_in), target, x_in.shape[0], generator, noise, free_nats=free_nats)
@@ -255,7 +257,7 @@ class VDVAE(GenerationMixin, PretrainedMixin, nn.Module):
             kl = o.kl.sum(dim=(1, 2, 3)) if o.kl is not None else torch.zeros(n, device=target.device)
             free = None
             if free_nats is not None and o.kl is not None:
-                free = torch.clamp(o.kl, min=free_nats / o.kl[0].numel()).sum(dim=(1, 2, 3))
+                free = torch.clamp(kl, min=free_nats)  # max(KL_layer, lambda): no gradient below the floor
             return kl, log_prior_over_posterior(o) if log_weight else None, free
 
         temperatures = None if keep is None else [prior_temperature] * self.num_layers

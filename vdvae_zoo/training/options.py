@@ -103,8 +103,9 @@ class TrainOptions:
     )
     free_bits: float = _option(
         0.0,
-        "Free bits per stochastic layer, in nats (hvae-oodd's definition: each layer's "
-        "KL counts at least this much in the training loss; 0: none).",
+        "Free bits per stochastic layer, in nats (Kingma et al. 2016, the layers as groups, per image: each "
+        "layer's KL counts as max(KL, this) in the training loss, so a layer below it gets no gradient from its "
+        "KL; 0: none).",
         type=float,
         min=0.0,
         max=1e6,

@@ -370,7 +370,11 @@ class Trainer:
                 bar.update(1)
                 if self.step % o.log_every == 0 or record.get("warning") or self.step == o.steps:
                     self._log(record)
-                    bar.set_postfix(bpd=f"{record['loss_bpd']:.3f}", skipped=self.skipped)
+                    bar.set_postfix(  # the objective (with KL warm-up and free bits); the bound is neg_elbo_bpd
+                        loss_bpd=f"{record['loss_bpd']:.3f}",
+                        elbo_bpd=f"{record['neg_elbo_bpd']:.3f}",
+                        skipped=self.skipped,
+                    )
                 if o.val_every and self.step % o.val_every == 0:
                     self._log(validation_record(self.ema, self.val_set, self.opt.seed, self.step))
                 if o.sample_every and self.step % o.sample_every == 0 and self.rank == 0:
