@@ -307,10 +307,14 @@ class VDVAE(GenerationMixin, PretrainedMixin, nn.Module):
 
         `batch_size`: images x draws per pass (None: automatic; splitting changes no random number, batching.py).
         `seeds`: one per image, each image then draws from its own generator (`batching.image_seed`), in passes
-        of one fixed shape: the result depends only on the image, its seed and `batch_size`."""
+        of one fixed shape: the result depends only on the image, its seed and `batch_size`. Without `seeds`, the
+        importance-weighted bound (`n_samples` > 1) takes one seed per image from the generator first, so that how
+        the draws are split into passes (`batch_size`, or a pass that ran out of memory) changes none of them."""
         encoder = self._require_encoder()
         images = check_images(images, self.config)
         check_count(n_samples, "n_samples", what="posterior draws per image")
+        if n_samples > 1 and seeds is None:
+            seeds = torch.randint(0, 2**62, (images.shape[0],), generator=generator).tolist()
         several = isinstance(keep, (list, tuple))
         keeps = [check_keep(k, self.num_layers) for k in (list(keep) if isinstance(keep, (list, tuple)) else [keep])]
         if not keeps:
