@@ -175,3 +175,33 @@ def test_the_publishing_recipe_carries_the_measured_results(tmp_path, monkeypatc
         len(uploaded["card"].data.eval_results) == 1
         and "measured with vdvae-zoo" in uploaded["card"].data.eval_results[0].source_name
     )
+
+
+def test_the_exact_draw_follows_the_mixture_the_likelihood_scores():
+    """#38: pixels drawn with exact=True follow dmol_level_probs (channel 0, and channel 1 given channel 0's
+    level); the original's draw (the default, for golden parity) is a half level low."""
+    from vdvae_zoo.nn.dmol import dmol_level_probs, dmol_sample
+
+    torch.manual_seed(0)
+    m, n = 2, 200_000
+    params = torch.randn(1, 1, 1, 10 * m)
+    for c in range(3):  # the original layout: per channel [M means, M log-scales, M coefficients]
+        start = m + 3 * m * c
+        params[..., start : start + m] = torch.tensor([-0.2, 0.3])  # means well inside [-1, 1]
+        params[..., start + m : start + 2 * m] = -4.0  # scales of a few levels, where a half level shows
+    params = params.expand(n, 1, 1, -1)
+    generator = torch.Generator().manual_seed(1)
+    exact = dmol_sample(params, m, generator, exact=True).reshape(n, 3).long()
+    original = dmol_sample(params, m, torch.Generator().manual_seed(1)).reshape(n, 3).long()
+    p0 = dmol_level_probs(params[:1], m, 0).reshape(256)
+
+    def tv(levels, probs):
+        return 0.5 * (torch.bincount(levels, minlength=256).double() / len(levels) - probs).abs().sum().item()
+
+    assert tv(exact[:, 0], p0) < 0.02 < tv(original[:, 0], p0)
+    # channel 1 given channel 0's most frequent level
+    level = int(exact[:, 0].mode().values)
+    given = exact[exact[:, 0] == level, 1]
+    earlier = torch.full((1, 1, 1, 1), level / 127.5 - 1.0, dtype=torch.float64)
+    p1 = dmol_level_probs(params[:1], m, 1, earlier).reshape(256)
+    assert len(given) > 5_000 and tv(given, p1) < 0.04

@@ -86,6 +86,7 @@ class ModelForGeneration(Protocol):
         batch_size: int | None,
         dtype: DTypeLike,
         seeds: Sequence[int] | None = None,
+        exact: bool = False,
     ) -> torch.Tensor: ...
 
 
@@ -114,12 +115,16 @@ class GenerationMixin:
         batch_size: int | None = None,
         dtype: DTypeLike = None,
         seeds: Sequence[int] | None = None,
+        exact: bool = False,
     ) -> torch.Tensor:
-        """Draw `n` images from the prior at `temperature` (see `layer_temperatures`); uint8 (n, H, W, 3) on the CPU.
+        """Draw `n` images from the prior at `temperature` (see `layer_temperatures`); uint8 (n, H, W, C) on the CPU.
         Only the decoder's prior path runs. `batch_size`: images per pass (None: `auto_batch_size()`). `seeds`: one
-        per image; image i is then the same whatever else is drawn with it (dataset-scale sample sets)."""
+        per image; image i is then the same whatever else is drawn with it (dataset-scale sample sets). `exact`:
+        pixels drawn from exactly the distribution the likelihood scores (nn/dmol.dmol_sample); the default is the
+        original's draw, which golden parity needs."""
         check_count(n, "n", what="number of images")
-        return self._decode(n, [], self.layer_temperatures(temperature), generator, batch_size, dtype, seeds)
+        temperatures = self.layer_temperatures(temperature)
+        return self._decode(n, [], temperatures, generator, batch_size, dtype, seeds, exact=exact)
 
     @inference_method
     def decode(
@@ -146,6 +151,7 @@ class GenerationMixin:
         batch_size: int | None,
         dtype: DTypeLike,
         seeds: Sequence[int] | None = None,
+        exact: bool = False,
     ) -> torch.Tensor:
         def step(mb: MicroBatch) -> torch.Tensor:
             chunk_latents = [None if z is None else mb.take(z).to(self.device, torch.float32) for z in latents]
@@ -157,7 +163,7 @@ class GenerationMixin:
                 noise=mb.noise(),
                 summarize=lambda o: None,
             )
-            return self.head.sample(params, generator, uniforms=mb.pixel_uniforms).cpu()
+            return self.head.sample(params, generator, uniforms=mb.pixel_uniforms, exact=exact).cpu()
 
         sampling = [i >= len(latents) or latents[i] is None for i in range(self.num_layers)]
         return torch.cat(

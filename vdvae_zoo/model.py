@@ -313,8 +313,9 @@ class VDVAE(GenerationMixin, PretrainedMixin, nn.Module):
         encoder = self._require_encoder()
         images = check_images(images, self.config)
         check_count(n_samples, "n_samples", what="posterior draws per image")
+        iw_seeds = None  # the importance samples' seeds when none are given: one per image, from the generator first
         if n_samples > 1 and seeds is None:
-            seeds = torch.randint(0, 2**62, (images.shape[0],), generator=generator).tolist()
+            iw_seeds = torch.randint(0, 2**62, (images.shape[0],), generator=generator).tolist()
         several = isinstance(keep, (list, tuple))
         keeps = [check_keep(k, self.num_layers) for k in (list(keep) if isinstance(keep, (list, tuple)) else [keep])]
         if not keeps:
@@ -337,7 +338,13 @@ class VDVAE(GenerationMixin, PretrainedMixin, nn.Module):
             if n_samples > 1:
                 return [
                     importance_weighted(
-                        self, activations, target, n_samples, max(1, mb.per_pass // mb.size), generator, mb.seeds
+                        self,
+                        activations,
+                        target,
+                        n_samples,
+                        max(1, mb.per_pass // mb.size),
+                        generator,
+                        mb.seeds if iw_seeds is None else iw_seeds[mb.part],
                     )
                 ]
             if mb.normals is None and len(bounds) > 1:  # several passes share one draw per layer

@@ -203,11 +203,30 @@ def _refuse_model_as_path(paths, manifest) -> None:
 )
 @batch_size_option
 @click.option("--resume", is_flag=True, help="With --outdir: keep the files there and draw only the missing ones.")
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Draw the pixels from exactly the distribution the likelihood scores (rounded to the nearest level, later "
+    "channels given the earlier ones' levels); the default is the original's draw (truncated).",
+)
 @overwrite_option
 @model_options
 @user_errors
 def sample(
-    model_name, num, temperature, seed, output, outdir, batch_size, resume, overwrite, config, device, dtype, manifest
+    model_name,
+    num,
+    temperature,
+    seed,
+    output,
+    outdir,
+    batch_size,
+    resume,
+    exact,
+    overwrite,
+    config,
+    device,
+    dtype,
+    manifest,
 ):
     """Draw images from the prior: a grid (-o), or a sample set of any size (--outdir), e.g. for FID.
 
@@ -236,6 +255,7 @@ def sample(
                 batch_size=batch_size,
                 resume=resume,
                 overwrite=overwrite,
+                exact=exact,
             )
         except KeyboardInterrupt:
             stop_interrupted(f"the finished images are kept in {outdir}")
@@ -249,7 +269,7 @@ def sample(
     model.layer_temperatures(t)  # validate before the work
     if seed is not None:
         torch.manual_seed(seed)
-    images = model.sample(num, temperature=t, batch_size=batch_size).numpy()
+    images = model.sample(num, temperature=t, batch_size=batch_size, exact=exact).numpy()
     save_png(make_grid(images, zoom=None), output, overwrite=overwrite)
     click.echo(f"wrote {output} ({num} samples)")
 

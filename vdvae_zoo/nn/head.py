@@ -65,13 +65,14 @@ class OutputHead:
         generator: torch.Generator | None = None,
         same_noise: bool = False,
         uniforms: Sequence[torch.Tensor] | None = None,
+        exact: bool = False,
     ) -> torch.Tensor:
-        """uint8 (N, H, W, C) pixels drawn from the distribution (its uniforms: `uniform_shapes`)."""
+        """uint8 (N, H, W, C) pixels drawn from the distribution (its uniforms: `uniform_shapes`); `exact`: see
+        dmol_sample (a Bernoulli draw is exact either way)."""
         if self.bernoulli:
             return bernoulli_sample(params, generator, same_noise, uniforms)
-        return dmol_sample(
-            params, self.config.num_mixtures, generator, same_noise, uniforms, channels=self.config.image_channels
-        )
+        channels = self.config.image_channels
+        return dmol_sample(params, self.config.num_mixtures, generator, same_noise, uniforms, channels, exact=exact)
 
     def uniform_shapes(self, n: int) -> list[tuple[int, ...]]:
         """The shapes of the uniforms `sample` draws for n images, in the order it draws them."""

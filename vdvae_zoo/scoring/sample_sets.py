@@ -24,7 +24,7 @@ from ..data.images import ImageReadError, image_size, save_png
 __all__ = ["write_sample_set", "SampleSetReport", "META_NAME", "SampleSetError"]
 
 META_NAME = "samples.json"
-_COMPARED = ("model", "temperature", "seed", "dtype", "image_size")
+_COMPARED = ("model", "temperature", "seed", "dtype", "image_size", "pixels")
 
 
 class SampleSetError(ValueError):
@@ -94,11 +94,13 @@ def write_sample_set(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    exact: bool = False,
 ) -> SampleSetReport:
     """Write `num` samples of `model` at `temperature` as numbered PNGs into `outdir`, with samples.json.
 
     `batch_size`: images per pass (default: the per-device seeded pass size); `resume`: keep the complete files
     there and draw the missing ones (with the pass size samples.json records); `overwrite`: draw every file again.
+    `exact`: the pixels of the exact draw (dmol_sample), recorded as "pixels" in samples.json.
     A non-empty folder without either is refused. KeyboardInterrupt leaves only whole files behind."""
     outdir = Path(outdir)
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
@@ -122,6 +124,7 @@ def write_sample_set(
         "image_size": size,
         "dtype": str(dtype or model.compute_dtype).replace("torch.", ""),
         "pass_size": pass_size,
+        "pixels": "exact" if exact else "original",
         "vdvae_zoo": __version__,
         "seeds": "image i: vdvae_zoo.compute.batching.image_seed(seed, i)",
     }
@@ -129,7 +132,8 @@ def write_sample_set(
     meta_path = outdir / META_NAME
     if resume and meta_path.is_file():
         before = _read_meta(meta_path)
-        differing = [k for k in _COMPARED if k != "model" and before.get(k) != meta[k]]
+        recorded_pixels = {"pixels": "original"}  # sets written before the exact draw existed
+        differing = [k for k in _COMPARED if k != "model" and before.get(k, recorded_pixels.get(k)) != meta[k]]
         if isinstance(before.get("model"), dict) and before["model"].get("sha256") != meta["model"].get("sha256"):
             differing.insert(0, "model")
         if differing:
@@ -158,6 +162,7 @@ def write_sample_set(
                 seeds=[image_seed(seed, i) for i in part],
                 batch_size=pass_size,
                 dtype=dtype,
+                exact=exact,
             ).numpy()
             for i, image in zip(part, images, strict=False):
                 save_png(image, _file(outdir, i))

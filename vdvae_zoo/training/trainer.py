@@ -344,7 +344,8 @@ class Trainer:
             self._say(
                 f"resumed from step {self.step} of {o.steps}"
                 if self.resume()
-                else f"no checkpoint in {self.out}; starting a new run"
+                else f"{self.out} holds no checkpoint yet (the run stopped before its first one): it starts from "
+                "step 0 with the same options"
             )
         for line in summary_lines(self):
             self._say(line)
