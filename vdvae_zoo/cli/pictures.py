@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -11,14 +10,11 @@ import numpy as np
 from ..data.datasets import files_dataset
 from ..data.files import refuse_existing
 from ..data.images import find_images, load_images, make_grid, save_png
-from ..data.plots import kl_chart as kl_chart_image
 from ..nn.inputs import figure4_keeps
-from ..scoring.engine import ScoreOptions, model_for_images, printable_path, score_dataset, write_scores
 from ..scoring.sample_sets import write_sample_set
 from .base import (
     MODEL_HELP,
     batch_size_option,
-    interrupted_status,
     load_model,
     main,
     model_options,
@@ -29,157 +25,10 @@ from .base import (
     stop_interrupted,
     user_errors,
 )
-from .params import MAX_DRAWS, MAX_IMAGES, SEED, TEMPERATURE, Count, Folder, Readable
+from .params import MAX_IMAGES, SEED, TEMPERATURE, Count, Folder, Readable
 
 
 # ---------------------------------------------------------------------------------------------------- bpd
-@main.command(epilog=MODEL_HELP)
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option(
-    "--model",
-    "model_name",
-    default="auto",
-    show_default=True,
-    help="auto (the manifest's first model of the images' size: 32 cifar10, 64 imagenet64, 256 ffhq256, "
-    "1024 ffhq1024), a name, or a path.",
-)
-@model_options
-@batch_size_option
-@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="Per-image rows: .csv or .json.")
-@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into sub-folders.")
-@resize_option
-@click.option("--strict", is_flag=True, help="Exit non-zero if any file was skipped.")
-@overwrite_option
-@click.option(
-    "--seed",
-    default=0,
-    show_default=True,
-    type=SEED,
-    help="Seed of the posterior draws: image i of PATHS draws with image_seed(seed, i), as in eval.",
-)
-@click.option(
-    "--samples",
-    "n_samples",
-    default=1,
-    show_default=True,
-    type=Count(1, MAX_DRAWS),
-    help="Posterior draws per image; K > 1 adds the importance-weighted bound bpd_iw (tighter).",
-)
-@click.option(
-    "--kl-chart",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Write a PNG bar chart of the bits in each decoder layer (mean over the images).",
-)
-@user_errors
-def bpd(
-    paths,
-    model_name,
-    config,
-    device,
-    dtype,
-    manifest,
-    batch_size,
-    output,
-    recursive,
-    resize,
-    strict,
-    overwrite,
-    seed,
-    n_samples,
-    kl_chart,
-):
-    """Bits per dim (negative ELBO) of every image in PATHS (files and folders).
-
-    Each image's number depends only on the image, the model, --seed and --samples (scoring.py's seed rule):
-    `vdvae-zoo eval MODEL --data FOLDER` with the same seed gives the same numbers.
-
-    Example: vdvae-zoo bpd photos/ --output scores.csv --samples 16 --kl-chart layers.png
-    """
-    if output and Path(output).suffix.lower() not in (".csv", ".json"):
-        raise click.BadParameter("must end in .csv or .json", param_hint="'--output'")
-    refuse_outputs([output, kl_chart], overwrite, inputs=paths, option="'--output' / '--kl-chart'")
-    _refuse_model_as_path(paths, manifest)
-    dataset = files_dataset(paths, recursive=recursive)
-    if model_name == "auto":
-        model_name, unreadable = model_for_images(dataset.files, manifest)
-        if model_name is None:
-            for p, why in unreadable:
-                click.echo(f"warning: skipped {printable_path(p)}: {why}", err=True)
-            raise click.ClickException(f"none of the {len(dataset.files)} files could be read as an image")
-        click.echo(f"model: {model_name} (picked by image size; use --model to choose)", err=True)
-    model = load_model(model_name, config, device, manifest, dtype)
-    options = ScoreOptions(seed=seed, samples=n_samples, batch_size=batch_size)
-
-    def show(record):  # each skipped file once (stderr), then each image as it is scored (stdout)
-        for i, why in record["skipped"]:
-            click.echo(f"warning: skipped {printable_path(dataset.files[i])}: {why}", err=True)
-        for i, value in zip(record["index"], record["bpd"], strict=False):
-            click.echo(f"{value:.4f}  {printable_path(dataset.files[i])}")
-
-    table = score_dataset(
-        model,
-        dataset,
-        options,
-        resize=None if resize == "none" else resize,
-        on_chunk=show,
-        keep_partial=True,
-        desc="scoring",
-    )
-    summary = table.summary()
-    if len(table) and output:
-        about = {
-            "model": model.provenance.to_dict(),
-            "options": dict(options.record(), resize=resize),
-            "summary": summary,
-            "skipped": [{"path": printable_path(dataset.files[i]), "reason": why} for i, why in table.skipped],
-        }
-        write_scores(output, table.rows(dataset), about, overwrite=overwrite)
-    click.echo(
-        f"images: {len(table)} scored, {len(table.skipped)} skipped" + (" (interrupted)" if table.interrupted else "")
-    )
-    for name in ("bpd", "bpd_iw"):
-        if f"mean_{name}" in summary:
-            what = name if name == "bpd" else f"{name} ({n_samples} samples)"
-            err = summary[f"stderr_{name}"]
-            click.echo(
-                f"mean {what}: {summary[f'mean_{name}']:.4f} "
-                + (f"± {err:.4f} (standard error)" if err is not None else "(one image: no standard error)")
-            )
-    if len(table) and kl_chart:
-        kl_chart_image(
-            table.kl_sum_nats / len(table),
-            model.layer_resolutions,
-            kl_chart,
-            overwrite=overwrite,
-            title=f"bits per layer, mean of {len(table)} images ({model_name})",
-        )
-        click.echo(f"wrote {kl_chart}")
-    click.echo(f"model: {model_name}")
-    if table.interrupted:
-        sys.exit(interrupted_status())
-    if not len(table):
-        raise click.ClickException("no image could be scored")
-    if strict and table.skipped:
-        raise click.ClickException(f"{len(table.skipped)} file(s) skipped and --strict was given")
-
-
-def _refuse_model_as_path(paths, manifest) -> None:
-    """`vdvae-zoo bpd cifar10 imgs/` (MODEL first, as the other commands take it): say how bpd names its model."""
-    from ..data.files import CONFIG_NAME
-    from ..weights.manifest import load_manifest
-
-    first = Path(paths[0])
-    is_name = not first.exists() and paths[0] in load_manifest(manifest)
-    is_folder = len(paths) > 1 and (first / CONFIG_NAME).is_file()
-    if is_name or is_folder:
-        raise click.UsageError(
-            f"{paths[0]} is a model, not images: bpd takes the model as an option. Did you mean "
-            f"`vdvae-zoo bpd --model {paths[0]} {' '.join(paths[1:]) or 'IMAGES...'}`?"
-        )
-
-
-# -------------------------------------------------------------------------------------------------- sample
 @main.command(epilog=MODEL_HELP)
 @click.argument("model_name", metavar="MODEL")
 @click.option("-n", "--num", default=16, show_default=True, type=Count(1, MAX_IMAGES), help="Number of images.")
