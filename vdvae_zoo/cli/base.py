@@ -245,6 +245,8 @@ def main(ctx: click.Context):
     import threading
     import warnings
 
+    _interrupted_by["signal"] = signal.SIGINT  # each invocation starts afresh (a process may run several)
+
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     ctx.call_on_close(lambda: setattr(warnings, "showwarning", previous))
