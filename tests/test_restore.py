@@ -163,3 +163,99 @@ def test_bad_input_is_one_sentence(folder, args, message):
 
 def test_the_api_is_exported():
     assert vdvae_zoo.restore is restore and vdvae_zoo.Inpainting is Inpainting
+
+
+# ------------------------------------------------------------------ PnP-HVAE's own settings (#38 section 1)
+def test_decoder_std_replaces_the_decoders_variance(model):
+    """A constant decoder_std is the x-step's variance everywhere; None keeps the decoder's, clamped."""
+    from vdvae_zoo.restore import VARIANCE_RANGE, _latent_step
+
+    x = torch.tensor(random_images(1, size=16, seed=9).numpy()).float() / 255
+    temperatures = [0.8] * model.num_layers
+    mu, var = _latent_step(model, x, 1.0, temperatures, 3 / 255, None)
+    assert torch.all(var == (3 / 255) ** 2)
+    mu_own, var_own = _latent_step(model, x, 1.0, temperatures, None, None)
+    assert torch.equal(mu, mu_own) and not torch.equal(var_own, var)
+    assert var_own.min() >= VARIANCE_RANGE[0] and var_own.max() <= VARIANCE_RANGE[1]
+    # in the closed-form denoising step the constant weighs the decoder's mean against the observation
+    noisy = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(3))
+    step = _data_step(Denoising(25 / 255), noisy, mu, var, 1.0, start=noisy)
+    s2, d2 = (25 / 255) ** 2, (3 / 255) ** 2
+    assert torch.allclose(step, (noisy / s2 + mu / d2) / (1 / s2 + 1 / d2), atol=1e-5)
+
+
+def test_a_linear_temperature_schedule_runs_top_to_bottom(model):
+    from vdvae_zoo.nn.inputs import LinearTemperature
+
+    schedule = LinearTemperature(0.3, 0.8)
+    values = model.layer_temperatures(schedule)
+    assert len(values) == model.num_layers and values[0] == 0.3 and values[-1] == pytest.approx(0.8)
+    assert all(a < b for a, b in zip(values, values[1:], strict=False))
+    noisy = random_images(1, size=16, seed=10).numpy()
+    op = Denoising(20 / 255)
+    linear = restore(model, noisy, op, steps=2, temperature=schedule, decoder_std=None)
+    listed = restore(model, noisy, op, steps=2, temperature=values, decoder_std=None)
+    constant = restore(model, noisy, op, steps=2, temperature=0.3, decoder_std=None)
+    assert np.array_equal(linear.images, listed.images)  # the schedule is exactly its list
+    assert not np.array_equal(linear.images, constant.images)  # and each layer's temperature is used
+    assert linear.options["temperature"] == "0.3..0.8"
+    with pytest.raises(ValueError, match="at every layer"):
+        restore(model, noisy, op, temperature=LinearTemperature(0.5, 1.5))
+
+
+def test_only_a_noiseless_inpainting_is_projected(model):
+    """sigma = 0 keeps the observed pixels exactly; with sigma > 0 the noisy observation is not pasted back."""
+    images = random_images(1, size=16, seed=11).numpy()
+    mask = _mask(seed=12)
+    m = mask.numpy().astype(bool)
+    observed = (Inpainting(mask).forward(torch.tensor(images).float() / 255) * 255).round().byte().numpy()
+    exact = restore(model, observed, Inpainting(mask), steps=3)
+    assert np.array_equal(exact.images[:, m], images[:, m])
+    noisy = restore(model, observed, Inpainting(mask, sigma=2 / 255), steps=3, decoder_std=20 / 255)
+    assert not np.array_equal(noisy.images[:, m], images[:, m])  # the x-step weighs the observation, no paste
+    assert np.abs(noisy.images[:, m].astype(int) - images[:, m]).max() <= 2  # at 100:1 here
+    with pytest.raises(ValueError, match="needs a project method"):
+        restore(model, observed, Denoising(0.0))
+
+
+def test_samples_draw_x_too_so_the_spread_includes_the_pixels(model):
+    """With samples > 1 the x-step draws from p(x | z, y). At a temperature so low that z has almost no spread, the
+    samples' spread is the Gaussian's own standard deviation 1 / sqrt(1/s^2 + 1/d^2) (the z-only draw gave ~0)."""
+    images = random_images(1, size=16, seed=13).numpy()
+    s, d = 20 / 255, 10 / 255
+    result = restore(model, images, Denoising(s), steps=2, samples=24, decoder_std=d, seed=1, temperature=0.01)
+    own = (1 / s**2 + 1 / d**2) ** -0.5
+    assert result.std.mean() == pytest.approx(own, rel=0.25)
+    # a noiseless inpainting draws only the missing pixels: the observed ones have no spread
+    mask = _mask(seed=14)
+    m = mask.numpy().astype(bool)
+    drawn = restore(model, images, Inpainting(mask), steps=2, samples=8, decoder_std=d, seed=1)
+    assert drawn.std[0][m].max() == 0 and drawn.std[0][~m].mean() > 0.5 * d
+
+
+def test_the_command_line_takes_pnp_hvaes_settings(folder):
+    """-t TOP..BOTTOM, --decoder-std on the 0..255 scale and --noise give what the API gives with the same values."""
+    from vdvae_zoo.nn.inputs import LinearTemperature
+
+    runner = CliRunner()
+    m, out = str(folder / "m"), folder / "settings.png"
+    args = ["restore", m, str(folder / "face.png"), "-o", str(out), "--mask", str(folder / "mask.png"), "--steps", "2"]
+    result = runner.invoke(main, [*args, "-t", "0.3..0.8", "--decoder-std", "3", "--noise", "4"])
+    assert result.exit_code == 0, result.output
+    assert "T=0.3..0.8, decoder_std 3/255, observation noise 4/255" in result.output
+    mask = torch.tensor((np.asarray(Image.open(folder / "mask.png")) > 0).astype(np.float32))
+    image = np.asarray(Image.open(folder / "face.png"))[None]
+    expected = restore(
+        vdvae_zoo.load(m),
+        image,
+        Inpainting(mask, sigma=4 / 255),
+        steps=2,
+        temperature=LinearTemperature(0.3, 0.8),
+        decoder_std=3 / 255,
+    )
+    assert np.array_equal(np.asarray(Image.open(out)), expected.images[0])
+    result = runner.invoke(main, [*args, "--decoder-std", "decoder", "--overwrite"])
+    assert result.exit_code == 0 and "decoder_std the decoder's" in result.output and "kept exactly" in result.output
+    for bad, message in ((["--decoder-std", "0"], "--decoder-std"), (["--noise", "3", "--denoise", "9"], "--noise is")):
+        result = runner.invoke(main, [*args, "--overwrite", *bad])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from ..nn.inputs import LinearTemperature
+
 __all__ = [
     "Real",
     "Count",
@@ -70,20 +72,25 @@ class Real(click.FloatRange):
 
 
 class RealOrAuto(click.ParamType):
-    """A finite number (as `Real`) or the word auto."""
+    """A finite number (as `Real`) or one of `words` (default: auto)."""
 
-    name = "NUMBER|auto"
-
-    def __init__(self, low: float | None = None, high: float | None = FLOAT32_MAX) -> None:
-        self.real = Real(low, high)
+    def __init__(
+        self,
+        low: float | None = None,
+        high: float | None = FLOAT32_MAX,
+        words: tuple[str, ...] = ("auto",),
+        low_open: bool = False,
+    ) -> None:
+        self.real, self.words = Real(low, high, low_open=low_open), words
+        self.name = "NUMBER|" + "|".join(words)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value is None or value == "auto":
+        if value is None or value in self.words:
             return value
         try:
             float(value)
         except (TypeError, ValueError):
-            self.fail(f"{value!r} is neither a number nor auto", param, ctx)
+            self.fail(f"{value!r} is neither a number nor {' nor '.join(self.words)}", param, ctx)
         return self.real.convert(value, param, ctx)
 
 
@@ -97,30 +104,37 @@ class Count(click.IntRange):
 
 
 class TemperatureSchedule(click.ParamType):
-    """-t: one temperature (0.8), one per layer (1.0,0.9,...), or resolution:temperature pairs (1:1.0,4:0.9),
-    each a finite number from 0 to MAX_TEMPERATURE. Converts to a float, a list, or a {resolution: t} dict."""
+    """-t: one temperature (0.8), one per layer (1.0,0.9,...), resolution:temperature pairs (1:1.0,4:0.9), or a
+    linear schedule from the first layer to the last (0.3..0.8), each a finite number from 0 to MAX_TEMPERATURE.
+    Converts to a float, a list, a {resolution: t} dict, or a LinearTemperature."""
 
     name = "temperature"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, (int, float, list, dict)) and not isinstance(value, bool):
+        if isinstance(value, (int, float, list, dict, LinearTemperature)) and not isinstance(value, bool):
             return value
         text = str(value)
         try:
-            if ":" in text:
+            if ".." in text:
+                values = [float(v) for v in text.split("..")]
+                if len(values) != 2:
+                    raise ValueError(text)
+            elif ":" in text:
                 schedule = {int(k): float(v) for k, v in (item.split(":") for item in text.split(","))}
                 values = list(schedule.values())
             else:
                 values = [float(v) for v in text.split(",")]
         except (ValueError, OverflowError):
             self.fail(
-                f"{text!r} is not a number, a comma-separated list of numbers (one per layer) or a list of "
-                "resolution:temperature pairs",
+                f"{text!r} is not a number, a comma-separated list of numbers (one per layer), a list of "
+                "resolution:temperature pairs or a linear schedule TOP..BOTTOM (0.3..0.8)",
                 param,
                 ctx,
             )
         if not all(0.0 <= v <= MAX_TEMPERATURE for v in values):  # NaN fails this too
             self.fail(f"{text!r}: temperatures must be finite numbers from 0 to {MAX_TEMPERATURE:g}", param, ctx)
+        if ".." in text:
+            return LinearTemperature(values[0], values[1])
         if ":" in text:
             return schedule
         return values[0] if len(values) == 1 else values

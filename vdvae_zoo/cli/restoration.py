@@ -10,7 +10,7 @@ import numpy as np
 from ..data.images import ImageReadError, make_grid, read_image, save_png
 from ..restore import METHODS, operator_for, restore
 from .base import MODEL_HELP, load_model, main, model_options, overwrite_option, refuse_outputs, user_errors
-from .params import SEED, Count, Readable, Real
+from .params import SEED, TEMPERATURE, Count, Readable, Real, RealOrAuto
 
 
 def _read(path: str, channels: int, what: str) -> np.ndarray:
@@ -71,10 +71,25 @@ def _mask(path: str, size: int) -> np.ndarray:
 @click.option(
     "-t",
     "--temperature",
-    default=0.8,
+    default=None,
+    type=TEMPERATURE,
+    help="The prior's temperature per layer (PnP-HVAE: its weight is 1/T^2 - coupling): a number, a linear "
+    "schedule TOP..BOTTOM, or any form sample's -t takes. Default: the task's (docs/restore.md).",
+)
+@click.option(
+    "--decoder-std",
+    default="auto",
     show_default=True,
-    type=Real(0.0, 100.0, low_open=True),
-    help="The prior's temperature (PnP-HVAE: its weight is 1/T^2 - coupling).",
+    type=RealOrAuto(0.0, 255.0, words=("auto", "decoder"), low_open=True),
+    help="The x-step's standard deviation of the decoder, on the 0..255 scale (PnP-HVAE: 3 or 5); decoder: the "
+    "decoder's own variance; auto: the task's default.",
+)
+@click.option(
+    "--noise",
+    default=None,
+    type=Real(0.0, 1_000.0),
+    help="With --mask or --upscale: the observation's Gaussian noise, on the 0..255 scale (default: 0 for --mask, "
+    "which then keeps every observed pixel exactly; 1 for --upscale).",
 )
 @click.option(
     "--coupling",
@@ -107,6 +122,8 @@ def restore_command(
     method,
     steps,
     temperature,
+    decoder_std,
+    noise,
     coupling,
     keep,
     samples,
@@ -123,6 +140,8 @@ def restore_command(
 
     Example: vdvae-zoo restore ffhq256 small.png --upscale 4 -o large.png --samples 8
     """
+    if noise is not None and denoise:
+        raise click.UsageError("--noise is for --mask and --upscale; --denoise gives the noise of its image")
     given = [name for name, value in (("--mask", mask), ("--upscale", upscale), ("--denoise", denoise)) if value]
     if len(given) != 1:
         raise click.UsageError(
@@ -155,11 +174,11 @@ def restore_command(
             param_hint="'IMAGE'",
         )
     operator = (
-        operator_for("mask", _mask(mask, size), size)
+        operator_for("mask", _mask(mask, size), noise)
         if mask
-        else operator_for("upscale", upscale, size)
+        else operator_for("upscale", upscale, noise)
         if upscale
-        else operator_for("denoise", denoise, size)
+        else operator_for("denoise", denoise)
     )
     result = restore(
         model,
@@ -167,6 +186,7 @@ def restore_command(
         operator,
         steps=steps,
         temperature=temperature,
+        decoder_std=decoder_std if decoder_std == "auto" else None if decoder_std == "decoder" else decoder_std / 255,
         coupling=coupling,
         seed=seed,
         samples=samples,
@@ -174,7 +194,14 @@ def restore_command(
         keep=keep,
     )
     save_png(result.images[0], output, overwrite=overwrite)
-    click.echo(f"wrote {output} ({method}, {result.seconds_per_image:.1f} s)")
+    used = result.options
+    std_text = "the decoder's" if used["decoder_std"] is None else f"{used['decoder_std'] * 255:g}/255"
+    click.echo(
+        f"wrote {output} ({method}, T={used['temperature']}, decoder_std {std_text}, observation noise "
+        f"{used['sigma'] * 255:g}/255"
+        + (": observed pixels kept exactly" if mask and used["sigma"] == 0 else "")
+        + f"; {result.seconds_per_image:.1f} s)"
+    )
     if samples > 1:
         std = result.std[0]
         top = float(std.max())

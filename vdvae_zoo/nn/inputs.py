@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,10 +24,34 @@ __all__ = [
     "check_keep",
     "check_latents",
     "layer_temperatures",
+    "LinearTemperature",
+    "temperature_record",
 ]
 
 ImageBatch = torch.Tensor | np.ndarray
-Temperature = float | Sequence[float] | Mapping[int, float]
+
+
+@dataclass(frozen=True)
+class LinearTemperature:
+    """PnP-HVAE's linear schedule: layer l of L takes top + (bottom - top) * l / (L - 1), from `top` (the first
+    decoder layer) to `bottom` (the last). Written "TOP..BOTTOM" on the command line (-t 0.3..0.8)."""
+
+    top: float
+    bottom: float
+
+    def per_layer(self, layers: int) -> list[float]:
+        return [self.top + (self.bottom - self.top) * i / max(layers - 1, 1) for i in range(layers)]
+
+    def __str__(self) -> str:
+        return f"{self.top:g}..{self.bottom:g}"
+
+
+Temperature = float | Sequence[float] | Mapping[int, float] | LinearTemperature
+
+
+def temperature_record(temperature: Temperature) -> Any:
+    """A temperature as JSON holds it: a linear schedule as its command-line text "TOP..BOTTOM"."""
+    return str(temperature) if isinstance(temperature, LinearTemperature) else temperature
 
 
 def _as_pixels(images: Any, channels: int, name: str) -> Any:
@@ -159,12 +184,15 @@ def check_latents(
 def layer_temperatures(temperature: Temperature, layer_resolutions: Sequence[int]) -> list[float]:
     """Expand a temperature to one float per decoder layer.
 
-    `temperature` is a number (every layer), a sequence of L numbers (one per layer, top to bottom), or a
-    mapping {resolution: t} read as a schedule: a layer at resolution r takes the value of the largest key
-    <= r (layers below every key use 1.0). 0 means the prior mean; negative values are refused.
+    `temperature` is a number (every layer), a sequence of L numbers (one per layer, top to bottom), a
+    LinearTemperature(top, bottom), or a mapping {resolution: t} read as a schedule: a layer at resolution r takes
+    the value of the largest key <= r (layers below every key use 1.0). 0 means the prior mean; negative values
+    are refused.
     """
     L = len(layer_resolutions)
-    if isinstance(temperature, Mapping):
+    if isinstance(temperature, LinearTemperature):
+        values = temperature.per_layer(L)
+    elif isinstance(temperature, Mapping):
         try:
             schedule = sorted((int(k), float(v)) for k, v in temperature.items())
         except (TypeError, ValueError):

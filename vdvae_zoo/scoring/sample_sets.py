@@ -20,6 +20,7 @@ from .._version import __version__
 from ..compute.batching import check_batch_size, image_seed
 from ..data.files import atomic_write, open_user_file, read_small_text
 from ..data.images import ImageReadError, image_size, save_png
+from ..nn.inputs import temperature_record
 
 __all__ = ["write_sample_set", "SampleSetReport", "META_NAME", "SampleSetError"]
 
@@ -118,7 +119,7 @@ def write_sample_set(
     size = model.config.image_size
     meta = {
         "model": model.provenance.to_dict(),
-        "temperature": temperature,
+        "temperature": temperature_record(temperature),
         "seed": seed,
         "num": num,
         "image_size": size,
