@@ -5,8 +5,11 @@ each peak is its own: max RSS on the CPU, `max_memory_allocated` on CUDA.
     python benchmarks/train_memory.py --preset imagenet64 --batches 1,2,4 --json out.json
     python benchmarks/train_memory.py --preset ffhq256 --batches 1 --checkpoint both
 
-A step is what `Trainer.train_step` does, on random uint8 images with the preset's random weights (memory does not
-depend on the pixels): two steps, the second timed.
+A step is the trainer's own (`Trainer.train_step`: micro-batches, clipping, AdamW, EMA), on a folder of random
+images with the preset's random weights (memory does not depend on the pixels): two steps, the second timed.
+
+    python benchmarks/train_memory.py --preset imagenet64 --batches 2 --grad-accumulation 4 --checkpoint on
+    python benchmarks/train_memory.py --preset cifar10 --batches 2,8 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -25,58 +28,67 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 GiB = 2**30
 
 
-def one(preset: str, batch: int, checkpoint: bool, device: str, dtype: str) -> dict:
+def one(preset: str, batch: int, checkpoint: bool, device: str, dtype: str, accumulation: int = 1) -> dict:
+    """One measurement: two steps of the real trainer (`Trainer.train_step`) in this process."""
+    import tempfile
+
+    import numpy as np
     import torch
+    from PIL import Image
 
-    import vdvae_zoo
-    from vdvae_zoo.compute.memory import training_memory
     from vdvae_zoo.config import resolve_config
+    from vdvae_zoo.training.options import TrainOptions
+    from vdvae_zoo.training.trainer import Trainer
 
-    dev = torch.device(device)
     config = resolve_config(preset)
-    torch.manual_seed(0)
-    model = vdvae_zoo.VDVAE(config).to(dev).train().set_grad_checkpointing(checkpoint)
-    ema = vdvae_zoo.VDVAE(config).to(dev).eval().requires_grad_(False)
-    parameters = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.9))
-    images = torch.randint(
-        0, 256, (batch, config.image_size, config.image_size, config.image_channels), dtype=torch.uint8
-    )
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-    times = []
-    for _ in range(2):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = model(images)["neg_elbo"].mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 200.0)
-        optimizer.step()
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), model.parameters(), strict=False):
-                pe.mul_(0.999).add_(p.detach(), alpha=0.001)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(dev)
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    plan = training_memory(config, parameters, batch, grad_checkpoint=checkpoint, dtype=dtype, device_type=dev.type)
+    size, channels = config.image_size, config.image_channels
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        (Path(tmp) / "data").mkdir()
+        for i in range(max(4, 2 * batch * accumulation)):
+            pixels = rng.integers(0, 256, (size, size, channels), dtype=np.uint8)
+            Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels).save(Path(tmp) / "data" / f"{i}.png")
+        options = TrainOptions(
+            data=str(Path(tmp) / "data"),
+            out=str(Path(tmp) / "run"),
+            config=preset,
+            steps=2,
+            batch_size=batch,
+            grad_accumulation=accumulation,
+            grad_checkpoint=checkpoint,
+            ignore_memory_plan=True,
+            device=device,
+            dtype=dtype,
+            val_fraction=0.0,
+            skip_threshold=0.0,
+        )
+        trainer = Trainer(options)
+        plan = trainer.memory.plan()
+        times, record = [], {}
+        for _ in range(2):
+            t0 = time.perf_counter()
+            record = trainer.train_step()
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        if trainer.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(trainer.device)
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        parameters = trainer.memory.parameters
     return {
         "preset": preset,
         "batch": batch,
+        "grad_accumulation": accumulation,
         "grad_checkpoint": checkpoint,
-        "device": dev.type,
+        "device": trainer.device.type,
         "dtype": dtype,
         "parameters": parameters,
         "peak_gib": peak / GiB,
         "estimate_gib": plan.total / GiB,
         "estimate_over_measured": plan.total / peak,
         "step_s": times[-1],
-        "loss_bpd": loss.item() / 0.6931471805599453,
+        "loss_bpd": record["loss_bpd"],
     }
 
 
@@ -87,12 +99,17 @@ def main() -> int:
     parser.add_argument("--checkpoint", choices=("off", "on", "both"), default="both")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per update")
     parser.add_argument("--json", default=None, help="append the rows to this JSON list")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     checkpoints = {"off": [False], "on": [True], "both": [False, True]}[args.checkpoint]
     if args.one:  # the child: one measurement
-        print(json.dumps(one(args.preset, int(args.batches), checkpoints[0], args.device, args.dtype)))
+        print(
+            json.dumps(
+                one(args.preset, int(args.batches), checkpoints[0], args.device, args.dtype, args.grad_accumulation)
+            )
+        )
         return 0
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -111,6 +128,8 @@ def main() -> int:
                 args.device,
                 "--dtype",
                 args.dtype,
+                "--grad-accumulation",
+                str(args.grad_accumulation),
             ]
             done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
             if done.returncode != 0:
