@@ -259,3 +259,22 @@ def test_the_command_line_takes_pnp_hvaes_settings(folder):
     for bad, message in ((["--decoder-std", "0"], "--decoder-std"), (["--noise", "3", "--denoise", "9"], "--noise is")):
         result = runner.invoke(main, [*args, "--overwrite", *bad])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_the_defaults_are_the_measured_best_settings():
+    """Each operator's defaults are the setting that won on the tuning images (benchmarks/results_restore_cpu.json;
+    super-resolution's one default serves x2 and x4: x2's best)."""
+    import json
+    from pathlib import Path
+
+    chosen = json.loads((Path(__file__).parents[1] / "benchmarks" / "results_restore_cpu.json").read_text())["chosen"]
+
+    def words(defaults, sigma=None):
+        std = defaults["decoder_std"]
+        text = f"T={defaults['temperature']}, decoder_std=" + ("decoder's" if std is None else f"{std * 255:g}/255")
+        return text + ("" if sigma is None else f", sigma={sigma * 255:g}/255")
+
+    mask = torch.ones(4, 4)
+    assert chosen["inpainting"] == words(Inpainting.defaults, Inpainting(mask).sigma)
+    assert chosen["x2"] == words(Downsampling.defaults)
+    assert chosen["denoising"] == words(Denoising.defaults)

@@ -67,8 +67,10 @@ __all__ = [
 METHODS = ("pnp-hvae", "encode-decode")
 #: With decoder_std=None, the decoder's own variance per sub-pixel is clamped to this range ([0, 1] units).
 VARIANCE_RANGE = (0.004, 0.5)
-#: The defaults of an operator without its own `defaults` (PnP-HVAE's single-temperature setting).
-GENERIC_DEFAULTS: dict[str, Any] = {"temperature": 0.8, "decoder_std": None}
+#: The defaults of an operator without its own `defaults`. Each operator's `defaults` are the settings that
+#: restored best on the tuning images of benchmarks/restore_bench.py (docs/restore.md, "Measured"); PnP-HVAE's own
+#: configs (a constant decoder_std of 3/255 or 5/255, schedules 0.3..0.8 and 0.8..0.5) were tried and lost there.
+GENERIC_DEFAULTS: dict[str, Any] = {"temperature": 1.0, "decoder_std": None}
 
 
 class Operator(Protocol):
@@ -88,7 +90,7 @@ class Inpainting:
 
     mask: torch.Tensor
     sigma: float = 0.0
-    defaults: ClassVar[dict[str, Any]] = {"temperature": LinearTemperature(0.3, 0.8), "decoder_std": 3 / 255}
+    defaults: ClassVar[dict[str, Any]] = {"temperature": LinearTemperature(0.8, 0.5), "decoder_std": None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.mask[None, :, :, None]
@@ -116,7 +118,7 @@ class Downsampling:
 
     factor: int
     sigma: float = 1.0 / 255
-    defaults: ClassVar[dict[str, Any]] = {"temperature": LinearTemperature(0.8, 0.5), "decoder_std": 5 / 255}
+    defaults: ClassVar[dict[str, Any]] = {"temperature": 1.0, "decoder_std": None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(x.permute(0, 3, 1, 2), self.factor).permute(0, 2, 3, 1)
@@ -137,7 +139,7 @@ class Denoising:
     25 / 255)."""
 
     sigma: float
-    defaults: ClassVar[dict[str, Any]] = {"temperature": LinearTemperature(0.99, 0.8), "decoder_std": 5 / 255}
+    defaults: ClassVar[dict[str, Any]] = {"temperature": 1.0, "decoder_std": None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
