@@ -410,3 +410,34 @@ def test_the_importance_weighted_bound_without_seeds_does_not_depend_on_the_pass
     torch.manual_seed(12)  # another seed, other draws: the test can tell draws apart
     other = _fresh(tiny_model).likelihood(images, n_samples=4)
     assert not torch.allclose(other.bpd_iw, results[0].bpd_iw, rtol=1e-4, atol=1e-4)
+
+
+def test_accumulation_and_bfloat16_in_the_plan_and_its_advice():
+    """#36/#38: the plan counts the whole gradient buffer when micro-batches accumulate, and bfloat16 with
+    checkpointing on the CPU as more than float32 (measured: benchmarks/README.md); the advice never names
+    --dtype bfloat16 where the plan says it needs more memory."""
+    from vdvae_zoo.compute.memory import ACCUMULATION_BYTES_PER_PARAMETER, fitting_advice
+    from vdvae_zoo.config import resolve_config
+
+    config, parameters = resolve_config("cifar10"), 39_145_700
+    single = training_memory(config, parameters, 2, grad_checkpoint=True)
+    accumulating = training_memory(config, parameters, 2, grad_checkpoint=True, accumulating=True)
+    assert accumulating.total - single.total == ACCUMULATION_BYTES_PER_PARAMETER * parameters
+    fp32_ck = training_memory(config, parameters, 8, grad_checkpoint=True)
+    bf16_ck = training_memory(config, parameters, 8, grad_checkpoint=True, dtype="bfloat16")
+    bf16 = training_memory(config, parameters, 8, dtype="bfloat16")
+    fp32 = training_memory(config, parameters, 8)
+    assert bf16_ck.total > fp32_ck.total and bf16.total < fp32.total
+    for checkpoint, advised in ((True, False), (False, True)):
+
+        def plan_for(batch_size=None, grad_checkpoint=None, dtype=None, checkpoint=checkpoint):
+            return training_memory(
+                config,
+                parameters,
+                8 if batch_size is None else batch_size,
+                grad_checkpoint=checkpoint if grad_checkpoint is None else grad_checkpoint,
+                dtype=dtype or "float32",
+            )
+
+        advice = fitting_advice(plan_for, 1.5 * 2**30, 8, 8, checkpoint, "float32")
+        assert ("--dtype bfloat16" in advice) is advised, advice

@@ -40,10 +40,17 @@ __all__ = [
 SAVED_FLOATS = {False: (4.18, 14.12, 6.42, 49.3, 4.0), True: (1.17, 1.29, 0.0, 49.3, 29.7)}
 #: Weights, AdamW's moments, EMA (4 bytes each), and the gradients alive at the activations' peak (measured).
 STATE_BYTES_PER_PARAMETER = 17
+#: With gradient accumulation every gradient exists from the first micro-batch on: the whole buffer (4 bytes per
+#: parameter) is alive at the later micro-batches' peaks (measured: benchmarks/README.md, "Training memory").
+ACCUMULATION_BYTES_PER_PARAMETER = 4
 #: Resident memory of a Python process with torch loaded, before any model (CPU only).
 PROCESS_BYTES = 0.45 * 2**30
-#: bfloat16 autocast saves the convolutions' inputs in half the bytes; the residual stream stays float32.
-BF16_ACTIVATION_FACTOR = 0.6
+#: bfloat16 autocast's activations per image against float32's, without and with gradient checkpointing. Without,
+#: the convolutions' inputs are saved in half the bytes (the residual stream stays float32): 0.57 measured. With
+#: checkpointing on the CPU, bf16 keeps 2.1x float32's (measured on cifar10 at batch 2 and 8 and imagenet64 at batch
+#: 2: the recomputed blocks hold float32 and bfloat16 copies of their inputs), so bf16 then costs memory instead of
+#: saving it. Not measured on a GPU: there the factor without checkpointing is used for both.
+BF16_ACTIVATION_FACTOR = {("cpu", False): 0.57, ("cpu", True): 2.1, ("cuda", False): 0.57, ("cuda", True): 0.57}
 
 
 def gib(n: float) -> str:
@@ -106,14 +113,16 @@ def training_memory(
     grad_checkpoint: bool = False,
     dtype: str = "float32",
     device_type: str = "cpu",
+    accumulating: bool = False,
 ) -> TrainingMemory:
     """The estimated peak of one training step of `batch_size` images (per process and micro-batch) of a model
-    with `parameters` parameters."""
+    with `parameters` parameters; `accumulating`: more than one micro-batch per update (--grad-accumulation)."""
     per_image = 4 * _activation_floats(config, grad_checkpoint)
     if dtype == "bfloat16":
-        per_image *= BF16_ACTIVATION_FACTOR
+        per_image *= BF16_ACTIVATION_FACTOR["cpu" if device_type == "cpu" else "cuda", grad_checkpoint]
+    state_bytes = STATE_BYTES_PER_PARAMETER + (ACCUMULATION_BYTES_PER_PARAMETER if accumulating else 0)
     return TrainingMemory(
-        STATE_BYTES_PER_PARAMETER * parameters, per_image, PROCESS_BYTES if device_type == "cpu" else 0.0, batch_size
+        state_bytes * parameters, per_image, PROCESS_BYTES if device_type == "cpu" else 0.0, batch_size
     )
 
 
@@ -132,7 +141,9 @@ def fitting_advice(
     dtype: str,
 ) -> str:
     """The options that make a training step fit in `available` bytes, with the numbers the plan gives:
-    `plan_for(batch_size=None, grad_checkpoint=None)` is the run's plan with either changed."""
+    `plan_for(batch_size=None, grad_checkpoint=None, dtype=None)` is the run's plan with any of them changed.
+    bfloat16 is advised only where the plan says it needs less memory than the run's dtype (with checkpointing
+    on the CPU it needs more)."""
     tips = []
     if not grad_checkpoint:
         fits = largest_batch(plan_for(grad_checkpoint=True), available) if available else 0
@@ -149,7 +160,7 @@ def fitting_advice(
         )
     else:
         tips.append("lower --batch-size and raise --grad-accumulation to keep the images per update")
-    if dtype == "float32":
+    if dtype == "float32" and plan_for(dtype="bfloat16").total < plan_for().total:
         tips.append("--dtype bfloat16")
     return "; or ".join(tips)
 

@@ -32,15 +32,19 @@ class RunMemory:
     dtype: str
     device: torch.device
 
-    def plan(self, batch_size: int | None = None, grad_checkpoint: bool | None = None) -> TrainingMemory:
-        """memory.training_memory for this run (or for another micro-batch size / checkpointing)."""
+    def plan(
+        self, batch_size: int | None = None, grad_checkpoint: bool | None = None, dtype: str | None = None
+    ) -> TrainingMemory:
+        """memory.training_memory for this run (or for another micro-batch size / checkpointing / dtype)."""
+        batch_size = self.batch_size if batch_size is None else batch_size
         return training_memory(
             self.config,
             self.parameters,
-            self.batch_size if batch_size is None else batch_size,
+            batch_size,
             grad_checkpoint=self.grad_checkpoint if grad_checkpoint is None else grad_checkpoint,
-            dtype=self.dtype,
+            dtype=self.dtype if dtype is None else dtype,
             device_type=self.device.type,
+            accumulating=self.images_per_update > batch_size,
         )
 
     def advice(self, available: float | None = None) -> str:
