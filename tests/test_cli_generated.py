@@ -44,6 +44,8 @@ BASELINE = {
     "eval": ["--limit", "2"],
     "ood": ["--limit", "2"],
     "interpolate": ["--steps", "2"],
+    # a file that is not Inception's weights: every run that gets that far stops there, before any download
+    "fid": ["--num", "2", "--inception-weights", "{not_inception}"],
 }
 EXTENSION = {"compress": ".vdz", "bpd": ".csv", "encode": ".npy", "ood": ".json", "eval": ".json"}
 CASE_BOUND_S = 60
@@ -227,7 +229,9 @@ def places(tmp_path_factory):
         )
     except ImportError:
         archive.write_bytes(b"VDZ\x01 not an archive")
+    (root / "not-inception.pth").write_text("not weights")
     return {
+        "not_inception": str(root / "not-inception.pth"),
         "model": str(root / "model"),
         "weights": str(root / "model" / "model.safetensors"),
         "images": str(images),

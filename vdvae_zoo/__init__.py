@@ -21,6 +21,7 @@ from .nn.runtime import keep_freed_memory
 from .restore import Denoising, Downsampling, Inpainting, RestoreResult, restore
 from .scoring.engine import ScoreOptions, score_dataset
 from .scoring.evaluate import EvalReport, evaluate
+from .scoring.fid import fid
 from .scoring.ood import detection_metrics, evaluate_ood, ood_scores
 from .scoring.sample_sets import write_sample_set
 from .training.trainer import Trainer, TrainOptions, finetune
@@ -48,6 +49,7 @@ __all__ = [
     "evaluate_ood",
     "detection_metrics",
     "write_sample_set",
+    "fid",
     "ScoreOptions",
     "score_dataset",
     "EncoderMismatchError",

@@ -242,7 +242,8 @@ def read_user_bytes(path: PathLike, *, what: str = "file", kind: str = "text") -
     the file grows while it is read)."""
     limit = READ_LIMITS[kind]
     with open_user_file(path, what=what, kind=kind) as f:
-        data = f.read(limit + 1)
+        # never ask for more than the file holds: read(n) may reserve n bytes first (64 GiB for weights)
+        data = f.read(min(limit, os.fstat(f.fileno()).st_size) + 1)
     if len(data) > limit:
         raise ValueError(f"{what} {path} grew past {limit:,} bytes while it was read")
     return data

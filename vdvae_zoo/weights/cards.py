@@ -58,13 +58,14 @@ def measured_result(
     metric_name: str = "bits per dim (negative ELBO)",
     args: Mapping[str, Any] | None = None,
     command: str = "",
+    task: str = "density-estimation",
 ) -> dict[str, Any]:
     """One model-index result that vdvae-zoo measured: the dataset and split, the value, the options that
     determine it (`args`: seed, samples, limit, ...), and as its source the command and the vdvae-zoo version."""
     from .._version import __version__
 
     return {
-        "task": {"type": "density-estimation"},
+        "task": {"type": task},
         "dataset": {"name": dataset, "type": dataset, "split": split},
         "metrics": [
             {"type": metric, "name": f"{metric_name} (measured)", "value": float(value), "args": dict(args or {})}
