@@ -20,6 +20,7 @@ FLOORS = [
     ["model"],  # the VDVAE facade (generation.py is its GenerationMixin)
     ["factory"],  # load(): a model from a name, folder, file or Hub id
     ["training", "restore"],  # fine-tuning; restoration with the prior
+    ["demo"],  # the page (Gradio): one library call per tab
     ["__init__", "cli"],  # the public API and the command line
 ]
 WING_FLOOR = {wing: level for level, wings in enumerate(FLOORS) for wing in wings}

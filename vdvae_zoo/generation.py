@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
+from PIL import Image
 
 from .compute.batching import MicroBatch
 from .config import VDVAEConfig
@@ -259,3 +260,22 @@ class GenerationMixin:
                 paths.append(self.head.sample(params, generator, same_noise=True).cpu())
         out = torch.stack(paths)
         return out[0] if single else out
+
+
+def sample_grid(
+    model: Any,
+    num: int,
+    temperature: Temperature,
+    seed: int | None,
+    *,
+    batch_size: int | None = None,
+    exact: bool = False,
+) -> Image.Image:
+    """What `vdvae-zoo sample -n NUM -t T --seed SEED -o grid.png` writes: `num` samples drawn after
+    torch.manual_seed(seed) (no reseeding for None), tiled by data.images.make_grid at a viewable zoom."""
+    from .data.images import make_grid
+
+    model.layer_temperatures(temperature)  # checked before the work
+    if seed is not None:
+        torch.manual_seed(seed)
+    return make_grid(model.sample(num, temperature=temperature, batch_size=batch_size, exact=exact).numpy(), zoom=None)

@@ -10,6 +10,7 @@ import numpy as np
 from ..data.datasets import files_dataset
 from ..data.files import refuse_existing
 from ..data.images import find_images, load_images, make_grid, save_png
+from ..generation import sample_grid
 from ..nn.inputs import figure4_keeps
 from ..scoring.sample_sets import write_sample_set
 from .base import (
@@ -83,7 +84,6 @@ def sample(
 
     Example: vdvae-zoo sample ffhq1024 --num 50000 -t 0.9 --outdir fid/ --batch-size 8   (Ctrl-C, then --resume)
     """
-    import torch
 
     t = temperature  # parsed by TEMPERATURE
     if output and outdir:
@@ -115,11 +115,7 @@ def sample(
     output = output or "samples.png"
     refuse_existing(output, overwrite)
     model = load_model(model_name, config, device, manifest, dtype)
-    model.layer_temperatures(t)  # validate before the work
-    if seed is not None:
-        torch.manual_seed(seed)
-    images = model.sample(num, temperature=t, batch_size=batch_size, exact=exact).numpy()
-    save_png(make_grid(images, zoom=None), output, overwrite=overwrite)
+    save_png(sample_grid(model, num, t, seed, batch_size=batch_size, exact=exact), output, overwrite=overwrite)
     click.echo(f"wrote {output} ({num} samples)")
 
 
