@@ -237,7 +237,7 @@ class FidReport:
         return {**asdict(self), "torch_fidelity": _fidelity().__version__, "vdvae_zoo": __version__}
 
     def chart(self, path: str | os.PathLike, *, overwrite: bool = True) -> None:
-        """FID (and KID x 1000) against temperature, a PNG."""
+        """FID against temperature, a PNG (KID, on another scale, is in the report)."""
         from ..data.plots import line_chart
 
         temps = [r.temperature for r in self.rows]
@@ -246,9 +246,8 @@ class FidReport:
         series: dict[str, Sequence[tuple[float, float]]] = {
             "FID": [(x, r.fid) for x, r in zip(xs, self.rows, strict=True)]
         }
-        if any(r.kid_mean is not None for r in self.rows):
-            series["KID x 1000"] = [(x, (r.kid_mean or 0.0) * 1000) for x, r in zip(xs, self.rows, strict=True)]
-        line_chart(series, Path(path), x_label="temperature", overwrite=overwrite)
+        span = (min(xs), max(xs)) if max(xs) > min(xs) else None
+        line_chart(series, Path(path), x_label="temperature", x_range=span, overwrite=overwrite)
 
     def card_results(self, command: str) -> list[dict[str, Any]]:
         """One model-index result per temperature and metric, as `eval --card` writes them."""
