@@ -298,7 +298,7 @@ def restore(
     exact = sigma == 0
     if exact and not hasattr(operator, "project"):
         raise ValueError(f"{type(operator).__name__} with sigma = 0 needs a project method; give it a sigma > 0")
-    y = torch.as_tensor(np.asarray(y))
+    y = torch.as_tensor(np.array(y))  # a copy: arrays people pass may be read-only (np.asarray of a PIL image)
     y = y.float() / 255 if y.dtype == torch.uint8 else y.float()
     if y.ndim == 3:
         y = y[None]

@@ -100,12 +100,8 @@ class _Extractor:
         self.path, self.sha256, self.device = path, sha256_file(path), device
         try:
             self.net = fidelity.utils.create_feature_extractor(
-                EXTRACTOR,
-                [FEATURE],
-                cuda=device.type == "cuda",
-                feature_extractor_weights_path=str(path),
-                verbose=False,
-            )
+                EXTRACTOR, [FEATURE], cuda=False, feature_extractor_weights_path=str(path), verbose=False
+            ).to(device)  # the model's device, cuda:1 included (torch-fidelity's cuda=True means the current one)
         except RuntimeError as e:
             raise FidError(f"{path} does not hold {EXTRACTOR}'s weights ({str(e).splitlines()[0][:120]})") from None
 
