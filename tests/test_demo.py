@@ -239,3 +239,44 @@ def test_the_spaces_entry_point_builds_the_page(app, monkeypatch):
     monkeypatch.setenv("VDVAE_MODEL", app["folder"])
     space = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "app.py"), run_name="space")
     assert isinstance(space["demo"], gradio.Blocks)
+
+
+def test_the_command_serves_keeps_uploads_in_its_own_folder_and_stops_cleanly_on_ctrl_c(app, browser, tmp_path):
+    """`vdvae-zoo demo` in its own process: it serves on loopback, an upload lands in its temporary folder, and
+    Ctrl-C (SIGINT) stops it with status 0 and that folder removed."""
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # tempfile.mkdtemp puts the upload folder here
+    env.pop("GRADIO_TEMP_DIR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vdvae_zoo", "demo", app["folder"], "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+
+        def up():
+            try:
+                with urllib.request.urlopen(url, timeout=5):
+                    return True
+            except OSError:
+                return proc.poll() is not None and AssertionError(proc.stdout.read())
+
+        assert _wait(up) is True
+        folders = list(tmp_path.glob("vdvae-zoo-demo-*"))
+        assert len(folders) == 1
+        _open(browser, {"url": url}, "Score")
+        _upload(browser, "#score-files", app["root"] / "a.png")
+        assert _wait(lambda: any(p.name == "a.png" for p in folders[0].rglob("*")))  # Gradio keeps uploads there
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert not folders[0].exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -194,5 +194,6 @@ def demo_command(model_name, host, port, share, config, device, dtype, manifest)
 
     _gradio()  # a missing extra is one sentence before the model loads
     model = load_model(model_name, config, device, manifest, dtype)
-    click.echo(f"serving {model_name} on http://{host}:{port or 7860} (Ctrl-C stops it)", err=True)
+    where = f"on http://{host}:{port}" if port else f"on {host} (Gradio prints the address below)"
+    click.echo(f"serving {model_name} {where}; Ctrl-C stops it", err=True)
     launch(model, host=host, port=port, share=share)
