@@ -158,6 +158,7 @@ def test_score_gives_the_bpd_of_the_command_line(app, browser, tmp_path):
         return texts if "a.png" in texts else None
 
     cells = _wait(cells)
+    assert _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#score-charts img"))  # the image's KL chart
     browser.save_screenshot(str(tmp_path / "score.png"))
     out = tmp_path / "bpd.csv"
     args = ["bpd", "--model", app["folder"], str(app["root"] / "a.png"), "--seed", "0", "-o", str(out)]
@@ -280,3 +281,14 @@ def test_the_command_serves_keeps_uploads_in_its_own_folder_and_stops_cleanly_on
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_every_tab_shows_and_is_saved_as_a_screenshot(app, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    for tab in ("Sample", "Reconstruct", "Interpolate", "Restore", "Score"):
+        _open(browser, app, tab)
+        buttons = [b for b in browser.find_elements(By.CSS_SELECTOR, "button") if b.text.strip() == tab]
+        assert buttons and buttons[-1].is_displayed()  # the tab's own action button is on the page
+        browser.save_screenshot(str(tmp_path / f"{tab.lower()}.png"))
+        assert Image.open(tmp_path / f"{tab.lower()}.png").format == "PNG"

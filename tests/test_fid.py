@@ -152,6 +152,7 @@ def test_the_sweep_writes_rows_a_chart_and_the_card(places, tmp_path):
     assert [r["temperature"] for r in report["rows"]] == [0.5, 1.0] and report["num"] == 6
     assert report["extractor"]["weights_sha256"] and report["model"]["sha256"]
     assert Image.open(out.with_suffix(".png")).format == "PNG"
+    assert Image.open(out.with_suffix(".kid.png")).format == "PNG"
     card = (Path(places["model"]) / "README.md").read_text()
     assert "FID" in card and "KID" in card and "precision" in card
     again = runner.invoke(main, args)

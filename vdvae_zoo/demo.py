@@ -161,15 +161,17 @@ class _Page:
         values, kl = score_images(self.model, np.stack(images), range(len(images)), ScoreOptions(seed=int(seed), ks=ks))
         rows = []
         for i, f in enumerate(files):
-            row = [
-                Path(getattr(f, "name", f)).name,
-                values["bpd"][i],
-                values["distortion_bpd"][i],
-                values["rate_bpd"][i],
-            ]
-            rows.append([*row, *(values[f"llr_k{k}"][i] for k in ks)])
-        chart = kl_chart(torch.tensor(kl), self.model.layer_resolutions, title="KL per layer (bits per dim)")
-        return rows, chart, " ".join(n for n in notes if n)
+            numbers = [values["bpd"][i], values["distortion_bpd"][i], values["rate_bpd"][i]]
+            numbers += [values[f"llr_k{k}"][i] for k in ks]
+            rows.append([Path(getattr(f, "name", f)).name, *(round(float(v), 4) for v in numbers)])  # as bpd prints
+        charts = [
+            kl_chart(kl[i], self.model.layer_resolutions, title=f"{row[0]}: bits in each layer (per image)")
+            for i, row in enumerate(rows)
+        ]
+        stacked = Image.new("RGB", (charts[0].width, sum(c.height for c in charts)), "white")
+        for i, c in enumerate(charts):  # one chart per image, one under the other
+            stacked.paste(c, (0, i * c.height))
+        return rows, stacked, " ".join(n for n in notes if n)
 
 
 def _channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -274,7 +276,8 @@ def build(model, *, title: str | None = None) -> Any:
                 label="bits per dim (bpd = distortion + rate); LLR>k: larger is more out-of-distribution",
                 elem_id="score-table",
             )
-            chart, cnote = gr.Image(label="KL per layer", format="png"), gr.Markdown()
+            chart = gr.Image(label="KL per layer, each image", format="png", elem_id="score-charts")
+            cnote = gr.Markdown()
             go.click(page.score, inputs=[files, cseed], outputs=[table, chart, cnote])
     return blocks
 

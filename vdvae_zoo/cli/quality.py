@@ -51,7 +51,8 @@ from .params import MAX_IMAGES, SEED, TEMPERATURE, Count, Folder, Readable
     "temperatures",
     multiple=True,
     type=TEMPERATURE,
-    help="Sampling temperature; several -t give the sweep (one row each, and a chart with -o). Default 1.",
+    help="Sampling temperature; several -t give the sweep (one row each; with -o, charts OUTPUT.png of FID and, "
+    "with --kid, OUTPUT.kid.png). Default 1.",
 )
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Image i is drawn from image_seed(seed, i).")
 @click.option("--kid", is_flag=True, help="Also the kernel inception distance (subsets of min(1000, N)).")
@@ -116,7 +117,8 @@ def fid_command(
 
     _fidelity()  # a missing extra is one sentence before any work
     chart = str(Path(output).with_suffix(".png")) if output and len(temperatures) > 1 else None
-    refuse_outputs([output, chart], overwrite, inputs=[ref])
+    kid_chart = str(Path(output).with_suffix(".kid.png")) if chart and kid else None
+    refuse_outputs([output, chart, kid_chart], overwrite, inputs=[ref])
     if card_folder and not (Path(card_folder) / CONFIG_NAME).is_file():
         raise click.BadParameter(f"{card_folder} is not a model folder (no {CONFIG_NAME})", param_hint="'--card'")
     if card_folder:
@@ -169,6 +171,9 @@ def fid_command(
         if chart:
             report.chart(chart)
             click.echo(f"wrote {chart} (FID against temperature)")
+        if kid_chart:
+            report.chart(kid_chart, "kid_mean")
+            click.echo(f"wrote {kid_chart} (KID against temperature)")
     if card_folder:
         lines = [] if from_folder else model.card_lines(model.config)
         card = None

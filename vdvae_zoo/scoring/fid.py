@@ -232,15 +232,16 @@ class FidReport:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "torch_fidelity": _fidelity().__version__, "vdvae_zoo": __version__}
 
-    def chart(self, path: str | os.PathLike, *, overwrite: bool = True) -> None:
-        """FID against temperature, a PNG (KID, on another scale, is in the report)."""
+    def chart(self, path: str | os.PathLike, metric: str = "fid", *, overwrite: bool = True) -> None:
+        """`metric` ("fid", or "kid_mean" when KID was computed) against temperature, a PNG."""
         from ..data.plots import line_chart
 
         temps = [r.temperature for r in self.rows]
         numbers = all(isinstance(x, (int, float)) for x in temps)
         xs = [float(x) if numbers else float(i) for i, x in enumerate(temps)]
+        name = {"fid": "FID", "kid_mean": "KID"}[metric]
         series: dict[str, Sequence[tuple[float, float]]] = {
-            "FID": [(x, r.fid) for x, r in zip(xs, self.rows, strict=True)]
+            name: [(x, float(getattr(r, metric))) for x, r in zip(xs, self.rows, strict=True)]
         }
         span = (min(xs), max(xs)) if max(xs) > min(xs) else None
         line_chart(series, Path(path), x_label="temperature", x_range=span, overwrite=overwrite)
