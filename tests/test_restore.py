@@ -278,3 +278,20 @@ def test_the_defaults_are_the_measured_best_settings():
     assert chosen["inpainting"] == words(Inpainting.defaults, Inpainting(mask).sigma)
     assert chosen["x2"] == words(Downsampling.defaults)
     assert chosen["denoising"] == words(Denoising.defaults)
+
+
+def test_every_temperature_option_takes_a_linear_schedule(folder):
+    """-t TOP..BOTTOM is one parameter type (params.TEMPERATURE): sample draws with it exactly what the explicit
+    per-layer list gives, and a sample set records it as written."""
+    from vdvae_zoo.nn.inputs import LinearTemperature
+
+    runner, m = CliRunner(), str(folder / "m")
+    listed = ",".join(f"{t!r}" for t in LinearTemperature(1.0, 0.6).per_layer(vdvae_zoo.load(m).num_layers))
+    for name, t in (("linear.png", "1.0..0.6"), ("listed.png", listed)):
+        result = runner.invoke(main, ["sample", m, "-n", "2", "--seed", "3", "-t", t, "-o", str(folder / name)])
+        assert result.exit_code == 0, result.output
+    assert np.array_equal(np.asarray(Image.open(folder / "linear.png")), np.asarray(Image.open(folder / "listed.png")))
+    result = runner.invoke(main, ["sample", m, "--num", "2", "-t", "1.0..0.6", "--outdir", str(folder / "set")])
+    assert result.exit_code == 0 and '"temperature": "1..0.6"' in (folder / "set" / "samples.json").read_text()
+    result = runner.invoke(main, ["sample", m, "-n", "2", "-t", "1..2..3", "-o", str(folder / "bad.png")])
+    assert result.exit_code == 2 and "TOP..BOTTOM" in result.output

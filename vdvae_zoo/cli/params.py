@@ -141,6 +141,11 @@ class TemperatureSchedule(click.ParamType):
 
 
 TEMPERATURE = TemperatureSchedule()
+#: What a -t value may be, for the help of every option of type TEMPERATURE.
+TEMPERATURE_FORMS = (
+    "one number, one per layer (comma-separated), resolution:t pairs such as 1:1.0,4:0.9,32:0.6, or a linear "
+    "schedule from the top layer to the bottom one such as 0.3..0.8"
+)
 
 
 class Readable(click.Path):

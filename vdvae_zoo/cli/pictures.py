@@ -26,7 +26,7 @@ from .base import (
     stop_interrupted,
     user_errors,
 )
-from .params import MAX_IMAGES, SEED, TEMPERATURE, Count, Folder, Readable
+from .params import MAX_IMAGES, SEED, TEMPERATURE, TEMPERATURE_FORMS, Count, Folder, Readable
 
 
 # ---------------------------------------------------------------------------------------------------- bpd
@@ -39,7 +39,7 @@ from .params import MAX_IMAGES, SEED, TEMPERATURE, Count, Folder, Readable
     default="1.0",
     show_default=True,
     type=TEMPERATURE,
-    help="One number, one per layer (comma-separated), or resolution:t pairs such as 1:1.0,4:0.9,32:0.6.",
+    help=f"The sampling temperature: {TEMPERATURE_FORMS}.",
 )
 @click.option(
     "--seed", default=None, type=SEED, help="Makes the samples reproducible (with --outdir: 0 when not given)."
@@ -238,7 +238,7 @@ def encode(
     default="0.1",
     show_default=True,
     type=TEMPERATURE,
-    help="Temperature of the layers not kept.",
+    help=f"Temperature of the layers not kept: {TEMPERATURE_FORMS}.",
 )
 @picture_options("reconstructions.png")
 @model_options
@@ -282,7 +282,7 @@ def reconstruct(model_name, paths, keep, temperature, output, resize, seed, over
     default="0.1",
     show_default=True,
     type=TEMPERATURE,
-    help="Temperature of the layers not kept.",
+    help=f"Temperature of the layers not kept: {TEMPERATURE_FORMS}.",
 )
 @click.option("--mode", type=click.Choice(["linear", "slerp"]), default="linear", show_default=True)
 @picture_options("interpolation.png")

@@ -23,7 +23,7 @@ from .base import (
     stop_interrupted,
     user_errors,
 )
-from .params import MAX_IMAGES, SEED, TEMPERATURE, Count, Folder, Readable
+from .params import MAX_IMAGES, SEED, TEMPERATURE, TEMPERATURE_FORMS, Count, Folder, Readable
 
 
 @main.command("fid", epilog=MODEL_HELP)
@@ -51,8 +51,8 @@ from .params import MAX_IMAGES, SEED, TEMPERATURE, Count, Folder, Readable
     "temperatures",
     multiple=True,
     type=TEMPERATURE,
-    help="Sampling temperature; several -t give the sweep (one row each; with -o, charts OUTPUT.png of FID and, "
-    "with --kid, OUTPUT.kid.png). Default 1.",
+    help=f"Sampling temperature ({TEMPERATURE_FORMS}); several -t give the sweep (one row each; with -o, "
+    "charts OUTPUT.png of FID and, with --kid, OUTPUT.kid.png). Default 1.",
 )
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Image i is drawn from image_seed(seed, i).")
 @click.option("--kid", is_flag=True, help="Also the kernel inception distance (subsets of min(1000, N)).")

@@ -10,7 +10,7 @@ import numpy as np
 from ..data.images import ImageReadError, make_grid, read_image, save_png
 from ..restore import METHODS, operator_for, restore
 from .base import MODEL_HELP, load_model, main, model_options, overwrite_option, refuse_outputs, user_errors
-from .params import SEED, TEMPERATURE, Count, Readable, Real, RealOrAuto
+from .params import SEED, TEMPERATURE, TEMPERATURE_FORMS, Count, Readable, Real, RealOrAuto
 
 
 def _read(path: str, channels: int, what: str) -> np.ndarray:
@@ -73,8 +73,8 @@ def _mask(path: str, size: int) -> np.ndarray:
     "--temperature",
     default=None,
     type=TEMPERATURE,
-    help="The prior's temperature per layer (PnP-HVAE: its weight is 1/T^2 - coupling): a number, a linear "
-    "schedule TOP..BOTTOM, or any form sample's -t takes. Default: the task's (docs/restore.md).",
+    help=f"The prior's temperature per layer (PnP-HVAE: its weight is 1/T^2 - coupling): {TEMPERATURE_FORMS}. "
+    "Default: the task's, chosen by measurement (docs/restore.md).",
 )
 @click.option(
     "--decoder-std",
