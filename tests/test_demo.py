@@ -292,3 +292,19 @@ def test_every_tab_shows_and_is_saved_as_a_screenshot(app, browser, tmp_path):
         assert buttons and buttons[-1].is_displayed()  # the tab's own action button is on the page
         browser.save_screenshot(str(tmp_path / f"{tab.lower()}.png"))
         assert Image.open(tmp_path / f"{tab.lower()}.png").format == "PNG"
+
+
+def test_restore_upscales_a_small_upload_as_it_is(app):
+    """The Restore tab's call without the browser: a (size / factor)^2 upload is the observation itself, and equals
+    vdvae_zoo.restore of it; a full-size one is reduced first, and the page says so."""
+    from vdvae_zoo.demo import _Page
+    from vdvae_zoo.restore import Downsampling, restore
+
+    page = _Page(app["model"])
+    small = random_images(1, size=8, seed=22).numpy()[0]
+    shown, _, _, note = page.restore({"background": small, "composite": small}, "upscale", 4, 25, 1, 0)
+    expected = restore(app["model"], small[None], Downsampling(4), samples=1, seed=0).images
+    assert "8x8 upscaled x4" in note and np.array_equal(np.asarray(shown), np.asarray(page.show(expected)))
+    full = random_images(1, size=32, seed=23).numpy()[0]
+    _, _, _, note = page.restore({"background": full, "composite": full}, "upscale", 4, 25, 1, 0)
+    assert "reduced x4 first" in note

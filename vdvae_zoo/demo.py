@@ -117,6 +117,11 @@ class _Page:
         background = np.asarray(editor["background"])
         image = _channels(background, self.channels)
         note = ""
+        small = self.size // int(factor)
+        if task == "upscale" and image.shape[:2] == (small, small) and self.size % int(factor) == 0:
+            operator: Any = Downsampling(int(factor))  # a small image: upscaled as it is
+            result = restore(self.model, image[None], operator, samples=int(samples), seed=int(seed))
+            return self._restored(result, None, f"{small}x{small} upscaled x{int(factor)}. ")
         if image.shape[:2] != (self.size, self.size):
             note = f"the image was centre-cropped and resized to {self.size}x{self.size} (--resize center-crop). "
             image = center_crop_resize(image, self.size)
@@ -127,7 +132,7 @@ class _Page:
                 raise self.fail("paint the missing region with the brush first")
             observed = ~_resize_mask(painted, background.shape[:2], self.size)
             mask = torch.tensor(observed.astype(np.float32))
-            operator: Any = Inpainting(mask)
+            operator = Inpainting(mask)
             y = image * observed[..., None]
             mask_image = Image.fromarray((observed * 255).astype(np.uint8))
         elif task == "upscale":
@@ -136,10 +141,17 @@ class _Page:
                 raise self.fail(f"{factor} does not divide the model's size {self.size}")
             operator = Downsampling(factor)
             y = (operator.forward(torch.tensor(image).float()[None] / 255)[0] * 255).round().byte().numpy()
+            note += f"the image was reduced x{factor} first, to show super-resolution (upload a {self.size // factor}"
+            note += f"x{self.size // factor} image to upscale it as it is). "
         else:
-            operator = Denoising(float(noise) / 255)
+            operator = Denoising(float(noise) / 255)  # the upload is taken as holding noise of this level
             y = image
         result = restore(self.model, y[None], operator, samples=int(samples), seed=int(seed))
+        return self._restored(result, mask_image, note)
+
+    def _restored(
+        self, result: Any, mask_image: Image.Image | None, note: str
+    ) -> tuple[Image.Image, Image.Image | None, Image.Image | None, str]:
         spread = None
         if result.std is not None:
             std = result.std[0]
