@@ -197,3 +197,21 @@ def test_a_missing_extra_and_an_offline_download_are_one_sentence(places, tmp_pa
     result = CliRunner().invoke(main, ["fid", places["model"], "--ref", places["ref"], "--num", "2"])
     assert result.exit_code == 1 and "could not be downloaded" in result.output
     assert "weights-inception-2015-12-05-6726825d.pth" in result.output and str(tmp_path / "hub") in result.output
+
+
+def test_the_reference_cache_is_shown_and_removed_by_the_cache_command(places, tmp_path, monkeypatch):
+    """Reference features go beside the converted weights by default, where `vdvae-zoo cache` lists them and
+    `cache rm fid-references` removes them."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    from vdvae_zoo.scoring.fid import reference_cache_dir
+
+    report = fid(
+        str(_sample_set_of(places["other_photos"], tmp_path / "s")), places["ref"], inception_weights=places["weights"]
+    )
+    assert Path(report.reference["statistics"]).parent == reference_cache_dir()
+    assert str(tmp_path) in str(reference_cache_dir())
+    listing = CliRunner().invoke(main, ["cache"])
+    assert listing.exit_code == 0 and "fid-references" in listing.output, listing.output
+    removed = CliRunner().invoke(main, ["cache", "rm", "fid-references"])
+    assert removed.exit_code == 0 and not reference_cache_dir().exists()

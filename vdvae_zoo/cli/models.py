@@ -283,6 +283,15 @@ def cache_group(ctx, cache_dir, manifest):
         click.echo(f"{m.name:<20} {m.kind:<10} {m.size / 2**20:10.1f} MiB  {m.path}")
     total = sum(m.size for m in held)
     click.echo(f"{len(held)} models, {total / 2**20:.1f} MiB" if held else "no models cached")
+    from ..scoring.fid import CACHE_NAME, reference_cache_dir
+
+    features = sorted(reference_cache_dir(cache_dir).glob("reference-*.safetensors"))
+    if features:
+        size = sum(f.stat().st_size for f in features)
+        click.echo(
+            f"{CACHE_NAME:<20} {'fid':<10} {size / 2**20:10.1f} MiB  {reference_cache_dir(cache_dir)} "
+            f"({len(features)} reference feature files of vdvae-zoo fid)"
+        )
 
 
 @cache_group.command("rm")
@@ -290,13 +299,24 @@ def cache_group(ctx, cache_dir, manifest):
 @click.pass_obj
 @user_errors
 def cache_rm(obj, names):
-    """Remove models from the cache (they are downloaded again when next loaded).
+    """Remove models from the cache (they are downloaded again when next loaded); `fid-references` removes the
+    reference features vdvae-zoo fid cached (extracted again when next needed).
 
     Example: vdvae-zoo cache rm ffhq1024
     """
+    import shutil
+
+    from ..scoring.fid import CACHE_NAME, reference_cache_dir
     from ..weights.cache import remove_cached
 
     for name in names:
+        if name == CACHE_NAME:  # the reference features of vdvae-zoo fid (made again when next needed)
+            folder = reference_cache_dir(obj["cache_dir"])
+            if not folder.is_dir():
+                raise click.ClickException(f"{folder} holds no FID reference features")
+            shutil.rmtree(folder)
+            click.echo(f"removed {CACHE_NAME}: {folder}")
+            continue
         for m in remove_cached(name, load_manifest(obj["manifest"]), obj["cache_dir"]):
             click.echo(f"removed {m.name} ({m.kind}, {m.size / 2**20:.1f} MiB): {m.path}")
 

@@ -75,7 +75,8 @@ from .params import MAX_IMAGES, SEED, TEMPERATURE, TEMPERATURE_FORMS, Count, Fol
     "--cache-dir",
     default=None,
     type=Folder(),
-    help="Where reference features are cached by content (default: next to torch's hub cache, vdvae-zoo/fid).",
+    help="Where reference features are cached by content (default: $HF_HOME/hub/vdvae-zoo-fid, which "
+    "`vdvae-zoo cache` lists and `cache rm fid-references` empties).",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its state file.")
 @resize_option

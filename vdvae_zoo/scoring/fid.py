@@ -12,7 +12,8 @@ Precision and recall use the same Inception features (torch-fidelity's default f
 - Reference: anything `eval --data` reads, at the model's size (images of another size are skipped, named, unless
   resize="center-crop"; Inception itself resizes to 299 as torch-fidelity always does), or a statistics file this
   module wrote (.safetensors), or `mu`/`sigma` in an .npz (FID only). Reference features are cached by content: the
-  sha256 of the pixels fed to Inception and of its weights names the cache file.
+  sha256 of the pixels fed to Inception and of its weights names the cache file (`reference_cache_dir`, which
+  `vdvae-zoo cache` lists).
 - Resume: the features of the samples drawn so far are kept in a state file when interrupted (and every few
   minutes); `resume=True` continues from them.
 - Inception sees images in fixed chunks of 64 by index (CHUNK), so no number depends on the batch size or on how
@@ -40,7 +41,7 @@ from ..data.files import atomic_write, check_user_file, read_user_bytes, sha256_
 from ..data.images import as_channels, find_images, load_images
 from ..nn.inputs import temperature_record
 
-__all__ = ["FidError", "FidReport", "fid", "INSTALL", "inception_weights_file"]
+__all__ = ["FidError", "FidReport", "fid", "INSTALL", "inception_weights_file", "reference_cache_dir", "CACHE_NAME"]
 
 INSTALL = 'pip install "vdvae-zoo[fid]"'
 EXTRACTOR = "inception-v3-compat"
@@ -50,6 +51,18 @@ STATE_EVERY_S = 300.0  # the state file is rewritten at most this often during a
 #: Inception sees images i in [64 k, 64 k + 64) together, whatever passes drew them: features (and so every number)
 #: do not depend on the batch size, and a sample folder gives what streamed samples give, bit for bit.
 CHUNK = 64
+
+
+#: What `vdvae-zoo cache` calls the reference features this module caches (`cache rm fid-references`).
+CACHE_NAME = "fid-references"
+
+
+def reference_cache_dir(hub_cache: str | os.PathLike | None = None) -> Path:
+    """Where reference features are cached by default: beside the converted weights, in the cache `vdvae-zoo cache`
+    shows ($HF_HOME/hub/vdvae-zoo-fid, or under `hub_cache`)."""
+    from ..weights.hub import _root
+
+    return _root(hub_cache) / "vdvae-zoo-fid"
 
 
 class FidError(ValueError):
@@ -309,7 +322,7 @@ def fid(
     else:
         size, device = 0, torch.device("cpu")
     extractor = _Extractor(inception_weights, device)
-    cache = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()).parent / "vdvae-zoo" / "fid"
+    cache = Path(cache_dir) if cache_dir is not None else reference_cache_dir()
 
     sample_sets: list[tuple[Any, torch.Tensor]] = []
     if folder is not None:
