@@ -17,8 +17,9 @@ from PIL import Image
 import vdvae_zoo
 from vdvae_zoo.cli import main
 from vdvae_zoo.data.images import photo_crops
-from vdvae_zoo.scoring import fid as fid_module
-from vdvae_zoo.scoring.fid import FidError, fid
+from vdvae_zoo.scoring import inception as inception_module
+from vdvae_zoo.scoring.fid import fid
+from vdvae_zoo.scoring.inception import FidError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from fid_sweep import standin_inception  # noqa: E402  (the stand-in network, stated once: benchmarks/fid_sweep.py)
@@ -110,7 +111,7 @@ def test_streamed_samples_give_the_sample_folders_numbers(places, tmp_path):
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(places, tmp_path, monkeypatch):
-    monkeypatch.setattr(fid_module, "CHUNK", 4)  # small chunks, so that an interruption falls between them
+    monkeypatch.setattr(inception_module, "CHUNK", 4)  # small chunks, so that an interruption falls between them
     model = vdvae_zoo.load(places["model"])
     common = dict(num=10, seed=5, batch_size=3, inception_weights=places["weights"], cache_dir=places["cache"])
     whole = fid(model, places["ref"], **common, progress=False)
@@ -204,7 +205,7 @@ def test_the_reference_cache_is_shown_and_removed_by_the_cache_command(places, t
     `cache rm fid-references` removes them."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
-    from vdvae_zoo.scoring.fid import reference_cache_dir
+    from vdvae_zoo.scoring.inception import reference_cache_dir
 
     report = fid(
         str(_sample_set_of(places["other_photos"], tmp_path / "s")), places["ref"], inception_weights=places["weights"]

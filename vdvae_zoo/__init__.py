@@ -6,7 +6,7 @@
 >>> model.likelihood(images).bpd                  # bits per dim per image
 
 The wings, top floor first (each imports only from its own wing and the floors below; README, "Architecture"):
-cli -> training, restore -> model -> scoring, coding, latents -> weights -> compute -> nn -> config -> data.
+cli -> demo -> training, restore -> model -> scoring, coding, latents -> weights -> compute -> nn -> config -> data.
 """
 
 from ._version import __version__

@@ -283,7 +283,7 @@ def cache_group(ctx, cache_dir, manifest):
         click.echo(f"{m.name:<20} {m.kind:<10} {m.size / 2**20:10.1f} MiB  {m.path}")
     total = sum(m.size for m in held)
     click.echo(f"{len(held)} models, {total / 2**20:.1f} MiB" if held else "no models cached")
-    from ..scoring.fid import CACHE_NAME, reference_cache_dir
+    from ..scoring.inception import CACHE_NAME, reference_cache_dir
 
     features = sorted(reference_cache_dir(cache_dir).glob("reference-*.safetensors"))
     if features:
@@ -306,7 +306,7 @@ def cache_rm(obj, names):
     """
     import shutil
 
-    from ..scoring.fid import CACHE_NAME, reference_cache_dir
+    from ..scoring.inception import CACHE_NAME, reference_cache_dir
     from ..weights.cache import remove_cached
 
     for name in names:

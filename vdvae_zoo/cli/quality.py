@@ -114,7 +114,8 @@ def fid_command(
 
     Example: vdvae-zoo fid cifar10 --ref cifar-10-batches-py/ --split train -t 0.8 -t 0.9 -t 1.0 -o fid.json
     """
-    from ..scoring.fid import FidError, _fidelity, fid
+    from ..scoring.fid import fid
+    from ..scoring.inception import FidError, _fidelity
 
     _fidelity()  # a missing extra is one sentence before any work
     chart = str(Path(output).with_suffix(".png")) if output and len(temperatures) > 1 else None
