@@ -216,3 +216,12 @@ def test_the_reference_cache_is_shown_and_removed_by_the_cache_command(places, t
     assert listing.exit_code == 0 and "fid-references" in listing.output, listing.output
     removed = CliRunner().invoke(main, ["cache", "rm", "fid-references"])
     assert removed.exit_code == 0 and not reference_cache_dir().exists()
+
+
+def test_card_is_checked_before_any_work_as_eval_checks_it(places, tmp_path):
+    """fid --card and eval --card share one check: a folder that is not a model folder is refused, nothing written."""
+    (tmp_path / "plain").mkdir()
+    args = ["fid", places["model"], "--ref", places["ref"], "--num", "2", "--inception-weights", places["weights"]]
+    result = CliRunner().invoke(main, [*args, "--card", str(tmp_path / "plain"), "-o", str(tmp_path / "o.json")])
+    assert result.exit_code == 2 and "is not a model folder" in result.output and "README.md" in result.output
+    assert not (tmp_path / "o.json").exists()

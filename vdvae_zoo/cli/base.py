@@ -109,7 +109,33 @@ def load_model(model: str, config: str | None, device: str, manifest: str | None
     return load(model, config=config, device=None if device == "auto" else device, manifest=manifest, dtype=dtype)
 
 
+def check_card_folder(card_folder: str | None, overwrite: bool) -> None:
+    """Before any work, for --card: a model folder (config.json) whose README.md the result can be merged into."""
+    from ..data.files import CARD_NAME, CONFIG_NAME
+    from ..weights.cards import check_card
+
+    if not card_folder:
+        return
+    if not (Path(card_folder) / CONFIG_NAME).is_file():
+        raise click.BadParameter(
+            f"{card_folder} is not a model folder (no {CONFIG_NAME}); give the folder whose README.md should carry "
+            "the result",
+            param_hint="'--card'",
+        )
+    check_card(Path(card_folder) / CARD_NAME, overwrite=overwrite)  # a card we would refuse, refused now
+
+
 # Options that several commands share: each is stated once here.
+card_option = click.option(
+    "--card",
+    "card_folder",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Also record the result in this model folder's card (README.md model-index: dataset, split, the "
+    "numbers, seed, the command, the vdvae-zoo version); the Hub shows it. The result is merged into the card: "
+    "every other line of README.md is kept. A README.md without front matter is changed only with --overwrite "
+    "(front matter is added above its text).",
+)
 manifest_option = click.option(
     "--manifest",
     default=None,

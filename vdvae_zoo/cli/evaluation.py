@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..data.datasets import SPLITS, files_dataset
-from ..data.files import CARD_NAME, CONFIG_NAME, atomic_write, refuse_existing
+from ..data.files import CONFIG_NAME, atomic_write, refuse_existing
 from ..data.plots import kl_chart as kl_chart_image
 from ..scoring.engine import (
     MAX_PRIOR_TEMPERATURE,
@@ -20,10 +20,12 @@ from ..scoring.engine import (
     write_scores,
 )
 from ..scoring.evaluate import evaluate
-from ..weights.cards import add_card_result, check_card
+from ..weights.cards import add_card_result
 from .base import (
     MODEL_HELP,
     batch_size_option,
+    card_option,
+    check_card_folder,
     command_as_run,
     interrupted_status,
     load_model,
@@ -75,16 +77,7 @@ from .params import MAX_DRAWS, SEED, Count, Readable, Real
 )
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted evaluation from its state file.")
-@click.option(
-    "--card",
-    "card_folder",
-    default=None,
-    type=click.Path(exists=True, file_okay=False),
-    help="Also record the result in this model folder's card (README.md model-index: dataset, split, "
-    "bits per dim, seed, the command, the vdvae-zoo version); the Hub shows it. The result is merged "
-    "into the card: every other line of README.md is kept. A README.md without front matter is "
-    "changed only with --overwrite (front matter is added above its text).",
-)
+@card_option
 @overwrite_option
 @model_options
 @user_errors
@@ -117,14 +110,7 @@ def eval_command(
     """
     if output:
         refuse_existing(output, overwrite)
-    if card_folder and not (Path(card_folder) / CONFIG_NAME).is_file():
-        raise click.BadParameter(
-            f"{card_folder} is not a model folder (no {CONFIG_NAME}); give the folder whose "
-            "README.md should carry the result",
-            param_hint="'--card'",
-        )
-    if card_folder:
-        check_card(Path(card_folder) / CARD_NAME, overwrite=overwrite)  # before any work: a card we would refuse
+    check_card_folder(card_folder, overwrite)
     state = Path(f"{output or 'vdvae-zoo-eval'}.state.jsonl")
     refuse_existing_state(state, resume, overwrite)
     model = load_model(model_name, config, device, manifest, dtype)
@@ -427,7 +413,6 @@ def bpd(
 
 def _refuse_model_as_path(paths, manifest) -> None:
     """`vdvae-zoo bpd cifar10 imgs/` (MODEL first, as the other commands take it): say how bpd names its model."""
-    from ..data.files import CONFIG_NAME
     from ..weights.manifest import load_manifest
 
     first = Path(paths[0])

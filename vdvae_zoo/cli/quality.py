@@ -8,11 +8,13 @@ from pathlib import Path
 import click
 
 from ..data.datasets import SPLITS
-from ..data.files import CARD_NAME, CONFIG_NAME, atomic_write
-from ..weights.cards import add_card_result, check_card
+from ..data.files import atomic_write
+from ..weights.cards import add_card_result
 from .base import (
     MODEL_HELP,
     batch_size_option,
+    card_option,
+    check_card_folder,
     command_as_run,
     load_model,
     main,
@@ -58,13 +60,7 @@ from .params import MAX_IMAGES, SEED, TEMPERATURE, TEMPERATURE_FORMS, Count, Fol
 @click.option("--kid", is_flag=True, help="Also the kernel inception distance (subsets of min(1000, N)).")
 @click.option("--prc", is_flag=True, help="Also precision and recall (on the same Inception features).")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Write the report as JSON.")
-@click.option(
-    "--card",
-    "card_folder",
-    default=None,
-    type=click.Path(exists=True, file_okay=False),
-    help="Also record the numbers in this model folder's card (README.md model-index), merged as eval --card does.",
-)
+@card_option
 @click.option(
     "--inception-weights",
     default=None,
@@ -121,10 +117,7 @@ def fid_command(
     chart = str(Path(output).with_suffix(".png")) if output and len(temperatures) > 1 else None
     kid_chart = str(Path(output).with_suffix(".kid.png")) if chart and kid else None
     refuse_outputs([output, chart, kid_chart], overwrite, inputs=[ref])
-    if card_folder and not (Path(card_folder) / CONFIG_NAME).is_file():
-        raise click.BadParameter(f"{card_folder} is not a model folder (no {CONFIG_NAME})", param_hint="'--card'")
-    if card_folder:
-        check_card(Path(card_folder) / CARD_NAME, overwrite=overwrite)
+    check_card_folder(card_folder, overwrite)
     state = Path(f"{output or 'vdvae-zoo-fid'}.state.safetensors")
     if state.exists() and not (resume or overwrite):
         raise click.ClickException(f"{state} exists: --resume continues that run, --overwrite starts again")
